@@ -1,0 +1,30 @@
+# UnitedHuman task runner. Every recipe sets up .venv first (fast when already done).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+py := ".venv/bin/python"
+export ANNY_CACHE_DIR := env_var_or_default("ANNY_CACHE_DIR", justfile_directory() / ".cache/anny")
+
+# List the recipes.
+default:
+    @just --list
+
+# Create .venv with all extras and dev tools (idempotent).
+setup:
+    @bash scripts/setup.sh
+
+# Run the test suite (fast tests; `just test -m slow` for the long ones), then build and validate a shard set.
+test *ARGS: setup
+    {{py}} -m pytest {{ARGS}}
+    bash scripts/ci_shards.sh
+
+# Run the whole pipeline end to end on the embedded defaults and write demo/report.html.
+demo: setup
+    bash scripts/demo.sh
+
+# Lint with ruff.
+lint: setup
+    .venv/bin/ruff check mst_pipeline uh_train blender_scripts tests scripts
+
+# Run the benchmarks and write docs/benchmarks.md.
+bench: setup
+    {{py}} scripts/bench.py

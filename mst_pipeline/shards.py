@@ -1,0 +1,368 @@
+"""Writing and reading `unitedhuman-shard/1` shard folders (spec: shards/README.md).
+
+The writer is crash-safe and resumable:
+* a shard is written as `NAME.tar.tmp` and renamed to `NAME.tar` only when complete, so a killed run
+  never leaves a truncated `.tar` behind; the next run deletes the `.tmp` and redoes its samples;
+* `ShardWriter.has(key)` tells a resumed run which keys complete shards already hold;
+* `manifest.parquet` is rebuilt from the complete shards and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from uh_train import shardspec
+from uh_train.shardspec import FORMAT, SHARD_NAME
+
+MANIFEST = "manifest.parquet"
+TMP_SUFFIX = ".tmp"
+
+
+class ShardError(Exception):
+    """A shard folder or file that cannot be used, with a one-line explanation."""
+
+
+@dataclass
+class EncodedSample:
+    key: str
+    image: bytes
+    image_ext: str
+    meta: dict[str, Any]
+    mask: bytes | None = None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def encode_image(image: np.ndarray, ext: str, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    if ext == "jpg":
+        pil.convert("RGB").save(buf, format="JPEG", quality=quality)
+    elif ext == "png":
+        pil.save(buf, format="PNG", optimize=False)
+    else:
+        raise ValueError(f"unsupported image type {ext!r} (jpg or png)")
+    return buf.getvalue()
+
+
+def encode_sample(
+    source: str,
+    stem: str,
+    image: np.ndarray,
+    fields: dict[str, Any],
+    mask: np.ndarray | None = None,
+    ext: str = "jpg",
+) -> EncodedSample:
+    """Build a complete, schema-checked sample from an RGB uint8 image and its metadata fields.
+
+    `fields` holds kind, tier, H, region, density, keypoints, smpl, fit, orig; this function adds
+    format, key, source, image type, size and has_mask, then validates the whole record.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 [h, w, 3], got {image.dtype} {list(image.shape)}")
+    key = shardspec.make_key(source, stem)
+    h, w = image.shape[:2]
+    meta = dict(fields)
+    meta.update(format=FORMAT, key=key, source=key.split("/")[0], image=ext, width=w, height=h,
+                has_mask=mask is not None)
+    meta = json.loads(json.dumps(meta, default=_json_default))
+    defects = shardspec.meta_defects(meta)
+    if mask is not None and mask.shape != (h, w):
+        defects.append(f"mask has shape {list(mask.shape)}, image is {h}x{w}")
+    if defects:
+        raise ValueError(f"sample {key}: " + "; ".join(defects))
+    mask_bytes = encode_image(mask.astype(np.uint8), "png") if mask is not None else None
+    return EncodedSample(key, encode_image(image, ext), ext, meta, mask_bytes)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"cannot store {type(x).__name__} in meta.json")
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(mtime)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def complete_shards(folder: str | os.PathLike) -> list[Path]:
+    """Complete shard files of a folder (names matching the spec), sorted."""
+    return sorted(p for p in Path(folder).glob("*.tar") if SHARD_NAME.match(p.name))
+
+
+def read_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {field: bytes}) per sample, grouping members the way WebDataset does.
+
+    Raises ShardError with a one-line reason for a file that is not a tar or is truncated.
+    """
+    path = Path(path)
+    try:
+        tar = tarfile.open(path, "r:")
+    except (tarfile.TarError, OSError) as e:
+        raise ShardError(f"{path.name}: not a readable tar file ({e})") from None
+    current: str | None = None
+    fields: dict[str, bytes] = {}
+    try:
+        with tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)
+                stem, _, ext = base[-1].partition(".")
+                key = f"{base[0]}/{stem}" if len(base) == 2 else stem
+                f = tar.extractfile(member)
+                data = f.read() if f is not None else b""
+                if len(data) != member.size:
+                    raise ShardError(f"{path.name}: truncated inside member {member.name}")
+                if key != current:
+                    if current is not None:
+                        yield current, fields
+                    current, fields = key, {}
+                fields[ext] = data
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"{path.name}: truncated or corrupt tar ({e})") from None
+    if current is not None:
+        yield current, fields
+
+
+def shard_keys(path: str | os.PathLike) -> list[str]:
+    return [key for key, _ in read_shard(path)]
+
+
+class ShardWriter:
+    """Write samples of one source into rolling shards `{source}-{part:03d}-{index:06d}.tar`.
+
+    Use as a context manager. `part` separates concurrent writers of the same source.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        source: str,
+        part: int = 0,
+        max_count: int = 1000,
+        max_bytes: int = 1 << 30,
+        update_manifest: bool = True,
+    ) -> None:
+        if shardspec.sanitise_part(source) != source:
+            raise ValueError(f"source name {source!r} must use only [A-Za-z0-9_-]")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.source, self.part = source, part
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self.update_manifest = update_manifest
+        self.written = 0
+        self.skipped = 0
+        self._tar: tarfile.TarFile | None = None
+        self._tmp_path: Path | None = None
+        self._count = 0
+        self._pending: set[str] = set()
+        prefix = f"{source}-{part:03d}-"
+        for stale in self.folder.glob(f"{prefix}*.tar{TMP_SUFFIX}"):
+            stale.unlink()  # half-written by a killed run: discard, its samples are redone
+        self._existing: set[str] = set()
+        self._next_index = 0
+        for shard in complete_shards(self.folder):
+            m = SHARD_NAME.match(shard.name)
+            if m["source"] != source:
+                continue
+            if int(m["part"]) == part:
+                self._next_index = max(self._next_index, int(m["index"]) + 1)
+            try:
+                self._existing.update(shard_keys(shard))
+            except ShardError:
+                pass  # `mst validate` reports it; its samples are not trusted as done
+
+    def has(self, key: str) -> bool:
+        """True when `key` is already in a complete shard (or written in this run)."""
+        return key in self._existing or key in self._pending
+
+    def write(self, sample: EncodedSample) -> bool:
+        """Append a sample; returns False (and writes nothing) when its key is already done."""
+        if self.has(sample.key):
+            self.skipped += 1
+            return False
+        if self._tar is None:
+            self._open()
+        assert self._tar is not None and self._tmp_path is not None
+        mtime = time.time()
+        _add_member(self._tar, f"{sample.key}.img.{sample.image_ext}", sample.image, mtime)
+        if sample.mask is not None:
+            _add_member(self._tar, f"{sample.key}.mask.png", sample.mask, mtime)
+        _add_member(self._tar, f"{sample.key}.meta.json", shardspec.dumps_meta(sample.meta), mtime)
+        self._pending.add(sample.key)
+        self._count += 1
+        self.written += 1
+        if self._count >= self.max_count or self._tar.fileobj.tell() >= self.max_bytes:
+            self._finish()
+        return True
+
+    def _open(self) -> None:
+        name = shardspec.shard_name(self.source, self.part, self._next_index)
+        self._next_index += 1
+        self._tmp_path = self.folder / (name + TMP_SUFFIX)
+        self._tar = tarfile.open(self._tmp_path, "w", format=tarfile.USTAR_FORMAT)
+        self._count = 0
+
+    def _finish(self) -> None:
+        if self._tar is None:
+            return
+        assert self._tmp_path is not None
+        fileobj = self._tar.fileobj
+        self._tar.close()
+        del fileobj
+        with open(self._tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self._tmp_path, self._tmp_path.with_suffix(""))
+        self._existing |= self._pending
+        self._pending = set()
+        self._tar, self._tmp_path = None, None
+
+    def close(self) -> None:
+        self._finish()
+        if self.update_manifest:
+            write_manifest(self.folder)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None or exc_type is KeyboardInterrupt:
+            # On Ctrl-C the samples written so far are complete: keep them for the resumed run.
+            self.close()
+        else:
+            # An unexpected error: keep completed shards, drop the partial one.
+            if self._tar is not None and self._tmp_path is not None:
+                self._tar.close()
+                self._tmp_path.unlink(missing_ok=True)
+                self._tar = None
+            if self.update_manifest:
+                write_manifest(self.folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest
+
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("shard", pa.string()),
+    ("source", pa.string()),
+    ("kind", pa.string()),
+    ("tier", pa.string()),
+    ("image", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("H", pa.list_(pa.float64(), 9)),
+    ("bbox_x0", pa.float64()),
+    ("bbox_y0", pa.float64()),
+    ("bbox_x1", pa.float64()),
+    ("bbox_y1", pa.float64()),
+    ("density", pa.float64()),
+    ("has_mask", pa.bool_()),
+    ("fit_loss", pa.float64()),
+    ("fit_visible", pa.int32()),
+    ("fit_iterations", pa.int32()),
+    ("shard_bytes", pa.int64()),
+])
+
+
+def manifest_row(meta: dict[str, Any], shard: str, shard_bytes: int) -> dict[str, Any]:
+    x0, y0, x1, y1 = shardspec.region_bbox(meta["region"])
+    fit = meta.get("fit") or {}
+    losses = fit.get("losses") or {}
+    return {
+        "key": meta["key"], "shard": shard, "source": meta["source"], "kind": meta["kind"],
+        "tier": meta["tier"], "image": meta["image"], "width": meta["width"], "height": meta["height"],
+        "H": [float(v) for v in np.asarray(meta["H"], dtype=np.float64).reshape(9)],
+        "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1,
+        "density": float(meta["density"]), "has_mask": bool(meta.get("has_mask", False)),
+        "fit_loss": float(sum(losses.values())) if losses else None,
+        "fit_visible": fit.get("visible"), "fit_iterations": fit.get("iterations"),
+        "shard_bytes": shard_bytes,
+    }
+
+
+def read_manifest(folder: str | os.PathLike) -> pa.Table | None:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    return pq.read_table(path)
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    with open(folder / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_manifest(folder: str | os.PathLike) -> int:
+    """Rebuild `manifest.parquet` from the folder's complete shards; replaced atomically.
+
+    Rows of shards the current manifest already describes are reused (same shard name and size);
+    other shards are read. Unreadable shards are left out (`mst validate` reports them).
+    Returns the number of rows.
+    """
+    folder = Path(folder)
+    with _folder_lock(folder):
+        old_rows: dict[str, list[dict[str, Any]]] = {}
+        try:
+            old = read_manifest(folder)
+        except (OSError, pa.ArrowException):
+            old = None  # a damaged manifest is simply rebuilt
+        if old is not None and "shard_bytes" in old.column_names:
+            for row in old.to_pylist():
+                old_rows.setdefault(row["shard"], []).append(row)
+        rows: list[dict[str, Any]] = []
+        for shard in complete_shards(folder):
+            size = shard.stat().st_size
+            cached = old_rows.get(shard.name)
+            if cached and cached[0]["shard_bytes"] == size:
+                rows += cached
+                continue
+            try:
+                new = []
+                for _key, fields in read_shard(shard):
+                    meta = json.loads(fields["meta.json"])
+                    if shardspec.meta_defects(meta):
+                        continue
+                    new.append(manifest_row(meta, shard.name, size))
+            except (ShardError, KeyError, ValueError):
+                continue
+            rows += new
+        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+        tmp = folder / (MANIFEST + TMP_SUFFIX)
+        pq.write_table(table, tmp)
+        os.replace(tmp, folder / MANIFEST)
+        return len(rows)

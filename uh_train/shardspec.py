@@ -1,0 +1,286 @@
+"""The shard format `unitedhuman-shard/1`: the contract between `mst_pipeline` and `uh_train`.
+
+`shards/README.md` is the prose specification; this module is its executable form. It depends on
+numpy only, so `mst validate` runs without torch and the trainer reads shards without
+`mst_pipeline`. Every check returns human-readable defect strings rather than raising, so a
+validator can report all defects of a sample at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FORMAT = "unitedhuman-shard/1"
+KINDS = ("full", "upper", "lower", "face", "hand")
+TIERS = ("LR", "HR", "SR")
+IMAGE_EXTS = ("jpg", "png")
+# Keypoint groups stored in full-body space: name -> number of points (each x, y, confidence).
+KEYPOINT_GROUPS = {"body": 25, "lhand": 21, "rhand": 21, "face": 70}
+SMPL_SIZES = {"betas": 10, "pose": 72, "cam": 3, "cam_bar": 3}
+# A region may extend beyond the unit square (a crop that includes background) but not absurdly.
+REGION_BOUNDS = (-2.0, 3.0)
+SHARD_NAME = re.compile(r"^(?P<source>[A-Za-z0-9_-]+)-(?P<part>\d{3})-(?P<index>\d{6})\.tar$")
+# No dots inside key parts: WebDataset splits a member name at the first dot of its base name
+# (`source/stem.img.jpg` -> key `source/stem`, field `img.jpg`), so a dot in a stem would break grouping.
+_KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def shard_name(source: str, part: int, index: int) -> str:
+    """File name of a shard: `{source}-{part:03d}-{index:06d}.tar`."""
+    return f"{source}-{part:03d}-{index:06d}.tar"
+
+
+def sanitise_part(text: str) -> str:
+    """Map an arbitrary stem (file name, relative path) onto the key alphabet `[A-Za-z0-9_-]`.
+
+    Path separators become `_`, dots and other characters `-`, so the result can never be `..`,
+    absolute, or contain a second `/`.
+    """
+    text = text.replace("\\", "/").strip("/").replace("/", "_")
+    text = re.sub(r"[^A-Za-z0-9_-]", "-", text)
+    if not text.strip("-_"):
+        raise ValueError("cannot make a key part from an empty name")
+    return text
+
+
+def make_key(source: str, stem: str) -> str:
+    return f"{sanitise_part(source)}/{sanitise_part(stem)}"
+
+
+def key_defects(key: str) -> list[str]:
+    """Defects of a sample key `{source}/{stem}` (empty when the key is valid)."""
+    if not isinstance(key, str) or not key:
+        return ["key is empty"]
+    if key.startswith("/"):
+        return [f"key {key!r} is an absolute path"]
+    parts = key.split("/")
+    if len(parts) != 2:
+        return [f"key {key!r} must have exactly one '/' (source/stem), has {len(parts) - 1}"]
+    out = []
+    for part in parts:
+        if part in ("", ".", ".."):
+            out.append(f"key {key!r} has an empty, '.' or '..' part")
+        elif not _KEY_PART.match(part):
+            out.append(f"key {key!r} has characters outside [A-Za-z0-9_-]")
+    return out
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _matrix(value: Any, rows: int, cols: int, name: str, errors: list[str]) -> np.ndarray | None:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        errors.append(f"{name} is not a numeric array")
+        return None
+    if arr.shape != (rows, cols):
+        errors.append(f"{name} has shape {list(arr.shape)}, expected [{rows}, {cols}]")
+        return None
+    if not np.all(np.isfinite(arr)):
+        errors.append(f"{name} has non-finite values")
+        return None
+    return arr
+
+
+def homography_defects(H: Any) -> list[str]:
+    """H must be 3x3, finite, invertible with a positive determinant (no reflection)."""
+    errors: list[str] = []
+    arr = _matrix(H, 3, 3, "H", errors)
+    if arr is None:
+        return errors
+    det = float(np.linalg.det(arr))
+    scale = float(np.abs(arr).max()) or 1.0
+    if abs(det) <= 1e-12 * scale**3:
+        errors.append("H is singular (not invertible)")
+    elif det < 0:
+        errors.append(f"H has a negative determinant ({det:.3g}): it mirrors the image")
+    return errors
+
+
+def meta_defects(meta: Any) -> list[str]:
+    """Schema check of a `meta.json` record. Returns every defect found (empty list: valid)."""
+    if not isinstance(meta, dict):
+        return ["meta.json is not a JSON object"]
+    errors: list[str] = []
+    if meta.get("format") != FORMAT:
+        errors.append(f"format is {meta.get('format')!r}, expected {FORMAT!r}")
+    for name in ("source", "key"):
+        if not isinstance(meta.get(name), str) or not meta.get(name):
+            errors.append(f"{name} is missing or not a string")
+    if isinstance(meta.get("key"), str) and meta.get("key"):
+        errors += key_defects(meta["key"])
+        if isinstance(meta.get("source"), str) and meta["key"].split("/")[0] != meta["source"]:
+            errors.append(f"key {meta['key']!r} does not start with source {meta['source']!r}")
+    if meta.get("kind") not in KINDS:
+        errors.append(f"kind is {meta.get('kind')!r}, expected one of {', '.join(KINDS)}")
+    if meta.get("tier") not in TIERS:
+        errors.append(f"tier is {meta.get('tier')!r}, expected one of {', '.join(TIERS)}")
+    if meta.get("image") not in IMAGE_EXTS:
+        errors.append(f"image is {meta.get('image')!r}, expected 'jpg' or 'png'")
+    for name in ("width", "height"):
+        v = meta.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            errors.append(f"{name} is {v!r}, expected a positive integer")
+    if "H" not in meta:
+        errors.append("H is missing")
+    else:
+        errors += homography_defects(meta["H"])
+    errors += _region_defects(meta.get("region"))
+    density = meta.get("density")
+    if not _is_number(density) or density <= 0:
+        errors.append(f"density is {density!r}, expected a positive number (pixels per full-body unit)")
+    errors += _keypoint_defects(meta.get("keypoints"))
+    errors += _smpl_defects(meta.get("smpl"))
+    errors += _fit_defects(meta.get("fit"))
+    errors += _orig_defects(meta.get("orig"))
+    if not isinstance(meta.get("has_mask"), bool):
+        errors.append("has_mask is missing or not a boolean")
+    return errors
+
+
+def _region_defects(region: Any) -> list[str]:
+    errors: list[str] = []
+    if region is None:
+        return ["region is missing"]
+    try:
+        arr = np.asarray(region, dtype=np.float64)
+    except (TypeError, ValueError):
+        return ["region is not a numeric polygon"]
+    if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < 3:
+        return [f"region has shape {list(arr.shape)}, expected [N>=3, 2]"]
+    if not np.all(np.isfinite(arr)):
+        return ["region has non-finite values"]
+    lo, hi = REGION_BOUNDS
+    if arr.min() < lo or arr.max() > hi:
+        errors.append(f"region leaves the sane bounds [{lo}, {hi}] of full-body space")
+    x, y = arr[:, 0], arr[:, 1]
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+    if area <= 1e-8:
+        errors.append("region has zero area")
+    return errors
+
+
+def _keypoint_defects(kp: Any) -> list[str]:
+    if kp is None:
+        return []
+    if not isinstance(kp, dict):
+        return ["keypoints is not an object"]
+    errors: list[str] = []
+    for group, n in KEYPOINT_GROUPS.items():
+        if group not in kp:
+            errors.append(f"keypoints.{group} is missing")
+            continue
+        arr = _matrix(kp[group], n, 3, f"keypoints.{group}", errors)
+        if arr is not None and (arr[:, 2].min() < 0 or arr[:, 2].max() > 1):
+            errors.append(f"keypoints.{group} confidence outside [0, 1]")
+    for group in kp:
+        if group not in KEYPOINT_GROUPS:
+            errors.append(f"keypoints has unknown group {group!r}")
+    return errors
+
+
+def _smpl_defects(smpl: Any) -> list[str]:
+    if smpl is None:
+        return []
+    if not isinstance(smpl, dict):
+        return ["smpl is not an object"]
+    errors: list[str] = []
+    for name, n in SMPL_SIZES.items():
+        try:
+            arr = np.asarray(smpl.get(name), dtype=np.float64)
+        except (TypeError, ValueError):
+            errors.append(f"smpl.{name} is not a numeric array")
+            continue
+        if arr.shape != (n,):
+            errors.append(f"smpl.{name} has shape {list(arr.shape)}, expected [{n}]")
+        elif not np.all(np.isfinite(arr)):
+            errors.append(f"smpl.{name} has non-finite values")
+    return errors
+
+
+def _fit_defects(fit: Any) -> list[str]:
+    if fit is None:
+        return []
+    if not isinstance(fit, dict):
+        return ["fit is not an object"]
+    errors: list[str] = []
+    losses = fit.get("losses")
+    if not isinstance(losses, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in losses.items()):
+        errors.append("fit.losses must map names to finite numbers")
+    for name in ("visible", "iterations"):
+        v = fit.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            errors.append(f"fit.{name} is {v!r}, expected a non-negative integer")
+    return errors
+
+
+def _orig_defects(orig: Any) -> list[str]:
+    if not isinstance(orig, dict):
+        return ["orig is missing or not an object"]
+    errors: list[str] = []
+    path = orig.get("path")
+    if not isinstance(path, str) or not path or path.startswith("/") or ".." in path.split("/"):
+        errors.append(f"orig.path is {path!r}, expected a relative path inside the dataset")
+    sha = orig.get("sha256")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        errors.append("orig.sha256 is not a 64-digit lowercase hex digest")
+    for name in ("width", "height"):
+        v = orig.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            errors.append(f"orig.{name} is {v!r}, expected a positive integer")
+    return errors
+
+
+def region_bbox(region: Any) -> tuple[float, float, float, float]:
+    arr = np.asarray(region, dtype=np.float64)
+    return float(arr[:, 0].min()), float(arr[:, 1].min()), float(arr[:, 0].max()), float(arr[:, 1].max())
+
+
+@dataclass
+class ShardRecord:
+    """A decoded shard sample, as the trainer and the tools see it.
+
+    image: uint8 [h, w, 3]; mask: uint8 [h, w] (255 = valid) or None; H maps image pixel
+    coordinates (centres at +0.5) to full-body space; keypoints: group -> float32 [n, 3].
+    """
+
+    key: str
+    source: str
+    kind: str
+    tier: str
+    image: np.ndarray
+    mask: np.ndarray | None
+    H: np.ndarray
+    region: np.ndarray
+    density: float
+    keypoints: dict[str, np.ndarray] | None
+    meta: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_parts(cls, meta: dict[str, Any], image: np.ndarray, mask: np.ndarray | None) -> ShardRecord:
+        kp = meta.get("keypoints")
+        return cls(
+            key=meta["key"],
+            source=meta["source"],
+            kind=meta["kind"],
+            tier=meta["tier"],
+            image=image,
+            mask=mask,
+            H=np.asarray(meta["H"], dtype=np.float64),
+            region=np.asarray(meta["region"], dtype=np.float64),
+            density=float(meta["density"]),
+            keypoints=None if kp is None else {g: np.asarray(v, dtype=np.float32) for g, v in kp.items()},
+            meta=meta,
+        )
+
+
+def dumps_meta(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode("utf-8")

@@ -1,0 +1,99 @@
+"""Full-body image space geometry (DESIGN §3), numpy only.
+
+Full-body space is the unit square [0,1]^2, x right, y down. A homography H maps a sample's image
+pixel coordinates (pixel centres at integer + 0.5) to full-body space. `patch_transform` is the
+paper's T(v,s) (Eq. 4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def patch_transform(v: tuple[float, float] | np.ndarray, s: float) -> np.ndarray:
+    """T(v,s) of paper Eq. 4: maps patch coordinates centred at 0 (unit side) to full-body space
+    coordinates centred at 0. The patch covers the square of side 1/s around v."""
+    vx, vy = float(v[0]), float(v[1])
+    return np.array([[1.0 / s, 0.0, vx - 0.5], [0.0, 1.0 / s, vy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def apply_homography(H: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map points [..., 2] through the 3x3 homography H."""
+    pts = np.asarray(points, dtype=np.float64)
+    homog = pts @ H[:, :2].T + H[:, 2]
+    return homog[..., :2] / homog[..., 2:3]
+
+
+def scale_translate(sx: float, sy: float, tx: float, ty: float) -> np.ndarray:
+    """The homography x' = sx*x + tx, y' = sy*y + ty."""
+    return np.array([[sx, 0.0, tx], [0.0, sy, ty], [0.0, 0.0, 1.0]])
+
+
+def full_image_homography(width: int, height: int) -> np.ndarray:
+    """H of a full-body image: the image, padded left/right (or top/bottom) to a square, covers the
+    unit square with the person centred (a 1024x512 SHHQ portrait lands in x in [0.25, 0.75])."""
+    side = float(max(width, height))
+    return scale_translate(1 / side, 1 / side, (side - width) / (2 * side), (side - height) / (2 * side))
+
+
+def image_region(H: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Polygon [4, 2] in full-body space covered by an image of the given size (its outer corners)."""
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float64)
+    return apply_homography(H, corners)
+
+
+def density(H: np.ndarray, width: int, height: int) -> float:
+    """Source pixels per full-body unit length, measured at the image centre (geometric mean of the
+    local scale along x and y). A 256 px full-body image has density 256."""
+    c = np.array([width / 2.0, height / 2.0])
+    jac = _jacobian(H, c)
+    area_scale = abs(float(np.linalg.det(jac)))  # full-body area per source pixel
+    return float(1.0 / np.sqrt(area_scale))
+
+
+def _jacobian(H: np.ndarray, p: np.ndarray) -> np.ndarray:
+    x, y = float(p[0]), float(p[1])
+    num = H[:2, :2] * 1.0
+    w = H[2, 0] * x + H[2, 1] * y + H[2, 2]
+    u = H[:2, 0] * x + H[:2, 1] * y + H[:2, 2]
+    return (num * w - np.outer(u, H[2, :2])) / (w * w)
+
+
+def warp_to_canvas(
+    image: np.ndarray, H: np.ndarray, size: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample `image` [h, w, C] into a size x size view of full-body space through H.
+
+    Returns (canvas float32 [size, size, C], alpha float32 [size, size]) where alpha is 1 where the
+    image (and its mask) has pixels. Bilinear sampling; the caller prefilters when minifying strongly.
+    """
+    h, w = image.shape[:2]
+    centres = (np.arange(size, dtype=np.float64) + 0.5) / size
+    gx, gy = np.meshgrid(centres, centres)
+    src = apply_homography(np.linalg.inv(H), np.stack([gx, gy], axis=-1))
+    # Pixel-centre convention: continuous coordinate c samples pixel index c - 0.5.
+    sx, sy = src[..., 0] - 0.5, src[..., 1] - 0.5
+    inside = (sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)
+    img = image.astype(np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    canvas = _bilinear(img, sx, sy)
+    alpha = inside.astype(np.float32)
+    if mask is not None:
+        alpha *= _bilinear(mask.astype(np.float32)[..., None] / 255.0, sx, sy)[..., 0]
+    return canvas, alpha
+
+
+def _bilinear(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    sx = np.clip(sx, 0, w - 1)
+    sy = np.clip(sy, 0, h - 1)
+    x0 = np.floor(sx).astype(np.int64)
+    y0 = np.floor(sy).astype(np.int64)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    fx = (sx - x0)[..., None].astype(np.float32)
+    fy = (sy - y0)[..., None].astype(np.float32)
+    top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
+    bottom = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
