@@ -19,7 +19,7 @@ app = typer.Typer(
     help="Multi-Source Spatial Transformer: align human images of many sources into one full-body "
     "image space and write [bold]unitedhuman-shard/1[/bold] shards for [bold]uh-train[/bold].",
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command()

@@ -238,5 +238,5 @@ def print_report(report: Report, max_defects: int = 200, console: Console | None
             if shown >= max_defects:
                 console.print(f"... and {len(report.defects) - shown} more (use --json for all)")
                 return
-            console.print(f"  {shard}  {d.key}: {d.problem}", markup=False, highlight=False)
+            console.print(f"  {shard}  {d.key}: {d.problem}", markup=False, highlight=False, soft_wrap=True)
             shown += 1

@@ -15,8 +15,9 @@ from PIL import Image
 
 from mst_pipeline.shards import ShardWriter, complete_shards, encode_sample, read_shard, write_manifest
 from mst_pipeline.validate import validate_folder
-from shard_helpers import random_image, sample_fields, valid_sample
 from uh_train.shard_reader import decode_sample, shard_pipeline
+
+from shard_helpers import random_image, sample_fields, valid_sample
 
 
 def test_round_trip_preserves_pixels_and_metadata_exactly(tmp_path):

@@ -60,6 +60,8 @@ def key_defects(key: str) -> list[str]:
     if key.startswith("/"):
         return [f"key {key!r} is an absolute path"]
     parts = key.split("/")
+    if ".." in parts:
+        return [f"key {key!r} contains '..'"]
     if len(parts) != 2:
         return [f"key {key!r} must have exactly one '/' (source/stem), has {len(parts) - 1}"]
     out = []

@@ -1,0 +1,199 @@
+"""`mst validate`: exit 0 on a clean folder, 1 naming each defect class, 2 for unusable arguments."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from mst_pipeline.cli import app
+from mst_pipeline.shards import ShardWriter, encode_image, write_manifest
+
+from shard_helpers import raw_folder, raw_sample, valid_meta, valid_sample
+
+runner = CliRunner()
+
+
+def run_validate(folder, *extra):
+    result = runner.invoke(app, ["validate", str(folder), *extra])
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    return result
+
+
+def clean_folder(path, n=3):
+    with ShardWriter(path, "src", max_count=2) as w:
+        for i in range(n):
+            w.write(valid_sample("src", f"k{i}", seed=i, mask=(i == 0)))
+    return path
+
+
+def test_clean_folder_exits_zero_with_per_source_table(tmp_path):
+    result = run_validate(clean_folder(tmp_path / "ok"))
+    assert result.exit_code == 0, result.output
+    assert "src" in result.output and "OK" in result.output
+
+
+def test_json_report_is_machine_readable(tmp_path):
+    result = run_validate(clean_folder(tmp_path / "ok"), "--json")
+    report = json.loads(result.output)
+    assert report["ok"] is True and report["samples"] == 3
+    assert report["sources"]["src"]["kinds"] == {"full": 3}
+
+
+def meta_with(**changes):
+    meta = valid_meta()
+    for k, v in changes.items():
+        if v is KeyError:
+            meta.pop(k)
+        else:
+            meta[k] = v
+    return meta
+
+
+BAD_META = {
+    "singular H": (meta_with(H=[[1, 0, 0], [2, 0, 0], [0, 0, 1]]), "singular"),
+    "mirroring H": (meta_with(H=np.diag([-1 / 32, 1 / 32, 1.0]).tolist()), "negative determinant"),
+    "non-finite H": (meta_with(H=[[float("nan"), 0, 0], [0, 1, 0], [0, 0, 1]]), "non-finite"),
+    "H not 3x3": (meta_with(H=[[1, 0], [0, 1]]), "expected [3, 3]"),
+    "region out of bounds": (meta_with(region=[[0, 0], [50, 0], [50, 1], [0, 1]]), "sane bounds"),
+    "degenerate region": (meta_with(region=[[0, 0], [1, 1], [0.5, 0.5]]), "zero area"),
+    "keypoint shape": (meta_with(keypoints={**valid_meta()["keypoints"], "body": [[0, 0, 1]] * 24}),
+                       "keypoints.body has shape"),
+    "unknown kind": (meta_with(kind="torso"), "kind is 'torso'"),
+    "bad tier": (meta_with(tier="XL"), "tier is 'XL'"),
+    "missing density": (meta_with(density=KeyError), "density"),
+    "wrong format": (meta_with(format="unitedhuman-shard/0"), "format is"),
+    "absolute orig path": (meta_with(orig={**valid_meta()["orig"], "path": "/data/x.png"}), "orig.path"),
+    "smpl betas length": (meta_with(smpl={**valid_meta()["smpl"], "betas": [0.0] * 3}), "smpl.betas"),
+    "recorded size": (meta_with(width=17), "image is 16x32, meta records 17x32"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_META))
+def test_each_metadata_defect_is_named(tmp_path, case):
+    meta, expected = BAD_META[case]
+    folder = raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample(meta=meta)})
+    result = run_validate(folder)
+    assert result.exit_code == 1
+    assert expected in result.output, result.output
+    assert "src/a" in result.output and "src-000-000000.tar" in result.output
+
+
+def test_missing_image_and_missing_meta(tmp_path):
+    members = raw_sample("src/a")
+    no_image = [m for m in members if not m[0].endswith(".png")]
+    no_meta = [(n.replace("src/a", "src/b"), d) for n, d in members if not n.endswith(".json")]
+    folder = raw_folder(tmp_path / "f", {"src-000-000000.tar": no_image + no_meta})
+    result = run_validate(folder)
+    assert result.exit_code == 1
+    assert "src/a: no image" in result.output
+    assert "src/b: no meta.json" in result.output
+
+
+def test_meta_that_is_not_json(tmp_path):
+    members = [(n, b"{not json" if n.endswith(".json") else d) for n, d in raw_sample()]
+    result = run_validate(raw_folder(tmp_path / "f", {"src-000-000000.tar": members}))
+    assert result.exit_code == 1 and "not valid JSON" in result.output
+
+
+def test_image_that_does_not_decode(tmp_path):
+    folder = raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample(image=b"\x89PNG garbage")})
+    result = run_validate(folder)
+    assert result.exit_code == 1 and "does not decode" in result.output
+
+
+def test_greyscale_image_is_not_rgb(tmp_path):
+    grey = encode_image(np.zeros((32, 16), np.uint8), "png")
+    result = run_validate(raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample(image=grey)}))
+    assert result.exit_code == 1 and "not 8-bit RGB" in result.output
+
+
+@pytest.mark.parametrize("key,expected", [
+    ("src/../a", "'..'"),
+    ("src/a/b", "exactly one '/'"),
+    ("src/a b", "outside [A-Za-z0-9_-]"),
+])
+def test_unsanitised_keys(tmp_path, key, expected):
+    folder = raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample(key=key, meta=valid_meta(key))})
+    result = run_validate(folder)
+    assert result.exit_code == 1 and expected in result.output, result.output
+
+
+def test_absolute_member_path_is_reported(tmp_path):
+    folder = raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample(key="/src/a", meta=valid_meta("src/a"))})
+    result = run_validate(folder)
+    assert result.exit_code == 1 and "absolute" in result.output
+
+
+def test_duplicate_keys_across_shards(tmp_path):
+    folder = raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample(), "src-000-000001.tar": raw_sample()})
+    result = run_validate(folder)
+    assert result.exit_code == 1 and "duplicate key (also in src-000-000000.tar)" in result.output
+
+
+def test_manifest_missing(tmp_path):
+    folder = raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample()}, manifest=False)
+    result = run_validate(folder)
+    assert result.exit_code == 1 and "manifest.parquet is missing" in result.output
+
+
+def test_manifest_disagreeing_with_tars(tmp_path):
+    folder = clean_folder(tmp_path / "f")
+    table = pq.read_table(folder / "manifest.parquet").to_pylist()
+    table[0]["kind"] = "face"  # wrong value
+    extra = dict(table[1], key="src/ghost")  # a row no shard holds
+    rows = [table[0], extra] + table[2:]  # and table[1]'s sample is no longer listed
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(folder / "manifest.parquet")),
+                   folder / "manifest.parquet")
+    result = run_validate(folder)
+    assert result.exit_code == 1
+    assert "manifest kind='face'" in result.output
+    assert "src/ghost" in result.output and "no shard holds" in result.output
+    assert "not in the manifest" in result.output
+
+
+def test_non_tar_file_gives_one_line(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "src-000-000000.tar").write_text("this is not a tar archive\n" * 40)
+    write_manifest(folder)
+    result = run_validate(folder)
+    assert result.exit_code == 1 and "src-000-000000.tar" in result.output
+    assert "not a readable tar" in result.output or "corrupt" in result.output
+
+
+def test_truncated_tar_gives_one_line(tmp_path):
+    folder = clean_folder(tmp_path / "f", n=2)
+    shard = folder / "src-000-000000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2 + 100])
+    result = run_validate(folder)
+    assert result.exit_code == 1
+    assert "truncated" in result.output
+
+
+def test_empty_folder_and_missing_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_validate(tmp_path / "empty")
+    assert result.exit_code == 1 and "no shards" in result.output
+    result = run_validate(tmp_path / "nowhere")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    (tmp_path / "file").write_text("x")
+    assert run_validate(tmp_path / "file").exit_code == 2
+
+
+def test_mask_flag_must_match_members(tmp_path):
+    members = raw_sample(meta=meta_with(has_mask=True))
+    result = run_validate(raw_folder(tmp_path / "f", {"src-000-000000.tar": members}))
+    assert result.exit_code == 1 and "mask.png is missing" in result.output
+
+
+def test_bad_shard_name(tmp_path):
+    folder = raw_folder(tmp_path / "f", {"whatever.tar": raw_sample()})
+    result = run_validate(folder)
+    assert result.exit_code == 1 and "does not follow" in result.output
