@@ -25,6 +25,6 @@ demo: setup
 lint: setup
     .venv/bin/ruff check mst_pipeline uh_train blender_scripts tests scripts
 
-# Run the benchmarks and write docs/benchmarks.md.
-bench: setup
-    {{py}} scripts/bench.py
+# Run the benchmarks (all, or those whose name contains NAME) and write docs/benchmarks.md.
+bench *NAME: setup
+    {{py}} scripts/bench.py {{NAME}}

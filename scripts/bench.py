@@ -1,0 +1,61 @@
+"""`just bench`: run every benchmarks/bench_*.py and write docs/benchmarks.md.
+
+Each benchmark module exposes `run() -> str`, a Markdown section with the command, the machine and
+the numbers. `just bench NAME` runs only benchmarks whose file name contains NAME and keeps the
+other sections of the current file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+
+
+def main() -> int:
+    wanted = sys.argv[1] if len(sys.argv) > 1 else ""
+    old = OUT.read_text() if OUT.exists() else ""
+    sections = dict(re.findall(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench -->\n", old, re.S))
+    for path in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        name = path.stem.removeprefix("bench_")
+        if wanted and wanted not in name:
+            continue
+        print(f"==> benchmark {name}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        start = time.time()
+        body = module.run().rstrip() + "\n"
+        sections[name] = body + f"\n_Machine: {machine()}; run on {time.strftime('%Y-%m-%d')}, took {time.time() - start:.0f} s._\n"
+    text = "# Benchmarks\n\nWritten by `just bench` (`.venv/bin/python scripts/bench.py [NAME]`).\n\n"
+    for name in sorted(sections):
+        text += f"<!-- bench:{name} -->\n{sections[name]}<!-- /bench -->\n\n"
+    OUT.parent.mkdir(exist_ok=True)
+    tmp = OUT.with_name(OUT.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, OUT)
+    print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
