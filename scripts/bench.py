@@ -45,7 +45,8 @@ def main() -> int:
         spec.loader.exec_module(module)
         start = time.time()
         body = module.run().rstrip() + "\n"
-        sections[name] = body + f"\n_Machine: {machine()}; run on {time.strftime('%Y-%m-%d')}, took {time.time() - start:.0f} s._\n"
+        stamp = f"run on {time.strftime('%Y-%m-%d')}, took {time.time() - start:.0f} s"
+        sections[name] = body + f"\n_Machine: {machine()}; {stamp}._\n"
     text = "# Benchmarks\n\nWritten by `just bench` (`.venv/bin/python scripts/bench.py [NAME]`).\n\n"
     for name in sorted(sections):
         text += f"<!-- bench:{name} -->\n{sections[name]}<!-- /bench -->\n\n"

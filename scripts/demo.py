@@ -84,8 +84,8 @@ def write_report(all_stages: list[Stage], results: list[dict]) -> Path:
         if stage.stdout_to is not None and stage.stdout_to.exists():
             try:
                 summary = json.loads(stage.stdout_to.read_text())
-                body += "<pre>" + html.escape(json.dumps(
-                    {k: summary[k] for k in ("ok", "shards", "samples", "sources") if k in summary}, indent=1)) + "</pre>"
+                brief = {k: summary[k] for k in ("ok", "shards", "samples", "sources") if k in summary}
+                body += "<pre>" + html.escape(json.dumps(brief, indent=1)) + "</pre>"
             except ValueError:
                 pass
         sections.append(body)
