@@ -16,9 +16,18 @@ if [[ -x .venv/bin/python && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; the
 fi
 echo "==> setting up .venv (first run takes a few minutes)"
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[all,dev]'
+LOG=.venv/setup.log
+pip_step() {  # quiet unless it fails: pip's full output goes to .venv/setup.log
+  if ! .venv/bin/python -m pip install "$@" >>"$LOG" 2>&1; then
+    tail -n 40 "$LOG" >&2
+    echo "error: pip install $* failed (full log: $LOG)" >&2
+    exit 1
+  fi
+}
+: > "$LOG"
+pip_step --upgrade pip
+pip_step -c constraints.txt -e '.[all,dev]'
 # pyrender pins PyOpenGL 3.1.0, whose OSMesa binding is broken; 3.1.7+ works (pip cannot take it as a constraint).
-.venv/bin/python -m pip install -q 'PyOpenGL>=3.1.7' 2>&1 | grep -v -E "dependency resolver|pyrender .* requires PyOpenGL" || true
+pip_step 'PyOpenGL>=3.1.7'
 echo "$WANT" > "$STAMP"
 echo "==> .venv ready"
