@@ -1,0 +1,273 @@
+"""Training data: shard streams per source, mixed by weight, cut into patches at sampled (v, s).
+
+    per source: shards -> tar samples -> shuffle -> (skip consumed) -> decode      (shard_reader)
+    mix sources by weight -> patch sampler (v, s, resample through H^-1, mask M) -> batches
+
+Stage 1 feeds whole full-body images (T = identity). Stage 2 samples (v, s) per real sample:
+keypoint-based centres mixed with uniform centres, s limited by the source's density so a patch is
+never upsampled beyond the source's own resolution.
+
+Resuming: every random choice is derived from (seed, sample index), and each source stream counts
+the raw samples it consumed. A resumed run fast-forwards each stream by its count without decoding,
+so with one loader process it sees exactly the samples the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from uh_train import shard_reader
+from uh_train.shardspec import SHARD_NAME, ShardRecord
+from uh_train.spatial import apply_homography, patch_transform
+
+# Padding colour of full-body space outside a source image (SHHQ portraits are padded with white).
+PAD_VALUE = 1.0
+
+
+@dataclass
+class PatchConfig:
+    res: int = 64  # r: patch size in pixels
+    stage: int = 2
+    scale_max: float = 8.0  # largest s
+    keypoint_prob: float = 0.5  # probability of a keypoint-based centre (else uniform)
+    jitter: float = 0.25  # keypoint jitter, in patch sides (1/s)
+    min_confidence: float = 0.3
+
+
+@dataclass
+class Patch:
+    image: np.ndarray  # float32 [3, r, r] in [-1, 1]
+    mask: np.ndarray  # float32 [1, r, r], 1 where the source has pixels
+    transform: np.ndarray  # float32 [3, 3], T(v, s)
+    source: str
+    key: str
+
+
+def sample_view(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Choose (v, s) for a real sample. Returns (v [2], s)."""
+    if cfg.stage == 1:
+        return np.array([0.5, 0.5]), 1.0
+    x0, y0 = record.region.min(axis=0)
+    x1, y1 = record.region.max(axis=0)
+    x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0)
+    # Largest s: the source's own density (never upsample); smallest: a patch no larger than the
+    # source's region, so partial sources give mostly covered patches.
+    s_max = max(1.0, min(cfg.scale_max, record.density / cfg.res))
+    s_min = float(np.clip(1.0 / max(x1 - x0, y1 - y0, 1e-3), 1.0, s_max))
+    s = float(math.exp(rng.uniform(math.log(s_min), math.log(s_max)))) if s_max > s_min else s_min
+    centres = []
+    if record.keypoints is not None:
+        body = record.keypoints["body"]
+        ok = (body[:, 2] >= cfg.min_confidence) & (body[:, 0] >= x0) & (body[:, 0] <= x1) \
+            & (body[:, 1] >= y0) & (body[:, 1] <= y1)
+        centres = body[ok, :2]
+    if len(centres) and rng.uniform() < cfg.keypoint_prob:
+        v = centres[rng.integers(len(centres))] + rng.normal(0.0, cfg.jitter / s, size=2)
+    else:
+        v = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
+    # Keep the patch centre inside the source's region, and the patch inside a margin of the square.
+    half = 0.5 / s
+    v = np.clip(v, [max(x0, half - 0.25), max(y0, half - 0.25)], [min(x1, 1.25 - half), min(y1, 1.25 - half)])
+    if s == 1.0:
+        v = np.array([0.5, 0.5])
+    return v, s
+
+
+def resample_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resample the r x r patch T(v, s) from the source through H^-1, antialiased.
+
+    The source is first box-filtered by the integer part of the footprint (source pixels per patch
+    pixel), then sampled bilinearly, so minification does not alias. Returns (rgb float32
+    [r, r, 3] in [0, 1] with PAD_VALUE outside the source, mask float32 [r, r]).
+    """
+    H = record.H
+    image = record.image
+    mask = record.mask
+    footprint = record.density / (res * s)
+    factor = int(footprint)
+    if factor >= 2:
+        h, w = image.shape[:2]
+        small = Image.fromarray(image).reduce(factor)
+        H = H @ np.diag([w / small.width, h / small.height, 1.0])
+        image = np.asarray(small)
+        if mask is not None:
+            mask = np.asarray(Image.fromarray(mask).resize(small.size, Image.Resampling.BOX))
+    T = patch_transform(v, s)
+    centres = (np.arange(res, dtype=np.float64) + 0.5) / res - 0.5
+    gx, gy = np.meshgrid(centres, centres)
+    full = apply_homography(T, np.stack([gx, gy], axis=-1)) + 0.5
+    src = apply_homography(np.linalg.inv(H), full) - 0.5
+    h, w = image.shape[:2]
+    sx, sy = src[..., 0], src[..., 1]
+    inside = ((sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)).astype(np.float32)
+    rgb = _bilinear(image.astype(np.float32) / 255.0, sx, sy)
+    m = inside
+    if mask is not None:
+        m = m * _bilinear(mask.astype(np.float32)[..., None] / 255.0, sx, sy)[..., 0]
+    rgb = rgb * m[..., None] + PAD_VALUE * (1 - m[..., None])
+    return rgb, m
+
+
+def _bilinear(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    sx = np.clip(sx, 0, w - 1)
+    sy = np.clip(sy, 0, h - 1)
+    x0 = np.floor(sx).astype(np.int64)
+    y0 = np.floor(sy).astype(np.int64)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    fx = (sx - x0)[..., None].astype(np.float32)
+    fy = (sy - y0)[..., None].astype(np.float32)
+    return (img[y0, x0] * (1 - fx) + img[y0, x1] * fx) * (1 - fy) + (img[y1, x0] * (1 - fx) + img[y1, x1] * fx) * fy
+
+
+def make_patch(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator) -> Patch:
+    v, s = sample_view(record, cfg, rng)
+    rgb, m = resample_patch(record, v, s, cfg.res)
+    return Patch(
+        image=np.ascontiguousarray((rgb * 2 - 1).transpose(2, 0, 1), dtype=np.float32),
+        mask=m[None].astype(np.float32),
+        transform=patch_transform(v, s).astype(np.float32),
+        source=record.source,
+        key=record.key,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Source streams and mixing
+
+
+def shards_by_source(folders: Sequence[str | Path]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for url in shard_reader.list_shards(folders):
+        out.setdefault(SHARD_NAME.match(Path(url).name)["source"], []).append(url)
+    return out
+
+
+def loader_slot() -> tuple[int, int]:
+    """(slot, number of slots) of this process: one slot per (rank, DataLoader worker)."""
+    from webdataset.utils import pytorch_worker_info
+
+    rank, world, worker, workers = pytorch_worker_info()
+    return rank * workers + worker, world * workers
+
+
+def source_stream(urls: list[str], seed: int, skip: int, shuffle_buffer: int) -> Iterator[ShardRecord | None]:
+    """Endless, deterministic stream of one source's records for this loader slot.
+
+    Shards are split across slots (ranks x workers) when there are enough of them; a source with
+    fewer shards than slots is read whole by every slot, each with its own shuffling seed. The
+    first `skip` raw samples are passed over without decoding (resume). Undecodable samples yield
+    None (they still count as consumed).
+    """
+    import webdataset as wds
+
+    slot, slots = loader_slot()
+    if len(urls) >= slots:
+        urls = urls[slot::slots]
+    seed = seed * 1009 + slot
+    pipe = wds.DataPipeline(
+        shard_reader.ShardList(urls, seed=seed, shuffle=True, repeat=True),
+        wds.tarfile_to_samples(handler=shard_reader._warn),
+        wds.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer), rng=random.Random(seed)),
+    )
+    it = iter(pipe)
+    for _ in range(skip):  # fast-forward without decoding
+        next(it)
+    for sample in it:
+        try:
+            yield shard_reader.decode_sample(sample)
+        except Exception as e:  # a corrupt sample must not end a long run
+            shard_reader._warn(e)
+            yield None
+
+
+@dataclass
+class StreamState:
+    """Where the data stands, per loader slot: raw samples consumed per source, batches produced.
+
+    Keys are "slot/source" and "slot"; with the same number of loader workers a resumed run sees
+    exactly the samples and patches the uninterrupted run would have seen.
+    """
+
+    consumed: dict[str, int] = field(default_factory=dict)
+    batches: dict[str, int] = field(default_factory=dict)
+
+    def update(self, other: StreamState) -> None:
+        self.consumed.update(other.consumed)
+        self.batches.update(other.batches)
+
+
+class PatchBatches(torch.utils.data.IterableDataset):
+    """Batches of real patches mixed from several sources, as dicts of tensors plus `state` (the
+    StreamState of the producing slot after the batch, for checkpoints).
+
+    `weights`: per-source mixing weights (unnormalised); sources without a weight get 1.
+    Stage 1 reads only sources that hold full-body samples, and of them only `full` samples.
+    """
+
+    def __init__(self, folders: Sequence[str | Path], batch: int, cfg: PatchConfig, seed: int = 0,
+                 weights: dict[str, float] | None = None, state: StreamState | None = None,
+                 shuffle_buffer: int = 256) -> None:
+        super().__init__()
+        self.sources = shards_by_source(folders)
+        unknown = set(weights or {}) - set(self.sources)
+        if unknown:
+            raise ValueError(f"mixing weights name unknown sources: {', '.join(sorted(unknown))} "
+                             f"(sources: {', '.join(sorted(self.sources))})")
+        self.batch, self.cfg, self.seed = batch, cfg, seed
+        self.weights = {s: float((weights or {}).get(s, 1.0)) for s in self.sources}
+        if cfg.stage == 1:
+            kinds = _source_kinds(folders)
+            self.weights = {s: w for s, w in self.weights.items() if "full" in kinds.get(s, set())}
+            if not self.weights:
+                raise ValueError("stage 1 needs a full-body source (kind 'full'); none of the shard folders has one")
+        self.weights = {s: w for s, w in self.weights.items() if w > 0}
+        self.state = state or StreamState()
+        self.shuffle_buffer = shuffle_buffer
+
+    def __iter__(self) -> Iterator[dict]:
+        slot, _ = loader_slot()
+        names = sorted(self.weights)
+        probs = np.array([self.weights[n] for n in names])
+        probs = probs / probs.sum()
+        consumed = {n: self.state.consumed.get(f"{slot}/{n}", 0) for n in names}
+        streams = {n: source_stream(self.sources[n], self.seed + i, consumed[n], self.shuffle_buffer)
+                   for i, n in enumerate(names)}
+        batch_index = self.state.batches.get(str(slot), 0)
+        while True:
+            rng = np.random.default_rng([self.seed, slot, batch_index])
+            patches: list[Patch] = []
+            while len(patches) < self.batch:
+                name = names[rng.choice(len(names), p=probs)]
+                record = next(streams[name])
+                consumed[name] += 1
+                if record is None or (self.cfg.stage == 1 and record.kind != "full"):
+                    continue
+                patches.append(make_patch(record, self.cfg, rng))
+            batch_index += 1
+            yield {
+                "image": torch.from_numpy(np.stack([p.image for p in patches])),
+                "mask": torch.from_numpy(np.stack([p.mask for p in patches])),
+                "transform": torch.from_numpy(np.stack([p.transform for p in patches])),
+                "source": [p.source for p in patches],
+                "key": [p.key for p in patches],
+                "state": StreamState(consumed={f"{slot}/{n}": c for n, c in consumed.items()},
+                                     batches={str(slot): batch_index}),
+            }
+
+
+def _source_kinds(folders: Sequence[str | Path]) -> dict[str, set[str]]:
+    table = shard_reader.read_manifests(folders)
+    out: dict[str, set[str]] = {}
+    for source, kind in zip(table.column("source").to_pylist(), table.column("kind").to_pylist(), strict=True):
+        out.setdefault(source, set()).add(kind)
+    return out

@@ -1,0 +1,103 @@
+"""Losses of the two training stages (paper §3.2, Eq. 6-10; DESIGN §7). Pure functions of tensors.
+
+The U-Net discriminator returns (global logits [N, 1], pixel logits [N, 1, r, r]); both heads get
+the non-saturating loss. Real partial patches are completed by CutMix with the fake patch of the
+same T(v, s) through their coverage mask M (Eq. 6), and the decoder's per-pixel output on the mix
+must equal the mix of its outputs (consistency, Eq. 9).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def nonsaturating_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                         real_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """softplus(-D(real)) + softplus(D(fake)), averaged; `real_weight` masks per-pixel real terms."""
+    real_term = F.softplus(-real_logits)
+    if real_weight is not None:
+        real_term = (real_term * real_weight).sum() / real_weight.sum().clamp_min(1.0)
+    else:
+        real_term = real_term.mean()
+    return real_term + F.softplus(fake_logits).mean()
+
+
+def nonsaturating_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.softplus(-fake_logits).mean()
+
+
+def cutmix(real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: M * real + (1 - M) * fake."""
+    return mask * real + (1 - mask) * fake
+
+
+def random_box_mask(n: int, res: int, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """U-Net GAN style CutMix boxes for fully covered reals: area ratio ~ U(0,1), [n, 1, r, r]."""
+    lam = torch.rand(n, generator=generator)
+    side = (1 - lam).sqrt()
+    w = (side * res).round().long()
+    cx = torch.randint(0, res, (n,), generator=generator)
+    cy = torch.randint(0, res, (n,), generator=generator)
+    mask = torch.ones(n, 1, res, res)
+    for i in range(n):
+        x0, x1 = max(int(cx[i] - w[i] // 2), 0), min(int(cx[i] + w[i] // 2), res)
+        y0, y1 = max(int(cy[i] - w[i] // 2), 0), min(int(cy[i] + w[i] // 2), res)
+        mask[i, :, y0:y1, x0:x1] = 0
+    return mask.to(device)
+
+
+def consistency_loss(pixel_mix: torch.Tensor, pixel_real: torch.Tensor, pixel_fake: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: || D_dec(mix(x, G(z), M)) - mix(D_dec(x), D_dec(G(z)), M) ||^2."""
+    target = cutmix(pixel_real, pixel_fake, mask)
+    return F.mse_loss(pixel_mix, target)
+
+
+def r1_penalty(real_images: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
+    """R1: squared gradient norm of the summed logits w.r.t. the real images, per sample, averaged."""
+    total = sum(lg.sum() for lg in logits)
+    (grad,) = torch.autograd.grad(total, real_images, create_graph=True)
+    return grad.square().sum(dim=(1, 2, 3)).mean()
+
+
+def teacher_region(
+    teacher_image: torch.Tensor, transform: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The region T(v, s) of the teacher's full image, sampled at size x size (bilinear).
+
+    teacher_image: [N, C, R, R] rendered at T = identity; transform: [N, 3, 3]. Returns (crop,
+    valid) where valid [N, 1, size, size] is 1 inside full-body space.
+    """
+    n = teacher_image.shape[0]
+    centres = (torch.arange(size, dtype=teacher_image.dtype, device=teacher_image.device) + 0.5) / size - 0.5
+    gy, gx = torch.meshgrid(centres, centres, indexing="ij")
+    pts = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(1, -1, 3).expand(n, -1, -1)
+    full = pts @ transform.transpose(1, 2)  # patch coords -> full-body coords centred at 0
+    grid = (full[..., :2] * 2).reshape(n, size, size, 2)  # [-0.5, 0.5] -> grid_sample's [-1, 1]
+    crop = F.grid_sample(teacher_image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    valid = ((grid.abs() <= 1).all(dim=-1, keepdim=True)).permute(0, 3, 1, 2).to(teacher_image.dtype)
+    return crop, valid
+
+
+def pixel_loss(student_patch: torch.Tensor, teacher_image: torch.Tensor, transform: torch.Tensor,
+               lpips_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8: L1 (+ LPIPS) between the student's patch and the teacher's image of the same region.
+
+    The student patch is brought to the teacher's frame: downsampled (antialiased) to the number of
+    teacher pixels the region spans, then compared with the teacher's crop there, masked to
+    full-body space. Returns (l1, lpips) as scalars (lpips is 0 when `lpips_fn` is None).
+    """
+    r = teacher_image.shape[-1]
+    s = 1.0 / transform[:, 0, 0]
+    size = int(max(8, round(float(r / s.mean()))))
+    small = F.interpolate(student_patch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    crop, valid = teacher_region(teacher_image, transform, size)
+    l1 = ((small - crop).abs() * valid).sum() / (valid.sum() * small.shape[1]).clamp_min(1.0)
+    if lpips_fn is None:
+        return l1, torch.zeros((), device=l1.device)
+    up = 64 if size < 64 else size  # LPIPS's backbone needs a minimum spatial size
+    a = F.interpolate(small * valid, size=(up, up), mode="bilinear", align_corners=False)
+    b = F.interpolate(crop * valid, size=(up, up), mode="bilinear", align_corners=False)
+    return l1, lpips_fn(a, b).mean()
