@@ -23,6 +23,12 @@ def nonsaturating_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
     return real_term + F.softplus(fake_logits).mean()
 
 
+def per_pixel_target_loss(pixel_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Decoder loss on a CutMix image: pixels from the real patch (target 1) should score real,
+    pixels from the fake (target 0) fake."""
+    return (target * F.softplus(-pixel_logits) + (1 - target) * F.softplus(pixel_logits)).mean()
+
+
 def nonsaturating_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits).mean()
 

@@ -1,18 +1,553 @@
-"""`uh-train`: Train the continuous-resolution generator from shards."""
+"""`uh-train`: two-stage multi-source training streamed from shards (paper §3.2, App. B).
+
+One loop, readable top to bottom (`train`). Stage 1 learns whole full-body images at r (T = identity);
+stage 2 starts from the stage-1 generator, which stays frozen as the teacher, and learns patches of
+every source at sampled (v, s) with CutMix, consistency and the teacher pixel loss.
+
+Distributed: launched by `torchrun`, every process trains on its share of the batch; gradients are
+averaged with one all-reduce per network (NCCL on GPU, gloo on CPU).
+"""
 
 from __future__ import annotations
 
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
 import typer
+from rich.console import Console
 
-app = typer.Typer(add_completion=False, rich_markup_mode="rich", help="Train the continuous-resolution generator from shards.")
+from uh_train import losses
+from uh_train.data import PatchBatches, PatchConfig, StreamState
+from uh_train.train_state import load_state, save_state
+
+console = Console(stderr=True, soft_wrap=True)
 
 
-@app.command()
-def run() -> None:
-    """Train the continuous-resolution generator from shards (not available in this version yet)."""
-    typer.secho("uh-train is not available in this version yet.", fg="yellow", err=True)
-    raise typer.Exit(3)
+@dataclass
+class TrainConfig:
+    shards: list[str]
+    out: str
+    stage: int = 1
+    teacher: str | None = None
+    preset: str = "tiny"
+    res: int | None = None  # patch resolution r; None: the preset's
+    kimg: float = 1.0
+    batch: int = 32  # global batch
+    batch_gpu: int | None = None  # per-process batch (gradient accumulation when smaller)
+    lr_g: float = 0.0025
+    lr_d: float = 0.002
+    betas: tuple[float, float] = (0.0, 0.99)
+    r1_gamma: float = 2.0
+    r1_interval: int = 16
+    ema_kimg: float | None = None  # None: batch * 10 / 32, as StyleGAN3
+    lambda_cr: float = 1.0  # consistency, Eq. 9
+    lambda_p: float = 5.0  # teacher pixel loss, Eq. 8
+    lpips: str = "auto"  # auto | on | off
+    scale_max: float = 8.0
+    keypoint_prob: float = 0.5
+    mix: dict[str, float] = field(default_factory=dict)
+    snapshot_kimg: float = 1.0
+    seed: int = 0
+    workers: int = 0
+    amp: bool = True  # bfloat16 autocast on GPU
+    max_bad_steps: int = 20
+    device: str = "auto"
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+
+
+def build_networks(cfg: TrainConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from uh_train.networks import build_discriminator, build_generator
+
+    G = build_generator(cfg.preset, res=cfg.res)
+    D = build_discriminator(cfg.preset, res=cfg.res or G.img_resolution)
+    return G, D
+
+
+def load_teacher(path: str, device: torch.device) -> torch.nn.Module:
+    from uh_train.checkpoint import load_generator
+
+    teacher = load_generator(path, device=device)
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def make_lpips(mode: str, device: torch.device):
+    """LPIPS (AlexNet) for the pixel loss. `auto` falls back to L1 alone when the backbone weights
+    are not on this machine; `on` fails with instructions."""
+    if mode == "off":
+        return None
+    try:
+        import lpips
+
+        fn = lpips.LPIPS(net="alex", verbose=False).to(device).eval().requires_grad_(False)
+        return fn
+    except Exception as e:  # a download attempt offline raises URLError / RuntimeError / OSError
+        hub = torch.hub.get_dir()
+        msg = (f"LPIPS needs torchvision's AlexNet weights (alexnet-owt-7be5be79.pth) in {hub}/checkpoints; "
+               f"they could not be loaded ({type(e).__name__}). Copy the file there, or pass --lpips off.")
+        if mode == "on":
+            raise RuntimeError(msg) from None
+        console.print(f"[yellow]note:[/yellow] {msg} Continuing with the L1 part of the pixel loss only.")
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed helpers
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> Dist:
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def average_gradients(module: torch.nn.Module, d: Dist) -> None:
+    """All-reduce every parameter's gradient as one flat tensor (missing gradients count as zero)."""
+    if d.world == 1:
+        return
+    import torch.distributed as dist
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.flatten() for p in params])
+    dist.all_reduce(flat)
+    flat /= d.world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset: offset + n].view_as(p))
+        offset += n
+
+
+def broadcast_module(module: torch.nn.Module, d: Dist) -> None:
+    if d.world == 1:
+        return
+    import torch.distributed as dist
+
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    nimg: int = 0
+    bad_steps: int = 0
+    data: StreamState = field(default_factory=StreamState)
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    return {"torch": gen.get_state(), "cpu": torch.get_rng_state(),
+            "numpy": json.dumps(np.random.get_state()[1].tolist()), "python": repr(random.getstate())}
+
+
+def checkpoint_path(out: Path, nimg: int) -> Path:
+    return out / f"training-state-{nimg // 1000:06d}k-{nimg % 1000:03d}.safetensors"
+
+
+def save_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, opt_D, gen: torch.Generator,
+                    prog: Progress) -> Path:
+    from uh_train.checkpoint import save_generator
+
+    path = checkpoint_path(out, prog.nimg)
+    save_state(path, {
+        "config": json.dumps(asdict(cfg)),
+        "G": G.state_dict(), "G_ema": G_ema.state_dict(), "D": D.state_dict(),
+        "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+        "rng": _rng_state(gen),
+        "progress": {"step": prog.step, "nimg": prog.nimg, "bad_steps": prog.bad_steps,
+                     "data": {"consumed": prog.data.consumed, "batches": prog.data.batches}},
+    })
+    # The generator alone, in the format uh-generate and uh-eval read.
+    save_generator(G_ema, out / "network-latest.safetensors")
+    latest = out / "latest.json"
+    tmp = latest.with_name("latest.json.tmp")
+    tmp.write_text(json.dumps({"state": path.name, "nimg": prog.nimg, "step": prog.step}))
+    os.replace(tmp, latest)
+    return path
+
+
+def find_resume(out: Path) -> Path | None:
+    latest = out / "latest.json"
+    if not latest.exists():
+        return None
+    return out / json.loads(latest.read_text())["state"]
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run training; returns a summary (steps, kimg, final losses, bad steps)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    d = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    out = Path(cfg.out)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed + d.rank)
+    np.random.seed(cfg.seed + d.rank)
+    random.seed(cfg.seed + d.rank)
+
+    # Networks. Stage 2 starts from the teacher's weights; the teacher itself stays frozen.
+    G, D = build_networks(cfg)
+    teacher = None
+    if cfg.stage == 2:
+        if cfg.teacher:
+            teacher = load_teacher(cfg.teacher, device)
+            G.load_state_dict(teacher.state_dict(), strict=False)
+        else:
+            console.print("[yellow]note:[/yellow] stage 2 without --teacher: no teacher pixel loss (Eq. 8)")
+    G, D = G.to(device).train(), D.to(device).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas, eps=1e-8)
+    mb_ratio = cfg.r1_interval / (cfg.r1_interval + 1)  # lazy regularisation, as StyleGAN2
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr_d * mb_ratio,
+                             betas=(cfg.betas[0] ** mb_ratio, cfg.betas[1] ** mb_ratio), eps=1e-8)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + d.rank)
+    prog = Progress()
+
+    resume = find_resume(out)
+    if resume is not None:
+        state = load_state(resume)
+        G.load_state_dict(state["G"])
+        G_ema.load_state_dict(state["G_ema"])
+        D.load_state_dict(state["D"])
+        opt_G.load_state_dict(state["opt_G"])
+        opt_D.load_state_dict(state["opt_D"])
+        gen.set_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        p = state["progress"]
+        prog = Progress(p["step"], p["nimg"], p["bad_steps"],
+                        StreamState(consumed=dict(p["data"]["consumed"]), batches=dict(p["data"]["batches"])))
+        if d.main:
+            console.print(f"resuming from {resume.name} (step {prog.step}, {prog.nimg / 1000:.3f} kimg)")
+            _truncate_log(out / "log.jsonl", prog.step)
+    else:
+        broadcast_module(G, d)
+        broadcast_module(D, d)
+        G_ema.load_state_dict(G.state_dict())
+
+    lpips_fn = make_lpips(cfg.lpips, device) if (teacher is not None and cfg.lambda_p > 0) else None
+    res = G.img_resolution
+    batch_gpu = cfg.batch_gpu or cfg.batch // d.world
+    rounds = max(1, cfg.batch // (batch_gpu * d.world))
+    patch_cfg = PatchConfig(res=res, stage=cfg.stage, scale_max=cfg.scale_max, keypoint_prob=cfg.keypoint_prob)
+    dataset = PatchBatches(cfg.shards, batch=batch_gpu, cfg=patch_cfg, seed=cfg.seed, weights=cfg.mix or None,
+                           state=prog.data)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
+                                         persistent_workers=cfg.workers > 0)
+    data_iter = iter(loader)
+    ema_kimg = cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32
+    ema_beta = 0.5 ** (cfg.batch / max(ema_kimg * 1000, 1e-8))
+    amp = cfg.amp and device.type == "cuda"
+    total_nimg = int(cfg.kimg * 1000)
+    snapshot_nimg = max(1, int(cfg.snapshot_kimg * 1000))
+    next_snapshot = (prog.nimg // snapshot_nimg + 1) * snapshot_nimg
+    log_file = open(out / "log.jsonl", "a") if d.main else None
+    tb = _tensorboard(out) if d.main else None
+    fixed_z = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(123)).to(device)
+    start, start_nimg = time.time(), prog.nimg
+    last: dict[str, float] = {}
+
+    while prog.nimg < total_nimg:
+        terms: dict[str, float] = {}
+        do_r1 = cfg.r1_gamma > 0 and prog.step % cfg.r1_interval == 0
+        batches = [next(data_iter) for _ in range(rounds)]
+        for b in batches:
+            prog.data.update(b["state"])
+
+        # --- G step: fool both heads; match the teacher on the same region (Eq. 8)
+        opt_G.zero_grad(set_to_none=True)
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        finite = True
+        for b in batches:
+            T = b["transform"].to(device)
+            z = torch.randn(T.shape[0], G.z_dim, generator=gen).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                fake = G(z, T)
+                g_logit, p_logit = D(fake)
+                loss = losses.nonsaturating_g_loss(g_logit) + losses.nonsaturating_g_loss(p_logit)
+                _add(terms, "G/adv", loss)
+                if teacher is not None and cfg.lambda_p > 0:
+                    with torch.no_grad():
+                        teacher_img = teacher(z, None)
+                    l1, lp = losses.pixel_loss(fake.float(), teacher_img.float(), T, lpips_fn)
+                    loss = loss + cfg.lambda_p * (l1 + lp)
+                    _add(terms, "G/pixel_l1", l1)
+                    _add(terms, "G/pixel_lpips", lp)
+            finite &= bool(torch.isfinite(loss))
+            (loss / rounds).backward()
+        average_gradients(G, d)
+
+        # --- D step: both heads, CutMix of real partial patches with fakes (Eq. 6), consistency (Eq. 9), R1
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        opt_D.zero_grad(set_to_none=True)
+        for b in batches:
+            real = b["image"].to(device)
+            mask = b["mask"].to(device)
+            T = b["transform"].to(device)
+            n = real.shape[0]
+            z = torch.randn(n, G.z_dim, generator=gen).to(device)
+            full = (mask.flatten(1).mean(dim=1) > 0.999).float()
+            box = losses.random_box_mask(n, res, generator=gen, device=device)
+            mix_mask = torch.where(full.view(n, 1, 1, 1) > 0, box, mask)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with torch.no_grad():
+                    fake = G(z, T)
+                real_in = real.detach().requires_grad_(do_r1)
+                r_g, r_p = D(real_in)
+                f_g, f_p = D(fake)
+                m_g, m_p = D(losses.cutmix(real, fake, mix_mask))
+                # Global head: a patch with uncovered pixels is not a whole real image; judge only full ones.
+                loss_global = (torch.nn.functional.softplus(-r_g).squeeze(1) * full).sum() / full.sum().clamp_min(1) \
+                    + torch.nn.functional.softplus(f_g).mean()
+                loss_pixel = losses.nonsaturating_d_loss(r_p, f_p, real_weight=mask.expand_as(r_p))
+                loss_mix = losses.per_pixel_target_loss(m_p, mix_mask)
+                loss_cr = losses.consistency_loss(m_p, r_p.detach(), f_p.detach(), mix_mask)
+                loss = loss_global + loss_pixel + loss_mix + cfg.lambda_cr * loss_cr
+                _add(terms, "D/global", loss_global)
+                _add(terms, "D/pixel", loss_pixel)
+                _add(terms, "D/cutmix", loss_mix)
+                _add(terms, "D/consistency", loss_cr)
+            if do_r1:
+                r1 = losses.r1_penalty(real_in, [r_g.float(), (r_p.float() * mask)])
+                loss = loss + (cfg.r1_gamma / 2) * r1 * cfg.r1_interval
+                _add(terms, "D/r1", r1)
+            finite &= bool(torch.isfinite(loss))
+            (loss / rounds).backward()
+        average_gradients(D, d)
+
+        # --- NaN/Inf guard: skip the update entirely, count, stop after too many in a row
+        if finite:
+            opt_G.step()
+            opt_D.step()
+            prog.bad_steps = 0
+        else:
+            prog.bad_steps += 1
+            console.print(f"[yellow]step {prog.step}: non-finite loss, update skipped "
+                          f"({prog.bad_steps}/{cfg.max_bad_steps} in a row)[/yellow]")
+            if prog.bad_steps >= cfg.max_bad_steps:
+                raise RuntimeError(f"{prog.bad_steps} non-finite steps in a row; stopping. "
+                                   f"The last good state is in {out}; lower the learning rates or check the data.")
+        with torch.no_grad():  # EMA of G
+            for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - ema_beta)
+            for b_ema, b_ in zip(G_ema.buffers(), G.buffers(), strict=True):
+                b_ema.copy_(b_)
+
+        prog.step += 1
+        prog.nimg += cfg.batch
+        last = {k: v / rounds for k, v in terms.items()}
+        if d.main:
+            log_file.write(json.dumps({"step": prog.step, "kimg": prog.nimg / 1000, **last}) + "\n")
+            log_file.flush()
+            elapsed = time.time() - start
+            rate = (prog.nimg - start_nimg) / 1000 / max(elapsed, 1e-9)
+            eta = (total_nimg - prog.nimg) / 1000 / max(rate, 1e-9)
+            if tb is not None:
+                for k, v in last.items():
+                    tb.add_scalar(k, v, prog.nimg)
+                tb.add_scalar("progress/kimg_per_s", rate, prog.nimg)
+            if prog.step % 10 == 0 or prog.nimg >= total_nimg or prog.step == 1:
+                console.print(f"step {prog.step:6d}  kimg {prog.nimg / 1000:8.3f}/{cfg.kimg:g}  "
+                              f"{rate:6.3f} kimg/s  ETA {_fmt(eta)}  " +
+                              "  ".join(f"{k} {v:.3f}" for k, v in sorted(last.items())))
+        if prog.nimg >= next_snapshot or prog.nimg >= total_nimg:
+            next_snapshot += snapshot_nimg
+            if d.main:
+                path = save_checkpoint(out, cfg, G, G_ema, D, opt_G, opt_D, gen, prog)
+                grid = sample_grid(G_ema, fixed_z, out / f"samples-{prog.nimg // 1000:06d}k-{prog.nimg % 1000:03d}.png")
+                if tb is not None:
+                    tb.add_image("samples", grid, prog.nimg, dataformats="HWC")
+                console.print(f"saved {path.name}")
+    if log_file is not None:
+        log_file.close()
+    if tb is not None:
+        tb.close()
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"steps": prog.step, "kimg": prog.nimg / 1000, "losses": last, "out": str(out)}
+
+
+SAMPLE_VIEWS = ((0.5, 0.5, 1.0), (0.5, 0.12, 4.0), (0.35, 0.5, 4.0), (0.5, 0.8, 2.0))
+
+
+@torch.no_grad()
+def sample_grid(G, z: torch.Tensor, path: Path) -> np.ndarray:
+    """Fixed z (rows) at several (v, s) (columns): the whole image, the face, a hand, the legs."""
+    from PIL import Image
+
+    from uh_train.spatial import patch_transform
+
+    cols = []
+    for vx, vy, s in SAMPLE_VIEWS:
+        T = torch.tensor(patch_transform((vx, vy), s), dtype=torch.float32).expand(z.shape[0], 3, 3).to(z.device)
+        img = G(z, T).float().clamp(-1, 1)
+        cols.append(((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    grid = np.concatenate([np.concatenate(list(c), axis=0) for c in cols], axis=1)
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(grid).save(tmp)
+    os.replace(tmp, path)
+    return grid
+
+
+def _add(terms: dict[str, float], name: str, value: torch.Tensor) -> None:
+    terms[name] = terms.get(name, 0.0) + float(value.detach())
+
+
+def _fmt(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h:d}:{m:02d}:{s:02d}"
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in lines))
+    os.replace(tmp, path)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+PRESET_DEFAULTS = {  # preset -> (batch, kimg, snapshot_kimg)
+    "paper": (32, 25000.0, 200.0),
+    "small": (16, 100.0, 10.0),
+    "tiny": (8, 0.4, 0.2),
+}
+
+app = typer.Typer(add_completion=False, rich_markup_mode="rich", no_args_is_help=True,
+                  help="Train the continuous-resolution UnitedHuman generator from shards.")
+
+
+def _parse_mix(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, w = item.partition("=")
+        try:
+            out[name] = float(w)
+        except ValueError:
+            raise typer.BadParameter(f"--mix expects SOURCE=WEIGHT, got {item!r}") from None
+    return out
+
+
+@app.command("run")
+def run_cmd(
+    shards: list[Path] = typer.Option(..., "--shards", help="Shard folder(s); repeat for several sources."),
+    out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, samples, log, TensorBoard)."),
+    stage: int = typer.Option(1, "--stage", min=1, max=2, help="1: full-body images; 2: multi-source patches."),
+    teacher: Path | None = typer.Option(None, "--teacher", help="Stage-1 generator (stage 2's teacher and start)."),
+    preset: str = typer.Option("tiny", "--preset", help="paper | small | tiny (network size and defaults)."),
+    res: int | None = typer.Option(None, "--res", help="Patch resolution r (default: the preset's)."),
+    kimg: float | None = typer.Option(None, "--kimg", help="Training length in thousands of real images."),
+    batch: int | None = typer.Option(None, "--batch", help="Global batch size."),
+    batch_gpu: int | None = typer.Option(None, "--batch-gpu", help="Per-process batch (accumulates gradients)."),
+    snapshot_kimg: float | None = typer.Option(None, "--snapshot-kimg", help="Checkpoint interval in kimg."),
+    lpips: str = typer.Option("auto", "--lpips", help="auto | on | off: LPIPS in the teacher pixel loss."),
+    mix: list[str] = typer.Option([], "--mix", help="Per-source mixing weight SOURCE=W (repeatable)."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", help="Data loader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    gamma: float = typer.Option(2.0, "--gamma", help="R1 weight."),
+) -> None:
+    """Train (resumes automatically when OUT holds a checkpoint)."""
+    if preset not in PRESET_DEFAULTS:
+        raise typer.BadParameter(f"unknown preset {preset!r} (paper, small, tiny)", param_hint="--preset")
+    if lpips not in ("auto", "on", "off"):
+        raise typer.BadParameter("--lpips must be auto, on or off")
+    for folder in shards:
+        if not folder.is_dir():
+            console.print(f"[red]error:[/red] shard folder {folder} does not exist")
+            raise typer.Exit(2)
+    if teacher is not None and not teacher.exists():
+        console.print(f"[red]error:[/red] teacher checkpoint {teacher} does not exist")
+        raise typer.Exit(2)
+    b, k, snap = PRESET_DEFAULTS[preset]
+    cfg = TrainConfig(
+        shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
+        preset=preset, res=res, kimg=kimg if kimg is not None else k, batch=batch or b, batch_gpu=batch_gpu,
+        snapshot_kimg=snapshot_kimg or snap, lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers,
+        device=device, r1_gamma=gamma,
+    )
+    try:
+        summary = train(cfg)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"done: {summary['steps']} steps, {summary['kimg']:.3f} kimg -> {out}")
+
+
+@app.command("import-snapshot")
+def import_snapshot_cmd(
+    pkl: Path = typer.Argument(..., help="StyleGAN3 / AnyRes / UnitedHuman network-snapshot .pkl"),
+    out: Path = typer.Argument(..., help="Output .safetensors generator checkpoint"),
+) -> None:
+    """Convert a snapshot pickle into our checkpoint format without executing its embedded code."""
+    from uh_train.checkpoint import import_snapshot
+
+    try:
+        import_snapshot(pkl, out)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {out}")
 
 
 def main() -> None:
+    import sys
+
+    # `uh-train --shards ...` is the training command; other first words name subcommands.
+    if len(sys.argv) > 1 and sys.argv[1] not in ("run", "import-snapshot", "--help", "-h"):
+        sys.argv.insert(1, "run")
     app()
