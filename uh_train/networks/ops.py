@@ -1,0 +1,157 @@
+"""Reference operations of the networks, in plain PyTorch (no compiled extensions).
+
+All filters are separable 1-D low-pass filters, applied along x and then y. Shapes use
+N (batch), C (channels), H, W (height, width).
+
+* `lowpass_filter(numtaps, cutoff, width, fs)` -- windowed-sinc (Kaiser) FIR design, the same
+  response as `scipy.signal.firwin(numtaps, cutoff, width=width, fs=fs)`.
+* `upfirdn2d(x, f, up, down, padding, gain)` -- zero-insertion upsampling, padding (negative
+  values crop), FIR filtering and decimation.
+* `filtered_lrelu(x, fu, fd, bias, up, down, padding, gain, slope, clamp)` -- the alias-suppressed
+  nonlinearity of StyleGAN3: bias -> upsample -> leaky ReLU -> downsample.
+* `modulated_conv2d(x, weight, styles, demodulate, padding, input_gain)` -- per-sample
+  weight modulation executed as one grouped convolution.
+* `FullyConnected` -- linear layer with equalised learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float) -> torch.Tensor | None:
+    """Kaiser-windowed sinc low-pass filter [numtaps] with unit DC gain, or None for numtaps == 1.
+
+    cutoff and width (transition band) are in the same units as the sampling rate fs."""
+    if numtaps == 1:
+        return None
+    nyquist = fs / 2
+    c, w = cutoff / nyquist, width / nyquist
+    # Kaiser's empirical formulas for the stopband attenuation and the window shape parameter.
+    atten = 2.285 * (numtaps - 1) * math.pi * w + 7.95
+    if atten > 50:
+        beta = 0.1102 * (atten - 8.7)
+    elif atten > 21:
+        beta = 0.5842 * (atten - 21) ** 0.4 + 0.07886 * (atten - 21)
+    else:
+        beta = 0.0
+    m = np.arange(numtaps) - (numtaps - 1) / 2
+    h = c * np.sinc(c * m) * np.kaiser(numtaps, beta)
+    h /= h.sum()
+    return torch.as_tensor(h, dtype=torch.float32)
+
+
+def upfirdn2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: int = 1,
+    down: int = 1,
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0),
+    gain: float = 1.0,
+) -> torch.Tensor:
+    """Upsample by `up` (zero insertion), pad by (x_lo, x_hi, y_lo, y_hi) in the upsampled grid
+    (negative crops), convolve with the separable filter f [taps] scaled to total gain `gain`,
+    keep every `down`-th sample. x: [N, C, H, W]."""
+    n, c, h, w = x.shape
+    if up > 1:
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(n, c, h * up, w * up)
+    px0, px1, py0, py1 = padding
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
+    if f is None:
+        return x[:, :, ::down, ::down] * gain if gain != 1 else x[:, :, ::down, ::down]
+    taps = f.shape[0]
+    # conv2d correlates; flipping makes it a convolution (a no-op for our symmetric filters).
+    f = (f.flip(0) * math.sqrt(gain)).to(x.dtype)
+    c = x.shape[1]
+    x = F.conv2d(x, f.view(1, 1, 1, taps).expand(c, 1, 1, taps), stride=(1, down), groups=c)
+    x = F.conv2d(x, f.view(1, 1, taps, 1).expand(c, 1, taps, 1), stride=(down, 1), groups=c)
+    return x
+
+
+def filtered_lrelu(
+    x: torch.Tensor,
+    fu: torch.Tensor | None,
+    fd: torch.Tensor | None,
+    bias: torch.Tensor,
+    up: int,
+    down: int,
+    padding: tuple[int, int, int, int],
+    gain: float = math.sqrt(2),
+    slope: float = 0.2,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """Bias, upsample by `up` with fu, leaky ReLU (times gain, clamped to +-clamp), downsample by
+    `down` with fd. With fu = fd = None and up = down = 1 it is a pointwise activation."""
+    x = x + bias.view(1, -1, 1, 1)
+    x = upfirdn2d(x, fu, up=up, padding=padding, gain=up**2)
+    x = F.leaky_relu(x, slope) * gain if slope != 1 else x * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return upfirdn2d(x, fd, down=down)
+
+
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    demodulate: bool = True,
+    padding: int = 0,
+    input_gain: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Convolve each sample of x [N, I, H, W] with weight [O, I, k, k] modulated by its styles
+    [N, I]; demodulation rescales each output channel to unit expected magnitude. Every step is per
+    sample, so a sample's output does not depend on the rest of the batch."""
+    n = x.shape[0]
+    out_ch, in_ch, kh, kw = weight.shape
+    if demodulate:
+        # Pre-normalising keeps the products in range; demodulation cancels these factors.
+        weight = weight * weight.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
+        styles = styles * styles.square().mean(dim=1, keepdim=True).rsqrt()
+    w = weight.unsqueeze(0) * styles.view(n, 1, in_ch, 1, 1)  # [N, O, I, k, k]
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    if input_gain is not None:
+        w = w * input_gain.view(-1, 1, in_ch, 1, 1) if input_gain.ndim else w * input_gain
+    x = x.reshape(1, n * in_ch, *x.shape[2:])
+    x = F.conv2d(x, w.reshape(n * out_ch, in_ch, kh, kw).to(x.dtype), padding=padding, groups=n)
+    return x.reshape(n, out_ch, *x.shape[2:])
+
+
+class FullyConnected(nn.Module):
+    """y = act(x @ (weight * lr / sqrt(in)).T + bias * lr). Parameters are stored before their
+    runtime gains (equalised learning rate), as in StyleGAN snapshots."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        weight_init: float = 1.0,
+        bias_init: float | list[float] = 0.0,
+    ):
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) * (weight_init / lr_multiplier))
+        bias = torch.as_tensor(np.broadcast_to(np.asarray(bias_init, dtype=np.float32), [out_features]).copy())
+        self.bias = nn.Parameter(bias / lr_multiplier)
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.addmm(self.bias * self.bias_gain, x, (self.weight * self.weight_gain).t())
+        if self.activation == "lrelu":
+            x = F.leaky_relu(x, 0.2) * math.sqrt(2)
+        return x
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
