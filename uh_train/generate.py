@@ -1,17 +1,178 @@
-"""`uh-generate`: Render images or patches at any resolution from a checkpoint."""
+"""`uh-generate`: render images or zoomed patches at any resolution from a checkpoint.
+
+    uh-generate --ckpt C --seeds 0-7 --size 2048 --truncation 0.8 --out DIR [--mode stitched|single]
+                [--patch VX,VY --scale S]
+    uh-generate --init random --preset small --size 512 --seeds 0-3 --out DIR      (smoke test)
+    uh-generate import-snapshot network-snapshot.pkl G.safetensors
+
+C is our safetensors checkpoint or a StyleGAN3 / AnyRes / UnitedHuman snapshot pickle (read without
+executing its embedded code). Writes `seedNNNN.png` per seed and `grid.png`.
+"""
 
 from __future__ import annotations
 
+import io
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(add_completion=False, rich_markup_mode="rich", help="Render images or patches at any resolution from a checkpoint.")
+app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode="rich",
+    help="Render images or zoomed patches at any resolution from a checkpoint.",
+)
 
 
-@app.command()
-def run() -> None:
-    """Render images or patches at any resolution from a checkpoint (not available in this version yet)."""
-    typer.secho("uh-generate is not available in this version yet.", fg="yellow", err=True)
-    raise typer.Exit(3)
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise typer.BadParameter(f"cannot read seed range {part!r}; use e.g. 0-7 or 1,5,9")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise typer.BadParameter(f"empty seed range {part!r}")
+        seeds.extend(range(lo, hi + 1))
+    return seeds
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    try:
+        vx, vy = (float(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected VX,VY in full-body space [0,1]^2, got {text!r}") from None
+    return vx, vy
+
+
+def write_png(path: Path, array) -> None:
+    """Write a uint8 [H, W, 3] array as PNG, atomically (temporary file in the folder, then rename)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def sample_grid(images: list, cell: int = 256):
+    """Images (uint8 [H, W, 3]) resized to at most `cell` px, in a near-square grid."""
+    import numpy as np
+    from PIL import Image
+
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    side = min(cell, images[0].shape[0])
+    grid = np.full((rows * side, cols * side, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        small = np.asarray(Image.fromarray(img).resize((side, side), Image.LANCZOS))
+        grid[(i // cols) * side : (i // cols + 1) * side, (i % cols) * side : (i % cols + 1) * side] = small
+    return grid
+
+
+def random_generator(preset: str, seed: int, device: str):
+    """An untrained generator of a preset, with w_avg set to the mean w of 1000 latents."""
+    import torch
+
+    from .networks import Generator, get_preset
+
+    torch.manual_seed(seed)
+    G = Generator(get_preset(preset).generator).eval().requires_grad_(False)
+    with torch.no_grad():
+        G.mapping.w_avg.copy_(G.mapping(torch.randn(1000, G.z_dim))[:, 0].mean(dim=0))
+    return G.to(device)
+
+
+@app.callback(invoke_without_command=True)
+def render(
+    ctx: typer.Context,
+    ckpt: Path | None = typer.Option(None, help="Our .safetensors checkpoint or a network-snapshot-*.pkl."),
+    init: str = typer.Option("checkpoint", help="'checkpoint' (use --ckpt) or 'random' (untrained --preset)."),
+    preset: str = typer.Option("small", help="Preset for --init random: paper, small or tiny."),
+    which: str | None = typer.Option(None, help="Network in the checkpoint (default G_ema, else G)."),
+    seeds: str = typer.Option("0-7", help="Seeds, e.g. 0-7 or 1,4,9-12."),
+    size: int | None = typer.Option(
+        None, help="Output size in px, a multiple of the patch resolution r (default 4r, or r with --patch)."),
+    truncation: float = typer.Option(1.0, help="Truncation psi (1 = none)."),
+    out: Path | None = typer.Option(None, help="Output folder for seedNNNN.png and grid.png."),
+    mode: str = typer.Option("stitched", help="stitched: r x r patches at s = size/r; single: one pass."),
+    patch: str | None = typer.Option(None, help="VX,VY: render only the square of side 1/--scale around it."),
+    scale: float = typer.Option(1.0, help="With --patch: zoom; the region's side is 1/scale of the image."),
+    max_gib: float = typer.Option(4.0, help="Memory for one single-mode pass; larger images go in blocks."),
+    device: str = typer.Option("cpu", help="torch device."),
+) -> None:
+    """Render images (or one zoomed region) for a list of seeds."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .render import MODES, render_region, seed_latents, to_uint8
+
+    if out is None:
+        raise typer.BadParameter("--out is required", param_hint="--out")
+    if mode not in MODES:
+        raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
+    if init == "random":
+        G = random_generator(preset, 0, device)
+    elif init == "checkpoint":
+        if ckpt is None or not ckpt.is_file():
+            raise typer.BadParameter(f"checkpoint {ckpt} not found; pass --ckpt FILE or --init random",
+                                     param_hint="--ckpt")
+        from .checkpoint import load_generator
+
+        G = load_generator(ckpt, device=device, which=which)
+    else:
+        raise typer.BadParameter("use 'checkpoint' or 'random'", param_hint="--init")
+    r = G.img_resolution
+    center = parse_point(patch) if patch else (0.5, 0.5)
+    region_scale = scale if patch else 1.0
+    size = size or (r if patch else 4 * r)
+    if size % r:
+        raise typer.BadParameter(f"{size} is not a multiple of the patch resolution {r}", param_hint="--size")
+    seed_list = parse_seeds(seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    tiles = (size // r) ** 2
+    images = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=False) as progress:
+        task = progress.add_task(f"{mode} {size}px", total=len(seed_list) * tiles)
+        for seed in seed_list:
+            z = seed_latents([seed], G.z_dim).to(device)
+            with torch.no_grad():
+                ws = G.mapping(z, truncation_psi=truncation)
+            img = render_region(G, ws, size, center=center, scale=region_scale, mode=mode,
+                                max_bytes=int(max_gib * (1 << 30)), on_block=lambda n: progress.advance(task, n))
+            array = to_uint8(img)[0]
+            write_png(out / f"seed{seed:04d}.png", array)
+            images.append(array)
+    write_png(out / "grid.png", sample_grid(images))
+    typer.echo(f"wrote {len(images)} images of {size}x{size} px and grid.png to {out}")
+
+
+@app.command("import-snapshot")
+def import_snapshot_cmd(
+    pkl: Path = typer.Argument(..., exists=True, dir_okay=False, help="network-snapshot-*.pkl"),
+    out: Path = typer.Argument(..., help="Output .safetensors checkpoint."),
+    which: str = typer.Option("G_ema", help="Network to convert."),
+) -> None:
+    """Convert a StyleGAN3 / AnyRes / UnitedHuman snapshot's generator to our checkpoint format,
+    without executing the code embedded in the pickle."""
+    from .checkpoint import import_snapshot
+
+    cfg = import_snapshot(pkl, out, which=which)
+    typer.echo(f"wrote {out} (r={cfg.img_resolution}, {cfg.num_layers} layers, scale conditioning {cfg.scale_norm})")
 
 
 def main() -> None:

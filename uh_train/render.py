@@ -1,0 +1,111 @@
+"""Rendering images of any size, and patches at (v, s), with a `Generator`.
+
+A square region of full-body space (centre v, side 1/scale) is rendered at `size` = K * r pixels as
+K x K tiles of r pixels, each the patch T(v_tile, s = K * scale) (paper §3.2: 64 patches for a
+2048 px image at r = 256). Two modes, which agree (DESIGN §7):
+
+* `stitched`: one generator pass per tile (the paper's method).
+* `single`: the whole region in one pass on a K-times larger grid (`G.synthesis(..., canvas=K)`),
+  split into b x b tile blocks (b divides K) when the estimated memory of one pass exceeds
+  `max_bytes`.
+
+API:
+
+* `render_patch(G, ws, center, scale) -> [N, C, r, r]`
+* `render_region(G, ws, size, center=(0.5, 0.5), scale=1.0, mode="stitched", max_bytes=...,
+  on_block=None) -> [N, C, size, size]`
+* `seed_latents(seeds, z_dim) -> z [len(seeds), z_dim]` (one NumPy RandomState per seed)
+* `to_uint8(images) -> uint8 [N, H, W, C]`
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .networks.generator import Generator, patch_transforms
+
+MODES = ("stitched", "single")
+DEFAULT_MAX_BYTES = 4 << 30
+
+
+def seed_latents(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
+    """z for each seed, drawn from `np.random.RandomState(seed)` (StyleGAN's convention)."""
+    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]."""
+    x = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def render_patch(G: Generator, ws: torch.Tensor, center, scale: float, canvas: int = 1) -> torch.Tensor:
+    """The patch T(center, scale) for every sample of ws [N, num_ws, w_dim] -> [N, C, canvas*r, canvas*r]."""
+    n = ws.shape[0]
+    transform = patch_transforms(np.broadcast_to(np.asarray(center, dtype=np.float64), (n, 2)), scale, ws.device)
+    return G.synthesis(ws, transform, canvas=canvas)
+
+
+def pass_bytes(G: Generator, canvas: int, batch: int) -> int:
+    """Rough peak memory of one synthesis pass: the largest upsampled activation of any layer (the
+    filtered leaky ReLU's intermediate) with a factor 3 for the tensors alive beside it."""
+    peak = 0
+    for spec in G.synthesis.specs:
+        layer = getattr(G.synthesis, spec.name)
+        in_size = canvas * int(spec.in_sampling_rate) + (spec.in_size - int(spec.in_sampling_rate))
+        side = (in_size + layer.conv_kernel - 1) * layer.up_factor
+        peak = max(peak, side * side * spec.out_channels)
+    return 3 * 4 * batch * peak
+
+
+def block_size(G: Generator, tiles: int, batch: int, max_bytes: int) -> int:
+    """Largest divisor b of `tiles` whose b x b tile pass fits in max_bytes (at least 1)."""
+    fits = [b for b in range(1, tiles + 1) if tiles % b == 0 and pass_bytes(G, b, batch) <= max_bytes]
+    return max(fits, default=1)
+
+
+@torch.no_grad()
+def render_region(
+    G: Generator,
+    ws: torch.Tensor,
+    size: int,
+    center: tuple[float, float] = (0.5, 0.5),
+    scale: float = 1.0,
+    mode: str = "stitched",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    on_block: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Render the square of side 1/scale around `center` at size x size pixels for each sample of
+    ws -> [N, C, size, size]. `size` must be a multiple of r. `on_block(tiles_done)` is called after
+    every pass (for progress bars); there are K*K tiles in all."""
+    r = G.img_resolution
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if size % r:
+        raise ValueError(f"size {size} must be a multiple of the patch resolution {r}")
+    k = size // r
+    b = 1 if mode == "stitched" else block_size(G, k, ws.shape[0], max_bytes)
+    tile_scale = k * scale
+    cx, cy = center
+    out = torch.empty(ws.shape[0], G.cfg.img_channels, size, size, device=ws.device)
+    for bi in range(k // b):
+        for bj in range(k // b):
+            # Block centres lie on multiples of 1/tile_scale from the region's corner, so every
+            # block's grids are sub-grids of the single-pass grids.
+            vx = cx - 0.5 / scale + (bj + 0.5) * b / tile_scale
+            vy = cy - 0.5 / scale + (bi + 0.5) * b / tile_scale
+            out[:, :, bi * b * r : (bi + 1) * b * r, bj * b * r : (bj + 1) * b * r] = render_patch(
+                G, ws, (vx, vy), tile_scale, canvas=b)
+            if on_block is not None:
+                on_block(b * b)
+    return out
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 2.0) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2, as in StyleGAN3's equivariance metrics)."""
+    mse = (a.double() - b.double()).square().mean().item()
+    return float("inf") if mse == 0 else 10 * np.log10(peak * peak / mse)
