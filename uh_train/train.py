@@ -68,10 +68,13 @@ class TrainConfig:
 
 
 def build_networks(cfg: TrainConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
-    from uh_train.networks import build_discriminator, build_generator
+    from dataclasses import replace
 
-    G = build_generator(cfg.preset, res=cfg.res)
-    D = build_discriminator(cfg.preset, res=cfg.res or G.img_resolution)
+    from uh_train.networks import Discriminator, Generator, get_preset
+
+    preset = get_preset(cfg.preset, **({"img_resolution": cfg.res} if cfg.res else {}))
+    G = Generator(preset.generator)
+    D = Discriminator(replace(preset.discriminator, img_resolution=G.img_resolution))
     return G, D
 
 
@@ -148,6 +151,19 @@ def average_gradients(module: torch.nn.Module, d: Dist) -> None:
         offset += n
 
 
+def check_in_sync(module: torch.nn.Module, d: Dist) -> None:
+    """Every process must end with identical weights (same start, same averaged gradients)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().flatten().float() for p in module.parameters()])
+    sums = [torch.zeros(2, device=flat.device) for _ in range(d.world)]
+    dist.all_gather(sums, torch.stack([flat.sum(), flat.abs().sum()]))
+    if any(not torch.allclose(sums[0], s, rtol=1e-6) for s in sums):
+        raise RuntimeError(f"generator weights differ across processes: {[s.tolist() for s in sums]}")
+    if d.main:
+        console.print(f"generator weights in sync across {d.world} processes")
+
+
 def broadcast_module(module: torch.nn.Module, d: Dist) -> None:
     if d.world == 1:
         return
@@ -178,9 +194,12 @@ def checkpoint_path(out: Path, nimg: int) -> Path:
     return out / f"training-state-{nimg // 1000:06d}k-{nimg % 1000:03d}.safetensors"
 
 
-def save_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, opt_D, gen: torch.Generator,
-                    prog: Progress) -> Path:
-    from uh_train.checkpoint import save_generator
+KEEP_STATES = 3
+
+
+def save_training_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, opt_D, gen: torch.Generator,
+                             prog: Progress) -> Path:
+    from uh_train.checkpoint import save_checkpoint
 
     path = checkpoint_path(out, prog.nimg)
     save_state(path, {
@@ -192,11 +211,16 @@ def save_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, opt_D, gen:
                      "data": {"consumed": prog.data.consumed, "batches": prog.data.batches}},
     })
     # The generator alone, in the format uh-generate and uh-eval read.
-    save_generator(G_ema, out / "network-latest.safetensors")
+    info = {"stage": cfg.stage, "preset": cfg.preset, "kimg": prog.nimg / 1000, "step": prog.step}
+    network = out / path.name.replace("training-state-", "network-")
+    save_checkpoint(network, {"G_ema": G_ema}, config=info)
+    save_checkpoint(out / "network-latest.safetensors", {"G_ema": G_ema}, config=info)
     latest = out / "latest.json"
     tmp = latest.with_name("latest.json.tmp")
-    tmp.write_text(json.dumps({"state": path.name, "nimg": prog.nimg, "step": prog.step}))
+    tmp.write_text(json.dumps({"state": path.name, "network": network.name, "nimg": prog.nimg, "step": prog.step}))
     os.replace(tmp, latest)
+    for old in sorted(out.glob("training-state-*.safetensors"))[:-KEEP_STATES]:
+        old.unlink()  # training states are large; the per-snapshot networks are kept
     return path
 
 
@@ -227,7 +251,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.stage == 2:
         if cfg.teacher:
             teacher = load_teacher(cfg.teacher, device)
-            G.load_state_dict(teacher.state_dict(), strict=False)
+            G = copy.deepcopy(teacher).requires_grad_(True)
+            if G.img_resolution != D.cfg.img_resolution:
+                raise ValueError(f"the teacher renders {G.img_resolution} px but --preset/--res give "
+                                 f"{D.cfg.img_resolution} px; use the teacher's preset and resolution")
         else:
             console.print("[yellow]note:[/yellow] stage 2 without --teacher: no teacher pixel loss (Eq. 8)")
     G, D = G.to(device).train(), D.to(device).train()
@@ -328,7 +355,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             mix_mask = torch.where(full.view(n, 1, 1, 1) > 0, box, mask)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 with torch.no_grad():
-                    fake = G(z, T)
+                    fake = G(z, T, update_emas=True)
                 real_in = real.detach().requires_grad_(do_r1)
                 r_g, r_p = D(real_in)
                 f_g, f_p = D(fake)
@@ -390,7 +417,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if prog.nimg >= next_snapshot or prog.nimg >= total_nimg:
             next_snapshot += snapshot_nimg
             if d.main:
-                path = save_checkpoint(out, cfg, G, G_ema, D, opt_G, opt_D, gen, prog)
+                path = save_training_checkpoint(out, cfg, G, G_ema, D, opt_G, opt_D, gen, prog)
                 grid = sample_grid(G_ema, fixed_z, out / f"samples-{prog.nimg // 1000:06d}k-{prog.nimg % 1000:03d}.png")
                 if tb is not None:
                     tb.add_image("samples", grid, prog.nimg, dataformats="HWC")
@@ -400,6 +427,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if tb is not None:
         tb.close()
     if d.world > 1:
+        check_in_sync(G, d)
         import torch.distributed as dist
 
         dist.barrier()
@@ -551,3 +579,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] not in ("run", "import-snapshot", "--help", "-h"):
         sys.argv.insert(1, "run")
     app()
+
+
+if __name__ == "__main__":
+    main()
