@@ -1,0 +1,353 @@
+"""`mst render-hands`: geometry, compositing and rendering of synthetic hands in full-body space.
+
+Most tests use a small stick-figure body in the SMPL format (24 joints, rigid skinning, capsule
+limbs, five fingers per hand) built here, so they run in seconds; the real renders use Blender's
+Cycles on the CPU at 64 px.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image, ImageDraw
+
+from mst_pipeline import hands
+from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, SMPL_JOINT_NAMES, SMPL_PARENTS
+from mst_pipeline.body.model import BodyModel
+from mst_pipeline.body.smpl_file import BodyModelData, write_model_npz
+from mst_pipeline.shards import complete_shards, read_shard
+from mst_pipeline.validate import validate_folder
+from uh_train.spatial import apply_homography
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ---------------------------------------------------------------------------------------------
+# A stick-figure SMPL-format body: T-pose, Y up, metres.
+
+J = {
+    "pelvis": (0, 0, 0), "left_hip": (0.09, -0.08, 0), "right_hip": (-0.09, -0.08, 0), "spine1": (0, 0.1, 0),
+    "left_knee": (0.1, -0.48, 0), "right_knee": (-0.1, -0.48, 0), "spine2": (0, 0.24, 0),
+    "left_ankle": (0.1, -0.88, 0), "right_ankle": (-0.1, -0.88, 0), "spine3": (0, 0.32, 0),
+    "left_foot": (0.1, -0.93, 0.1), "right_foot": (-0.1, -0.93, 0.1), "neck": (0, 0.5, 0),
+    "left_collar": (0.08, 0.46, 0), "right_collar": (-0.08, 0.46, 0), "head": (0, 0.62, 0),
+    "left_shoulder": (0.18, 0.46, 0), "right_shoulder": (-0.18, 0.46, 0), "left_elbow": (0.45, 0.46, 0),
+    "right_elbow": (-0.45, 0.46, 0), "left_wrist": (0.7, 0.46, 0), "right_wrist": (-0.7, 0.46, 0),
+    "left_hand": (0.78, 0.46, 0), "right_hand": (-0.78, 0.46, 0),
+}  # fmt: skip
+
+
+def _capsule(a, b, r: float) -> trimesh.Trimesh:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    length = float(np.linalg.norm(b - a))
+    cap = trimesh.creation.capsule(height=max(length, 1e-3), radius=r, count=[8, 8])
+    T = trimesh.geometry.align_vectors([0, 0, 1], (b - a) / max(length, 1e-9))
+    T[:3, 3] = (a + b) / 2
+    cap.apply_transform(T)
+    return cap
+
+
+def toy_model_data() -> BodyModelData:
+    names = list(SMPL_JOINT_NAMES)
+    joints = np.array([J[n] for n in names], dtype=np.float64)
+    parts: list[tuple[trimesh.Trimesh, int]] = []
+    for j in range(1, 24):
+        p = SMPL_PARENTS[j]
+        if names[j] in ("left_hand", "right_hand"):
+            continue  # the palm is a box below
+        r = 0.06 if "spine" in names[j] or names[j] == "neck" else 0.04
+        r = 0.025 if "wrist" in names[j] or "elbow" in names[j] else r
+        parts.append((_capsule(joints[p], joints[j], r), p))
+    parts.append((trimesh.creation.icosphere(2, radius=0.1).apply_translation(joints[15] + [0, 0.06, 0]), 15))
+    tips = {}
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        wrist, hand = joints[names.index(f"{side}_wrist")], joints[names.index(f"{side}_hand")]
+        palm = trimesh.creation.box(extents=[0.09, 0.025, 0.08]).apply_translation((wrist + hand) / 2)
+        parts.append((palm, names.index(f"{side}_wrist")))
+        for k, (dz, length) in enumerate(((0.05, 0.06), (0.03, 0.085), (0.01, 0.09), (-0.01, 0.085), (-0.03, 0.07))):
+            base = hand + [0, 0, dz] - ([sign * 0.04, 0, 0] if k == 0 else 0)
+            tip = base + [sign * length, 0, 0.02 if k == 0 else 0]
+            parts.append((_capsule(base, tip, 0.008), names.index(f"{side}_hand")))
+            tips[f"{side[0]}{('thumb', 'index', 'middle', 'ring', 'pinky')[k]}"] = tip
+    verts, faces, weights = [], [], []
+    offset = 0
+    for mesh, joint in parts:
+        verts.append(mesh.vertices)
+        faces.append(mesh.faces + offset)
+        w = np.zeros((len(mesh.vertices), 24))
+        w[:, joint] = 1
+        weights.append(w)
+        offset += len(mesh.vertices)
+    # One isolated vertex per joint: the joint regressor reads the joint from it.
+    verts.append(joints)
+    w = np.zeros((24, 24))
+    w[np.arange(24), np.arange(24)] = 1
+    weights.append(w)
+    V = np.concatenate(verts)
+    F = np.concatenate(faces)
+    W = np.concatenate(weights)
+    joint_ids = np.arange(len(V) - 24, len(V))
+    regressor = np.zeros((24, len(V)))
+    regressor[np.arange(24), joint_ids] = 1
+    head = joints[15] + [0, 0.06, 0]
+    targets = {"nose": head + [0, 0, 0.1], "reye": head + [-0.04, 0.03, 0.09], "leye": head + [0.04, 0.03, 0.09],
+               "rear": head + [-0.1, 0, 0], "lear": head + [0.1, 0, 0],
+               "LBigToe": joints[10] + [0.02, 0, 0.05], "LSmallToe": joints[10] + [0.05, 0, 0.04],
+               "LHeel": joints[7] + [0, -0.04, -0.03], "RBigToe": joints[11] + [-0.02, 0, 0.05],
+               "RSmallToe": joints[11] + [-0.05, 0, 0.04], "RHeel": joints[8] + [0, -0.04, -0.03], **tips}
+    mesh_ids = np.arange(len(V) - 24)
+    extra = np.array([mesh_ids[np.argmin(np.linalg.norm(V[mesh_ids] - targets[n], axis=1))]
+                      for n in EXTRA_VERTEX_NAMES])
+    shapedirs = np.zeros((len(V), 3, 10))
+    shapedirs[:, :, 0] = 0.03 * V  # beta 0: overall size
+    return BodyModelData(
+        v_template=V.astype(np.float32), shapedirs=shapedirs.astype(np.float32),
+        posedirs=np.zeros((len(V), 3, 207), np.float32), J_regressor=regressor.astype(np.float32),
+        weights=W.astype(np.float32), parents=np.array(SMPL_PARENTS), faces=F.astype(np.int64),
+        extra_vertex_ids=extra, attribution="test stick figure",
+    )
+
+
+@pytest.fixture(scope="module")
+def toy_model() -> BodyModel:
+    return BodyModel(toy_model_data())
+
+
+@pytest.fixture(scope="module")
+def toy_model_file(tmp_path_factory) -> Path:
+    return write_model_npz(toy_model_data(), tmp_path_factory.mktemp("model") / "toy.npz")
+
+
+SETTINGS = hands.RenderSettings(res=64, engine="cycles", samples=4, image_format="png", timeout=120)
+
+
+def decode(fields: dict[str, bytes]) -> tuple[np.ndarray, np.ndarray, dict]:
+    meta = json.loads(fields["meta.json"])
+    img = np.asarray(Image.open(io.BytesIO(fields[f"img.{meta['image']}"])).convert("RGB"))
+    mask = np.asarray(Image.open(io.BytesIO(fields["mask.png"])))
+    return img, mask, meta
+
+
+def samples(folder: Path) -> dict[str, dict[str, bytes]]:
+    return {key: fields for shard in complete_shards(folder) for key, fields in read_shard(shard)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry (no Blender)
+
+
+def test_default_space_puts_the_mean_body_in_the_shhq_layout(toy_model):
+    space = hands.default_space(toy_model)
+    out = toy_model(global_orient=torch.tensor([[np.pi, 0.0, 0.0]]))
+    fb = space.to_full_body(out.vertices[0].numpy())
+    assert fb[:, 1].min() == pytest.approx(hands.DEFAULT_HEAD_TOP, abs=1e-4)
+    assert fb[:, 1].max() == pytest.approx(hands.DEFAULT_FEET, abs=1e-4)
+    assert 0.5 * (fb[:, 0].min() + fb[:, 0].max()) == pytest.approx(0.5, abs=1e-4)
+    # the head is at the top of the square, the feet at the bottom (y down)
+    head, ankle = out.joints[0, 15].numpy(), out.joints[0, 7].numpy()
+    assert space.to_full_body(head)[1] < 0.2 < 0.8 < space.to_full_body(ankle)[1]
+
+
+def test_crop_camera_reproduces_the_crop_through_the_design_homography():
+    cam_bar = (1.1, 0.02, -0.3)
+    x0, y0, side = 0.61, 0.42, 0.13
+    s, tx, ty = hands.crop_camera(cam_bar, x0, y0, side)
+    # DESIGN §3: u_full = (s̄/s) u_part + s̄ (t̄ − t); u in [-1, 1], p = (u + 1) / 2
+    for u_part in (np.array([-1.0, -1.0]), np.array([1.0, 1.0]), np.array([0.3, -0.7])):
+        u_full = (cam_bar[0] / s) * u_part + cam_bar[0] * (np.array(cam_bar[1:]) - [tx, ty])
+        p = (u_full + 1) / 2
+        assert p == pytest.approx(np.array([x0, y0]) + side * (u_part + 1) / 2)
+
+
+def test_curl_moves_fingertips_towards_the_palm_and_leaves_the_palm(toy_model):
+    data = toy_model_data()
+    V = data.v_template.astype(np.float64)
+    hand_w = data.weights[:, 22]
+    tips = V[data.extra_vertex_ids[[11, 12, 13, 14, 15]]]
+    hand_joint = np.array(J["left_hand"])
+    unchanged = hands.curl_fingers(V, hand_w, hand_joint, tips, "left", [0.0] * 5)
+    assert np.array_equal(unchanged, V)
+    curled = hands.curl_fingers(V, hand_w, hand_joint, tips, "left", [1.0] * 5)
+    moved = np.linalg.norm(curled - V, axis=1)
+    assert moved[data.weights[:, 20] == 1].max() == 0  # the palm (wrist joint) stays
+    assert moved[data.weights[:, 0] == 1].max() == 0  # the rest of the body too
+    middle_tip = data.extra_vertex_ids[13]
+    assert curled[middle_tip, 1] < V[middle_tip, 1] - 0.03  # towards the palm (-y in the T-pose)
+    assert curled[middle_tip, 0] < V[middle_tip, 0]  # the finger folds back
+    assert np.linalg.norm(curled[middle_tip] - hand_joint) < np.linalg.norm(V[middle_tip] - hand_joint)
+
+
+def test_plan_is_deterministic_per_seed_and_index():
+    a = hands.plan_hand(3, 7, 10, 0.0)
+    b = hands.plan_hand(3, 7, 10, 0.0)
+    c = hands.plan_hand(4, 7, 10, 0.0)
+    d = hands.plan_hand(3, 8, 10, 0.0)
+    assert a == b
+    assert a.pose != c.pose and a.pose != d.pose
+
+
+def test_posed_hand_lies_at_the_wrist_and_the_crop_contains_it(toy_model):
+    space = hands.default_space(toy_model)
+    for index in range(6):
+        plan = hands.plan_hand(index, 0, toy_model.num_betas, space.pitch)
+        geom = hands.pose_hand(toy_model, plan, space)
+        # the cut-out is the forearm + hand only: every vertex within forearm + hand length of the wrist
+        assert np.linalg.norm(geom.vertices[:, :2] - geom.wrist, axis=1).max() < 0.2
+        # the wrist agrees with the full body's BODY_25 wrist (slot 7 = LWrist, 4 = RWrist)
+        slot = 7 if plan.side == "left" else 4
+        assert geom.body25[slot] == pytest.approx(geom.wrist, abs=1e-6)
+        x0, y0, side = hands.hand_crop(geom, plan)
+        inside = ((geom.hand_points >= [x0, y0]) & (geom.hand_points <= [x0 + side, y0 + side])).all(axis=1)
+        assert inside.mean() > 0.9
+
+
+def test_fabric_backgrounds_are_deterministic_and_varied():
+    a = hands.fabric_background(64, np.random.default_rng(1))
+    b = hands.fabric_background(64, np.random.default_rng(1))
+    c = hands.fabric_background(64, np.random.default_rng(2))
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.std() > 2  # texture, not a flat colour
+
+
+def test_composite_uses_the_alpha_as_mask():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[1:3, 1:3, 3] = 255
+    rgba[0, 0, 3] = 128
+    bg = np.full((4, 4, 3), 10, np.uint8)
+    img, mask = hands.composite(rgba, bg)
+    assert np.array_equal(mask, rgba[..., 3])
+    assert img[1, 1].tolist() == [200, 0, 0] and img[3, 3].tolist() == [10, 10, 10]
+    assert img[0, 0, 0] == round(200 * 128 / 255 + 10 * 127 / 255)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering with Blender (Cycles, CPU, 64 px)
+
+
+@pytest.fixture(scope="module")
+def rendered(toy_model, tmp_path_factory) -> tuple[Path, hands.RunSummary]:
+    out = tmp_path_factory.mktemp("hands")
+    summary = hands.render_hands(out, n=4, seed=0, settings=SETTINGS, model=toy_model, progress=False)
+    return out, summary
+
+
+def test_render_writes_valid_shards_with_visible_hands(rendered):
+    out, summary = rendered
+    assert summary.rendered == 4 and summary.rejected == 0
+    report = validate_folder(out)
+    assert report.ok, report.defects
+    for key, fields in samples(out).items():
+        img, mask, meta = decode(fields)
+        assert meta["kind"] == "hand" and meta["has_mask"] and img.shape == (64, 64, 3)
+        coverage = (mask > 127).mean()
+        assert 0.02 < coverage < 0.9, (key, coverage)
+        # the mask is the hand: inside it the image is skin, not the background
+        assert mask.max() == 255 and mask.min() == 0
+
+
+def test_hand_centroid_maps_through_H_next_to_the_posed_wrist(rendered, toy_model):
+    out, _ = rendered
+    space = hands.default_space(toy_model)
+    for key, fields in samples(out).items():
+        _, mask, meta = decode(fields)
+        H = np.asarray(meta["H"])
+        ys, xs = np.nonzero(mask > 127)
+        centroid = apply_homography(H, np.array([[xs.mean() + 0.5, ys.mean() + 0.5]]))[0]
+        index = int(key.split("hand")[-1])
+        plan = hands.plan_hand(index, 0, toy_model.num_betas, space.pitch)
+        geom = hands.pose_hand(toy_model, plan, space)
+        side = meta["render"]["side"]
+        wrist = np.asarray(meta["keypoints"]["lhand" if side == "left" else "rhand"])[0, :2]
+        assert wrist == pytest.approx(geom.wrist, abs=1e-9)
+        # hand + visible forearm: the centroid is within a hand length (about 0.06 units) of the wrist
+        assert np.linalg.norm(centroid - geom.wrist) < 0.06, key
+        # exactness: the rendered silhouette is the mesh projected through H^-1 (IoU of the masks)
+        projected = rasterise(apply_homography(np.linalg.inv(H), geom.vertices[:, :2]), geom.faces, 64)
+        rendered_mask = mask > 127
+        iou = (projected & rendered_mask).sum() / (projected | rendered_mask).sum()
+        assert iou > 0.9, (key, iou)
+
+
+def rasterise(points: np.ndarray, faces: np.ndarray, size: int, ss: int = 4) -> np.ndarray:
+    """Boolean [size, size] coverage of triangles given in pixel coordinates (centres at +0.5)."""
+    canvas = Image.new("L", (size * ss, size * ss), 0)
+    draw = ImageDraw.Draw(canvas)
+    for tri in points[faces] * ss:
+        draw.polygon([tuple(p) for p in tri], fill=255)
+    return np.asarray(canvas.resize((size, size), Image.Resampling.BOX)) > 127
+
+
+def test_same_seed_and_index_give_identical_bytes(rendered, toy_model, tmp_path):
+    out, _ = rendered
+    again = tmp_path / "again"
+    hands.render_hands(again, n=2, seed=0, settings=SETTINGS, model=toy_model, progress=False)
+    first, second = samples(out), samples(again)
+    for key in second:
+        assert first[key]["img.png"] == second[key]["img.png"]
+        assert first[key]["mask.png"] == second[key]["mask.png"]
+    other = tmp_path / "other"
+    hands.render_hands(other, n=1, seed=1, settings=SETTINGS, model=toy_model, progress=False)
+    assert samples(other)["hands/hand000000"]["img.png"] != first["hands/hand000000"]["img.png"]
+
+
+def test_a_crashing_render_goes_to_rejects_and_the_run_goes_on(toy_model, tmp_path):
+    # Wrap the real worker and kill it (as a Blender segfault would) on the job of index 1.
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(textwrap.dedent(f"""
+        import json, os, subprocess, sys
+        real = subprocess.Popen([sys.executable, {str(hands.SCRIPT)!r}, "--serve"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        for line in sys.stdin:
+            if json.loads(line)["mesh"].endswith("hand000001.npz"):
+                real.kill()
+                os._exit(139)
+            real.stdin.write(line)
+            real.stdin.flush()
+            sys.stdout.write(real.stdout.readline())
+            sys.stdout.flush()
+        """))
+    out = tmp_path / "out"
+    summary = hands.render_hands(out, n=3, seed=0, settings=SETTINGS, model=toy_model, progress=False,
+                                 worker_command=[sys.executable, str(wrapper)])
+    assert summary.rendered == 2 and summary.rejected == 1
+    rejects = hands.read_rejects(out)
+    assert [r["key"] for r in rejects] == ["hands/hand000001"]
+    assert "exited with code 139" in rejects[0]["error"]
+    assert sorted(samples(out)) == ["hands/hand000000", "hands/hand000002"]
+    assert validate_folder(out).ok
+
+
+def test_resume_after_an_interrupted_run(toy_model_file, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-c", "from mst_pipeline.cli import main; main()", "render-hands", "--out", str(out),
+           "--n", "4", "--res", "64", "--engine", "cycles", "--samples", "4", "--format", "png", "--max-count", "1",
+           "--body-model", str(toy_model_file)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not complete_shards(out) and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole run, Blender worker included
+    proc.wait()
+    done_before = set(samples(out))
+    assert 1 <= len(done_before) < 4
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"rendered {4 - len(done_before)}" in resumed.stderr
+    assert sorted(samples(out)) == [f"hands/hand{i:06d}" for i in range(4)]
+    assert not list(out.glob("*.tmp"))
+    assert validate_folder(out).ok
