@@ -92,5 +92,62 @@ def synthetic(
     err.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+@app.command("render-hands")
+def render_hands(
+    out: Path = typer.Option(Path("shards"), "--out", "-o", help="Shard folder to write (source 'hands')."),
+    n: int = typer.Option(7000, "--n", help="Number of hands (indices 0..N-1)."),
+    res: int = typer.Option(512, help="Image size in pixels (square)."),
+    seed: int = typer.Option(0, help="Random seed: the same seed and index give identical image bytes."),
+    workers: int = typer.Option(1, help="Blender worker processes rendering in parallel."),
+    engine: str = typer.Option("auto", help="auto | cycles | eevee | workbench. auto: EEVEE with a GPU, "
+                               "else Cycles with few samples on the CPU."),
+    samples: int = typer.Option(16, help="Render samples (Cycles, EEVEE)."),
+    backgrounds: Path | None = typer.Option(None, help="Folder of background images (e.g. high-resolution "
+                                            "upper-body crops); default: generated fabric-like patches."),
+    textures: Path | None = typer.Option(None, help="Folder of skin texture images (e.g. DART); default: "
+                                         "a procedural skin material."),
+    hdr: Path | None = typer.Option(None, help="Environment map (.hdr/.exr) to light with; default: a "
+                                    "neutral studio setup."),
+    body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
+    space: Path | None = typer.Option(None, help="`mst space` output with cam_bar and pitch; default: the "
+                                      "built-in full-body space."),
+    poses: Path | None = typer.Option(None, help=".npz of fitted poses (`pose` [N, 72], optional `betas`); "
+                                      "default: the built-in arm prior."),
+    blender: str | None = typer.Option(None, help="Blender executable to render with instead of the bpy module."),
+    image_format: str = typer.Option("jpg", "--format", help="jpg or png for img."),
+    max_count: int = typer.Option(500, help="Samples per shard."),
+    timeout: float = typer.Option(300.0, help="Seconds before a render is abandoned (rejected)."),
+) -> None:
+    """Render synthetic hands with Blender at the full-body set's average camera (paper App. A).
+
+    Each hand (forearm + hand of the posed body model, fingers articulated) is composited over a
+    background patch; mask.png is the hand's alpha, H is exact. Deterministic per index, resumable
+    (done keys are skipped), failed renders go to OUT/rejects.jsonl.
+    """
+    from mst_pipeline.hands import RenderSettings, blender_command
+    from mst_pipeline.hands import render_hands as run
+
+    if engine not in ("auto", "cycles", "eevee", "workbench"):
+        err.print(f"[red]error:[/red] --engine must be auto, cycles, eevee or workbench, not {engine!r}")
+        raise typer.Exit(2)
+    if image_format not in ("jpg", "png"):
+        err.print(f"[red]error:[/red] --format must be jpg or png, not {image_format!r}")
+        raise typer.Exit(2)
+    settings = RenderSettings(res=res, engine=engine, samples=samples, image_format=image_format,
+                              timeout=timeout, hdr=str(hdr) if hdr else None)
+    try:
+        summary = run(out, n=n, seed=seed, settings=settings, workers=workers, body_model=body_model,
+                      space_file=space, poses_file=poses, backgrounds=backgrounds, textures=textures,
+                      worker_command=blender_command(blender) if blender else None, max_count=max_count)
+    except (ValueError, RuntimeError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    per_hand = sum(summary.render_seconds) / max(1, len(summary.render_seconds))
+    err.print(f"wrote {out}: rendered {summary.rendered}, skipped {summary.skipped} already done, "
+              f"rejected {summary.rejected} in {summary.seconds:.0f} s ({per_hand:.2f} s per render)")
+    if summary.rejected:
+        err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+
+
 def main() -> None:
     app()
