@@ -1,0 +1,226 @@
+"""Generator and discriminator: ops, schedule, parameter counts and architectural properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from uh_train.networks import Discriminator, Generator, get_preset, patch_transforms, synthesis_schedule
+from uh_train.networks.generator import GeneratorConfig
+from uh_train.networks.ops import lowpass_filter, modulated_conv2d, upfirdn2d
+from uh_train.render import psnr
+from uh_train.spatial import patch_transform
+
+
+def _generator(preset: str = "tiny", seed: int = 0, **overrides) -> Generator:
+    torch.manual_seed(seed)
+    G = Generator(get_preset(preset, **overrides).generator).eval().requires_grad_(False)
+    with torch.no_grad():  # calibrate the magnitude EMAs as a few training steps would
+        for _ in range(2):
+            G(torch.randn(4, G.z_dim), update_emas=True)
+    return G
+
+
+# --- ops -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("numtaps,cutoff,width,fs", [(12, 2.0, 6.6, 32.0), (24, 11.3, 9.0, 128.0), (12, 128, 90, 512)])
+def test_lowpass_filter_matches_scipy_firwin(numtaps, cutoff, width, fs):
+    scipy_signal = pytest.importorskip("scipy.signal")
+    expected = scipy_signal.firwin(numtaps=numtaps, cutoff=cutoff, width=width, fs=fs)
+    np.testing.assert_allclose(lowpass_filter(numtaps, cutoff, width, fs).numpy(), expected, atol=1e-7)
+    assert lowpass_filter(1, cutoff, width, fs) is None
+
+
+def test_upfirdn2d_equals_explicit_zero_insertion_and_convolution():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 9)
+    f = torch.tensor([0.1, 0.2, 0.4, 0.2, 0.1])
+    y = upfirdn2d(x, f, up=2, down=3, padding=(2, 1, 3, -1), gain=4)
+    # Reference: dense 2-D upsample, pad, 2-D conv with the outer-product filter, decimate.
+    up = torch.zeros(2, 3, 14, 18)
+    up[:, :, ::2, ::2] = x
+    up = F.pad(up, [2, 1, 3, 0])[:, :, :-1, :]
+    k = (f[:, None] * f[None, :] * 4).flip(0, 1)
+    ref = F.conv2d(up.reshape(6, 1, *up.shape[2:]), k[None, None])
+    ref = ref.reshape(2, 3, *ref.shape[2:])[:, :, ::3, ::3]
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_modulated_conv_equals_per_sample_convolution_with_scaled_weights():
+    torch.manual_seed(0)
+    x, w, s = torch.randn(3, 4, 6, 6), torch.randn(5, 4, 3, 3), torch.randn(3, 4)
+    y = modulated_conv2d(x, w, s, demodulate=True, padding=1)
+    for i in range(3):
+        wi = w * s[i].view(1, 4, 1, 1)
+        wi = wi / wi.square().sum(dim=[1, 2, 3], keepdim=True).sqrt()
+        torch.testing.assert_close(y[i : i + 1], F.conv2d(x[i : i + 1], wi, padding=1), atol=1e-5, rtol=1e-4)
+
+
+# --- schedule and sizes --------------------------------------------------------------------------
+
+# StyleGAN3-T at 256 px (layer names encode output size and channels).
+PAPER_LAYERS = ["L0_36_512", "L1_36_512", "L2_36_512", "L3_52_512", "L4_52_512", "L5_84_512", "L6_84_512",
+                "L7_148_512", "L8_148_512", "L9_148_362", "L10_276_256", "L11_276_181", "L12_276_128",
+                "L13_256_128", "L14_256_3"]
+
+
+def test_paper_schedule_is_stylegan3_t_at_256():
+    first, specs = synthesis_schedule(get_preset("paper").generator)
+    assert [s.name for s in specs] == PAPER_LAYERS
+    assert first == {"channels": 512, "size": 36, "sampling_rate": 16.0, "bandwidth": 2.0}
+    assert [s.out_sampling_rate for s in specs] == [16] * 3 + [32] * 2 + [64] * 2 + [128] * 3 + [256] * 5
+    assert specs[-1].is_torgb and [s.is_critically_sampled for s in specs].count(True) == 3
+
+
+def test_paper_layer_padding_and_filters_follow_the_schedule():
+    G = Generator(GeneratorConfig(channel_base=256, channel_max=4))  # paper schedule, few channels
+    layers = [getattr(G.synthesis, n) for n in G.synthesis.layer_names]
+    assert layers[0].padding == (9, 8, 9, 8) and layers[3].padding == (-6, -9, -6, -9)
+    assert layers[13].padding == (-11, -12, -11, -12) and layers[14].padding == (0, 0, 0, 0)
+    assert layers[3].up_filter.shape == (24,) and layers[3].down_filter.shape == (12,)
+    assert layers[14].up_filter is None and layers[14].down_filter is None
+    for layer in layers[:-1]:
+        assert layer.up_filter.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_paper_parameter_counts_are_near_the_papers():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    preset = get_preset("paper")
+    G = Generator(preset.generator)
+    scale_part = sum(p.numel() for n, p in G.named_parameters() if "scale" in n)
+    assert abs(count(G) - 28e6) / 28e6 < 0.10, count(G)
+    assert abs(count(G) - scale_part - 28.47e6) < 0.05e6  # StyleGAN3-T 256 px without scale conditioning
+    D = Discriminator(preset.discriminator)
+    assert abs(count(D) - 55e6) / 55e6 < 0.10, count(D)
+
+
+# --- generator behaviour -------------------------------------------------------------------------
+
+
+def test_generator_output_shape_range_and_determinism():
+    G = _generator()
+    z = torch.randn(3, G.z_dim)
+    a, b = G(z), G(z)
+    assert a.shape == (3, 3, 32, 32)
+    assert torch.equal(a, b)
+    assert a.abs().max() < 3 and a.std() > 0.02
+    G2 = _generator()  # same seed, same weights, same pixels
+    assert torch.equal(G2(z), a)
+
+
+def test_same_z_and_patch_give_same_pixels_alone_or_in_a_batch():
+    G = _generator()
+    z = torch.randn(4, G.z_dim)
+    t = patch_transforms([[0.3, 0.6], [0.5, 0.5], [0.7, 0.2], [0.45, 0.8]], [2.0, 1.0, 4.0, 1.5])
+    batch = G(z, t)
+    for i in range(4):
+        torch.testing.assert_close(G(z[i : i + 1], t[i : i + 1]), batch[i : i + 1], atol=1e-5, rtol=0)
+
+
+def test_patch_transforms_use_the_spatial_convention():
+    t = patch_transforms([[0.3, 0.6]], 2.0)
+    np.testing.assert_allclose(t[0].numpy(), patch_transform((0.3, 0.6), 2.0), atol=1e-7)
+    G = _generator()
+    z = torch.randn(2, G.z_dim)
+    torch.testing.assert_close(G(z, None), G(z, patch_transforms([[0.5, 0.5]] * 2, 1.0)))
+
+
+@pytest.mark.parametrize("preset,shift", [("tiny", 1), ("tiny", 3), ("small", 5)])
+def test_moving_v_by_k_pixels_shifts_the_output_by_k_pixels(preset, shift):
+    G = _generator(preset)
+    r = G.img_resolution
+    ws = G.mapping(torch.randn(4, G.z_dim))
+    for s in (1.0, 2.0):
+        a = G.synthesis(ws, patch_transforms([[0.5, 0.5]] * 4, s))
+        b = G.synthesis(ws, patch_transforms([[0.5 + shift / (r * s), 0.5 - shift / (r * s)]] * 4, s))
+        # b[y, x] = a[y - shift, x + shift]; compare the interior where both exist.
+        m = 4
+        shifted = psnr(b[:, :, m + shift : -m, m : -m - shift], a[:, :, m : -m - shift, m + shift : -m])
+        unshifted = psnr(a[:, :, m:-m, m:-m], b[:, :, m:-m, m:-m])
+        assert shifted >= 35, shifted
+        assert shifted > unshifted + 20, (shifted, unshifted)  # the alignment is what makes them agree
+
+
+def test_out_of_band_frequencies_are_damped_when_zooming_out():
+    G = _generator()
+    inp = G.synthesis.input
+    w = G.mapping(torch.randn(1, G.z_dim))[:, 0]
+    energy = [inp(w, patch_transforms([[0.5, 0.5]], s)).square().mean().item() for s in (1 / 8, 1 / 4, 1.0)]
+    # Zooming out multiplies every frequency by 1/s; those above the grid's band fade to zero.
+    assert energy[0] < 0.1 * energy[2] and energy[0] < energy[1] < energy[2]
+
+
+def test_magnitude_ema_changes_only_when_asked():
+    torch.manual_seed(0)
+    G = Generator(get_preset("tiny").generator)
+    layer = getattr(G.synthesis, G.synthesis.layer_names[0])
+    z = torch.randn(4, G.z_dim)
+    with torch.no_grad():
+        G(z)
+        assert layer.magnitude_ema.item() == 1.0
+        G(z, update_emas=True)
+    assert layer.magnitude_ema.item() != 1.0
+    x = G.synthesis.input(G.mapping(z)[:, 0], torch.eye(3).expand(4, 3, 3))
+    expected = x.square().mean().lerp(torch.tensor(1.0), G.cfg.magnitude_ema_beta)
+    assert layer.magnitude_ema.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_truncation_pulls_w_towards_w_avg():
+    G = _generator()
+    z = torch.randn(2, G.z_dim)
+    ws, wt = G.mapping(z), G.mapping(z, truncation_psi=0.5)
+    torch.testing.assert_close(wt, G.mapping.w_avg.lerp(ws, 0.5))
+    wc = G.mapping(z, truncation_psi=0.0, truncation_cutoff=3)
+    torch.testing.assert_close(wc[:, :3], G.mapping.w_avg.expand(2, 3, -1))
+    torch.testing.assert_close(wc[:, 3:], ws[:, 3:])
+
+
+def test_scale_conditioning_starts_neutral_and_then_depends_on_scale():
+    G = _generator()
+    G_plain = Generator(get_preset("tiny", scale_norm="none").generator).eval().requires_grad_(False)
+    G_plain.load_state_dict({k: v for k, v in G.state_dict().items() if "scale" not in k})
+    z = torch.randn(2, G.z_dim)
+    t = patch_transforms([[0.4, 0.4]] * 2, 3.0)
+    torch.testing.assert_close(G(z, t), G_plain(z, t))  # zero-initialised scale affines
+    for name in G.synthesis.layer_names:
+        torch.nn.init.normal_(getattr(G.synthesis, name).scale_affine.weight)
+    out3, out2 = G(z, t), G(z, patch_transforms([[0.4, 0.4]] * 2, 2.0))
+    # Change only the conditioning, not the geometry: compare with the same patch rendered by G_plain.
+    assert psnr(out3, G_plain(z, t)) < 40
+    assert not torch.allclose(out2, G_plain(z, patch_transforms([[0.4, 0.4]] * 2, 2.0)))
+
+
+def test_anyres_scale_normalisation_collapses_the_scale_input():
+    G = Generator(get_preset("tiny", scale_norm="anyres-positive", scale_dim=32).generator)
+    u = G.synthesis.normalized_scale(torch.tensor([1.0, 2.0, 8.0]))
+    np.testing.assert_allclose(u.flatten().numpy(), [0.1, 1 / 7 + 0.1, 1.1], rtol=1e-6)
+    # AnyRes normalises the 1-d input's 2nd moment, so every positive scale maps to the same vector.
+    m = G.synthesis.scale_mapping
+    torch.testing.assert_close(m(u[:1], normalize_input=True), m(u[2:], normalize_input=True), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(m(u[:1], normalize_input=False), m(u[2:], normalize_input=False))
+
+
+# --- discriminator -------------------------------------------------------------------------------
+
+
+def test_discriminator_heads_and_pixel_head_batch_independence():
+    torch.manual_seed(0)
+    D = Discriminator(get_preset("tiny").discriminator)
+    x = torch.randn(4, 3, 32, 32)
+    g, p = D(x)
+    assert g.shape == (4, 1) and p.shape == (4, 1, 32, 32)
+    g1, p1 = D(x[:1])
+    torch.testing.assert_close(p1, p[:1], atol=1e-5, rtol=1e-5)  # decoder starts before mbstd
+    assert not torch.allclose(g1, g[:1])  # the global head sees the minibatch standard deviation
+    # Per-pixel logits respond locally: changing one corner leaves the far corner's logits alone.
+    y = x.clone()
+    y[:, :, :4, :4] += 3
+    _, py = D(y)
+    assert not torch.allclose(py[:, :, :4, :4], p[:, :, :4, :4])
+    g.sum().backward()  # both heads are differentiable w.r.t. the weights
+    assert D.fromrgb.weight.grad is not None and math.isfinite(D.fromrgb.weight.grad.abs().sum().item())
