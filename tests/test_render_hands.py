@@ -331,23 +331,39 @@ def test_a_crashing_render_goes_to_rejects_and_the_run_goes_on(toy_model, tmp_pa
 
 
 def test_resume_after_an_interrupted_run(toy_model_file, tmp_path):
+    # The first run renders through a stand-in Blender executable (called the way `--blender`
+    # calls Blender) that hangs on index 2, so the run is killed with exactly two samples done.
+    hanging = tmp_path / "blender"
+    hanging.write_text(f"#!{sys.executable}\n" + textwrap.dedent(f"""
+        import json, subprocess, sys, time
+        assert sys.argv[1:3] == ["-b", "--factory-startup"] and sys.argv[-2:] == ["--", "--serve"]
+        real = subprocess.Popen([sys.executable, {str(hands.SCRIPT)!r}, "--serve"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        for line in sys.stdin:
+            if json.loads(line)["mesh"].endswith("hand000002.npz"):
+                time.sleep(3600)
+            real.stdin.write(line)
+            sys.stdout.write(real.stdout.readline())
+            sys.stdout.flush()
+        """))
+    hanging.chmod(0o755)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-c", "from mst_pipeline.cli import main; main()", "render-hands", "--out", str(out),
            "--n", "4", "--res", "64", "--engine", "cycles", "--samples", "4", "--format", "png", "--max-count", "1",
            "--body-model", str(toy_model_file)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen([*cmd, "--blender", str(hanging)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not complete_shards(out) and proc.poll() is None:
+    while time.time() < deadline and len(complete_shards(out)) < 2 and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole run, Blender worker included
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole run, render workers included
     proc.wait()
-    done_before = set(samples(out))
-    assert 1 <= len(done_before) < 4
+    assert sorted(samples(out)) == ["hands/hand000000", "hands/hand000001"]
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"rendered {4 - len(done_before)}" in resumed.stderr
+    assert "rendered 2, skipped 2" in resumed.stderr
     assert sorted(samples(out)) == [f"hands/hand{i:06d}" for i in range(4)]
     assert not list(out.glob("*.tmp"))
     assert validate_folder(out).ok
