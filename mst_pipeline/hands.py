@@ -207,7 +207,7 @@ def prior_pose(rng: np.random.Generator, pitch: float) -> np.ndarray:
     """A standing pose with varied arms (the built-in pose prior), [72] axis-angle.
 
     Global orientation: turned 180° about x to face the camera (y down), at the mean pitch with a
-    little noise and yaw. Shoulders lower the arms from the T-pose by 35-75°, elbows flex 0-90°
+    little noise and yaw. Shoulders lower the arms from the T-pose by 45-85°, elbows flex 0-90°
     forward, wrists and forearms twist; spine and neck get small noise.
     """
     pose = np.zeros((24, 3))
@@ -217,7 +217,7 @@ def prior_pose(rng: np.random.Generator, pitch: float) -> np.ndarray:
         pose[j] = rng.normal(0, 0.05, 3)
     for side, sign in (("left", 1.0), ("right", -1.0)):
         j = ARM_JOINTS[side]
-        down = rng.uniform(0.6, 1.3)
+        down = rng.uniform(0.8, 1.45)  # full-body photos mostly show arms hanging or slightly raised
         forward = rng.uniform(-0.2, 0.5)
         pose[j["shoulder"]] = _axis_angle(_rot("z", -sign * down) @ _rot("y", -sign * forward))
         pose[j["elbow"]] = _axis_angle(_rot("y", -sign * rng.uniform(0.0, 1.6)) @ _rot("x", rng.normal(0, 0.4)))
@@ -269,15 +269,18 @@ def curl_fingers(vertices: np.ndarray, weights: np.ndarray, hand_joint: np.ndarr
     vertices [V, 3] rest vertices (shaped), weights [V] how much each vertex follows the hand,
     hand_joint [3] the hand joint (knuckles), tips [5, 3] fingertip positions thumb..pinky,
     curl [5] in [0, 1]. SMPL-format models have no finger joints, so each finger is bent as a
-    smooth arc: a vertex beyond the knuckles is rotated towards the palm (the rest pose's palm
-    faces -y) by an angle growing with its distance along its finger. Returns new [V, 3].
+    smooth arc: a vertex beyond the knuckles is rotated towards the palm by an angle growing with
+    its distance along its finger. The palm's normal comes from the geometry (the fingers' direction
+    and the index -> pinky direction, with the thumb in front), not from a fixed rest orientation.
+    Returns new [V, 3].
     """
     v = np.asarray(vertices, dtype=np.float64).copy()
-    palm_normal = np.array([0.0, -1.0, 0.0])
     rel = v - hand_joint
     axes = tips - hand_joint  # [5, 3]
     lengths = np.linalg.norm(axes, axis=1)
     dirs = axes / lengths[:, None]
+    palm_normal = np.cross(dirs[2], tips[4] - tips[1]) * (-1.0 if side == "left" else 1.0)
+    palm_normal /= np.linalg.norm(palm_normal)
     along = rel @ dirs.T / lengths  # [V, 5]: 0 at the knuckles, 1 at the tip
     perp = np.linalg.norm(rel[:, None, :] - along[..., None] * axes[None], axis=2)  # [V, 5]
     perp = np.where(along > -0.1, perp, np.inf)

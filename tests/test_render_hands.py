@@ -186,6 +186,16 @@ def test_curl_moves_fingertips_towards_the_palm_and_leaves_the_palm(toy_model):
     assert curled[middle_tip, 1] < V[middle_tip, 1] - 0.03  # towards the palm (-y in the T-pose)
     assert curled[middle_tip, 0] < V[middle_tip, 0]  # the finger folds back
     assert np.linalg.norm(curled[middle_tip] - hand_joint) < np.linalg.norm(V[middle_tip] - hand_joint)
+    # the right hand (mirrored: fingers along -x) also folds towards its palm
+    right_tips = V[data.extra_vertex_ids[[16, 17, 18, 19, 20]]]
+    right = hands.curl_fingers(V, data.weights[:, 23], np.array(J["right_hand"]), right_tips, "right", [1.0] * 5)
+    tip = data.extra_vertex_ids[18]
+    assert right[tip, 1] < V[tip, 1] - 0.03 and right[tip, 0] > V[tip, 0]
+    # only the curled finger moves
+    one = hands.curl_fingers(V, hand_w, hand_joint, tips, "left", [0, 0, 1, 0, 0])
+    assert np.linalg.norm(one[data.extra_vertex_ids[13]] - V[data.extra_vertex_ids[13]]) > 0.03
+    for other in (11, 12, 14, 15):
+        assert np.array_equal(one[data.extra_vertex_ids[other]], V[data.extra_vertex_ids[other]])
 
 
 def test_plan_is_deterministic_per_seed_and_index():
