@@ -79,6 +79,14 @@ def add_mesh(scene: bpy.types.Scene, vertices: np.ndarray, faces: np.ndarray) ->
     return obj
 
 
+def load_image(path: str) -> bpy.types.Image:
+    """Load an image, failing loudly: Blender would otherwise render a missing image as pink."""
+    image = bpy.data.images.load(path)
+    if image.size[0] == 0:  # reading the size loads the file; 0 when it could not be decoded
+        raise RuntimeError(f"cannot read image {path}")
+    return image
+
+
 def skin_material(skin: list[float], texture: str | None, seed: int) -> bpy.types.Material:
     """Principled skin: base colour (optionally a box-projected texture), slight mottling, SSS."""
     mat = bpy.data.materials.new("skin")
@@ -94,7 +102,7 @@ def skin_material(skin: list[float], texture: str | None, seed: int) -> bpy.type
     coords = nodes.new("ShaderNodeTexCoord")
     if texture:
         img = nodes.new("ShaderNodeTexImage")
-        img.image = bpy.data.images.load(texture)
+        img.image = load_image(texture)
         img.projection = "BOX"
         img.projection_blend = 0.3
         mapping = nodes.new("ShaderNodeMapping")
@@ -135,7 +143,7 @@ def light_scene(scene: bpy.types.Scene, hdr: str | None, light: dict) -> None:
     background = nodes.get("Background")
     if hdr:
         env = nodes.new("ShaderNodeTexEnvironment")
-        env.image = bpy.data.images.load(hdr)
+        env.image = load_image(hdr)
         mapping = nodes.new("ShaderNodeMapping")
         mapping.inputs["Rotation"].default_value = (0.0, 0.0, float(light.get("hdr_rotation", 0.0)))
         coords = nodes.new("ShaderNodeTexCoord")

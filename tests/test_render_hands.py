@@ -340,6 +340,24 @@ def test_a_crashing_render_goes_to_rejects_and_the_run_goes_on(toy_model, tmp_pa
     assert validate_folder(out).ok
 
 
+def test_an_unreadable_texture_rejects_only_the_hands_that_use_it(toy_model, tmp_path):
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    Image.fromarray(np.full((16, 16, 3), (200, 150, 120), np.uint8)).save(textures / "good.png")
+    (textures / "broken.png").write_bytes(b"not a png")
+    files = hands.list_images(textures)
+    plans = [hands.plan_hand(i, 0, toy_model.num_betas, 0.0, textures=files) for i in range(4)]
+    broken = {f"hands/hand{p.index:06d}" for p in plans if p.texture.endswith("broken.png")}
+    assert 0 < len(broken) < 4  # this seed picks both files
+    out = tmp_path / "out"
+    summary = hands.render_hands(out, n=4, seed=0, settings=SETTINGS, model=toy_model, progress=False,
+                                 textures=textures)
+    assert {r["key"] for r in hands.read_rejects(out)} == broken
+    assert all("cannot read image" in r["error"] for r in hands.read_rejects(out))
+    assert set(samples(out)) == {f"hands/hand{i:06d}" for i in range(4)} - broken
+    assert summary.rendered == 4 - len(broken)
+
+
 def test_resume_after_an_interrupted_run(toy_model_file, tmp_path):
     # The first run renders through a stand-in Blender executable (called the way `--blender`
     # calls Blender) that hangs on index 2, so the run is killed with exactly two samples done.
