@@ -27,6 +27,7 @@ API:
 
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
 import hashlib
@@ -204,6 +205,10 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_parameter_with_state"): lambda: _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): lambda: _load_storage_blob,
     ("dnnlib.util", "EasyDict"): lambda: _AttrDict,
+    # Protocol 2 (torch.save's default) has no set opcode and names the builtins module as Python 2 did.
+    ("__builtin__", "set"): lambda: set,
+    ("builtins", "set"): lambda: set,
+    ("_codecs", "encode"): lambda: codecs.encode,  # protocol 2 writes bytes as encode(str, 'latin1')
     ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_multiarray()._reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_multiarray()._reconstruct,
     ("numpy.core.multiarray", "scalar"): lambda: _numpy_multiarray().scalar,
