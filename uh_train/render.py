@@ -91,17 +91,24 @@ def render_region(
     b = 1 if mode == "stitched" else block_size(G, k, ws.shape[0], max_bytes)
     tile_scale = k * scale
     cx, cy = center
-    out = torch.empty(ws.shape[0], G.cfg.img_channels, size, size, device=ws.device)
-    for bi in range(k // b):
-        for bj in range(k // b):
-            # Block centres lie on multiples of 1/tile_scale from the region's corner, so every
-            # block's grids are sub-grids of the single-pass grids.
-            vx = cx - 0.5 / scale + (bj + 0.5) * b / tile_scale
-            vy = cy - 0.5 / scale + (bi + 0.5) * b / tile_scale
-            out[:, :, bi * b * r : (bi + 1) * b * r, bj * b * r : (bj + 1) * b * r] = render_patch(
-                G, ws, (vx, vy), tile_scale, canvas=b)
-            if on_block is not None:
-                on_block(b * b)
+    n = ws.shape[0]
+    out = torch.empty(n, G.cfg.img_channels, size, size, device=ws.device)
+    # Block centres lie on multiples of 1/tile_scale from the region's corner, so every block's
+    # grids are sub-grids of the single-pass grids.
+    blocks = [(bi, bj) for bi in range(k // b) for bj in range(k // b)]
+    centers = [(cx - 0.5 / scale + (bj + 0.5) * b / tile_scale, cy - 0.5 / scale + (bi + 0.5) * b / tile_scale)
+               for bi, bj in blocks]
+    # Several blocks per generator call (all samples x blocks in one batch) while memory allows.
+    per_call = max(1, min(len(blocks), max_bytes // max(pass_bytes(G, b, n), 1)))
+    for start in range(0, len(blocks), per_call):
+        chunk = range(start, min(start + per_call, len(blocks)))
+        transform = patch_transforms([centers[i] for i in chunk for _ in range(n)], tile_scale, ws.device)
+        images = G.synthesis(ws.repeat(len(chunk), 1, 1), transform, canvas=b)
+        for j, i in enumerate(chunk):
+            bi, bj = blocks[i]
+            out[:, :, bi * b * r : (bi + 1) * b * r, bj * b * r : (bj + 1) * b * r] = images[j * n : (j + 1) * n]
+        if on_block is not None:
+            on_block(len(chunk) * b * b)
     return out
 
 
