@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS
 from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
 from uh_train.spatial import density, image_region, scale_translate
 
@@ -49,7 +50,11 @@ ARM_JOINTS = {
     "right": {"shoulder": 17, "elbow": 19, "wrist": 21, "hand": 23},
 }
 # Fingertip joints among the 45 model joints (24 SMPL + layout.EXTRA_VERTEX_NAMES), thumb..pinky.
-FINGERTIPS = {"left": (35, 36, 37, 38, 39), "right": (40, 41, 42, 43, 44)}
+FINGERTIPS = {
+    side: tuple(NUM_SMPL_JOINTS + EXTRA_VERTEX_NAMES.index(f"{side[0]}{finger}")
+                for finger in ("thumb", "index", "middle", "ring", "pinky"))
+    for side in ("left", "right")
+}
 # OpenPose hand keypoints we know exactly: 0 = wrist, 4/8/12/16/20 = fingertips thumb..pinky.
 OPENPOSE_HAND_SLOTS = (0, 4, 8, 12, 16, 20)
 # The default full-body space (SHHQ layout): head top and feet of the mean body in full-body y.
@@ -133,13 +138,18 @@ def load_body_model(path: str | os.PathLike | None = None) -> Any:
 
     Local adapter over `mst_pipeline.body`: uses its open-default loader when it provides one.
     """
+    import importlib
+    import importlib.util
+
     from mst_pipeline.body import model as body_model
 
     if path is not None:
         return body_model.BodyModel.from_file(path)
-    import mst_pipeline.body as body
-
-    for module in (body, body_model):
+    modules = ["mst_pipeline.body", "mst_pipeline.body.model"]
+    modules += [f"mst_pipeline.body.{name}" for name in ("open_model", "open_default", "anny_model")
+                if importlib.util.find_spec(f"mst_pipeline.body.{name}") is not None]
+    for name in modules:
+        module = importlib.import_module(name)
         loader = getattr(module, "load_body_model", None) or getattr(module, "load_open_model", None)
         if callable(loader):
             return loader()
@@ -336,7 +346,7 @@ def pose_hand(model: Any, plan: HandPlan, space: FullBodySpace) -> HandGeometry:
         v_shaped = (model.v_template[None] + blend_shapes(betas, model.shapedirs))[0]
         rest_joints = vertices2joints(model.J_regressor, v_shaped[None])[0]
         w = model.lbs_weights.cpu().numpy()
-        tip_ids = model.extra_vertex_ids.cpu().numpy()[np.asarray(FINGERTIPS[plan.side]) - 24]
+        tip_ids = model.extra_vertex_ids.cpu().numpy()[np.asarray(FINGERTIPS[plan.side]) - NUM_SMPL_JOINTS]
         v_np = v_shaped.cpu().numpy()
         curled = curl_fingers(v_np, w[:, arm["hand"]] + w[:, arm["wrist"]], rest_joints[arm["hand"]].cpu().numpy(),
                               v_np[tip_ids], plan.side, plan.curl)

@@ -395,3 +395,23 @@ def test_resume_after_an_interrupted_run(toy_model_file, tmp_path):
     assert sorted(samples(out)) == [f"hands/hand{i:06d}" for i in range(4)]
     assert not list(out.glob("*.tmp"))
     assert validate_folder(out).ok
+
+
+def test_open_default_model_hands_land_at_the_wrist(tmp_path):
+    """The same checks on the project's open default body model, when this installation has it."""
+    try:
+        model = hands.load_body_model()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    space = hands.default_space(model)
+    out = tmp_path / "open"
+    summary = hands.render_hands(out, n=2, seed=0, settings=SETTINGS, model=model, progress=False)
+    assert summary.rendered == 2, hands.read_rejects(out)
+    assert validate_folder(out).ok
+    for key, fields in samples(out).items():
+        _, mask, meta = decode(fields)
+        assert 0.02 < (mask > 127).mean() < 0.9
+        ys, xs = np.nonzero(mask > 127)
+        centroid = apply_homography(np.asarray(meta["H"]), np.array([[xs.mean() + 0.5, ys.mean() + 0.5]]))[0]
+        geom = hands.pose_hand(model, hands.plan_hand(int(key[-6:]), 0, model.num_betas, space.pitch), space)
+        assert np.linalg.norm(centroid - geom.wrist) < 0.06, key
