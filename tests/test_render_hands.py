@@ -222,6 +222,27 @@ def test_posed_hand_lies_at_the_wrist_and_the_crop_contains_it(toy_model):
         assert inside.mean() > 0.9
 
 
+def test_space_file_and_pose_set_are_used(toy_model, tmp_path):
+    (tmp_path / "space.json").write_text(json.dumps({"cam_bar": [1.2, 0.01, 0.3], "pitch": 0.1}))
+    space = hands.load_space(tmp_path / "space.json", toy_model)
+    assert space.cam_bar == (1.2, 0.01, 0.3) and space.pitch == 0.1
+    rng = np.random.default_rng(0)
+    pose_set = rng.normal(0, 0.2, (3, 72))
+    np.savez(tmp_path / "poses.npz", global_orient=pose_set[:, :3], body_pose=pose_set[:, 3:],
+             betas=rng.normal(size=(3, 10)))
+    poses = hands.load_pose_set(tmp_path / "poses.npz")
+    plan = hands.plan_hand(0, 0, 10, space.pitch, poses)
+    k = int(np.argmin(np.abs(pose_set[:, :3] - np.asarray(plan.pose)[:3]).sum(axis=1)))
+    wrist = hands.ARM_JOINTS[plan.side]["wrist"]
+    others = np.ones(72, bool)
+    others[3 * wrist: 3 * wrist + 3] = False
+    assert np.allclose(np.asarray(plan.pose)[others], pose_set[k][others])  # only the wrist is varied
+    assert np.allclose(plan.betas, poses["betas"][k])
+    np.savez(tmp_path / "bad.npz", pose=np.zeros((2, 69)))
+    with pytest.raises(ValueError, match="72"):
+        hands.load_pose_set(tmp_path / "bad.npz")
+
+
 def test_fabric_backgrounds_are_deterministic_and_varied():
     a = hands.fabric_background(64, np.random.default_rng(1))
     b = hands.fabric_background(64, np.random.default_rng(1))
