@@ -49,6 +49,7 @@ class TrainConfig:
     r1_gamma: float = 2.0
     r1_interval: int = 16
     ema_kimg: float | None = None  # None: batch * 10 / 32, as StyleGAN3
+    ema_rampup: float | None = 0.05  # early on, the EMA half-life is at most this fraction of the images seen
     lambda_cr: float = 1.0  # consistency, Eq. 9
     lambda_p: float = 5.0  # teacher pixel loss, Eq. 8
     lpips: str = "auto"  # auto | on | off
@@ -298,7 +299,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                          persistent_workers=cfg.workers > 0)
     data_iter = iter(loader)
     ema_kimg = cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32
-    ema_beta = 0.5 ** (cfg.batch / max(ema_kimg * 1000, 1e-8))
     amp = cfg.amp and device.type == "cuda"
     total_nimg = int(cfg.kimg * 1000)
     snapshot_nimg = max(1, int(cfg.snapshot_kimg * 1000))
@@ -391,6 +391,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if prog.bad_steps >= cfg.max_bad_steps:
                 raise RuntimeError(f"{prog.bad_steps} non-finite steps in a row; stopping. "
                                    f"The last good state is in {out}; lower the learning rates or check the data.")
+        ema_nimg = ema_kimg * 1000
+        if cfg.ema_rampup is not None:
+            ema_nimg = min(ema_nimg, (prog.nimg + cfg.batch) * cfg.ema_rampup)
+        ema_beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
         with torch.no_grad():  # EMA of G
             for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - ema_beta)
