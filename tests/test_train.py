@@ -123,3 +123,11 @@ def test_two_process_ddp_on_cpu_with_gloo(shards, tmp_path):
     log = read_log(out)
     assert [r["step"] for r in log] == [1, 2]  # 16 images at a global batch of 8
     assert "weights in sync across 2 processes" in proc.stderr
+
+
+def test_lpips_on_without_backbone_weights_names_the_missing_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))  # no cached AlexNet weights here
+    with pytest.raises(RuntimeError, match="alexnet-owt-7be5be79.pth .missing.*--lpips off"):
+        tr.make_lpips("on", torch.device("cpu"))
+    assert tr.make_lpips("auto", torch.device("cpu")) is None
+    assert tr.make_lpips("off", torch.device("cpu")) is None

@@ -87,24 +87,32 @@ def load_teacher(path: str, device: torch.device) -> torch.nn.Module:
     return teacher
 
 
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+
+
 def make_lpips(mode: str, device: torch.device):
-    """LPIPS (AlexNet) for the pixel loss. `auto` falls back to L1 alone when the backbone weights
-    are not on this machine; `on` fails with instructions."""
+    """LPIPS (AlexNet) for the pixel loss. Its linear heads ship with the `lpips` package; the AlexNet
+    backbone comes from torchvision's cache, which is never downloaded here. `auto` falls back to
+    L1 alone when the backbone is missing; `on` fails with instructions."""
     if mode == "off":
         return None
-    try:
-        import lpips
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    problem = None
+    if not weights.exists():
+        problem = "missing"
+    else:
+        try:
+            import lpips
 
-        fn = lpips.LPIPS(net="alex", verbose=False).to(device).eval().requires_grad_(False)
-        return fn
-    except Exception as e:  # a download attempt offline raises URLError / RuntimeError / OSError
-        hub = torch.hub.get_dir()
-        msg = (f"LPIPS needs torchvision's AlexNet weights (alexnet-owt-7be5be79.pth) in {hub}/checkpoints; "
-               f"they could not be loaded ({type(e).__name__}). Copy the file there, or pass --lpips off.")
-        if mode == "on":
-            raise RuntimeError(msg) from None
-        console.print(f"[yellow]note:[/yellow] {msg} Continuing with the L1 part of the pixel loss only.")
-        return None
+            return lpips.LPIPS(net="alex", verbose=False).to(device).eval().requires_grad_(False)
+        except Exception as e:  # a damaged file or an incompatible lpips release
+            problem = f"unreadable ({type(e).__name__}: {e})"
+    msg = (f"LPIPS needs torchvision's AlexNet weights {weights} ({problem}). Copy {ALEXNET_FILE} there "
+           f"(from a machine with internet: torchvision.models.alexnet(weights='DEFAULT')), or pass --lpips off.")
+    if mode == "on":
+        raise RuntimeError(msg)
+    console.print(f"[yellow]note:[/yellow] {msg} Continuing with the L1 part of the pixel loss only.")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
