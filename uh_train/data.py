@@ -129,9 +129,21 @@ def _bilinear(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
     return (img[y0, x0] * (1 - fx) + img[y0, x1] * fx) * (1 - fy) + (img[y1, x0] * (1 - fx) + img[y1, x1] * fx) * fy
 
 
+def inside_full_body_space(v: np.ndarray, s: float, res: int) -> np.ndarray:
+    """[r, r] float mask: 1 where the patch T(v, s) lies inside the unit square."""
+    centres = (np.arange(res, dtype=np.float64) + 0.5) / res - 0.5
+    xs = v[0] + centres / s
+    ys = v[1] + centres / s
+    return (((ys >= 0) & (ys <= 1))[:, None] & ((xs >= 0) & (xs <= 1))[None, :]).astype(np.float32)
+
+
 def make_patch(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator) -> Patch:
     v, s = sample_view(record, cfg, rng)
     rgb, m = resample_patch(record, v, s, cfg.res)
+    if record.kind == "full":
+        # A full-body image padded to the square is the real data, padding included: everything
+        # inside full-body space is real. Only partial sources have missing pixels.
+        m = inside_full_body_space(v, s, cfg.res)
     return Patch(
         image=np.ascontiguousarray((rgb * 2 - 1).transpose(2, 0, 1), dtype=np.float32),
         mask=m[None].astype(np.float32),

@@ -380,7 +380,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 _add(terms, "D/cutmix", loss_mix)
                 _add(terms, "D/consistency", loss_cr)
             if do_r1:
-                r1 = losses.r1_penalty(real_in, [r_g.float(), (r_p.float() * mask)])
+                # The pixel head enters as its per-image mean over covered pixels: summing r*r logits
+                # would make the penalty scale with the patch area and swamp the global head's.
+                pixel_mean = (r_p.float() * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1)
+                r1 = losses.r1_penalty(real_in, [r_g.float(), pixel_mean])
                 loss = loss + (cfg.r1_gamma / 2) * r1 * cfg.r1_interval
                 _add(terms, "D/r1", r1)
             finite &= bool(torch.isfinite(loss))
