@@ -3,7 +3,8 @@
 * `full_images`: full-body images (kind "full") resampled into the whole of full-body space at the
   FID resolution (T = identity), padding included, as the generator's full image covers it.
 * `random_patches` (pFID): r x r patches at (v, s) drawn by the trainer's patch sampler
-  (`uh_train.data.sample_view`) from every source; each is resampled from its source through H^-1
+  (`uh_train.data.sample_view`) from every source, the centre moved (if needed) so that the patch
+  lies inside what the source shows; each is resampled from its source through H^-1
   with antialiasing (`uh_train.data.resample_patch`) and its T(v, s) is kept so the generated
   patches replay exactly the same transforms.
 * `keypoint_patches` (kFID): patches at s = 8 centred on BODY_25 keypoints, per group of Table 1.
@@ -65,6 +66,24 @@ def _square_fraction_inside(v: np.ndarray, s: float, box: tuple[float, float, fl
     return max(w, 0.0) * max(h, 0.0) * s * s
 
 
+def known_box(record: ShardRecord) -> np.ndarray:
+    """(x0, y0, x1, y1) of full-body space whose content the record shows: the unit square for a
+    full-body image (padding included), else its region's bounding box within the unit square."""
+    if record.kind == "full":
+        return np.array([0.0, 0.0, 1.0, 1.0])
+    lo = np.maximum(record.region.min(axis=0), 0.0)
+    hi = np.minimum(record.region.max(axis=0), 1.0)
+    return np.concatenate([lo, hi])
+
+
+def fit_inside(v: np.ndarray, s: float, box: np.ndarray) -> np.ndarray:
+    """Move the centre v the least so that the patch of side 1/s lies inside box (centred when the
+    box is smaller than the patch)."""
+    half = 0.5 / s
+    lo, hi = box[:2] + half, box[2:] - half
+    return np.where(lo <= hi, np.clip(v, lo, hi), (box[:2] + box[2:]) / 2)
+
+
 def take_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tuple[np.ndarray, float]:
     """The patch T(v, s) of a record as uint8 [3, res, res] and the fraction of it the source knows."""
     rgb, mask = resample_patch(record, np.asarray(v, np.float64), s, res)
@@ -101,6 +120,7 @@ def random_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 
                 return
             rng = np.random.default_rng([seed, epoch, i])
             v, s = sample_view(record, cfg, rng)
+            v = fit_inside(v, s, known_box(record))
             image, coverage = take_patch(record, v, s, res)
             if coverage < MIN_COVERAGE:
                 continue
