@@ -12,15 +12,16 @@ import numpy as np
 
 class FeatureStats:
     """Running mean and covariance of features, accumulated batch by batch (float64 sums), so that
-    50k x 2048 features never have to be held at once. `keep=True` also keeps the features (for
-    precision/recall)."""
+    50k x 2048 features never have to be held at once. The features themselves are kept with
+    `keep=True` (precision/recall), and anyway while there are fewer of them than dimensions: FID
+    of small sets is then computed in sample space (`fid_from_features`), which is exact and fast."""
 
     def __init__(self, keep: bool = False) -> None:
         self.keep = keep
         self.n = 0
         self._sum: np.ndarray | None = None
         self._outer: np.ndarray | None = None
-        self._kept: list[np.ndarray] = []
+        self._kept: list[np.ndarray] | None = []
 
     def add(self, features: np.ndarray) -> None:
         x = np.asarray(features, dtype=np.float64)
@@ -32,8 +33,10 @@ class FeatureStats:
         self.n += len(x)
         self._sum += x.sum(axis=0)
         self._outer += x.T @ x
-        if self.keep:
+        if self._kept is not None:
             self._kept.append(x.astype(np.float32))
+            if not self.keep and self.n >= x.shape[1]:
+                self._kept = None
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean [D] and covariance [D, D] (unbiased, as numpy.cov)."""
@@ -43,10 +46,35 @@ class FeatureStats:
         cov = (self._outer - self.n * np.outer(mu, mu)) / (self.n - 1)
         return mu, cov
 
-    def features(self) -> np.ndarray:
-        if not self.keep:
-            raise ValueError("features were not kept (FeatureStats(keep=True))")
+    def features(self) -> np.ndarray | None:
+        """All features [N, D] float32 if kept (keep=True, or fewer than D of them), else None."""
+        if self._kept is None:
+            return None
         return np.concatenate(self._kept) if self._kept else np.zeros((0, 0), np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What a cache needs to rebuild the statistics: the features when kept, else mean and covariance."""
+        feats = self.features()
+        if feats is not None:
+            return {"features": feats}
+        mu, cov = self.mean_cov()
+        return {"mu": mu, "cov": cov, "n": np.array(self.n)}
+
+
+def fid_between(real: dict[str, np.ndarray] | FeatureStats, fake: FeatureStats) -> float:
+    """FID of cached real statistics (`FeatureStats.arrays()`) or a FeatureStats against fakes."""
+    if isinstance(real, FeatureStats):
+        real = real.arrays()
+    fake_feats = fake.features()
+    if "features" in real and fake_feats is not None:
+        return fid_from_features(real["features"], fake_feats)
+    if "features" in real:
+        stats = FeatureStats()
+        stats.add(real["features"])
+        mu, cov = stats.mean_cov()
+    else:
+        mu, cov = real["mu"], real["cov"]
+    return frechet_distance(mu, cov, *fake.mean_cov())
 
 
 def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:

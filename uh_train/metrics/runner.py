@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import fakes, patches
-from .fid import FeatureStats, frechet_distance
+from .fid import FeatureStats, fid_between
 from .inception import MetricsError
 from .precision_recall import DEFAULT_K, precision_recall
 from .stats import StatsCache, manifest_digest, stats_key
@@ -110,8 +110,15 @@ def _real_patch_stats(items: Iterable[patches.RealPatch], groups: int, cfg: Eval
     for g, s in enumerate(stats):
         out[f"transforms_{g}"] = np.array(transforms[g], dtype=np.float64).reshape(-1, 3, 3)
         if s.n >= 2:
-            out[f"mu_{g}"], out[f"cov_{g}"] = s.mean_cov()
+            out.update({f"{name}_{g}": value for name, value in s.arrays().items()})
     return out
+
+
+def _group(real: dict[str, np.ndarray], g: int) -> dict[str, np.ndarray] | None:
+    """Group g's statistics from `_real_patch_stats` arrays (None when it has fewer than 2 patches)."""
+    suffix = f"_{g}"
+    arrays = {k[: -len(suffix)]: v for k, v in real.items() if k.endswith(suffix) and not k.startswith("transforms")}
+    return arrays or None
 
 
 def _fake_stats(batches: Iterable[torch.Tensor], features: FeatureExtractor, advance, keep: bool = False):
@@ -144,9 +151,7 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
         fake = _fake_stats(fakes.full_image_batches(gen, cfg.n, fid_res, cfg.seed, cfg.batch), features, advance,
                            keep="pr" in cfg.metrics)
         if "fid" in cfg.metrics:
-            real_stats = FeatureStats()
-            real_stats.add(real_feats)
-            result["fid"] = {"value": frechet_distance(*real_stats.mean_cov(), *fake.mean_cov()),
+            result["fid"] = {"value": fid_between({"features": real_feats}, fake),
                              "resolution": fid_res, "n_real": len(real_feats), "n_fake": fake.n,
                              "real_upsampled": int(real["upsampled"])}
         if "pr" in cfg.metrics:
@@ -169,7 +174,7 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
         fake = _fake_stats(fakes.patch_batches(gen, transforms, cfg.seed + 1, cfg.batch), features,
                            on_task("generated patches (real T(v,s))", len(transforms)))
         scales = 1.0 / transforms[:, 0, 0]
-        result["pfid"] = {"value": frechet_distance(real["mu_0"], real["cov_0"], *fake.mean_cov()),
+        result["pfid"] = {"value": fid_between(_group(real, 0), fake),
                           "n": int(real["counts"][0]), "scale_min": float(scales.min()),
                           "scale_max": float(scales.max()), "real_upsampled": int(real["upsampled"][0])}
         result["seconds"]["pfid"] = time.perf_counter() - start
@@ -192,10 +197,11 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
             transforms = real[f"transforms_{g}"]
             entry: dict[str, Any] = {"value": None, "n": int(real["counts"][g]),
                                      "real_upsampled": int(real["upsampled"][g])}
-            if f"mu_{g}" in real:
+            group = _group(real, g)
+            if group is not None:
                 fake = _fake_stats(fakes.patch_batches(gen, transforms, cfg.seed + 2 + g, cfg.batch), features,
                                    on_task(f"generated {name} patches", len(transforms)))
-                entry["value"] = frechet_distance(real[f"mu_{g}"], real[f"cov_{g}"], *fake.mean_cov())
+                entry["value"] = fid_between(group, fake)
             per_group[name] = entry
         values = [e["value"] for e in per_group.values() if e["value"] is not None]
         result["kfid"] = {"groups": per_group, "mean": float(np.mean(values)) if values else None,
