@@ -97,3 +97,20 @@ def test_precision_recall_on_gaussian_clouds_against_the_known_answer(case):
 def test_precision_recall_rejects_mismatched_features():
     with pytest.raises(ValueError, match="equal D"):
         precision_recall(np.zeros((10, 3)), np.zeros((10, 4)))
+
+
+def test_stats_cache_round_trip_is_atomic_and_ignores_damaged_files(tmp_path):
+    from uh_train.metrics.stats import StatsCache, stats_key
+
+    cache = StatsCache(tmp_path)
+    key = stats_key("manifests", {"set": "pfid", "n": 4})
+    assert key != stats_key("manifests", {"set": "pfid", "n": 5}) != stats_key("other", {"set": "pfid", "n": 4})
+    arrays = {"mu": np.arange(3.0), "transforms_0": np.eye(3)[None].repeat(2, 0)}
+    path = cache.save("pfid", key, arrays)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    loaded = cache.load("pfid", key)
+    np.testing.assert_array_equal(loaded["mu"], arrays["mu"])
+    np.testing.assert_array_equal(loaded["transforms_0"], arrays["transforms_0"])
+    path.write_bytes(path.read_bytes()[:40])  # truncated by a crash of another program
+    assert cache.load("pfid", key) is None
+    assert StatsCache(None).load("pfid", key) is None and StatsCache(None).save("pfid", key, arrays) is None

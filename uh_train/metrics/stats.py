@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ class StatsCache:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
             log.warning("ignoring unreadable statistics %s (%s); recomputing", path, exc)
             return None
         if str(arrays.get("key", "")) != key:
