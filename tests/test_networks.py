@@ -36,18 +36,21 @@ def test_lowpass_filter_matches_scipy_firwin(numtaps, cutoff, width, fs):
     assert lowpass_filter(1, cutoff, width, fs) is None
 
 
-def test_upfirdn2d_equals_explicit_zero_insertion_and_convolution():
+@pytest.mark.parametrize("up,down,padding", [(2, 3, (2, 1, 3, -1)), (4, 1, (-3, -4, 5, 2)), (1, 2, (1, 2, 0, 3))])
+def test_upfirdn2d_equals_explicit_zero_insertion_and_convolution(up, down, padding):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 7, 9)
-    f = torch.tensor([0.1, 0.2, 0.4, 0.2, 0.1])
-    y = upfirdn2d(x, f, up=2, down=3, padding=(2, 1, 3, -1), gain=4)
-    # Reference: dense 2-D upsample, pad, 2-D conv with the outer-product filter, decimate.
-    up = torch.zeros(2, 3, 14, 18)
-    up[:, :, ::2, ::2] = x
-    up = F.pad(up, [2, 1, 3, 0])[:, :, :-1, :]
-    k = (f[:, None] * f[None, :] * 4).flip(0, 1)
-    ref = F.conv2d(up.reshape(6, 1, *up.shape[2:]), k[None, None])
-    ref = ref.reshape(2, 3, *ref.shape[2:])[:, :, ::3, ::3]
+    f = torch.tensor([0.1, 0.2, 0.4, 0.2, 0.1, 0.05, 0.3])
+    y = upfirdn2d(x, f, up=up, down=down, padding=padding, gain=up * up)
+    # Reference: dense 2-D zero insertion, pad/crop, 2-D conv with the outer-product filter, decimate.
+    dense = torch.zeros(2, 3, 7 * up, 9 * up)
+    dense[:, :, ::up, ::up] = x
+    px0, px1, py0, py1 = padding
+    dense = F.pad(dense, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    dense = dense[:, :, max(-py0, 0) : dense.shape[2] - max(-py1, 0), max(-px0, 0) : dense.shape[3] - max(-px1, 0)]
+    k = (f[:, None] * f[None, :] * up * up).flip(0, 1)
+    ref = F.conv2d(dense.reshape(6, 1, *dense.shape[2:]), k[None, None])
+    ref = ref.reshape(2, 3, *ref.shape[2:])[:, :, ::down, ::down]
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
 
 

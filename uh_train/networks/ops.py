@@ -56,7 +56,16 @@ def upfirdn2d(
 ) -> torch.Tensor:
     """Upsample by `up` (zero insertion), pad by (x_lo, x_hi, y_lo, y_hi) in the upsampled grid
     (negative crops), convolve with the separable filter f [taps] scaled to total gain `gain`,
-    keep every `down`-th sample. x: [N, C, H, W]."""
+    keep every `down`-th sample. x: [N, C, H, W].
+
+    With up > 1 the zero insertion and convolution run as one transposed convolution (the
+    polyphase form: no multiplications by the inserted zeros), followed by the padding window."""
+    if f is not None and up > 1:
+        g = (f * math.sqrt(gain)).to(x.dtype)
+        px0, px1, py0, py1 = padding
+        x = _upsample_1d(x, g, up, 3, px0, px1)
+        x = _upsample_1d(x, g, up, 2, py0, py1)
+        return x[:, :, ::down, ::down] if down > 1 else x
     n, c, h, w = x.shape
     if up > 1:
         x = x.reshape(n, c, h, 1, w, 1)
@@ -74,6 +83,22 @@ def upfirdn2d(
     x = F.conv2d(x, f.view(1, 1, 1, taps).expand(c, 1, 1, taps), stride=(1, down), groups=c)
     x = F.conv2d(x, f.view(1, 1, taps, 1).expand(c, 1, taps, 1), stride=(down, 1), groups=c)
     return x
+
+
+def _upsample_1d(x: torch.Tensor, g: torch.Tensor, up: int, dim: int, pad_lo: int, pad_hi: int) -> torch.Tensor:
+    """Zero-insert by `up` along dim (2 = y, 3 = x), pad, and convolve with g, as upfirdn2d does.
+
+    The transposed convolution gives the full convolution c of the zero-inserted signal; the
+    padded valid convolution is the window of c starting at taps - 1 - pad_lo."""
+    c, taps, length = x.shape[1], g.shape[0], x.shape[dim]
+    shape = (c, 1, 1, taps) if dim == 3 else (c, 1, taps, 1)
+    stride = (1, up) if dim == 3 else (up, 1)
+    y = F.conv_transpose2d(x, g.view(shape[1:]).expand(shape), stride=stride, groups=c)
+    start, size = taps - 1 - pad_lo, length * up + pad_lo + pad_hi - taps + 1
+    before, after = max(-start, 0), max(start + size - y.shape[dim], 0)
+    if before or after:
+        y = F.pad(y, [before, after, 0, 0] if dim == 3 else [0, 0, before, after])
+    return y.narrow(dim, start + before, size)
 
 
 def filtered_lrelu(
