@@ -1,0 +1,277 @@
+"""Pose prior of SMPLify-P: a VAE with VPoser v2's architecture (paper §3.1, App. B).
+
+21 body joints (SMPL joints 1..21, axis-angle, [B, 63]) -> latent 32 -> 21 rotations through the
+continuous 6-D representation. The module and parameter names follow VPoser v2, so the official
+V02_05 snapshot loads with `load_prior` (keys `vp_model.*`, trainer buffers dropped), and a prior
+trained here by `mst fit-prior` (`train_prior`: reconstruction + KL on the full-body set's fitted
+poses) is saved in the same layout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NUM_BODY_JOINTS = 21
+LATENT_DIM = 32
+HIDDEN = 512
+CHECKPOINT_PREFIX = "vp_model."
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotation representations (pure functions)
+
+
+def rot6d_to_rotmat(x: Tensor) -> Tensor:
+    """Continuous 6-D rotation representation -> rotation matrices.
+
+    x: [..., 6], read as a 3×2 matrix whose columns a1, a2 are orthonormalised (Gram–Schmidt);
+    the result's columns are (b1, b2, b1 × b2). -> [..., 3, 3].
+    """
+    m = x.reshape(*x.shape[:-1], 3, 2)
+    b1 = F.normalize(m[..., 0], dim=-1)
+    a2 = m[..., 1]
+    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)
+
+
+def axis_angle_to_rotmat(aa: Tensor) -> Tensor:
+    """Rodrigues: [..., 3] axis-angle -> [..., 3, 3]; smooth at zero."""
+    angle = torch.sqrt((aa * aa).sum(-1, keepdim=True) + 1e-12)
+    axis = aa / angle
+    c, s = torch.cos(angle)[..., None], torch.sin(angle)[..., None]
+    x, y, z = axis.unbind(-1)
+    o = torch.zeros_like(x)
+    K = torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*aa.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(K)
+    return eye + s * K + (1 - c) * (K @ K)
+
+
+def axis_angle_to_rotmat_np(aa: np.ndarray) -> np.ndarray:
+    """numpy twin of `axis_angle_to_rotmat` for records: [..., 3] -> [..., 3, 3]."""
+    return axis_angle_to_rotmat(torch.as_tensor(np.asarray(aa, dtype=np.float64))).numpy()
+
+
+def rotmat_to_axis_angle(R: Tensor) -> Tensor:
+    """Rotation matrices [..., 3, 3] -> axis-angle [..., 3] (angle in [0, π]), via the quaternion
+    of the largest diagonal element, which stays accurate near 0 and π."""
+    m = R
+    tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    cands = torch.stack([
+        torch.stack([1 + tr, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0],
+                     m[..., 1, 0] - m[..., 0, 1]], -1),
+        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - tr, m[..., 0, 1] + m[..., 1, 0],
+                     m[..., 0, 2] + m[..., 2, 0]], -1),
+        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - tr,
+                     m[..., 1, 2] + m[..., 2, 1]], -1),
+        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
+                     1 + 2 * m[..., 2, 2] - tr], -1),
+    ], -2)  # [..., 4 candidates, 4 (w, x, y, z) scaled by 4·q_i]
+    diag = torch.stack([tr, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
+    best = diag.argmax(-1, keepdim=True)[..., None].expand(*diag.shape[:-1], 1, 4)
+    q = F.normalize(torch.gather(cands, -2, best)[..., 0, :], dim=-1)
+    q = torch.where(q[..., :1] < 0, -q, q)  # w >= 0: angle in [0, π]
+    vec = q[..., 1:]
+    sin_half = vec.norm(dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(sin_half, q[..., :1])
+    scale = torch.where(sin_half > 1e-8, angle / sin_half.clamp_min(1e-12), torch.full_like(angle, 2.0))
+    return vec * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# VPoser-v2-architecture VAE
+
+
+class _Flatten(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1)
+
+
+class _NormalHead(nn.Module):
+    """Latent posterior N(mu, softplus(logvar(x))) — VPoser v2 uses softplus for the scale."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.mu = nn.Linear(n_in, n_out)
+        self.logvar = nn.Linear(n_in, n_out)
+
+    def forward(self, x: Tensor) -> torch.distributions.Normal:
+        return torch.distributions.Normal(self.mu(x), F.softplus(self.logvar(x)))
+
+
+class _Rot6d(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return rot6d_to_rotmat(x.reshape(x.shape[0], -1, 6))
+
+
+@dataclass
+class PriorOutput:
+    """pose_body [B, 21, 3] axis-angle, pose_body_matrot [B, 21, 3, 3]."""
+
+    pose_body: Tensor
+    pose_body_matrot: Tensor
+
+
+class PosePrior(nn.Module):
+    """VPoser v2 layout: encoder_net.{1 BN, 2 Linear, 4 BN, 6/7 Linear, 8 Normal head},
+    decoder_net.{0, 3, 5 Linear} (see the indices below; dropout 0.1, LeakyReLU 0.01)."""
+
+    def __init__(self, num_neurons: int = HIDDEN, latent_dim: int = LATENT_DIM) -> None:
+        super().__init__()
+        n_in = NUM_BODY_JOINTS * 3
+        self.latent_dim = latent_dim
+        self.encoder_net = nn.Sequential(
+            _Flatten(), nn.BatchNorm1d(n_in), nn.Linear(n_in, num_neurons), nn.LeakyReLU(),
+            nn.BatchNorm1d(num_neurons), nn.Dropout(0.1), nn.Linear(num_neurons, num_neurons),
+            nn.Linear(num_neurons, num_neurons), _NormalHead(num_neurons, latent_dim),
+        )
+        self.decoder_net = nn.Sequential(
+            nn.Linear(latent_dim, num_neurons), nn.LeakyReLU(), nn.Dropout(0.1),
+            nn.Linear(num_neurons, num_neurons), nn.LeakyReLU(), nn.Linear(num_neurons, NUM_BODY_JOINTS * 6),
+            _Rot6d(),
+        )
+
+    def encode(self, pose_body: Tensor) -> torch.distributions.Normal:
+        """pose_body [B, 63] (or [B, 21, 3]) axis-angle -> posterior over the latent [B, 32]."""
+        return self.encoder_net(pose_body)
+
+    def decode(self, z: Tensor) -> PriorOutput:
+        """z [B, 32] -> PriorOutput (axis-angle [B, 21, 3] and matrices [B, 21, 3, 3])."""
+        R = self.decoder_net(z)
+        return PriorOutput(pose_body=rotmat_to_axis_angle(R), pose_body_matrot=R)
+
+    def reconstruct(self, pose_body: Tensor) -> PriorOutput:
+        """θ̂ of Eq. 1: the decoded posterior mean of a pose [B, 63]."""
+        return self.decode(self.encode(pose_body).mean)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> PriorOutput:
+        dev = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=dev)
+        return self.decode(z)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+class CheckpointError(ValueError):
+    """A prior checkpoint that does not match the architecture; the message lists the keys."""
+
+
+def load_prior(path: str | os.PathLike, device: str | torch.device = "cpu") -> PosePrior:
+    """Load a VPoser v2 snapshot (e.g. V02_05's `snapshots/*.ckpt`) or a `mst fit-prior` file.
+
+    Tensors only (`weights_only=True`); `state_dict` of a Lightning checkpoint is used when
+    present, the `vp_model.` prefix is removed and the trainer's body-model buffers (`bm_train.*`)
+    are dropped; every other key must match exactly.
+    """
+    path = Path(path)
+    if path.is_dir():  # an experiment folder: newest snapshot, as VPoser's own loader does
+        snaps = sorted(path.glob("**/*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not snaps:
+            raise CheckpointError(f"{path} holds no snapshots/*.ckpt")
+        path = snaps[-1]
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unreadable or unsafe pickle: one clear message
+        raise CheckpointError(f"cannot read prior checkpoint {path}: {type(e).__name__}: {e}") from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no state dict")
+    state = {(k[len(CHECKPOINT_PREFIX):] if k.startswith(CHECKPOINT_PREFIX) else k): v
+             for k, v in state.items() if not k.startswith("bm_train.")}
+    hidden = int(state["decoder_net.0.weight"].shape[0]) if "decoder_net.0.weight" in state else HIDDEN
+    latent = int(state["decoder_net.0.weight"].shape[1]) if "decoder_net.0.weight" in state else LATENT_DIM
+    prior = PosePrior(num_neurons=hidden, latent_dim=latent)
+    load_strict(prior, state, str(path))
+    return prior.to(device).eval()
+
+
+def load_strict(module: nn.Module, state: dict[str, Tensor], name: str) -> None:
+    """load_state_dict that reports every missing, unexpected and mis-shaped key in one error."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: {list(state[k].shape)} vs {list(own[k].shape)}" for k in set(own) & set(state)
+                    if tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:12]) + (f" … ({len(keys)} in all)" if len(keys) > 12 else "")
+        parts = [f"missing {len(missing)}: {few(missing)}" if missing else "",
+                 f"unexpected {len(unexpected)}: {few(unexpected)}" if unexpected else "",
+                 f"shape mismatch: {few(shapes)}" if shapes else ""]
+        raise CheckpointError(f"{name} does not fit {type(module).__name__}: " + "; ".join(p for p in parts if p))
+    module.load_state_dict(state, strict=True)
+
+
+def save_prior(prior: PosePrior, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Save in VPoser's snapshot layout ({'state_dict': {'vp_model.' + key: tensor}}), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {CHECKPOINT_PREFIX + k: v.detach().cpu() for k, v in prior.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": state, "meta": dict(meta or {})}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (`mst fit-prior`, App. B: reconstruction + KL)
+
+
+@dataclass
+class PriorTrainingStats:
+    epochs: int
+    final_reconstruction: float  # mean squared rotation-matrix error per joint
+    final_kl: float
+    num_poses: int
+
+
+def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3,
+                kl_weight: float = 5e-3, seed: int = 0, device: str = "cpu",
+                prior: PosePrior | None = None, log=None) -> tuple[PosePrior, PriorTrainingStats]:
+    """Fit the VAE to body poses. poses: [N, 63] (21 joints) or [N, 72] (SMPL; joints 1..21 used).
+
+    Loss: mean squared error between decoded and input rotation matrices (a geodesic proxy
+    that ignores the axis-angle 2π ambiguity) + kl_weight · KL(q(z|θ) ‖ N(0, I)).
+    """
+    poses = np.asarray(poses, dtype=np.float32)
+    if poses.ndim != 2 or poses.shape[1] not in (63, 72):
+        raise ValueError(f"poses must be [N, 63] or [N, 72], got {list(poses.shape)}")
+    if poses.shape[1] == 72:
+        poses = poses[:, 3:66]
+    if len(poses) < 2:
+        raise ValueError("need at least 2 poses to train the prior")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    prior = (prior or PosePrior()).to(device).train()
+    data = torch.as_tensor(poses, device=device)
+    target = axis_angle_to_rotmat(data.view(-1, NUM_BODY_JOINTS, 3))
+    opt = torch.optim.Adam(prior.parameters(), lr=lr)
+    bs = min(batch_size, len(data))
+    rec = kl = torch.zeros(())
+    for epoch in range(epochs):
+        order = torch.randperm(len(data), generator=g).to(device)
+        for i in range(0, len(data) - bs + 1, bs):
+            idx = order[i:i + bs]
+            q = prior.encode(data[idx])
+            z = q.rsample()
+            R = prior.decoder_net(z)
+            rec = ((R - target[idx]) ** 2).sum((-2, -1)).mean()
+            prior_dist = torch.distributions.Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))
+            kl = torch.distributions.kl_divergence(q, prior_dist).sum(-1).mean()
+            loss = rec + kl_weight * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if log is not None:
+            log(epoch, float(rec), float(kl))
+    prior.eval()
+    return prior, PriorTrainingStats(epochs, float(rec), float(kl), len(poses))

@@ -1,0 +1,225 @@
+"""SMPLify-P (paper Eq. 1): batched fits recover a known camera and pose from projected keypoints.
+
+Most tests use a small stick-figure model in SMPL format (SMPL's 24-joint tree at roughly SMPL's
+rest positions plus the 21 OpenPose vertex joints), so they run in seconds; the open default
+body model is exercised by the slow tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, SMPL_PARENTS
+from mst_pipeline.body.model import BodyModel
+from mst_pipeline.body.smpl_file import BodyModelData
+from mst_pipeline.smplify import (
+    HAND_SLOTS,
+    NUM_TARGETS,
+    SmplifyConfig,
+    facing_from_keypoints,
+    fitting_joints,
+    invisible_joints,
+    keypoint_init,
+    pitch_regulariser,
+    project,
+    smplify_p,
+)
+from mst_pipeline.space import upright_orientation
+
+# Approximate SMPL rest joints (metres, Y up, facing +Z) and the OpenPose vertex joints.
+_JOINTS = [
+    (0, 0, 0), (0.06, -0.09, 0), (-0.06, -0.09, 0), (0, 0.11, -0.01), (0.10, -0.47, 0), (-0.10, -0.47, 0),
+    (0, 0.24, 0), (0.09, -0.87, -0.03), (-0.09, -0.87, -0.03), (0, 0.30, 0), (0.11, -0.93, 0.09),
+    (-0.11, -0.93, 0.09), (0, 0.51, -0.01), (0.07, 0.42, 0), (-0.07, 0.42, 0), (0, 0.58, 0.03),
+    (0.17, 0.45, -0.01), (-0.17, 0.45, -0.01), (0.43, 0.43, -0.03), (-0.43, 0.43, -0.03),
+    (0.68, 0.44, -0.02), (-0.68, 0.44, -0.02), (0.76, 0.43, -0.01), (-0.76, 0.43, -0.01),
+]
+_EXTRA = {
+    "nose": ((0, 0.60, 0.11), 15), "reye": ((-0.03, 0.65, 0.08), 15), "leye": ((0.03, 0.65, 0.08), 15),
+    "rear": ((-0.075, 0.62, 0.0), 15), "lear": ((0.075, 0.62, 0.0), 15),
+    "LBigToe": ((0.12, -0.95, 0.14), 10), "LSmallToe": ((0.16, -0.95, 0.12), 10), "LHeel": ((0.08, -0.96, -0.05), 7),
+    "RBigToe": ((-0.12, -0.95, 0.14), 11), "RSmallToe": ((-0.16, -0.95, 0.12), 11),
+    "RHeel": ((-0.08, -0.96, -0.05), 8),
+    "lthumb": ((0.74, 0.42, 0.06), 22), "lindex": ((0.86, 0.43, 0.02), 22), "lmiddle": ((0.87, 0.43, 0.0), 22),
+    "lring": ((0.86, 0.43, -0.02), 22), "lpinky": ((0.83, 0.43, -0.04), 22),
+    "rthumb": ((-0.74, 0.42, 0.06), 23), "rindex": ((-0.86, 0.43, 0.02), 23), "rmiddle": ((-0.87, 0.43, 0.0), 23),
+    "rring": ((-0.86, 0.43, -0.02), 23), "rpinky": ((-0.83, 0.43, -0.04), 23),
+}
+
+
+def toy_body_model(num_betas: int = 10) -> BodyModel:
+    """Stick-figure SMPL-format model: one vertex per joint and per OpenPose point, plus the head
+    top; rigid skinning; betas 0/1 scale height/width by 5 % per unit, the rest are small."""
+    verts = [np.array(j, dtype=np.float64) for j in _JOINTS]
+    owners = list(range(24))
+    for name in EXTRA_VERTEX_NAMES:
+        p, joint = _EXTRA[name]
+        verts.append(np.array(p, dtype=np.float64))
+        owners.append(joint)
+    verts.append(np.array([0, 0.78, 0.0]))  # head top
+    owners.append(15)
+    v = np.stack(verts)
+    V = len(v)
+    weights = np.zeros((V, 24))
+    weights[np.arange(V), owners] = 1
+    rng = np.random.default_rng(0)
+    shapedirs = rng.normal(0, 0.002, (V, 3, num_betas))
+    shapedirs[:, :, 0] = 0.05 * v * np.array([0, 1, 0])
+    shapedirs[:, :, 1] = 0.05 * v * np.array([1, 0, 0])
+    J = np.zeros((24, V))
+    J[np.arange(24), np.arange(24)] = 1
+    data = BodyModelData(
+        v_template=v.astype(np.float32), shapedirs=shapedirs.astype(np.float32),
+        posedirs=np.zeros((V, 3, 207), np.float32), J_regressor=J.astype(np.float32),
+        weights=weights.astype(np.float32), parents=np.array(SMPL_PARENTS), faces=np.array([[0, 1, 2]]),
+        extra_vertex_ids=np.arange(24, 24 + len(EXTRA_VERTEX_NAMES)),
+    )
+    return BodyModel(data)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return toy_body_model()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny batched fits are dominated by thread hand-offs on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_pose(rng: np.random.Generator, n: int, spread: float = 0.15) -> np.ndarray:
+    """Plausible standing poses [n, 72]: upright, facing the camera, arms lowered, small bends."""
+    pose = np.zeros((n, 72))
+    pose[:, :3] = upright_orientation("front")
+    pose[:, 3:66] = rng.normal(0, spread, (n, 63))
+    for side, sign in ((16, -1), (17, 1)):  # shoulders: arms down by 55..75 degrees
+        pose[:, 3 * side + 2] = sign * rng.uniform(0.95, 1.3, n)
+    for spine in (3, 6, 9, 12, 15):
+        pose[:, 3 * spine:3 * spine + 3] *= 0.3
+    return pose
+
+
+def pose_targets(model, pose: np.ndarray, betas: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """Projected fitting joints [n, 37, 2] of the model with pose [n,72], betas [n,K], cam [n,3]."""
+    with torch.no_grad():
+        out = model(betas=torch.as_tensor(betas, dtype=torch.float32),
+                    global_orient=torch.as_tensor(pose[:, :3], dtype=torch.float32),
+                    body_pose=torch.as_tensor(pose[:, 3:], dtype=torch.float32))
+        J = project(fitting_joints(out.joints, out.body25), torch.as_tensor(cam, dtype=torch.float32))
+    return J.numpy().astype(np.float64)
+
+
+def test_targets_layout_has_body25_and_hand_slots():
+    assert NUM_TARGETS == 25 + 2 * len(HAND_SLOTS) == 37
+
+
+def test_keypoint_init_recovers_scale_and_translation_of_a_rest_body(toy):
+    go = torch.as_tensor(np.stack([upright_orientation("front")] * 2), dtype=torch.float32)
+    with torch.no_grad():
+        out = toy(global_orient=go)
+    rest = fitting_joints(out.joints, out.body25)
+    cam = torch.tensor([[1.1, 0.05, 0.3], [3.0, -0.2, 0.1]])
+    u = project(rest, cam)
+    vis = torch.ones(2, NUM_TARGETS, dtype=torch.bool)
+    got, ok = keypoint_init(rest, u, vis)
+    assert ok.all()
+    torch.testing.assert_close(got, cam, atol=1e-4, rtol=1e-4)
+    # A hand crop: only wrist and fingertips visible still gives the camera.
+    vis_hand = torch.zeros_like(vis)
+    vis_hand[:, 25:31] = True
+    got, ok = keypoint_init(rest, u, vis_hand)
+    torch.testing.assert_close(got, cam, atol=1e-3, rtol=1e-3)
+
+
+def test_invisible_joints_follow_the_keypoints_they_move():
+    vis = torch.zeros(1, NUM_TARGETS, dtype=torch.bool)
+    vis[0, [1, 2, 5, 3]] = True  # neck, shoulders, right elbow
+    inv = invisible_joints(vis)[0]
+    names = ("left_hip right_hip spine1 left_knee right_knee spine2 left_ankle right_ankle spine3 left_foot "
+             "right_foot neck left_collar right_collar head left_shoulder right_shoulder left_elbow right_elbow "
+             "left_wrist right_wrist").split()
+    invisible = {n for n, i in zip(names, inv.tolist(), strict=True) if i}
+    assert "right_shoulder" not in invisible and "spine1" not in invisible and "right_collar" not in invisible
+    assert {"left_shoulder", "left_knee", "head", "right_elbow", "left_hip"} <= invisible
+
+
+def test_pitch_regulariser_is_zero_upright_and_grows_with_lean():
+    up = torch.as_tensor(upright_orientation("front"), dtype=torch.float32)[None]
+    assert pitch_regulariser(up, 0.0).item() < 1e-10
+    R_lean = torch.tensor([[math.pi + 0.2, 0.0, 0.0]])
+    assert abs(pitch_regulariser(R_lean, 0.0).item() - 0.04) < 1e-4
+    assert pitch_regulariser(R_lean, 0.2).item() < 1e-6 or pitch_regulariser(R_lean, -0.2).item() < 1e-6
+    back = torch.as_tensor(upright_orientation("back"), dtype=torch.float32)[None]
+    assert pitch_regulariser(back, 0.0).item() < 1e-10
+
+
+def test_facing_flips_when_left_shoulder_is_on_the_image_left():
+    t = np.zeros((2, NUM_TARGETS, 2))
+    v = np.zeros((2, NUM_TARGETS), dtype=bool)
+    t[0, 5], t[0, 2] = (0.3, 0), (-0.3, 0)  # LShoulder right of RShoulder: facing the camera
+    t[1, 5], t[1, 2] = (-0.3, 0), (0.3, 0)
+    v[:, [5, 2]] = True
+    back, ambiguous = facing_from_keypoints(t, v)
+    assert back.tolist() == [False, True]
+
+
+def test_batched_fit_recovers_camera_and_keypoints(toy):
+    rng = np.random.default_rng(1)
+    n = 6
+    pose = random_pose(rng, n)
+    betas = np.zeros((n, 10))
+    cam = np.stack([rng.uniform(0.8, 1.2, n), rng.uniform(-0.1, 0.1, n), rng.uniform(-0.1, 0.2, n)], 1)
+    u = pose_targets(toy, pose, betas, cam)
+    res = smplify_p(toy, u, np.ones(u.shape[:2]), config=SmplifyConfig(iterations=250, seed=0))
+    assert len(res) == n
+    for r, c in zip(res, cam, strict=True):
+        assert r.ok, r.failure
+        assert r.reprojection < 0.01
+        np.testing.assert_allclose(r.cam, c, atol=0.05 * c[0])
+        assert r.visible == int(np.all(np.abs(u[0]) <= 1, -1).sum()) or r.visible >= 25
+        assert 0 < r.iterations <= 250
+        assert set(r.losses) == {"keypoints", "prior", "pitch", "shape"}
+
+
+def test_fit_is_deterministic_and_batch_independent(toy):
+    rng = np.random.default_rng(2)
+    pose = random_pose(rng, 3)
+    cam = np.array([[1.0, 0.0, 0.1]] * 3)
+    u = pose_targets(toy, pose, np.zeros((3, 10)), cam)
+    cfg = SmplifyConfig(iterations=60, camera_iterations=20, tolerance=0)
+    a = smplify_p(toy, u, np.ones(u.shape[:2]), config=cfg)
+    b = smplify_p(toy, u, np.ones(u.shape[:2]), config=cfg)
+    single = smplify_p(toy, u[1:2], np.ones((1, NUM_TARGETS)), config=cfg)
+    np.testing.assert_array_equal(a[1].pose, b[1].pose)
+    np.testing.assert_allclose(a[1].cam, single[0].cam, atol=1e-4)
+
+
+def test_lbfgs_fits_as_well_as_adam(toy):
+    rng = np.random.default_rng(3)
+    pose = random_pose(rng, 2)
+    cam = np.array([[1.0, 0.05, 0.1], [0.9, -0.05, 0.0]])
+    u = pose_targets(toy, pose, np.zeros((2, 10)), cam)
+    cfg = SmplifyConfig(optimizer="lbfgs", iterations=200, camera_iterations=20)
+    res = smplify_p(toy, u, np.ones(u.shape[:2]), config=cfg)
+    for r, c in zip(res, cam, strict=True):
+        assert r.ok and r.reprojection < 0.01
+        np.testing.assert_allclose(r.cam, c, atol=0.05)
+
+
+def test_too_few_keypoints_and_garbage_are_failures_not_crashes(toy):
+    u = np.zeros((2, NUM_TARGETS, 2))
+    conf = np.zeros((2, NUM_TARGETS))
+    conf[0, 0] = 1.0  # one point only
+    u[1] = np.random.default_rng(0).uniform(-1, 1, (NUM_TARGETS, 2))  # scattered noise
+    conf[1] = 1.0
+    res = smplify_p(toy, u, conf, config=SmplifyConfig(iterations=40, camera_iterations=10, max_error=0.05))
+    assert not res[0].ok and "too few" in res[0].failure
+    assert not res[1].ok and "diverged" in res[1].failure
