@@ -92,7 +92,8 @@ class SmplifyConfig:
     optimizer: str = "adam"  # adam | lbfgs
     iterations: int = 200
     camera_iterations: int = 60  # first stage: camera and global orientation only
-    lr: float = 0.03
+    lr: float = 0.05
+    lr_decay: float = 1.0  # Adam: final rate / initial rate of each stage
     tolerance: float = 1e-6  # converged when the loss changes less than this (relative) ...
     patience: int = 10  # ... for this many iterations in a row
     confidence: float = 0.3  # keypoints below this confidence are not visible
@@ -312,18 +313,29 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
         for p in prior.parameters():
             p.requires_grad_(False)
 
+    # Conditioning: a face crop has s ≈ 10, so a rotation moves its keypoints ten times further
+    # (in normalised units) than in a full-body image. Pose and shape are optimised as offsets
+    # scaled by 1/s₀ and the translation as s·t, so one step moves any crop's keypoints alike.
     cam0 = init.cam.to(dev, f32)
+    k = (1.0 / cam0[:, :1]).clamp(0.05, 2.0)
     log_s = torch.log(cam0[:, :1].clamp_min(1e-4)).clone().requires_grad_(True)
-    trans = cam0[:, 1:].clone().requires_grad_(True)
-    go = init.global_orient.to(dev, f32).clone().requires_grad_(True)
-    body = init.body_pose.to(dev, f32)[:, :63].clone().requires_grad_(True)
+    offset = (cam0[:, :1] * cam0[:, 1:]).clone().requires_grad_(True)  # s·t, normalised units
+    go0 = init.global_orient.to(dev, f32)
+    body0 = init.body_pose.to(dev, f32)[:, :63]
     hands = init.body_pose.to(dev, f32)[:, 63:].clone()
-    betas = init.betas.to(dev, f32).clone().requires_grad_(True)
-    params = [log_s, trans, go, body, betas]
+    betas0 = init.betas.to(dev, f32)
+    d_go = torch.zeros_like(go0, requires_grad=True)
+    d_body = torch.zeros_like(body0, requires_grad=True)
+    d_betas = torch.zeros_like(betas0, requires_grad=True)
+    params = [log_s, offset, d_go, d_body, d_betas]
+
+    def current() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        s = log_s.exp()
+        return torch.cat([s, offset / s], 1), go0 + k * d_go, body0 + k * d_body, betas0 + k * d_betas
 
     def energy() -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        cam, go, body, betas = current()
         out = model(betas=betas, global_orient=go, body_pose=torch.cat([body, hands], 1))
-        cam = torch.cat([log_s.exp(), trans], 1)
         J = project(fitting_joints(out.joints, out.body25), cam)
         sq = ((J - tgt) ** 2).sum(-1)  # [B, 37]
         e_vis = (w * sq).sum(1) / w.sum(1).clamp_min(1e-6)
@@ -343,7 +355,7 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
 
     iterations = np.zeros(B, dtype=np.int64)
     converged = np.zeros(B, dtype=bool)
-    stages = [([log_s, trans, go], min(cfg.camera_iterations, cfg.iterations)),
+    stages = [([log_s, offset, d_go], min(cfg.camera_iterations, cfg.iterations)),
               (params, cfg.iterations - min(cfg.camera_iterations, cfg.iterations))]
     for stage_params, n_iter in stages:
         if n_iter <= 0:
@@ -358,11 +370,12 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
 
     with torch.no_grad():
         per_image, terms, sq = energy()
+        cam_t, go, body, betas = current()
     dist = sq.sqrt()
     reproj = ((dist * visible).sum(1) / n_vis.clamp_min(1)).cpu().numpy()
-    cam = torch.cat([log_s.exp(), trans], 1).detach().cpu().numpy().astype(np.float64)
-    pose = torch.cat([go, body, hands], 1).detach().cpu().numpy().astype(np.float64)
-    beta_np = betas.detach().cpu().numpy().astype(np.float64)
+    cam = cam_t.cpu().numpy().astype(np.float64)
+    pose = torch.cat([go, body, hands], 1).cpu().numpy().astype(np.float64)
+    beta_np = betas.cpu().numpy().astype(np.float64)
     terms_np = {k: v.detach().cpu().numpy() for k, v in terms.items()}
     results = []
     for b in range(B):
@@ -387,6 +400,8 @@ def _run_adam(energy, params: list[Tensor], n_iter: int, cfg: SmplifyConfig, ite
               converged: np.ndarray) -> None:
     """Batched Adam; an image whose loss stalls is frozen (its parameters restored after each step)."""
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    # Adam's steps do not shrink with the gradient: decay the rate so the fit settles.
+    decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay ** (1.0 / max(1, n_iter)))
     prev = None
     still = np.zeros(len(iterations), dtype=np.int64)
     for _ in range(n_iter):
@@ -396,6 +411,7 @@ def _run_adam(energy, params: list[Tensor], n_iter: int, cfg: SmplifyConfig, ite
         frozen = torch.as_tensor(converged, device=per_image.device)
         saved = [p.detach().clone() for p in params]
         opt.step()
+        decay.step()
         with torch.no_grad():
             for p, s in zip(params, saved, strict=True):
                 p[frozen] = s[frozen]

@@ -193,7 +193,7 @@ def default_space(model: Any) -> FullBodySpace:
     import torch
 
     with torch.no_grad():
-        out = model(global_orient=torch.tensor([upright_orientation("front")], dtype=torch.float32))
+        out = model(global_orient=torch.as_tensor(upright_orientation("front")[None], dtype=torch.float32))
     v = out.vertices[0].cpu().numpy().astype(np.float64)
     top, bottom = float(v[:, 1].min()), float(v[:, 1].max())
     s = 2 * (DEFAULT_FEET - DEFAULT_HEAD_TOP) / (bottom - top)

@@ -1,0 +1,175 @@
+"""Full-body space: H(α, ᾱ) of paper Eq. 2, the default space, and the ground-truth crop test.
+
+The crop test poses the body model with a known pose, shape and camera, cuts full-body, upper-body
+and face crops of that person out of full-body space, fits SMPLify-P to each crop's
+keypoints and requires every crop corner to land within 2 % of full-body space of where the
+ground-truth H puts it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_smplify import fitting_joints, random_pose, toy_body_model
+
+from mst_pipeline.hands import crop_camera
+from mst_pipeline.smplify import NUM_TARGETS, SmplifyConfig, project, smplify_p
+from mst_pipeline.space import (
+    FullBodySpace,
+    camera_of_homography,
+    default_space,
+    homography,
+    load_space,
+    pixels_to_normalised,
+    region_and_density,
+)
+from uh_train.spatial import apply_homography, full_image_homography, image_region, scale_translate
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return toy_body_model()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_average_camera_maps_a_full_body_portrait_like_the_padded_square():
+    cam_bar = np.array([1.1, 0.02, -0.3])
+    for w, h in ((512, 1024), (256, 256), (1024, 600)):
+        np.testing.assert_allclose(homography(cam_bar, cam_bar, w, h), full_image_homography(w, h), atol=1e-12)
+
+
+def test_half_the_scale_means_twice_the_coverage():
+    cam_bar = np.array([1.0, 0.0, 0.0])
+    H = homography(np.array([2.0, 0.0, 0.0]), cam_bar, 512, 512)
+    region, dens = region_and_density(H, 512, 512)
+    # The image shows the middle half of full-body space at twice the density.
+    np.testing.assert_allclose(region, [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]], atol=1e-12)
+    assert dens == pytest.approx(1024.0)
+
+
+def test_camera_of_homography_inverts_homography():
+    cam_bar = np.array([1.2, -0.05, 0.1])
+    cam = np.array([3.7, 0.21, 0.44])
+    H = homography(cam, cam_bar, 300, 500)
+    np.testing.assert_allclose(camera_of_homography(H, cam_bar, 300, 500), cam, rtol=1e-12)
+
+
+def test_crop_camera_of_render_hands_agrees_with_homography():
+    cam_bar = [1.08, 0.01, -0.42]
+    x0, y0, side, res = 0.31, 0.52, 0.12, 512
+    cam = crop_camera(cam_bar, x0, y0, side)
+    H = homography(np.array(cam), np.array(cam_bar), res, res)
+    np.testing.assert_allclose(image_region(H, res, res),
+                               [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side]], atol=1e-12)
+
+
+def test_default_space_puts_the_mean_body_between_head_top_and_feet(toy):
+    space = default_space(toy)
+    with torch.no_grad():
+        out = toy(global_orient=torch.tensor([[np.pi, 0.0, 0.0]]))
+    s, tx, ty = space.cam_bar
+    v = out.vertices[0].numpy()
+    y = (s * (v[:, 1] + ty) + 1) / 2
+    x = (s * (v[:, 0] + tx) + 1) / 2
+    assert y.min() == pytest.approx(0.04, abs=1e-5) and y.max() == pytest.approx(0.96, abs=1e-5)
+    assert 0.5 * (x.min() + x.max()) == pytest.approx(0.5, abs=1e-5)
+    assert space.pitch == 0.0
+
+
+def test_space_file_round_trip_with_poses(tmp_path):
+    poses = np.random.default_rng(0).normal(size=(5, 72))
+    space = FullBodySpace(cam_bar=(1.1, 0.0, -0.3), pitch=0.05, density=900.0, poses=poses,
+                          betas=np.zeros((5, 10)), count=5, source="shhq")
+    path = space.save(tmp_path / "space.json")
+    got = load_space(path)
+    assert got.cam_bar == pytest.approx(space.cam_bar) and got.pitch == pytest.approx(0.05)
+    assert got.density == 900.0 and got.count == 5
+    np.testing.assert_allclose(got.poses, poses, rtol=1e-6)
+
+
+def test_bad_space_file_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.json").write_text('{"cam_bar": [0, 0, 0]}')
+    with pytest.raises(ValueError, match="cam_bar"):
+        load_space(tmp_path / "bad.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth: crops of a posed person, fitted from their keypoints
+
+
+# Weak-perspective keypoints cannot tell a taller body from a closer camera; the fit keeps the
+# mean shape, which places every person as the full-body set's (height-normalised) images do.
+BETA_STD = 0.0
+
+
+def make_crops(model, space: FullBodySpace, n: int, seed: int):
+    """People in full-body space (through ᾱ) and their crops. Returns a list of
+    (kind, person, width, height, H_true, targets [37,2] normalised, confidence [37])."""
+    rng = np.random.default_rng(seed)
+    pose = random_pose(rng, n, spread=0.12)
+    betas = np.zeros((n, model.num_betas))
+    betas[:, :2] = rng.normal(0, BETA_STD, (n, 2))
+    cam_bar = np.tile(np.asarray(space.cam_bar), (n, 1))
+    with torch.no_grad():
+        out = model(betas=torch.as_tensor(betas, dtype=torch.float32),
+                    global_orient=torch.as_tensor(pose[:, :3], dtype=torch.float32),
+                    body_pose=torch.as_tensor(pose[:, 3:], dtype=torch.float32))
+        u = project(fitting_joints(out.joints, out.body25), torch.as_tensor(cam_bar, dtype=torch.float32))
+    full = (u.numpy().astype(np.float64) + 1) / 2  # [n, 37, 2] full-body space
+    crops = []
+    for i in range(n):
+        p = full[i]
+        head = p[[0, 15, 16, 17, 18]].mean(0)
+        boxes = {
+            "full": (0.25, 0.0, 0.5, 1.0, 512, 1024),
+            "upper": (0.22, 0.02, 0.56, 0.56, 768, 768),
+            "face": (head[0] - 0.06, head[1] - 0.07, 0.12, 0.12, 512, 512),
+        }
+        for kind, (x0, y0, w, h, W, Hh) in boxes.items():
+            H_true = scale_translate(w / W, h / Hh, x0, y0)
+            px = apply_homography(np.linalg.inv(H_true), p)
+            inside = (px[:, 0] >= 0) & (px[:, 0] <= W) & (px[:, 1] >= 0) & (px[:, 1] <= Hh)
+            if kind == "face":  # a face crop is fitted from the face alone, as a face detector sees it
+                inside &= np.isin(np.arange(NUM_TARGETS), [0, 15, 16, 17, 18])
+            crops.append((kind, i, W, Hh, H_true, pixels_to_normalised(px, W, Hh), inside.astype(float)))
+    return crops
+
+
+def corner_errors(model, space, crops, config):
+    targets = np.stack([c[5] for c in crops])
+    conf = np.stack([c[6] for c in crops])
+    fits = smplify_p(model, targets, conf, mean_pitch=space.pitch, config=config)
+    errors: dict[str, list[float]] = {}
+    for (kind, _, W, Hh, H_true, _, _), fit in zip(crops, fits, strict=True):
+        assert fit.ok, (kind, fit.failure)
+        H_fit = space.homography(fit.cam, W, Hh)
+        err = np.linalg.norm(image_region(H_fit, W, Hh) - image_region(H_true, W, Hh), axis=1).max()
+        errors.setdefault(kind, []).append(float(err))
+    return errors
+
+
+def test_crops_of_a_posed_person_land_within_two_percent_of_their_true_place(toy):
+    space = default_space(toy)
+    crops = make_crops(toy, space, n=3, seed=0)
+    errors = corner_errors(toy, space, crops, SmplifyConfig(iterations=200, seed=0))
+    for kind, errs in errors.items():
+        assert max(errs) < 0.02, (kind, errs)
+
+
+def test_wrong_camera_would_fail_the_corner_check(toy):
+    """The 2 % criterion is tight enough to see a 5 % scale error of a full-body camera."""
+    space = default_space(toy)
+    W, Hh = 512, 1024
+    H_true = full_image_homography(W, Hh)
+    cam = camera_of_homography(H_true, np.asarray(space.cam_bar), W, Hh)
+    H_off = space.homography(cam * np.array([1.05, 1, 1]), W, Hh)
+    err = np.linalg.norm(image_region(H_off, W, Hh) - image_region(H_true, W, Hh), axis=1).max()
+    assert err > 0.02
