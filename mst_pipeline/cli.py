@@ -7,6 +7,7 @@ import their heavy dependencies (torch, mediapipe, bpy) lazily so `mst --help` s
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -147,6 +148,165 @@ def render_hands(
               f"rejected {summary.rejected} in {summary.seconds:.0f} s ({per_hand:.2f} s per render)")
     if summary.rejected:
         err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+
+
+def _part(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--part must look like k/n (e.g. 0/4), not {text!r}") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise typer.BadParameter(f"--part k/n needs 0 <= k < n, got {text!r}")
+    return k, n
+
+
+@app.command()
+def align(
+    dataset: Path = typer.Argument(..., help="Folder of images (jpg/png/webp, nested folders allowed)."),
+    out: Path = typer.Option(Path("shards"), "--out", "-o", help="Shard folder to write."),
+    source: str | None = typer.Option(None, help="Source name; default: the dataset folder's name."),
+    kind: str | None = typer.Option(None, help="full|upper|lower|face|hand; default: inferred per image."),
+    tier: str | None = typer.Option(None, help="LR|HR|SR; default: from the image's density vs the space."),
+    space: Path | None = typer.Option(None, help="`mst space` output; default: the built-in full-body space."),
+    detector: str = typer.Option("mediapipe", help="Keypoints: mediapipe | openpose-json | mmpose."),
+    keypoints_dir: Path | None = typer.Option(None, help="Folder of OpenPose JSON files (openpose-json); "
+                                              "default: next to each image."),
+    prior: Path | None = typer.Option(None, help="Pose prior (VPoser V02_05 snapshot or `mst fit-prior` file)."),
+    body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
+    device: str = typer.Option("cpu", help="Torch device for the fits (cpu, cuda, cuda:1)."),
+    batch_size: int = typer.Option(16, help="Images fitted together."),
+    iterations: int = typer.Option(200, help="SMPLify-P iterations per image."),
+    optimizer: str = typer.Option("adam", help="adam | lbfgs."),
+    part: str = typer.Option("0/1", help="k/n: process the k-th of n disjoint slices (job arrays)."),
+    max_count: int = typer.Option(1000, help="Samples per shard."),
+) -> None:
+    """Align a dataset into full-body space and write shards (paper §3.1).
+
+    Detects keypoints, fits SMPLify-P in batches, maps each image with H(α, ᾱ) and writes
+    samples; failures go to OUT/rejects.jsonl and the run continues; re-runs skip done images.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mst_pipeline.align import AlignSettings, align_folder
+    from mst_pipeline.detect import BackendUnavailable
+    from mst_pipeline.hands import load_body_model
+    from mst_pipeline.prior import load_prior
+    from mst_pipeline.smplify import SmplifyConfig
+    from mst_pipeline.space import default_space, load_space
+    from uh_train.shardspec import sanitise_part
+
+    if not dataset.is_dir():
+        err.print(f"[red]error:[/red] {dataset} is not a folder of images")
+        raise typer.Exit(2)
+    for name, value, allowed in (("kind", kind, ("full", "upper", "lower", "face", "hand")),
+                                 ("tier", tier, ("LR", "HR", "SR")), ("optimizer", optimizer, ("adam", "lbfgs"))):
+        if value is not None and value not in allowed:
+            err.print(f"[red]error:[/red] --{name} must be one of {', '.join(allowed)}, not {value!r}")
+            raise typer.Exit(2)
+    src = sanitise_part(source or dataset.resolve().name)
+    try:
+        model = load_body_model(body_model).to(device)
+        fb_space = load_space(space) if space else default_space(model)
+        pose_prior = load_prior(prior, device) if prior else None
+    except (ValueError, RuntimeError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    settings = AlignSettings(kind=kind, tier=tier, detector=detector, keypoints_dir=keypoints_dir,
+                             batch_size=batch_size, device=device, part=_part(part), max_count=max_count,
+                             smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer))
+    columns = (TextColumn("align"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("align", total=None, rate="")
+        t0 = [time.perf_counter(), None]
+
+        def progress(done: int, total: int) -> None:
+            if t0[1] is None:
+                t0[1] = done
+            rate = (done - t0[1]) / max(1e-9, time.perf_counter() - t0[0])
+            bar.update(task, completed=done, total=total, rate=f"{rate:.2f} img/s")
+
+        try:
+            summary = align_folder(dataset, out, src, fb_space, model, settings, prior=pose_prior, progress=progress)
+        except (BackendUnavailable, ValueError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
+    err.print(f"wrote {out}: {summary.written} aligned ({kinds}), {summary.skipped} already done, "
+              f"{summary.rejected} rejected in {summary.seconds:.0f} s")
+    for reason, count in summary.reasons.most_common():
+        err.print(f"  rejected {count}: {reason}")
+    if summary.rejected:
+        err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+
+
+@app.command("fit-prior")
+def fit_prior(
+    poses: Path = typer.Argument(..., help="`mst space` output (space.json with its .npz) or an .npz with "
+                                 "`pose` [N, 72] or [N, 63]."),
+    out: Path = typer.Option(Path("prior.ckpt"), "--out", "-o", help="Prior checkpoint (VPoser snapshot layout)."),
+    epochs: int = typer.Option(200, help="Training epochs."),
+    batch_size: int = typer.Option(256, help="Batch size."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    kl_weight: float = typer.Option(5e-3, help="Weight of the KL term."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option("cpu", help="Torch device."),
+) -> None:
+    """Train the VPoser-v2-architecture pose prior on the full-body set's fitted poses (App. B)."""
+    import numpy as np
+
+    from mst_pipeline.prior import save_prior, train_prior
+    from mst_pipeline.space import load_space
+
+    try:
+        if poses.suffix == ".json":
+            data = load_space(poses).poses
+            if data is None:
+                raise ValueError(f"{poses} lists no fitted poses (run `mst space` on a full-body set)")
+        else:
+            with np.load(poses, allow_pickle=False) as z:
+                data = z["pose"]
+        prior, stats = train_prior(data, epochs=epochs, batch_size=batch_size, lr=lr, kl_weight=kl_weight,
+                                   seed=seed, device=device)
+    except (ValueError, OSError, KeyError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    save_prior(prior, out, meta={"poses": str(poses.name), "epochs": epochs, "num_poses": stats.num_poses})
+    err.print(f"wrote {out}: {stats.num_poses} poses, {epochs} epochs, reconstruction "
+              f"{stats.final_reconstruction:.4f}, KL {stats.final_kl:.2f}")
+
+
+@app.command("space")
+def space_cmd(
+    dataset: Path = typer.Argument(..., help="Folder of full-body images."),
+    out: Path = typer.Option(Path("space.json"), "--out", "-o", help="Space file to write (+ .npz of poses)."),
+    detector: str = typer.Option("mediapipe", help="Keypoints: mediapipe | openpose-json | mmpose."),
+    keypoints_dir: Path | None = typer.Option(None, help="Folder of OpenPose JSON files (openpose-json)."),
+    body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
+    device: str = typer.Option("cpu", help="Torch device for the fits."),
+    batch_size: int = typer.Option(16, help="Images fitted together."),
+    iterations: int = typer.Option(200, help="SMPLify-P iterations per image."),
+) -> None:
+    """Fit a full-body dataset and store its average camera ᾱ, mean pitch and fitted poses."""
+    from mst_pipeline.hands import load_body_model
+    from mst_pipeline.smplify import SmplifyConfig
+    from mst_pipeline.space import build_space
+
+    if not dataset.is_dir():
+        err.print(f"[red]error:[/red] {dataset} is not a folder of images")
+        raise typer.Exit(2)
+    try:
+        model = load_body_model(body_model).to(device)
+        result, rejected = build_space(dataset, model, detector=detector, keypoints_dir=keypoints_dir,
+                                       device=device, batch_size=batch_size,
+                                       config=SmplifyConfig(iterations=iterations))
+    except (ValueError, RuntimeError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    result.save(out)
+    s, tx, ty = result.cam_bar
+    err.print(f"wrote {out}: {result.count} images fitted ({rejected} rejected), cam_bar ({s:.4f}, {tx:.4f}, "
+              f"{ty:.4f}), mean pitch {result.pitch:.4f} rad, density {result.density:.0f}")
 
 
 def main() -> None:

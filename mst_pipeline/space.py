@@ -228,3 +228,42 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapipe",
+                keypoints_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 16,
+                config: Any = None, prior: Any = None, detect: Any = None) -> tuple[FullBodySpace, int]:
+    """`mst space`: fit every full-body image of ROOT and average the fits (see `space_from_fits`).
+
+    Each full-body image is its own full-body frame (padded to a square), so its fitted camera is
+    directly a sample of ᾱ. Returns (space, number of rejected images).
+    """
+    from mst_pipeline.align import Rejected, _batches, _detect, list_images, stem_of
+    from mst_pipeline.detect import make_detector
+    from mst_pipeline.smplify import smplify_p
+
+    root = Path(root)
+    detect = detect or make_detector(detector, keypoints_dir, root)
+    cams, poses, betas, dens = [], [], [], []
+    rejected = 0
+    # ô starts at 0 (upright) while ᾱ is being measured.
+    for batch in _batches(list_images(root), batch_size):
+        items = []
+        for path in batch:
+            try:
+                items.append(_detect(path, stem_of(path, root), "space/x", detect))
+            except Rejected:
+                rejected += 1
+        if not items:
+            continue
+        fits = smplify_p(model, np.stack([i.targets for i in items]), np.stack([i.confidence for i in items]),
+                         prior=prior, config=config, device=device)
+        for item, fit in zip(items, fits, strict=True):
+            if not fit.ok:
+                rejected += 1
+                continue
+            cams.append(fit.cam)
+            poses.append(fit.pose)
+            betas.append(fit.betas)
+            dens.append(float(max(item.image.shape[:2])))
+    return space_from_fits(np.array(cams), np.array(poses), np.array(betas), np.array(dens), root.name), rejected

@@ -1,0 +1,282 @@
+"""`mst align`: images of any source -> keypoints -> SMPLify-P -> H(α, ᾱ) -> shards (paper §3.1).
+
+For each image of a dataset folder (jpg/png/webp, nested folders) the pipeline detects keypoints,
+starts the body from them (or from PARE), fits SMPLify-P in batches, maps the image into full-body
+space with H(α_opt, ᾱ) and writes a `unitedhuman-shard/1` sample: the image, H, the region it
+covers, its density, the keypoints in full-body space and the fit. Images that fail (unreadable,
+no person, too few keypoints, diverged fit, an H outside full-body space) go to `rejects.jsonl`
+with their reason and the run continues. Re-runs skip keys already in complete shards, and
+`part=(k, n)` processes the k-th of n disjoint slices (a cluster job array).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mst_pipeline.detect import BackendUnavailable, DetectionError, PersonKeypoints, make_detector
+from mst_pipeline.shards import ShardWriter, encode_sample, sha256_file, write_manifest
+from mst_pipeline.smplify import FitResult, SmplifyConfig, smplify_p
+from mst_pipeline.space import FullBodySpace, pixels_to_normalised, region_and_density
+from uh_train.shardspec import make_key
+from uh_train.spatial import apply_homography
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+KINDS = ("full", "upper", "lower", "face", "hand")
+TIERS = ("LR", "HR", "SR")
+HR_FACTOR = 1.5  # an image denser than this many times the full-body set's density is HR
+
+
+@dataclass
+class AlignSettings:
+    kind: str | None = None  # None: inferred per image from its visible keypoints
+    tier: str | None = None  # None: from the image's density relative to the space
+    detector: str = "mediapipe"
+    keypoints_dir: Path | None = None
+    batch_size: int = 16
+    device: str = "cpu"
+    part: tuple[int, int] = (0, 1)
+    max_count: int = 1000
+    smplify: SmplifyConfig = field(default_factory=SmplifyConfig)
+
+
+@dataclass
+class AlignSummary:
+    written: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+class Rejected(Exception):
+    """An image that cannot be aligned; the message is the reason written to rejects.jsonl."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure decisions
+
+
+def list_images(root: Path, part: tuple[int, int] = (0, 1)) -> list[Path]:
+    """Images under ROOT (sorted relative paths), the k-th of n disjoint slices by a stable hash."""
+    k, n = part
+    if not (n >= 1 and 0 <= k < n):
+        raise ValueError(f"part must be k/n with 0 <= k < n, got {k}/{n}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return [p for p in files if zlib.crc32(p.relative_to(root).as_posix().encode()) % n == k]
+
+
+def stem_of(path: Path, root: Path) -> str:
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def infer_kind(targets: np.ndarray, visible: np.ndarray) -> str:
+    """Which part of the body an image shows, from its visible fitting targets ([37, 2], [37])."""
+    v = visible
+    face = v[[0, 15, 16, 17, 18]].sum()
+    shoulders = v[[2, 5]].sum()
+    hips = v[[8, 9, 12]].sum()
+    legs = v[[10, 11, 13, 14]].sum()
+    hands = v[25:].sum()
+    if legs >= 2 and (face >= 1 or shoulders >= 1) and hips >= 1:
+        return "full"
+    if legs >= 2 and face == 0 and shoulders == 0:
+        return "lower"
+    if shoulders >= 1 and (hips >= 1 or v[[3, 6]].any()):
+        return "upper"
+    if face >= 2:
+        return "face"
+    if hands >= 2:
+        return "hand"
+    return "upper" if shoulders >= 1 else "face"
+
+
+def infer_tier(image_density: float, space: FullBodySpace) -> str:
+    """LR when the image is about as dense as the full-body set, HR when much denser."""
+    return "HR" if image_density > HR_FACTOR * space.density else "LR"
+
+
+def fitting_input(kp: PersonKeypoints, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(targets [37,2] in normalised coordinates, confidence [37]) with points outside the image
+    (incl. the padding of non-square images) given confidence 0."""
+    t = kp.targets()
+    xy, conf = t[:, :2], t[:, 2].copy()
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] <= width) & (xy[:, 1] >= 0) & (xy[:, 1] <= height)
+    conf[~inside | ~np.all(np.isfinite(xy), axis=1)] = 0.0
+    return pixels_to_normalised(np.nan_to_num(xy), width, height), conf
+
+
+def keypoints_in_space(kp: PersonKeypoints, H: np.ndarray) -> dict[str, np.ndarray]:
+    """Keypoint groups mapped to full-body space (confidence kept; unknown points at 0, 0, 0)."""
+    out = {}
+    for name, arr in kp.groups().items():
+        xy = apply_homography(H, arr[:, :2])
+        conf = np.clip(arr[:, 2], 0, 1)
+        xy[conf <= 0] = 0.0
+        out[name] = np.concatenate([xy, conf[:, None]], 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+@dataclass
+class _Item:
+    path: Path
+    stem: str
+    key: str
+    image: np.ndarray
+    keypoints: PersonKeypoints
+    targets: np.ndarray
+    confidence: np.ndarray
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 [h, w, 3] with EXIF orientation applied; Rejected for unreadable files."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise Rejected(f"unreadable image ({type(e).__name__}: {e})") from None
+    if arr.shape[0] < 8 or arr.shape[1] < 8:
+        raise Rejected(f"image too small ({arr.shape[1]}x{arr.shape[0]})")
+    return arr
+
+
+def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, space: FullBodySpace, model,
+                 settings: AlignSettings, prior=None, detector=None,
+                 progress: Callable[[int, int], None] | None = None) -> AlignSummary:
+    """Align every image of ROOT (this part's slice) into shards in OUT. See the module docstring."""
+    root, out = Path(root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    summary = AlignSummary()
+    files = list_images(root, settings.part)
+    if detector is None:
+        detector = make_detector(settings.detector, settings.keypoints_dir, root)
+    with ShardWriter(out, source, part=settings.part[0], max_count=settings.max_count,
+                     update_manifest=False) as writer:
+        todo = []
+        for path in files:
+            if writer.has(make_key(source, stem_of(path, root))):
+                summary.skipped += 1
+            else:
+                todo.append(path)
+        done = summary.skipped
+        if progress:
+            progress(done, len(files))
+        for batch in _batches(todo, settings.batch_size):
+            items = []
+            for path in batch:
+                stem = stem_of(path, root)
+                key = make_key(source, stem)
+                try:
+                    items.append(_detect(path, stem, key, detector))
+                except Rejected as e:
+                    _reject(out, key, path.relative_to(root), str(e), summary)
+            if items:
+                fits = smplify_p(model, np.stack([i.targets for i in items]),
+                                 np.stack([i.confidence for i in items]), prior=prior,
+                                 mean_pitch=space.pitch, config=settings.smplify, device=settings.device)
+                for item, fit in zip(items, fits, strict=True):
+                    try:
+                        sample = build_sample(item, fit, root, source, space, settings)
+                        writer.write(sample)
+                        summary.written += 1
+                        summary.kinds[sample.meta["kind"]] += 1
+                    except Rejected as e:
+                        _reject(out, item.key, item.path.relative_to(root), str(e), summary)
+            done += len(batch)
+            if progress:
+                progress(done, len(files))
+    write_manifest(out)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _batches(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), max(1, n)):
+        yield items[i:i + max(1, n)]
+
+
+def _detect(path: Path, stem: str, key: str, detector) -> _Item:
+    image = read_image(path)
+    h, w = image.shape[:2]
+    try:
+        kp = detector(image, path)
+    except DetectionError as e:
+        raise Rejected(str(e)) from None
+    except BackendUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001 - a detector crash on one image must not end the run
+        raise Rejected(f"keypoint detection failed ({type(e).__name__}: {e})") from None
+    targets, conf = fitting_input(kp, w, h)
+    if (conf >= 0.3).sum() < 3:
+        raise Rejected(f"too few keypoints ({int((conf >= 0.3).sum())} visible, need 3)")
+    return _Item(path, stem, key, image, kp, targets, conf)
+
+
+def build_sample(item: _Item, fit: FitResult, root: Path, source: str, space: FullBodySpace,
+                 settings: AlignSettings):
+    """The shard sample of one fitted image; Rejected when the fit failed or H leaves full-body space."""
+    if not fit.ok:
+        raise Rejected(fit.failure or "fit failed")
+    h, w = item.image.shape[:2]
+    H = space.homography(fit.cam, w, h)
+    region, dens = region_and_density(H, w, h)
+    visible = item.confidence >= settings.smplify.confidence
+    kind = settings.kind or infer_kind(item.targets, visible)
+    tier = settings.tier or infer_tier(dens, space)
+    ext = "png" if item.path.suffix.lower() == ".png" else "jpg"
+    fields: dict[str, Any] = {
+        "kind": kind, "tier": tier, "H": H, "region": region, "density": dens,
+        "keypoints": keypoints_in_space(item.keypoints, H),
+        "smpl": {"betas": _pad(fit.betas, 10), "pose": fit.pose, "cam": fit.cam, "cam_bar": list(space.cam_bar)},
+        "fit": {"losses": fit.losses, "visible": fit.visible, "iterations": fit.iterations,
+                "reprojection_px": fit.reprojection * max(w, h) / 2, "converged": fit.converged},
+        "orig": {"path": item.path.relative_to(root).as_posix(), "sha256": sha256_file(item.path),
+                 "width": w, "height": h},
+        "detector": settings.detector,
+    }
+    try:
+        return encode_sample(source, item.stem, item.image, fields, ext=ext)
+    except ValueError as e:
+        raise Rejected(f"invalid sample ({e})") from None
+
+
+def _pad(betas: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n)
+    out[:min(n, len(betas))] = betas[:n]
+    return out
+
+
+def _reject(out: Path, key: str, rel: Path, reason: str, summary: AlignSummary) -> None:
+    """Append one line to OUT/rejects.jsonl (flushed and synced, so a crash keeps it)."""
+    record = {"key": key, "path": rel.as_posix(), "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with open(out / "rejects.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    summary.rejected += 1
+    summary.reasons[reason.split(" (")[0]] += 1
+
+
+def read_rejects(out: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(out) / "rejects.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
