@@ -92,7 +92,7 @@ def infer_kind(targets: np.ndarray, visible: np.ndarray) -> str:
         return "full"
     if legs >= 2 and face == 0 and shoulders == 0:
         return "lower"
-    if shoulders >= 1 and (hips >= 1 or v[[3, 6]].any()):
+    if shoulders >= 2 or (shoulders >= 1 and (hips >= 1 or v[[3, 6]].any())):
         return "upper"
     if face >= 2:
         return "face"
