@@ -274,4 +274,4 @@ def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr:
         if log is not None:
             log(epoch, float(rec), float(kl))
     prior.eval()
-    return prior, PriorTrainingStats(epochs, float(rec), float(kl), len(poses))
+    return prior, PriorTrainingStats(epochs, float(rec.detach()), float(kl.detach()), len(poses))

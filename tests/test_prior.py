@@ -1,0 +1,105 @@
+"""Pose prior: VPoser v2 key layout (V02_05 snapshots load strictly), rotation helpers, and
+`train_prior` learning a pose distribution (reconstruction + KL)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mst_pipeline.cli import app
+from mst_pipeline.prior import (
+    CheckpointError,
+    PosePrior,
+    axis_angle_to_rotmat,
+    load_prior,
+    rot6d_to_rotmat,
+    rotmat_to_axis_angle,
+    save_prior,
+    train_prior,
+)
+
+# VPoser v2 (V02_05) state-dict keys after removing `vp_model.`, with shapes.
+V02_05 = {
+    "encoder_net.1.weight": [63], "encoder_net.1.bias": [63], "encoder_net.1.running_mean": [63],
+    "encoder_net.1.running_var": [63], "encoder_net.1.num_batches_tracked": [],
+    "encoder_net.2.weight": [512, 63], "encoder_net.2.bias": [512],
+    "encoder_net.4.weight": [512], "encoder_net.4.bias": [512], "encoder_net.4.running_mean": [512],
+    "encoder_net.4.running_var": [512], "encoder_net.4.num_batches_tracked": [],
+    "encoder_net.6.weight": [512, 512], "encoder_net.6.bias": [512],
+    "encoder_net.7.weight": [512, 512], "encoder_net.7.bias": [512],
+    "encoder_net.8.mu.weight": [32, 512], "encoder_net.8.mu.bias": [32],
+    "encoder_net.8.logvar.weight": [32, 512], "encoder_net.8.logvar.bias": [32],
+    "decoder_net.0.weight": [512, 32], "decoder_net.0.bias": [512],
+    "decoder_net.3.weight": [512, 512], "decoder_net.3.bias": [512],
+    "decoder_net.5.weight": [126, 512], "decoder_net.5.bias": [126],
+}
+
+
+def test_state_dict_matches_vposer_v2_and_its_parameter_count():
+    sd = PosePrior().state_dict()
+    assert {k: list(v.shape) for k, v in sd.items()} == V02_05
+    assert sum(p.numel() for p in PosePrior().parameters()) == 936_252  # V02_05.log
+
+
+def test_lightning_snapshot_loads_with_prefix_and_trainer_buffers_dropped(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    state = {"vp_model." + k: torch.randn(s, generator=g) if s else torch.tensor(7) for k, s in V02_05.items()}
+    state = {k: (v.abs() + 0.5 if "running_var" in k else v) for k, v in state.items()}
+    state["bm_train.v_template"] = torch.zeros(10, 3)
+    torch.save({"state_dict": state, "epoch": 13}, tmp_path / "V02_05_epoch=13_val_loss=0.03.ckpt")
+    prior = load_prior(tmp_path)  # an experiment folder: its newest snapshot
+    torch.testing.assert_close(prior.decoder_net[5].weight, state["vp_model.decoder_net.5.weight"])
+    out = prior.decode(torch.zeros(2, 32))
+    assert out.pose_body.shape == (2, 21, 3) and out.pose_body_matrot.shape == (2, 21, 3, 3)
+
+
+def test_wrong_keys_are_reported_by_name(tmp_path):
+    state = {k: v for k, v in PosePrior().state_dict().items() if k != "decoder_net.5.bias"}
+    state["decoder_net.9.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"missing 1: decoder_net\.5\.bias.*unexpected 1: decoder_net\.9"):
+        load_prior(tmp_path / "bad.pt")
+
+
+def test_rotation_helpers_round_trip():
+    aa = torch.randn(200, 3, dtype=torch.float64)
+    aa = aa / aa.norm(dim=1, keepdim=True) * torch.rand(200, 1, dtype=torch.float64) * 3.1
+    R = axis_angle_to_rotmat(aa)
+    torch.testing.assert_close(rotmat_to_axis_angle(R), aa, atol=1e-6, rtol=1e-6)
+    six = R[..., :2].reshape(200, 6)  # the first two columns, read back as a 3x2 matrix
+    torch.testing.assert_close(rot6d_to_rotmat(six), R)
+
+
+def _poses(n: int, seed: int) -> np.ndarray:
+    """A narrow synthetic pose distribution: a fixed mean plus small noise on 21 joints."""
+    rng = np.random.default_rng(seed)
+    mean = np.random.default_rng(99).normal(0, 0.4, 63)
+    return mean + rng.normal(0, 0.05, (n, 63))
+
+
+def test_training_learns_the_pose_distribution(tmp_path):
+    torch.manual_seed(0)
+    data = _poses(512, 0)
+    untrained = PosePrior().eval()
+    prior, stats = train_prior(data, epochs=30, batch_size=128, lr=2e-3, seed=0)
+    mean = torch.as_tensor(data.mean(0), dtype=torch.float32).view(21, 3)
+    with torch.no_grad():
+        before = (untrained.sample(256).pose_body - mean).norm(dim=-1).mean()
+        after = (prior.sample(256, torch.Generator().manual_seed(1)).pose_body - mean).norm(dim=-1).mean()
+        rec = prior.reconstruct(torch.as_tensor(_poses(64, 1), dtype=torch.float32)).pose_body
+    assert after < 0.5 * before  # samples now look like the training poses
+    held_out = torch.as_tensor(_poses(64, 1), dtype=torch.float32).view(64, 21, 3)
+    assert (rec - held_out).norm(dim=-1).mean() < 0.15
+    path = save_prior(prior, tmp_path / "prior.ckpt")
+    again = load_prior(path)
+    torch.testing.assert_close(again.decoder_net[0].weight, prior.decoder_net[0].weight)
+
+
+def test_fit_prior_cli_from_a_pose_file(tmp_path):
+    np.savez(tmp_path / "poses.npz", pose=np.concatenate([np.zeros((64, 3)), _poses(64, 2), np.zeros((64, 6))], 1))
+    result = CliRunner().invoke(app, ["fit-prior", str(tmp_path / "poses.npz"), "--out", str(tmp_path / "p.ckpt"),
+                                      "--epochs", "2", "--batch-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert load_prior(tmp_path / "p.ckpt").latent_dim == 32
