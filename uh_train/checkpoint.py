@@ -130,16 +130,17 @@ def build_network(entry: Mapping) -> nn.Module:
     raise ValueError(f"unknown network kind {entry['kind']!r}")
 
 
-def _is_pickle(path: Path) -> bool:
+def _is_safetensors(path: Path) -> bool:
+    """safetensors files start with the JSON header's length (uint64 LE) and then '{'."""
     with open(path, "rb") as f:
-        head = f.read(2)
-    return head[:1] == b"\x80" or head == b"PK"
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", which: str | None = None) -> Generator:
     """Our checkpoint or a StyleGAN3/AnyRes/UnitedHuman snapshot pickle -> Generator in eval mode."""
     path = Path(path)
-    if _is_pickle(path):
+    if not _is_safetensors(path):
         snapshot = read_snapshot(path)
         name = which or ("G_ema" if "G_ema" in snapshot else "G")
         if not isinstance(snapshot.get(name), Record):
