@@ -78,7 +78,7 @@ def stages() -> list[Stage]:
               images=[DEMO / "hand" / "grid.png"]),
         Stage("evaluate", "uh-eval with small counts: FID, patch FID, keypoint FID, precision/recall.",
               [ev, "--ckpt", str(s2 / "network-latest.safetensors"), "--shards", str(shards), "--metrics",
-               "fid,pfid,kfid,pr", "--n", "32", "--out", str(DEMO / "eval"), "--cache", str(DEMO / "eval-cache")],
+               "fid,pfid,kfid,pr", "--n", "24", "--out", str(DEMO / "eval"), "--cache", str(DEMO / "eval-cache")],
               [DEMO / "eval" / "metrics.md"], tables=[DEMO / "eval" / "metrics.md"]),
     ]
 
