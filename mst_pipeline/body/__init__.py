@@ -1,0 +1,1 @@
+"""SMPL-format body models: file loading without chumpy, linear blend skinning, joint layouts."""
