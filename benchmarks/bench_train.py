@@ -39,7 +39,7 @@ def step_rate(shards: Path, out: Path, steps: int = 4) -> float:
     return steps * BATCH / (total * steps / (steps + 1))
 
 
-def learning_curve(shards: Path, out: Path, kimg: float = 0.8, snapshots: int = 4) -> list[tuple[float, float]]:
+def learning_curve(shards: Path, out: Path, kimg: float = 0.48, snapshots: int = 4) -> list[tuple[float, float]]:
     cfg = tr.TrainConfig(shards=[str(shards)], out=str(out), stage=1, preset="tiny", batch=8, kimg=kimg,
                          snapshot_kimg=kimg / snapshots, lpips="off", seed=0)
     torch.manual_seed(cfg.seed)
