@@ -26,7 +26,7 @@ from PIL import Image
 
 from uh_train import shard_reader
 from uh_train.shardspec import SHARD_NAME, ShardRecord
-from uh_train.spatial import apply_homography, patch_transform
+from uh_train.spatial import apply_homography, bilinear_sample, patch_transform
 
 # Padding colour of full-body space outside a source image (SHHQ portraits are padded with white).
 PAD_VALUE = 1.0
@@ -108,25 +108,12 @@ def resample_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tu
     h, w = image.shape[:2]
     sx, sy = src[..., 0], src[..., 1]
     inside = ((sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)).astype(np.float32)
-    rgb = _bilinear(image.astype(np.float32) / 255.0, sx, sy)
+    rgb = bilinear_sample(image.astype(np.float32) / 255.0, sx, sy)
     m = inside
     if mask is not None:
-        m = m * _bilinear(mask.astype(np.float32)[..., None] / 255.0, sx, sy)[..., 0]
+        m = m * bilinear_sample(mask.astype(np.float32)[..., None] / 255.0, sx, sy)[..., 0]
     rgb = rgb * m[..., None] + PAD_VALUE * (1 - m[..., None])
     return rgb, m
-
-
-def _bilinear(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
-    h, w = img.shape[:2]
-    sx = np.clip(sx, 0, w - 1)
-    sy = np.clip(sy, 0, h - 1)
-    x0 = np.floor(sx).astype(np.int64)
-    y0 = np.floor(sy).astype(np.int64)
-    x1 = np.minimum(x0 + 1, w - 1)
-    y1 = np.minimum(y0 + 1, h - 1)
-    fx = (sx - x0)[..., None].astype(np.float32)
-    fy = (sy - y0)[..., None].astype(np.float32)
-    return (img[y0, x0] * (1 - fx) + img[y0, x1] * fx) * (1 - fy) + (img[y1, x0] * (1 - fx) + img[y1, x1] * fx) * fy
 
 
 def inside_full_body_space(v: np.ndarray, s: float, res: int) -> np.ndarray:

@@ -77,14 +77,15 @@ def warp_to_canvas(
     img = image.astype(np.float32)
     if img.ndim == 2:
         img = img[..., None]
-    canvas = _bilinear(img, sx, sy)
+    canvas = bilinear_sample(img, sx, sy)
     alpha = inside.astype(np.float32)
     if mask is not None:
-        alpha *= _bilinear(mask.astype(np.float32)[..., None] / 255.0, sx, sy)[..., 0]
+        alpha *= bilinear_sample(mask.astype(np.float32)[..., None] / 255.0, sx, sy)[..., 0]
     return canvas, alpha
 
 
-def _bilinear(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+def bilinear_sample(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """Sample img [h, w, C] at pixel-index coordinates (sx, sy) (clamped at the border)."""
     h, w = img.shape[:2]
     sx = np.clip(sx, 0, w - 1)
     sy = np.clip(sy, 0, h - 1)
