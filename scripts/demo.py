@@ -53,13 +53,13 @@ def stages() -> list[Stage]:
               [DEMO / "preview.png"], images=[DEMO / "preview.png"]),
         Stage("train stage 1", "uh-train, tiny preset: whole full-body images at r = 32 (T = identity).",
               [train, "--shards", str(shards), "--out", str(s1), "--stage", "1", "--preset", "tiny",
-               "--kimg", "0.48", "--batch", "8", "--snapshot-kimg", "0.24", "--lpips", "off"],
+               "--kimg", "2", "--batch", "8", "--snapshot-kimg", "0.5", "--lpips", "off"],
               [s1 / "network-latest.safetensors", s1 / "done"], logs=[s1 / "log.jsonl"], latest_samples=s1),
         Stage("train stage 2", "uh-train, stage 2: patches of every source at sampled (v, s), with CutMix, "
               "consistency and the stage-1 teacher's pixel loss.",
               [train, "--shards", str(shards), "--out", str(s2), "--stage", "2", "--preset", "tiny",
-               "--teacher", str(s1 / "network-latest.safetensors"), "--kimg", "0.24", "--batch", "8",
-               "--snapshot-kimg", "0.12", "--lpips", "auto"],
+               "--teacher", str(s1 / "network-latest.safetensors"), "--kimg", "1", "--batch", "8",
+               "--snapshot-kimg", "0.25", "--lpips", "auto"],
               [s2 / "network-latest.safetensors", s2 / "done"], logs=[s2 / "log.jsonl"], latest_samples=s2),
         Stage("generate 4r", "uh-generate: 128 px images stitched from 4 x 4 patches of 32 px.",
               [gen, "--ckpt", str(s2 / "network-latest.safetensors"), "--seeds", "0-7", "--size", "128",
@@ -78,7 +78,7 @@ def stages() -> list[Stage]:
               images=[DEMO / "hand" / "grid.png"]),
         Stage("evaluate", "uh-eval with small counts: FID, patch FID, keypoint FID, precision/recall.",
               [ev, "--ckpt", str(s2 / "network-latest.safetensors"), "--shards", str(shards), "--metrics",
-               "fid,pfid,kfid,pr", "--n", "24", "--out", str(DEMO / "eval"), "--cache", str(DEMO / "eval-cache")],
+               "fid,pfid,kfid,pr", "--n", "32", "--out", str(DEMO / "eval"), "--cache", str(DEMO / "eval-cache")],
               [DEMO / "eval" / "metrics.md"], tables=[DEMO / "eval" / "metrics.md"]),
     ]
 
