@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.detect import BackendUnavailable, DetectionError, PersonKeypoints, make_detector
-from mst_pipeline.shards import ShardWriter, encode_sample, sha256_file, write_manifest
+from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
 from mst_pipeline.smplify import FitResult, SmplifyConfig, smplify_p
 from mst_pipeline.space import FullBodySpace, pixels_to_normalised, region_and_density
-from uh_train.shardspec import make_key
+from uh_train.shardspec import make_key, sha256_file
 from uh_train.spatial import apply_homography
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")

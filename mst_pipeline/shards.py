@@ -10,7 +10,6 @@ The writer is crash-safe and resumable:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -45,14 +44,6 @@ class EncodedSample:
     image_ext: str
     meta: dict[str, Any]
     mask: bytes | None = None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encode_image(image: np.ndarray, ext: str, quality: int = 95) -> bytes:

@@ -126,9 +126,9 @@ def run(
                            "init": init, "preset": preset if init == "random" else None,
                            "truncation_psi": truncation}
     if init == "checkpoint" and ckpt is not None:
-        from .metrics.inception import file_sha256
+        from .shardspec import sha256_file
 
-        result["generator"]["sha256"] = file_sha256(ckpt)
+        result["generator"]["sha256"] = sha256_file(ckpt)
     json_path, md_path = write_report(out, result, label)
     typer.echo(markdown_table(result, label))
     typer.echo(f"wrote {json_path} and {md_path}")

@@ -8,8 +8,10 @@ validator can report all defects of a sample at once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,15 @@ SHARD_NAME = re.compile(r"^(?P<source>[A-Za-z0-9_-]+)-(?P<part>\d{3})-(?P<index>
 # No dots inside key parts: WebDataset splits a member name at the first dot of its base name
 # (`source/stem.img.jpg` -> key `source/stem`, field `img.jpg`), so a dot in a stem would break grouping.
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (`orig.sha256`; also names checkpoint and feature files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def shard_name(source: str, part: int, index: int) -> str:

@@ -15,7 +15,6 @@ the report names the feature file by its sha256.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from uh_train.shardspec import sha256_file
 
 FEATURE_DIM = 2048
 INCEPTION_SIZE = 299
@@ -50,14 +51,6 @@ def default_inception_path() -> Path:
     return path
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Generator output [N, 3, H, W] in [-1, 1] -> uint8, rounded as 8-bit images are saved."""
     return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -71,7 +64,7 @@ class InceptionFeatures:
         self.path = Path(path) if path is not None else default_inception_path()
         if not self.path.is_file():
             raise MetricsError(f"Inception file {self.path} does not exist")
-        self.sha256 = file_sha256(self.path)
+        self.sha256 = sha256_file(self.path)
         self.device = torch.device(device)
         self.batch = batch
         try:
