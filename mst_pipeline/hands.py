@@ -37,6 +37,8 @@ from PIL import Image
 
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS
 from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
+from mst_pipeline.space import FullBodySpace, default_space
+from mst_pipeline.space import load_space as read_space_file
 from uh_train.spatial import density, image_region, scale_translate
 
 SOURCE = "hands"
@@ -57,8 +59,6 @@ FINGERTIPS = {
 }
 # OpenPose hand keypoints we know exactly: 0 = wrist, 4/8/12/16/20 = fingertips thumb..pinky.
 OPENPOSE_HAND_SLOTS = (0, 4, 8, 12, 16, 20)
-# The default full-body space (SHHQ layout): head top and feet of the mean body in full-body y.
-DEFAULT_HEAD_TOP, DEFAULT_FEET = 0.04, 0.96
 THUMB_CURL = 0.6  # the thumb flexes less than the fingers
 MIN_COVERAGE = 0.005  # a render whose hand covers less of the image than this is rejected
 
@@ -69,26 +69,6 @@ class RenderError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------
 # Full-body space and body model (adapters over `mst space` and `mst_pipeline.body`)
-
-
-@dataclass
-class FullBodySpace:
-    """The full-body dataset's average camera ᾱ = (s̄, t̄x, t̄y) and mean pitch (radians).
-
-    A model point X (after the global orientation) lands at full-body position
-    p = (s̄ · (X_xy + t̄) + 1) / 2 (normalised [-1, 1] square -> unit square).
-    """
-
-    cam_bar: tuple[float, float, float]
-    pitch: float = 0.0
-
-    def to_full_body(self, points: np.ndarray) -> np.ndarray:
-        """[..., 3] model points -> [..., 3]: full-body x, y and depth z, all in full-body units."""
-        s, tx, ty = self.cam_bar
-        p = np.asarray(points, dtype=np.float64)
-        x = (s * (p[..., 0] + tx) + 1.0) / 2.0
-        y = (s * (p[..., 1] + ty) + 1.0) / 2.0
-        return np.stack([x, y, s * p[..., 2] / 2.0], axis=-1)
 
 
 def crop_camera(cam_bar: Sequence[float], x0: float, y0: float, side: float) -> list[float]:
@@ -102,35 +82,19 @@ def crop_camera(cam_bar: Sequence[float], x0: float, y0: float, side: float) -> 
 
 
 def load_space(path: str | os.PathLike | None, model: Any) -> FullBodySpace:
-    """ᾱ and the mean pitch from `mst space`'s output (JSON or .npz with `cam_bar` and `pitch`),
-    or the built-in default space for MODEL when PATH is None."""
+    """ᾱ and the mean pitch from `mst space`'s output (or an .npz with `cam_bar` and `pitch`), or
+    the built-in default space for MODEL when PATH is None."""
     if path is None:
         return default_space(model)
     path = Path(path)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    else:
-        data = json.loads(path.read_text())
+    if path.suffix != ".npz":
+        return read_space_file(path)
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
     if "cam_bar" not in data:
         raise ValueError(f"{path} has no 'cam_bar' (the full-body set's average camera s, tx, ty)")
     cam = [float(c) for c in np.asarray(data["cam_bar"], dtype=np.float64).reshape(3)]
     return FullBodySpace(cam_bar=(cam[0], cam[1], cam[2]), pitch=float(np.asarray(data.get("pitch", 0.0))))
-
-
-def default_space(model: Any) -> FullBodySpace:
-    """The built-in full-body space: the mean body, upright and facing the camera, centred in
-    the square with its head top at y = 0.04 and its feet at y = 0.96 (SHHQ layout)."""
-    import torch
-
-    with torch.no_grad():
-        out = model(global_orient=torch.tensor([[np.pi, 0.0, 0.0]]))
-    v = out.vertices[0].cpu().numpy().astype(np.float64)
-    top, bottom = float(v[:, 1].min()), float(v[:, 1].max())
-    s = 2 * (DEFAULT_FEET - DEFAULT_HEAD_TOP) / (bottom - top)
-    tx = -0.5 * (float(v[:, 0].min()) + float(v[:, 0].max()))
-    ty = (2 * DEFAULT_HEAD_TOP - 1) / s - top
-    return FullBodySpace(cam_bar=(s, tx, ty), pitch=0.0)
 
 
 def load_body_model(path: str | os.PathLike | None = None) -> Any:

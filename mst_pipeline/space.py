@@ -142,6 +142,15 @@ class FullBodySpace:
     def homography(self, cam: np.ndarray, width: int, height: int) -> np.ndarray:
         return homography(cam, np.asarray(self.cam_bar), width, height)
 
+    def to_full_body(self, points: np.ndarray) -> np.ndarray:
+        """[..., 3] model points (after the global orientation) -> [..., 3]: full-body x, y and depth
+        z, all in full-body units: p = (s̄ · (X_xy + t̄) + 1) / 2."""
+        s, tx, ty = self.cam_bar
+        p = np.asarray(points, dtype=np.float64)
+        x = (s * (p[..., 0] + tx) + 1.0) / 2.0
+        y = (s * (p[..., 1] + ty) + 1.0) / 2.0
+        return np.stack([x, y, s * p[..., 2] / 2.0], axis=-1)
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write `path` (JSON) and, when poses are known, `path` with suffix .npz (pose, betas)."""
         path = Path(path)

@@ -24,6 +24,7 @@ import trimesh
 from PIL import Image, ImageDraw
 
 from mst_pipeline import hands
+from mst_pipeline import space as space_defaults
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, SMPL_JOINT_NAMES, SMPL_PARENTS
 from mst_pipeline.body.model import BodyModel
 from mst_pipeline.body.smpl_file import BodyModelData, write_model_npz
@@ -151,8 +152,8 @@ def test_default_space_puts_the_mean_body_in_the_shhq_layout(toy_model):
     space = hands.default_space(toy_model)
     out = toy_model(global_orient=torch.tensor([[np.pi, 0.0, 0.0]]))
     fb = space.to_full_body(out.vertices[0].numpy())
-    assert fb[:, 1].min() == pytest.approx(hands.DEFAULT_HEAD_TOP, abs=1e-4)
-    assert fb[:, 1].max() == pytest.approx(hands.DEFAULT_FEET, abs=1e-4)
+    assert fb[:, 1].min() == pytest.approx(space_defaults.DEFAULT_HEAD_TOP, abs=1e-4)
+    assert fb[:, 1].max() == pytest.approx(space_defaults.DEFAULT_FEET, abs=1e-4)
     assert 0.5 * (fb[:, 0].min() + fb[:, 0].max()) == pytest.approx(0.5, abs=1e-4)
     # the head is at the top of the square, the feet at the bottom (y down)
     head, ankle = out.joints[0, 15].numpy(), out.joints[0, 7].numpy()
