@@ -8,9 +8,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from test_smplify import toy_body_model
 from test_space import make_crops
 from typer.testing import CliRunner
 
@@ -23,18 +21,7 @@ from mst_pipeline.space import default_space, normalised_to_pixels
 from mst_pipeline.validate import validate_folder
 from uh_train.spatial import image_region
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return toy_body_model()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batched fits: one thread is faster
 
 
 def write_dataset(folder, model, space, n=2):

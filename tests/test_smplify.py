@@ -81,18 +81,7 @@ def toy_body_model(num_betas: int = 10) -> BodyModel:
     return BodyModel(data)
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return toy_body_model()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny batched fits are dominated by thread hand-offs on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batched fits: one thread is faster
 
 
 def random_pose(rng: np.random.Generator, n: int, spread: float = 0.15) -> np.ndarray:

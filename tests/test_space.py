@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_smplify import fitting_joints, random_pose, toy_body_model
+from test_smplify import fitting_joints, random_pose
 
 from mst_pipeline.hands import crop_camera
 from mst_pipeline.smplify import NUM_TARGETS, SmplifyConfig, project, smplify_p
@@ -26,18 +26,7 @@ from mst_pipeline.space import (
 )
 from uh_train.spatial import apply_homography, full_image_homography, image_region, scale_translate
 
-
-@pytest.fixture(scope="module")
-def toy():
-    return toy_body_model()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batched fits: one thread is faster
 
 
 def test_average_camera_maps_a_full_body_portrait_like_the_padded_square():
