@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mst_pipeline.shards import ShardError, complete_shards, read_shard
-from uh_train.spatial import apply_homography, warp_to_canvas
+from uh_train.spatial import warp_to_canvas
 
 LABEL_HEIGHT = 14
 
@@ -91,8 +91,7 @@ def render_tile(fields: dict[str, bytes], tile: int, base: np.ndarray) -> np.nda
         if mask is not None:
             mask = np.asarray(Image.fromarray(mask).resize(small.size, Image.Resampling.BOX))
     canvas, alpha = warp_to_canvas(image, H, tile, mask)
-    out = base[..., None] * alpha[..., None] * 0 + base[..., None]
-    out = out * (1 - alpha[..., None]) + canvas * alpha[..., None]
+    out = base[..., None] * (1 - alpha[..., None]) + canvas * alpha[..., None]
     # outline the sample's region
     img = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(img)
@@ -111,7 +110,6 @@ def make_contact_sheet(folder: str | Path, out: str | Path, n: int = 64, tile: i
     samples = pick_samples(folder, n, seed)
     sil = silhouette(tile)
     base = 245.0 - 50.0 * sil  # faint grey person on white
-    base = np.repeat(base[..., None], 3, axis=-1)[..., 0]
     cols = max(1, int(np.ceil(np.sqrt(len(samples)))))
     rows = max(1, int(np.ceil(len(samples) / cols)))
     sheet = Image.new("RGB", (cols * tile, rows * (tile + LABEL_HEIGHT)), (255, 255, 255))
@@ -122,8 +120,7 @@ def make_contact_sheet(folder: str | Path, out: str | Path, n: int = 64, tile: i
         try:
             tile_img = render_tile(fields, tile, base)
         except Exception as e:  # a broken sample must not stop the sheet; show why instead
-            tile_img = np.full((tile, tile, 3), 200, np.uint8)
-            Image.fromarray(tile_img)
+            draw.rectangle([x, y, x + tile - 1, y + tile - 1], fill=(200, 200, 200))
             draw.text((x + 4, y + tile // 2), f"unreadable: {type(e).__name__}", fill=(180, 0, 0))
         else:
             sheet.paste(Image.fromarray(tile_img), (x, y))
@@ -134,5 +131,3 @@ def make_contact_sheet(folder: str | Path, out: str | Path, n: int = 64, tile: i
     os.replace(tmp, out)
     return len(samples)
 
-
-__all__ = ["make_contact_sheet", "silhouette", "apply_homography"]

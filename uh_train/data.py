@@ -175,7 +175,7 @@ def source_stream(urls: list[str], seed: int, skip: int, shuffle_buffer: int) ->
     seed = seed * 1009 + slot
     pipe = wds.DataPipeline(
         shard_reader.ShardList(urls, seed=seed, shuffle=True, repeat=True),
-        wds.tarfile_to_samples(handler=shard_reader._warn),
+        wds.tarfile_to_samples(handler=shard_reader.warn_and_skip),
         wds.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer), rng=random.Random(seed)),
     )
     it = iter(pipe)
@@ -185,7 +185,7 @@ def source_stream(urls: list[str], seed: int, skip: int, shuffle_buffer: int) ->
         try:
             yield shard_reader.decode_sample(sample)
         except Exception as e:  # a corrupt sample must not end a long run
-            shard_reader._warn(e)
+            shard_reader.warn_and_skip(e)
             yield None
 
 

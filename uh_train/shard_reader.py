@@ -69,7 +69,7 @@ def decode_sample(sample: dict[str, Any]) -> ShardRecord:
     return ShardRecord.from_parts(meta, image, mask)
 
 
-def _warn(exn: Exception) -> bool:
+def warn_and_skip(exn: Exception) -> bool:
     log.warning("skipping unreadable shard data: %s", exn)
     return True
 
@@ -119,8 +119,8 @@ def shard_pipeline(
     stages: list[Any] = [ShardList(urls, seed=seed, shuffle=shuffle_buffer > 0, repeat=repeat)]
     if split:
         stages += [wds.split_by_node, wds.split_by_worker]
-    stages.append(wds.tarfile_to_samples(handler=_warn))
+    stages.append(wds.tarfile_to_samples(handler=warn_and_skip))
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer), rng=random.Random(seed)))
-    stages.append(wds.map(decode_sample, handler=_warn))
+    stages.append(wds.map(decode_sample, handler=warn_and_skip))
     return wds.DataPipeline(*stages)

@@ -194,11 +194,6 @@ class Progress:
     data: StreamState = field(default_factory=StreamState)
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    return {"torch": gen.get_state(), "cpu": torch.get_rng_state(),
-            "numpy": json.dumps(np.random.get_state()[1].tolist()), "python": repr(random.getstate())}
-
-
 def checkpoint_path(out: Path, nimg: int) -> Path:
     return out / f"training-state-{nimg // 1000:06d}k-{nimg % 1000:03d}.safetensors"
 
@@ -215,7 +210,8 @@ def save_training_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, op
         "config": json.dumps(asdict(cfg)),
         "G": G.state_dict(), "G_ema": G_ema.state_dict(), "D": D.state_dict(),
         "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-        "rng": _rng_state(gen),
+        # The loop draws only from these two; the data stream derives its own randomness from the seed.
+        "rng": {"torch": gen.get_state(), "cpu": torch.get_rng_state()},
         "progress": {"step": prog.step, "nimg": prog.nimg, "bad_steps": prog.bad_steps,
                      "data": {"consumed": prog.data.consumed, "batches": prog.data.batches}},
     })
