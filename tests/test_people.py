@@ -1,0 +1,268 @@
+"""`mst render-people`: rendered people whose every view has an exact, checkable H.
+
+The renders use the capsule body of test_render_hands (an SMPL-format mesh with rigid skinning),
+so each test takes a second or two; the open default model is used by the demo.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_render_hands import toy_model_data
+from typer.testing import CliRunner
+
+from mst_pipeline import people
+from mst_pipeline.body.layout import SMPL_JOINT_NAMES
+from mst_pipeline.body.model import BodyModel
+from mst_pipeline.body.smpl_file import write_model_npz
+from mst_pipeline.cli import app
+from mst_pipeline.detect.openpose_json import OpenPoseJsonDetector
+from mst_pipeline.space import default_space
+from uh_train.spatial import apply_homography, bilinear_sample, density, scale_translate
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+RES = 96
+
+
+@pytest.fixture(scope="module")
+def body() -> BodyModel:
+    return BodyModel(toy_model_data())
+
+
+@pytest.fixture(scope="module")
+def rendered(body, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("people")
+    people.render_people(out, n=3, res=RES, model=body, progress=False)
+    return out
+
+
+def person(body, index: int, seed: int = 0):
+    space = default_space(body)
+    plan = people.plan_person(index, seed, body.num_betas, space.pitch)
+    geom = people.pose_person(body, plan, space)
+    return plan, geom, people.views(geom, plan, RES)
+
+
+def coverage_of(body, plan, geom, view) -> np.ndarray:
+    return people.render_view(geom, body.faces, plan, view)[1]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The rasteriser
+
+
+def test_rasteriser_fills_pixel_centres_inside_a_triangle_and_keeps_the_nearest_surface():
+    # Two squares (two triangles each): the far one covers 0..8, the near one 2..6 (x and y).
+    def square(lo, hi, z):
+        return np.array([[lo, lo, z], [hi, lo, z], [hi, hi, z], [lo, hi, z]], dtype=np.float64)
+
+    points = np.concatenate([square(0, 8, 5.0), square(2, 6, 1.0)])
+    faces = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    fid, bary = people.rasterise(points, faces, 10, 10)
+    assert (fid[:8, :8] >= 0).all() and (fid[8:, :] == -1).all() and (fid[:, 8:] == -1).all()
+    assert set(np.unique(fid[2:6, 2:6])) <= {2, 3}  # the near square wins where both cover
+    assert set(np.unique(fid[:2, :8])) <= {0, 1}
+    np.testing.assert_allclose(bary.sum(-1)[fid >= 0], 1.0)
+    # Barycentrics interpolate position: pixel centre (4.5, 3.5) is reproduced from the corners.
+    f = fid[3, 4]
+    np.testing.assert_allclose(bary[3, 4] @ points[faces[f], :2], [4.5, 3.5])
+
+
+# ---------------------------------------------------------------------------------------------
+# Full-body views
+
+
+def test_full_render_shows_the_person_standing_in_the_central_strip(body):
+    for index in range(3):
+        plan, geom, (full, _, _) = person(body, index)
+        cov = coverage_of(body, plan, geom, full)
+        assert 0.03 < cov.mean() < 0.35
+        ys, xs = np.nonzero(cov > 0)
+        assert 0.2 * RES < xs.min() and xs.max() < 0.8 * RES
+        assert ys.min() < 0.12 * RES and ys.max() > 0.88 * RES  # head at the top, feet at the bottom
+
+
+def test_rendered_extent_matches_the_projected_mesh_and_joints(body):
+    plan, geom, (full, _, _) = person(body, 1)
+    cov = coverage_of(body, plan, geom, full)
+    ys, xs = np.nonzero(cov > 0)
+    used = np.unique(body.faces)
+    px = geom.vertices[used, :2] * RES
+    np.testing.assert_allclose([xs.min(), ys.min()], px.min(axis=0), atol=1.0)
+    np.testing.assert_allclose([xs.max() + 1, ys.max() + 1], px.max(axis=0), atol=1.0)
+    # Joints inside the limbs project onto the silhouette.
+    core = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]  # neck, arms, hips, legs of BODY_25
+    jx, jy = (geom.body25[core] * RES).astype(int).T
+    assert (cov[jy, jx] > 0).all()
+
+
+def _silhouette_iou(body, plan, geom, full, view, shift=(0.0, 0.0)) -> float:
+    """IoU between a view's silhouette and the full image's, read through the view's H."""
+    cov_full = coverage_of(body, plan, geom, full)[..., None]
+    cov_view = coverage_of(body, plan, geom, view)
+    gy, gx = np.mgrid[0:view.height, 0:view.width] + 0.5
+    fb = apply_homography(view.H, np.stack([gx, gy], -1)) + np.asarray(shift)
+    src = fb * RES - 0.5
+    inside = (src >= 0).all(-1) & (src <= RES - 1).all(-1)
+    seen = bilinear_sample(cov_full, src[..., 0], src[..., 1])[..., 0] > 0.5
+    mine = cov_view > 0.5
+    inter = (seen & mine & inside).sum()
+    return float(inter / max(1, ((seen | mine) & inside).sum()))
+
+
+@pytest.mark.parametrize("view_index", [1, 2], ids=["upper", "face"])
+def test_partial_view_H_puts_the_body_where_the_full_image_shows_it(body, view_index):
+    plan, geom, vs = person(body, 2)
+    full, view = vs[0], vs[view_index]
+    assert density(view.H, view.width, view.height) > 2.5 * RES
+    iou = _silhouette_iou(body, plan, geom, full, view)
+    assert iou > 0.92
+    # An H off by one full-image pixel no longer lines up: the test sees misalignment.
+    assert _silhouette_iou(body, plan, geom, full, view, shift=(0.0, 1.0 / RES)) < iou - 0.08
+
+
+def test_keypoint_files_are_what_openpose_json_reads_and_agree_through_H(rendered):
+    truth = people.read_truth(rendered / "truth.jsonl")
+    assert len(truth) == 9
+    detect = OpenPoseJsonDetector()
+    points = {}
+    for view in people.VIEWS:
+        path = rendered / view / "person000000.png"
+        image = read_rgb(path)
+        rec = truth[f"{view}/person000000.png"]
+        assert image.shape == (rec["height"], rec["width"], 3)
+        kp = detect(image, path)
+        inside = kp.body[:, 2] > 0
+        assert (kp.body[inside, :2] >= 0).all() and (kp.body[inside, :2] <= image.shape[0]).all()
+        points[view] = (apply_homography(rec["H"], kp.body[:, :2]), inside)
+    full_xy, full_in = points["full"]
+    assert full_in.all()
+    for view in ("upper", "face"):
+        xy, inside = points[view]
+        np.testing.assert_allclose(xy[inside], full_xy[inside], atol=2e-3)
+    assert points["face"][1][0] and not points["face"][1][11]  # the face view sees the nose, not the ankle
+    assert not points["upper"][1][14]
+    assert points["upper"][1][[1, 2, 5]].all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Appearance
+
+
+def test_clothing_follows_the_dominant_skinning_joint(body):
+    plan, geom, _ = person(body, 0)
+    mats = people.vertex_materials(geom, plan)
+    j = {name: i for i, name in enumerate(SMPL_JOINT_NAMES)}
+
+    def of(joint: str) -> set[int]:
+        return set(np.unique(mats[geom.dominant == j[joint]]).tolist())
+
+    assert of("spine2") == {people.SHIRT} and of("left_shoulder") == {people.SHIRT}
+    assert of("left_hip") == {people.TROUSERS}
+    assert of("left_wrist") == {people.SKIN} and of("right_hand") == {people.SKIN}
+    head = mats[geom.dominant == j["head"]]
+    assert people.HAIR in head and people.SKIN in head
+    top = geom.rest[geom.dominant == j["head"], 1].argmax()
+    assert head[top] == people.HAIR
+
+
+def test_people_differ_in_shape_pose_and_colours(body):
+    plans = [person(body, i)[0] for i in range(4)]
+    assert len({tuple(np.round(p.betas, 6)) for p in plans}) == 4
+    assert len({tuple(np.round(p.pose, 6)) for p in plans}) == 4
+    assert len({p.colours["shirt"] for p in plans}) == 4
+
+
+def test_poses_come_from_the_pose_set_when_given(body, tmp_path):
+    rng = np.random.default_rng(1)
+    poses = rng.normal(0, 0.1, (5, 72))
+    np.savez(tmp_path / "poses.npz", pose=poses)
+    out = tmp_path / "out"
+    people.render_people(out, n=2, res=48, model=body, poses_file=tmp_path / "poses.npz", progress=False)
+    pose_set = people.load_pose_set(tmp_path / "poses.npz")
+    for i in range(2):
+        plan = people.plan_person(i, 0, body.num_betas, 0.0, pose_set)
+        assert min(np.abs(np.asarray(plan.pose) - p).max() for p in poses) < 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: determinism, resume, command line
+
+
+def test_same_seed_same_bytes_other_seed_other_people(body, rendered, tmp_path):
+    people.render_people(tmp_path / "a", n=1, res=RES, model=body, progress=False)
+    people.render_people(tmp_path / "b", n=1, res=RES, model=body, seed=7, progress=False)
+    for view in people.VIEWS:
+        name = f"{view}/person000000.png"
+        assert (tmp_path / "a" / name).read_bytes() == (rendered / name).read_bytes()
+        assert (tmp_path / "b" / name).read_bytes() != (rendered / name).read_bytes()
+
+
+def test_rerun_renders_only_what_is_missing(body, tmp_path):
+    out = tmp_path / "out"
+    first = people.render_people(out, n=2, res=48, model=body, progress=False)
+    assert (first.rendered, first.skipped) == (6, 0)
+    kept = out / "upper" / "person000000.png"
+    stamp = kept.stat().st_mtime_ns
+    (out / "face" / "person000001.png").unlink()
+    again = people.render_people(out, n=3, res=48, model=body, progress=False)
+    assert (again.rendered, again.skipped) == (1 + 3, 5)
+    assert kept.stat().st_mtime_ns == stamp
+    assert len(people.read_truth(out / "truth.jsonl")) == 9
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_corner_error_measures_how_far_an_H_puts_the_image(tmp_path):
+    H = scale_translate(0.01, 0.01, 0.2, 0.1)
+    assert people.corner_error(H, H, 50, 50) == 0.0
+    assert people.corner_error(scale_translate(0.01, 0.01, 0.23, 0.1), H, 50, 50) == pytest.approx(0.03)
+    # 10 % too large: the far corner moves by 0.1 * the image's diagonal extent.
+    assert people.corner_error(scale_translate(0.011, 0.011, 0.2, 0.1), H, 50, 50) == pytest.approx(0.05 * 2**0.5)
+    truth = {"full/person000000.png": {"H": H, "width": 50, "height": 50}}
+    rows = [{"key": "pf/person000000", "source": "pf", "H": scale_translate(0.01, 0.01, 0.2, 0.12).reshape(9)},
+            {"key": "other/x", "source": "other", "H": H.reshape(9)}]
+    errors = people.truth_errors(truth, rows, {"pf": "full"})
+    assert errors == {"pf": [pytest.approx(0.02)]}
+
+
+def test_command_writes_the_folder_and_rejects_bad_input(tmp_path):
+    model = write_model_npz(toy_model_data(), tmp_path / "toy.npz")
+    runner = CliRunner()
+    out = tmp_path / "people"
+    result = runner.invoke(app, ["render-people", str(out), "--n", "1", "--res", "40", "--body-model", str(model)])
+    assert result.exit_code == 0, result.output
+    assert "rendered 3 images" in result.output
+    for view in people.VIEWS:
+        assert json.loads((out / view / "person000000_keypoints.json").read_text())["people"]
+    result = runner.invoke(app, ["render-people", str(out), "--n", "0", "--body-model", str(model)])
+    assert result.exit_code == 1 and "--n must be at least 1" in result.output
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, pose=np.zeros((3, 10)))
+    result = runner.invoke(app, ["render-people", str(out), "--n", "1", "--res", "40", "--body-model", str(model),
+                                 "--poses", str(bad)])
+    assert result.exit_code == 1 and "expected [N>0, 72]" in result.output
+
+
+def test_mst_align_on_the_renders_recovers_their_true_H(body, rendered, tmp_path):
+    from mst_pipeline.align import AlignSettings, align_folder
+    from mst_pipeline.shards import read_manifest
+    from mst_pipeline.smplify import SmplifyConfig
+
+    space = default_space(body)
+    settings = AlignSettings(detector="openpose-json", batch_size=8, smplify=SmplifyConfig(iterations=100))
+    for view in people.VIEWS:
+        summary = align_folder(rendered / view, tmp_path, f"people-{view}", space, body, settings)
+        assert summary.written == 3, summary.reasons
+    rows = read_manifest(tmp_path).to_pylist()
+    errors = people.truth_errors(people.read_truth(rendered / "truth.jsonl"), rows,
+                                 {f"people-{view}": view for view in people.VIEWS})
+    for source, values in errors.items():
+        assert len(values) == 3 and max(values) < 0.05, (source, values)  # shape/camera ambiguity: a few %
