@@ -13,9 +13,8 @@ import torch
 from test_smplify import toy_body_model
 
 from mst_pipeline.align import fitting_input, infer_kind, read_image
+from mst_pipeline.body.keypoints import from_coco_wholebody133, from_mediapipe_pose33
 from mst_pipeline.detect import BackendUnavailable, DetectionError, make_detector
-from mst_pipeline.detect.mediapipe_backend import pose33_to_body25
-from mst_pipeline.detect.mmpose_backend import wholebody_to_internal
 from mst_pipeline.detect.openpose_json import OpenPoseJsonDetector, parse_openpose
 from mst_pipeline.smplify import SmplifyConfig, smplify_p
 from mst_pipeline.space import default_space
@@ -53,7 +52,7 @@ def test_wholebody_converter_maps_named_points():
     kp = np.zeros((133, 3))
     kp[:, 2] = 0.8
     kp[:, 0] = np.arange(133)
-    out = wholebody_to_internal(kp)
+    out = from_coco_wholebody133(kp)
     assert out.body[2, 0] == 6 and out.body[7, 0] == 9  # RShoulder <- right_shoulder, LWrist <- left_wrist
     assert out.body[1, 0] == 5.5 and out.body[8, 0] == 11.5  # neck, mid-hip: midpoints
     assert out.body[24, 0] == 22 and out.lhand[0, 0] == 91 and out.rhand[20, 0] == 132 and out.face[0, 0] == 23
@@ -63,7 +62,7 @@ def test_pose33_converter_keeps_the_persons_sides():
     lm = np.zeros((33, 3))
     lm[:, 0] = np.arange(33)
     lm[:, 2] = 1
-    body = pose33_to_body25(lm)
+    body = from_mediapipe_pose33(lm).body
     assert body[5, 0] == 11 and body[2, 0] == 12 and body[16, 0] == 2 and body[1, 0] == 11.5
 
 

@@ -2,7 +2,8 @@
 
 Every backend returns a `PersonKeypoints` in the internal layout — OpenPose BODY_25, 2 × 21 hand
 keypoints (OpenPose hand order) and 70 face keypoints — in image pixels (x right, y down) with a
-confidence in [0, 1], 0 where unknown. Backends:
+confidence in [0, 1], 0 where unknown; the layout converters are in `mst_pipeline.body.keypoints`.
+Backends:
 
 * `mediapipe` (default): mediapipe 0.10.21's bundled pose, hand and face-mesh models, offline;
 * `openpose-json`: precomputed OpenPose `--write_json` files next to the images or in a folder;
@@ -11,13 +12,12 @@ confidence in [0, 1], 0 where unknown. Backends:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from mst_pipeline.smplify import HAND_SLOTS, NUM_TARGETS
+from mst_pipeline.body.keypoints import PersonKeypoints  # re-exported: backends and callers import it from here
 
 BACKENDS = ("mediapipe", "openpose-json", "mmpose")
 
@@ -28,30 +28,6 @@ class DetectionError(ValueError):
 
 class BackendUnavailable(RuntimeError):
     """A backend whose package or model is not installed; the message says how to get it."""
-
-
-@dataclass
-class PersonKeypoints:
-    """One person's keypoints in image pixels: body [25,3], lhand [21,3], rhand [21,3], face [70,3]
-    as (x, y, confidence)."""
-
-    body: np.ndarray
-    lhand: np.ndarray
-    rhand: np.ndarray
-    face: np.ndarray
-
-    @classmethod
-    def empty(cls) -> PersonKeypoints:
-        return cls(np.zeros((25, 3)), np.zeros((21, 3)), np.zeros((21, 3)), np.zeros((70, 3)))
-
-    def targets(self) -> np.ndarray:
-        """The fitting targets [37, 3]: BODY_25, then wrist + fingertips of each hand."""
-        out = np.concatenate([self.body, self.lhand[list(HAND_SLOTS)], self.rhand[list(HAND_SLOTS)]])
-        assert out.shape == (NUM_TARGETS, 3)
-        return out
-
-    def groups(self) -> dict[str, np.ndarray]:
-        return {"body": self.body, "lhand": self.lhand, "rhand": self.rhand, "face": self.face}
 
 
 class Detector(Protocol):

@@ -1,13 +1,15 @@
 """mediapipe 0.10.21 as the offline keypoint backend: pose (33), hands (21 each), face mesh (468).
 
 Only the models bundled in the wheel are used (pose `model_complexity=1`; 0 and 2 download their
-models at run time). Conversion to the internal layout (local to this backend):
+models at run time). The layouts are converted by `mst_pipeline.body.keypoints`:
 
-* pose 33 -> BODY_25: direct points, Neck and MidHip as midpoints; mediapipe's visibility is the
-  confidence. mediapipe's "left" is the person's left, as OpenPose's.
+* pose: mediapipe's visibility is the confidence;
 * hands: each detected hand is assigned to the nearer pose wrist (mediapipe's handedness label
-  assumes a mirrored selfie); the 21 points are in OpenPose's hand order already.
-* face mesh: fills the nose and eyes when the pose model misses the face (tight face crops).
+  assumes a mirrored selfie);
+* face mesh: the 70 OpenPose face points, and the nose and eyes where the pose misses them (tight
+  face crops). The mesh's face detector finds only faces that fill a fair part of its input, so
+  when the pose sees a head the mesh runs on a square crop around it (a full-body photo's face
+  is small); otherwise, or when the crop gives nothing, on the whole image.
 """
 
 from __future__ import annotations
@@ -16,26 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+from mst_pipeline.body.keypoints import (
+    KeypointLayoutError,
+    from_mediapipe_face468,
+    from_mediapipe_hand21,
+    from_mediapipe_pose33,
+)
 from mst_pipeline.detect import BackendUnavailable, DetectionError, PersonKeypoints
 
-# BODY_25 slot <- mediapipe pose index (Neck 1 and MidHip 8 are midpoints).
-_POSE_TO_BODY25 = {0: 0, 2: 12, 3: 14, 4: 16, 5: 11, 6: 13, 7: 15, 9: 24, 10: 26, 11: 28, 12: 23, 13: 25,
-                   14: 27, 15: 5, 16: 2, 17: 8, 18: 7, 19: 31, 20: 31, 21: 29, 22: 32, 23: 32, 24: 30}
-_MIDPOINTS = {1: (11, 12), 8: (23, 24)}
-# Face-mesh landmarks for BODY_25 nose (tip) and eyes (corner midpoints).
-_MESH_NOSE, _MESH_REYE, _MESH_LEYE = (1,), (33, 133), (362, 263)
-
-
-def pose33_to_body25(lm: np.ndarray) -> np.ndarray:
-    """mediapipe pose landmarks [33, 3] (x, y in pixels, visibility) -> BODY_25 [25, 3]."""
-    body = np.zeros((25, 3))
-    for slot, idx in _POSE_TO_BODY25.items():
-        body[slot] = lm[idx]
-    for slot, (a, b) in _MIDPOINTS.items():
-        body[slot, :2] = 0.5 * (lm[a, :2] + lm[b, :2])
-        body[slot, 2] = min(lm[a, 2], lm[b, 2])
-    body[:, 2] = np.clip(body[:, 2], 0.0, 1.0)
-    return body
+_POSE_HEAD = slice(0, 11)  # mediapipe pose landmarks on the head: nose, eyes, ears, mouth
+_HEAD_SEEN = 0.5  # pose visibility above which the head is taken to be in the image
+_HEAD_CROP = 3.0  # crop side / extent of the pose's head landmarks (about 2.5-3 face widths)
+_MESH_SCORE = 0.9  # the face mesh has no per-point confidence
+# BODY_25 slot <- OpenPose face point, for filling the body's face points from the mesh.
+_BODY_FROM_FACE = {0: 30, 15: 68, 16: 69}  # Nose <- nose tip, REye/LEye <- pupils
 
 
 class MediaPipeDetector:
@@ -57,30 +53,47 @@ class MediaPipeDetector:
             raise DetectionError(f"expected an RGB uint8 image, got {image.dtype} {list(image.shape)}")
         h, w = image.shape[:2]
         img = np.ascontiguousarray(image)
-        out = PersonKeypoints.empty()
-        pose = self.pose.process(img)
-        if pose.pose_landmarks is not None:
-            lm = np.array([(p.x * w, p.y * h, p.visibility) for p in pose.pose_landmarks.landmark])
-            out.body = pose33_to_body25(lm)
-        hands = self.hands.process(img)
-        for hand in hands.multi_hand_landmarks or []:
-            pts = np.array([(p.x * w, p.y * h, 1.0) for p in hand.landmark])
-            side = self._side(pts[0, :2], out.body, hands, hand)
-            if side == "left" and out.lhand[0, 2] == 0:
-                out.lhand = pts
-            elif out.rhand[0, 2] == 0:
-                out.rhand = pts
-            else:
-                out.lhand = pts
-        if out.body[[0, 15, 16], 2].max() < 0.5:
-            face = self.face.process(img)
-            if face.multi_face_landmarks:
-                mesh = np.array([(p.x * w, p.y * h) for p in face.multi_face_landmarks[0].landmark])
-                for slot, ids in ((0, _MESH_NOSE), (15, _MESH_REYE), (16, _MESH_LEYE)):
-                    out.body[slot] = (*mesh[list(ids)].mean(0), 0.9)
-        if out.body[:, 2].max() == 0 and out.lhand[:, 2].max() == 0 and out.rhand[:, 2].max() == 0:
+        try:
+            out, head_box = PersonKeypoints.empty(), None
+            pose = self.pose.process(img)
+            if pose.pose_landmarks is not None:
+                lm = np.array([(p.x * w, p.y * h, p.visibility) for p in pose.pose_landmarks.landmark])
+                out = from_mediapipe_pose33(lm)
+                head_box = head_crop(lm, w, h)
+            hands = self.hands.process(img)
+            for hand in hands.multi_hand_landmarks or []:
+                pts = from_mediapipe_hand21([(p.x * w, p.y * h) for p in hand.landmark])
+                side = self._side(pts[0, :2], out.body, hands, hand)
+                if side == "left" and out.lhand[0, 2] == 0:
+                    out.lhand = pts
+                elif out.rhand[0, 2] == 0:
+                    out.rhand = pts
+                else:
+                    out.lhand = pts
+            mesh = self._mesh(img, head_box)
+            if mesh is not None:
+                out.face = from_mediapipe_face468(mesh, score=_MESH_SCORE)
+                for slot, point in _BODY_FROM_FACE.items():
+                    if out.body[slot, 2] < _HEAD_SEEN:
+                        out.body[slot] = out.face[point]
+        except KeypointLayoutError as e:
+            raise DetectionError(f"mediapipe output: {e}") from None
+        if all(g[:, 2].max() == 0 for g in out.groups().values()):
             raise DetectionError("no person found (mediapipe found no pose, hand or face)")
         return out
+
+    def _mesh(self, img: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray | None:
+        """Face mesh [468, 2] in image pixels, run on the head crop `box` (x0, y0, x1, y1) and then on
+        the whole image; None when neither finds a face."""
+        h, w = img.shape[:2]
+        boxes = [box, (0, 0, w, h)] if box is not None else [(0, 0, w, h)]
+        for x0, y0, x1, y1 in boxes:
+            crop = np.ascontiguousarray(img[y0:y1, x0:x1])
+            found = self.face.process(crop).multi_face_landmarks
+            if found:
+                cw, ch = x1 - x0, y1 - y0
+                return np.array([(x0 + p.x * cw, y0 + p.y * ch) for p in found[0].landmark])
+        return None
 
     @staticmethod
     def _side(wrist: np.ndarray, body: np.ndarray, result, hand) -> str:
@@ -92,3 +105,19 @@ class MediaPipeDetector:
         idx = (result.multi_hand_landmarks or []).index(hand)
         label = result.multi_handedness[idx].classification[0].label  # mirrored-selfie convention
         return "right" if label == "Left" else "left"
+
+
+def head_crop(lm: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """Square box (x0, y0, x1, y1), clipped to the image, around the head landmarks of mediapipe pose
+    landmarks [33, 3] (pixels, visibility); None when the pose does not see the head."""
+    head = lm[_POSE_HEAD]
+    if head[:, 2].max() < _HEAD_SEEN:
+        return None
+    lo, hi = head[:, :2].min(0), head[:, :2].max(0)
+    half = 0.5 * max(_HEAD_CROP * float((hi - lo).max()), 32.0)
+    cx, cy = 0.5 * (lo + hi)
+    x0, y0 = max(int(cx - half), 0), max(int(cy - half), 0)
+    x1, y1 = min(int(np.ceil(cx + half)), width), min(int(np.ceil(cy + half)), height)
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    return x0, y0, x1, y1
