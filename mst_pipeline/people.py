@@ -54,6 +54,9 @@ UPPER_SIDE = 0.55  # the upper-body square covers this much of full-body space (
 UPPER_DENSITY = 3.0  # pixels per full-body unit, relative to the full image
 FACE_DENSITY = 8.0
 FACE_MARGIN = (1.3, 1.7)  # face square side / head extent
+NECKLINE = 0.03  # metres below the neck joint where the shirt ends
+NECK_RADIUS = 0.09  # metres: the neckline's half width
+EYE_RADIUS = 0.007  # metres around the eye vertices painted dark
 SUPERSAMPLE = 2  # rendered at 2×2 samples per pixel, box-filtered
 MAX_CANDIDATES = 2_000_000  # pixel-triangle pairs rasterised at once (bounds the memory)
 
@@ -200,6 +203,7 @@ def pose_person(model: Any, plan: PersonPlan, space: FullBodySpace) -> PersonGeo
              for side in ("left", "right")}
     rest_points = {name: rest[extra_ids[_extra(name) - NUM_SMPL_JOINTS]] for name in ("nose", "leye", "reye")}
     rest_points["head"] = rest_joints[_J["head"]]
+    rest_points["neck"] = rest_joints[_J["neck"]]
     return PersonGeometry(
         vertices=fb, rest=rest, normals=vertex_normals(fb, model.faces),
         dominant=model.lbs_weights.cpu().numpy().argmax(axis=1),
@@ -208,8 +212,15 @@ def pose_person(model: Any, plan: PersonPlan, space: FullBodySpace) -> PersonGeo
     )
 
 
-def vertex_materials(geom: PersonGeometry, plan: PersonPlan) -> np.ndarray:
-    """Material [V] of each vertex: by its dominant joint, hair on the top and back of the head."""
+def surface_materials(dominant: np.ndarray, rest: np.ndarray, plan: PersonPlan,
+                      points: dict[str, np.ndarray]) -> np.ndarray:
+    """Material [N] of surface points with dominant skinning joint [N] and rest position [N, 3].
+
+    By the dominant joint, except two cuts made by rest-pose geometry (skinning weights of
+    neighbouring joints interleave, so the joint alone gives ragged edges): a round neckline and
+    the hair on the top and back of the head. Called per pixel with interpolated rest positions, so
+    those edges are smooth at any pixel density.
+    """
     table = np.full(NUM_SMPL_JOINTS, SKIN)
     for name, material in _BASE_MATERIAL.items():
         table[_J[name]] = material
@@ -217,19 +228,22 @@ def vertex_materials(geom: PersonGeometry, plan: PersonPlan) -> np.ndarray:
         table[list(_FOREARMS)] = SHIRT
     if plan.shorts:
         table[list(_SHINS)] = SKIN
-    mats = table[geom.dominant]
-    head = geom.dominant == _J["head"]
-    eye_y = 0.5 * (geom.rest_points["leye"][1] + geom.rest_points["reye"][1])
-    top = geom.rest[:, 1] > eye_y + plan.hairline
-    back = (geom.rest[:, 2] < geom.rest_points["head"][2] - 0.02) & (geom.rest[:, 1] > eye_y - 0.05)
+    mats = table[dominant]
+    neck = points["neck"]
+    around = np.isin(dominant, [_J[j] for j in ("neck", "spine3", "left_collar", "right_collar")])
+    near = around & (np.linalg.norm((rest - neck)[:, [0, 2]], axis=1) < NECK_RADIUS)
+    mats[near] = np.where(rest[near, 1] > neck[1] - NECKLINE, SKIN, SHIRT)
+    head = dominant == _J["head"]
+    eye_y = 0.5 * (points["leye"][1] + points["reye"][1])
+    top = rest[:, 1] > eye_y + plan.hairline
+    back = (rest[:, 2] < points["head"][2] - 0.02) & (rest[:, 1] > eye_y - 0.05)
     mats[head & (top | back)] = HAIR
     return mats
 
 
-def face_materials(faces: np.ndarray, mats: np.ndarray) -> np.ndarray:
-    """Material of each triangle: the one at least two of its vertices share, else vertex 0's."""
-    m = mats[faces]
-    return np.where(m[:, 1] == m[:, 2], m[:, 1], m[:, 0])
+def vertex_materials(geom: PersonGeometry, plan: PersonPlan) -> np.ndarray:
+    """Material [V] of each vertex (see `surface_materials`)."""
+    return surface_materials(geom.dominant, geom.rest, plan, geom.rest_points)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,8 +340,7 @@ def rasterise(points: np.ndarray, faces: np.ndarray, width: int, height: int) ->
     return fbuf.reshape(height, width), wbuf.reshape(height, width, 3)
 
 
-def render_view(geom: PersonGeometry, faces: np.ndarray, plan: PersonPlan, view: View,
-                mats: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render_view(geom: PersonGeometry, faces: np.ndarray, plan: PersonPlan, view: View) -> tuple[np.ndarray, np.ndarray]:
     """Render one view: (RGB uint8 [h, w, 3], person coverage float [h, w] in [0, 1])."""
     ss = SUPERSAMPLE
     W, Hh = view.width * ss, view.height * ss
@@ -353,8 +366,10 @@ def render_view(geom: PersonGeometry, faces: np.ndarray, plan: PersonPlan, view:
         normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12
         normal[normal[:, 2] > 0] *= -1  # the visible side faces the camera (whatever the winding)
         rest = (w * geom.rest[tri]).sum(1)
-        mats = vertex_materials(geom, plan) if mats is None else mats
-        material = face_materials(faces, mats)[f]
+        # Each sample takes the dominant joint of its nearest triangle corner, so material edges
+        # cut through triangles instead of following their jagged edges.
+        dominant = geom.dominant[tri][np.arange(len(f)), bary[hit].argmax(axis=1)]
+        material = surface_materials(dominant, rest, plan, geom.rest_points)
         palette = np.array([plan.colours[m] for m in MATERIALS], np.float64)
         albedo = palette[material]
         shirt = material == SHIRT
@@ -376,7 +391,7 @@ def _face_features(albedo: np.ndarray, rest: np.ndarray, material: np.ndarray,
     skin = (material == SKIN) & front
     for eye in ("leye", "reye"):
         d = np.linalg.norm(rest - points[eye], axis=1)
-        albedo[skin & (d < 0.011)] = (35, 25, 25)
+        albedo[skin & (d < EYE_RADIUS)] = (35, 25, 25)
     nose = points["nose"]
     eye_gap = abs(points["leye"][0] - points["reye"][0])
     mouth_y = nose[1] - 0.75 * eye_gap
@@ -515,7 +530,6 @@ def render_people(out: str | os.PathLike, n: int, res: int = 256, seed: int = 0,
         for index in range(n):
             plan = plan_person(index, seed, model.num_betas, space.pitch, poses)
             geom = pose_person(model, plan, space)
-            mats = None
             for view in views(geom, plan, res):
                 records.append(truth_record(plan, view))
                 png = out / view.name / f"{stem_of(index)}.png"
@@ -523,8 +537,7 @@ def render_people(out: str | os.PathLike, n: int, res: int = 256, seed: int = 0,
                 if png.exists() and keypoints.exists():
                     summary.skipped += 1
                     continue
-                mats = vertex_materials(geom, plan) if mats is None else mats
-                image, coverage = render_view(geom, faces, plan, view, mats)
+                image, coverage = render_view(geom, faces, plan, view)
                 covered[view.name].append(float(coverage.mean()))
                 document = json.dumps(openpose_document(geom, view))
                 _atomic_write(keypoints, lambda f, d=document: f.write(d.encode()))
