@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.detect import BackendUnavailable, DetectionError, PersonKeypoints, make_detector
+from mst_pipeline.pare import load_pare_checkpoint, pare_start
 from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
 from mst_pipeline.smplify import FitResult, SmplifyConfig, smplify_p
 from mst_pipeline.space import FullBodySpace, pixels_to_normalised, region_and_density
@@ -47,6 +48,7 @@ class AlignSettings:
     part: tuple[int, int] = (0, 1)
     max_count: int = 1000
     smplify: SmplifyConfig = field(default_factory=SmplifyConfig)
+    pare: Path | None = None  # PARE checkpoint to start SMPLify-P from; None: the keypoint start
 
 
 @dataclass
@@ -168,6 +170,7 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
     files = list_images(root, settings.part)
     if detector is None:
         detector = make_detector(settings.detector, settings.keypoints_dir, root)
+    pare = load_pare_checkpoint(settings.pare, settings.device, strict=True)[0] if settings.pare is not None else None
     with ShardWriter(out, source, part=settings.part[0], max_count=settings.max_count,
                      update_manifest=False) as writer:
         todo = []
@@ -189,9 +192,16 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                 except Rejected as e:
                     _reject(out, key, path.relative_to(root), str(e), summary)
             if items:
-                fits = smplify_p(model, np.stack([i.targets for i in items]),
-                                 np.stack([i.confidence for i in items]), prior=prior,
-                                 mean_pitch=space.pitch, config=settings.smplify, device=settings.device)
+                targets = np.stack([i.targets for i in items])
+                confidence = np.stack([i.confidence for i in items])
+                init, from_pare = None, np.zeros(len(items), dtype=bool)
+                if pare is not None:  # PARE's regression as the start (paper §3.1)
+                    init, from_pare = pare_start(pare, model, [i.image for i in items], targets, confidence,
+                                                 settings.smplify.confidence)
+                fits = smplify_p(model, targets, confidence, prior=prior, mean_pitch=space.pitch,
+                                 config=settings.smplify, init=init, device=settings.device)
+                for fit, used in zip(fits, from_pare, strict=True):
+                    fit.extra["init"] = "pare" if used else "keypoints"
                 for item, fit in zip(items, fits, strict=True):
                     try:
                         sample = build_sample(item, fit, root, source, space, settings)
@@ -247,7 +257,8 @@ def build_sample(item: _Item, fit: FitResult, root: Path, source: str, space: Fu
         "keypoints": keypoints_in_space(item.keypoints, H),
         "smpl": {"betas": _pad(fit.betas, 10), "pose": fit.pose, "cam": fit.cam, "cam_bar": list(space.cam_bar)},
         "fit": {"losses": fit.losses, "visible": fit.visible, "iterations": fit.iterations,
-                "reprojection_px": fit.reprojection * max(w, h) / 2, "converged": fit.converged},
+                "reprojection_px": fit.reprojection * max(w, h) / 2, "converged": fit.converged,
+                "init": fit.extra.get("init", "keypoints")},
         "orig": {"path": item.path.relative_to(root).as_posix(), "sha256": sha256_file(item.path),
                  "width": w, "height": h},
         "detector": settings.detector,

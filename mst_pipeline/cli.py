@@ -205,6 +205,8 @@ def align(
     keypoints_dir: Path | None = typer.Option(None, help="Folder of OpenPose JSON files (openpose-json); "
                                               "default: next to each image."),
     prior: Path | None = typer.Option(None, help="Pose prior (VPoser V02_05 snapshot or `mst fit-prior` file)."),
+    pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt) to start SMPLify-P "
+                                     "from; default: the keypoint start."),
     body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
     device: str = typer.Option("cpu", help="Torch device for the fits (cpu, cuda, cuda:1)."),
     batch_size: int = typer.Option(16, help="Images fitted together."),
@@ -231,6 +233,9 @@ def align(
     if not dataset.is_dir():
         err.print(f"[red]error:[/red] {dataset} is not a folder of images")
         raise typer.Exit(2)
+    if pare is not None and not pare.is_file():
+        err.print(f"[red]error:[/red] --pare {pare} is not a file (the PARE .ckpt)")
+        raise typer.Exit(2)
     for name, value, allowed in (("kind", kind, ("full", "upper", "lower", "face", "hand")),
                                  ("tier", tier, ("LR", "HR", "SR")), ("optimizer", optimizer, ("adam", "lbfgs"))):
         if value is not None and value not in allowed:
@@ -246,7 +251,7 @@ def align(
         raise typer.Exit(1) from None
     settings = AlignSettings(kind=kind, tier=tier, detector=detector, keypoints_dir=keypoints_dir,
                              batch_size=batch_size, device=device, part=_part(part), max_count=max_count,
-                             smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer))
+                             smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer), pare=pare)
     columns = (TextColumn("align"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:
