@@ -3,6 +3,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 py := ".venv/bin/python"
 export ANNY_CACHE_DIR := env_var_or_default("ANNY_CACHE_DIR", justfile_directory() / ".cache/anny")
+export UNITEDHUMAN_CACHE := env_var_or_default("UNITEDHUMAN_CACHE", justfile_directory() / ".cache/unitedhuman")
 
 # List the recipes.
 default:

@@ -18,7 +18,7 @@ ITERATIONS = 200
 
 def _model():
     try:
-        from mst_pipeline.hands import load_body_model
+        from mst_pipeline.body import load_body_model
 
         return load_body_model(), "open default body model"
     except Exception:  # noqa: BLE001 - no open model in this installation: the tests' stick figure

