@@ -153,6 +153,15 @@ def test_crops_of_a_posed_person_land_within_two_percent_of_their_true_place(toy
         assert max(errs) < 0.02, (kind, errs)
 
 
+def test_crops_land_within_two_percent_on_the_open_body_model(open_model):
+    """The same ground-truth check on the open default model (a 13.7k-vertex mesh, not a stick figure)."""
+    space = default_space(open_model)
+    crops = make_crops(open_model, space, n=2, seed=1)
+    errors = corner_errors(open_model, space, crops, SmplifyConfig(iterations=200, seed=0))
+    for kind, errs in errors.items():
+        assert max(errs) < 0.02, (kind, errs)
+
+
 def test_wrong_camera_would_fail_the_corner_check(toy):
     """The 2 % criterion is tight enough to see a 5 % scale error of a full-body camera."""
     space = default_space(toy)
