@@ -11,13 +11,18 @@ with their reason and the run continues. Re-runs skip keys already in complete s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +53,8 @@ class AlignSettings:
     part: tuple[int, int] = (0, 1)
     max_count: int = 1000
     smplify: SmplifyConfig = field(default_factory=SmplifyConfig)
+    overlay: Path | None = None  # folder for a check picture per newly aligned image
+    workers: int = 1  # detection processes feeding the batched fits (1: detect inline)
     pare: Path | None = None  # PARE checkpoint to start SMPLify-P from; None: the keypoint start
 
 
@@ -162,13 +169,21 @@ def read_image(path: Path) -> np.ndarray:
 def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, space: FullBodySpace, model,
                  settings: AlignSettings, prior=None, detector=None,
                  progress: Callable[[int, int], None] | None = None) -> AlignSummary:
-    """Align every image of ROOT (this part's slice) into shards in OUT. See the module docstring."""
+    """Align every image of ROOT (this part's slice) into shards in OUT. See the module docstring.
+
+    With `settings.workers` > 1, detection (image decoding and keypoints) runs in that many
+    processes, each building its detector once (or unpickling `detector` when one is given);
+    results are consumed in file order, so the output equals a one-worker run. With
+    `settings.overlay`, each newly aligned image also gets OVERLAY/<stem>.jpg (`mst_pipeline.overlay`).
+    """
     root, out = Path(root), Path(out)
+    if settings.workers < 1:
+        raise ValueError(f"workers must be at least 1, got {settings.workers}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     summary = AlignSummary()
     files = list_images(root, settings.part)
-    if detector is None:
+    if detector is None and settings.workers == 1:
         detector = make_detector(settings.detector, settings.keypoints_dir, root)
     pare = load_pare_checkpoint(settings.pare, settings.device, strict=True)[0] if settings.pare is not None else None
     with ShardWriter(out, source, part=settings.part[0], max_count=settings.max_count,
@@ -182,40 +197,59 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
         done = summary.skipped
         if progress:
             progress(done, len(files))
-        for batch in _batches(todo, settings.batch_size):
-            items = []
-            for path in batch:
-                stem = stem_of(path, root)
-                key = make_key(source, stem)
-                try:
-                    items.append(_detect(path, stem, key, detector))
-                except Rejected as e:
-                    _reject(out, key, path.relative_to(root), str(e), summary)
-            if items:
-                targets = np.stack([i.targets for i in items])
-                confidence = np.stack([i.confidence for i in items])
-                init, from_pare = None, np.zeros(len(items), dtype=bool)
-                if pare is not None:  # PARE's regression as the start (paper §3.1)
-                    init, from_pare = pare_start(pare, model, [i.image for i in items], targets, confidence,
-                                                 settings.smplify.confidence)
-                fits = smplify_p(model, targets, confidence, prior=prior, mean_pitch=space.pitch,
-                                 config=settings.smplify, init=init, device=settings.device)
-                for fit, used in zip(fits, from_pare, strict=True):
-                    fit.extra["init"] = "pare" if used else "keypoints"
-                for item, fit in zip(items, fits, strict=True):
-                    try:
-                        sample = build_sample(item, fit, root, source, space, settings)
-                        writer.write(sample)
-                        summary.written += 1
-                        summary.kinds[sample.meta["kind"]] += 1
-                    except Rejected as e:
-                        _reject(out, item.key, item.path.relative_to(root), str(e), summary)
-            done += len(batch)
-            if progress:
-                progress(done, len(files))
+        tasks = [(path, stem_of(path, root), make_key(source, stem_of(path, root))) for path in todo]
+        with contextlib.closing(_detections(tasks, settings, detector, root)) as detections:
+            for batch in _batches(tasks, settings.batch_size):
+                items = []
+                for path, _, key in batch:
+                    found = next(detections)
+                    if isinstance(found, Rejected):
+                        _reject(out, key, path.relative_to(root), str(found), summary)
+                    else:
+                        items.append(found)
+                if items:
+                    targets = np.stack([i.targets for i in items])
+                    confidence = np.stack([i.confidence for i in items])
+                    init, from_pare = None, np.zeros(len(items), dtype=bool)
+                    if pare is not None:  # PARE's regression as the start (paper §3.1)
+                        init, from_pare = pare_start(pare, model, [i.image for i in items], targets, confidence,
+                                                     settings.smplify.confidence)
+                    fits = smplify_p(model, targets, confidence, prior=prior, mean_pitch=space.pitch,
+                                     config=settings.smplify, init=init, device=settings.device)
+                    for fit, used in zip(fits, from_pare, strict=True):
+                        fit.extra["init"] = "pare" if used else "keypoints"
+                    aligned = []
+                    for item, fit in zip(items, fits, strict=True):
+                        try:
+                            sample = build_sample(item, fit, root, source, space, settings)
+                            writer.write(sample)
+                            summary.written += 1
+                            summary.kinds[sample.meta["kind"]] += 1
+                            aligned.append((item, fit, sample.meta))
+                        except Rejected as e:
+                            _reject(out, item.key, item.path.relative_to(root), str(e), summary)
+                    if settings.overlay is not None and aligned:
+                        _write_overlays(settings.overlay, aligned, model, settings)
+                done += len(batch)
+                if progress:
+                    progress(done, len(files))
     write_manifest(out)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _write_overlays(folder: Path, aligned: list, model, settings: AlignSettings) -> None:
+    """OVERLAY/<stem>.jpg for each (item, fit, meta) of a batch; the meshes are posed together."""
+    from mst_pipeline.overlay import fitted_bodies, overlay_picture, write_overlay
+
+    vertices, joints = fitted_bodies(model, [fit for _, fit, _ in aligned], settings.device)
+    faces = model.faces
+    for (item, fit, meta), verts, joint in zip(aligned, vertices, joints, strict=True):
+        loss = sum(fit.losses.values())
+        legend = f"{meta['kind']} | {meta['tier']} | {fit.visible} visible | loss {loss:.3g}"
+        picture = overlay_picture(item.image, item.keypoints.groups(), item.keypoints.targets()[:, :2],
+                                  item.confidence >= settings.smplify.confidence, verts, joint, faces, legend)
+        write_overlay(folder / f"{item.stem}.jpg", picture)
 
 
 def _batches(items: list, n: int) -> Iterator[list]:
@@ -291,3 +325,182 @@ def read_rejects(out: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection workers (`--workers N`)
+
+WORKER_QUEUE = 2  # tasks queued per worker, so it never waits for the next one
+
+
+def _detections(tasks: list[tuple[Path, str, str]], settings: AlignSettings, detector,
+                root: Path) -> Iterator[_Item | Rejected]:
+    """The detection result of each (path, stem, key) task, in task order."""
+    if settings.workers == 1:
+        for path, stem, key in tasks:
+            try:
+                yield _detect(path, stem, key, detector)
+            except Rejected as e:
+                yield e
+        return
+    spec = detector if detector is not None else (settings.detector, settings.keypoints_dir, root)
+    # Read ahead by two batches so the workers keep decoding while the main process fits.
+    window = max(2 * settings.batch_size, 2 * WORKER_QUEUE * settings.workers)
+    yield from _DetectionPool(settings.workers, spec, window).results(tasks)
+
+
+def _worker_main(conn, spec) -> None:
+    """A detection process: builds its detector once, then answers tasks (index, path, stem, key)
+    in the order received with (index, (status, payload)); a task of None ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    try:
+        detector = make_detector(*spec) if isinstance(spec, tuple) else spec
+    except BackendUnavailable as e:
+        conn.send((None, ("unavailable", str(e))))
+        return
+    conn.send((None, ("ready", None)))
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:  # the main process is gone
+            return
+        if task is None:
+            return
+        index, path, stem, key = task
+        try:
+            result = ("item", _detect(path, stem, key, detector))
+        except Rejected as e:
+            result = ("rejected", str(e))
+        except BackendUnavailable as e:
+            result = ("unavailable", str(e))
+        except Exception as e:  # noqa: BLE001 - reported as this image's reason, the worker goes on
+            result = ("rejected", f"detection failed in a worker ({type(e).__name__}: {e})")
+        conn.send((index, result))
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+    queued: deque = field(default_factory=deque)  # task indices sent and not yet answered, in order
+    ready: bool = False
+
+
+class _DetectionPool:
+    """N detection processes fed by a dispatch thread of the main process.
+
+    Each worker answers its tasks in order, so when one dies (a crash in native code, the OOM
+    killer) the oldest unanswered task is the image that killed it: that image is rejected, the
+    rest of its queue goes back to the front of the line and a fresh worker takes its place.
+    'forkserver' (or 'spawn') starts workers from a clean process: mediapipe and torch do not
+    survive a fork after they have started threads.
+    """
+
+    def __init__(self, workers: int, spec, window: int) -> None:
+        methods = mp.get_all_start_methods()
+        self.ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if self.ctx.get_start_method() == "forkserver":
+            # The server imports this module (numpy, torch) once; each worker then starts in a fork
+            # of it, before any detector or thread exists.
+            self.ctx.set_forkserver_preload([__name__])
+        self.n, self.spec, self.window = workers, spec, window
+        self.cond = threading.Condition()
+        self.answers: dict[int, _Item | Rejected] = {}
+        self.consumed = 0  # next task index the consumer waits for
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+
+    def results(self, tasks: list[tuple[Path, str, str]]) -> Iterator[_Item | Rejected]:
+        thread = threading.Thread(target=self._dispatch, args=(tasks,), name="align-detection", daemon=True)
+        thread.start()
+        try:
+            for i in range(len(tasks)):
+                with self.cond:
+                    while i not in self.answers and self.error is None:
+                        self.cond.wait()
+                    if i not in self.answers:
+                        raise self.error
+                    found = self.answers.pop(i)
+                    self.consumed = i + 1
+                yield found
+        finally:
+            self.stop.set()
+            thread.join()
+
+    def _dispatch(self, tasks: list[tuple[Path, str, str]]) -> None:
+        pending = deque(range(len(tasks)))
+        workers: list[_Worker] = []
+        try:
+            workers = [self._start() for _ in range(min(self.n, len(tasks)))]
+            while not self.stop.is_set() and (pending or any(w.queued for w in workers)):
+                for w in workers:
+                    while (pending and len(w.queued) < WORKER_QUEUE
+                           and pending[0] < self.consumed + self.window):
+                        i = pending.popleft()
+                        w.conn.send((i, *tasks[i]))
+                        w.queued.append(i)
+                ready = set(wait([w.conn for w in workers] + [w.process.sentinel for w in workers], timeout=0.1))
+                for k, w in enumerate(workers):
+                    if w.conn in ready or w.process.sentinel in ready:
+                        if not self._receive(w):
+                            workers[k] = self._replace(w, tasks, pending)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            with self.cond:
+                self.error = e
+                self.cond.notify_all()
+        finally:
+            for w in workers:
+                self._shut(w)
+
+    def _start(self) -> _Worker:
+        parent, child = self.ctx.Pipe()
+        process = self.ctx.Process(target=_worker_main, args=(child, self.spec), daemon=True)
+        process.start()
+        child.close()  # the worker holds the only other end: its death reads as EOF here
+        return _Worker(process, parent)
+
+    def _receive(self, w: _Worker) -> bool:
+        """Take every answer waiting from W; False when W has died."""
+        try:
+            while w.conn.poll():
+                index, (status, payload) = w.conn.recv()
+                if status == "unavailable":
+                    raise BackendUnavailable(payload)
+                if index is None:
+                    w.ready = True
+                    continue
+                assert index == w.queued[0], (index, list(w.queued))
+                w.queued.popleft()
+                with self.cond:
+                    self.answers[index] = Rejected(payload) if status == "rejected" else payload
+                    self.cond.notify_all()
+        except (EOFError, OSError):
+            return False
+        return w.process.is_alive()
+
+    def _replace(self, w: _Worker, tasks: list, pending: deque) -> _Worker:
+        w.process.join(5)
+        code = w.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        if not w.ready:
+            raise RuntimeError(f"a detection worker exited while starting ({how}); "
+                               "run with --workers 1 to see the error")
+        culprit = w.queued.popleft() if w.queued else None
+        pending.extendleft(reversed(w.queued))  # the rest of its queue goes first to the next worker
+        self._shut(w)
+        if culprit is not None:
+            with self.cond:
+                self.answers[culprit] = Rejected(f"detection worker crashed on this image ({how})")
+                self.cond.notify_all()
+        return self._start()
+
+    @staticmethod
+    def _shut(w: _Worker) -> None:
+        if not w.queued:  # idle: let it exit; a busy one (an interrupted run) is stopped at once
+            with contextlib.suppress(OSError, ValueError):
+                w.conn.send(None)
+            w.process.join(5)
+        if w.process.is_alive():
+            w.process.terminate()
+            w.process.join(5)
+        w.conn.close()

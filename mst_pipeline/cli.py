@@ -214,6 +214,9 @@ def align(
     optimizer: str = typer.Option("adam", help="adam | lbfgs."),
     part: str = typer.Option("0/1", help="k/n: process the k-th of n disjoint slices (job arrays)."),
     max_count: int = typer.Option(1000, help="Samples per shard."),
+    overlay: Path | None = typer.Option(None, help="Folder for a check picture per aligned image (DIR/<stem>.jpg): "
+                                        "keypoints, fitted joints and body silhouette."),
+    workers: int = typer.Option(1, min=1, help="Processes decoding images and detecting keypoints for the fits."),
 ) -> None:
     """Align a dataset into full-body space and write shards (paper §3.1).
 
@@ -251,7 +254,8 @@ def align(
         raise typer.Exit(1) from None
     settings = AlignSettings(kind=kind, tier=tier, detector=detector, keypoints_dir=keypoints_dir,
                              batch_size=batch_size, device=device, part=_part(part), max_count=max_count,
-                             smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer), pare=pare)
+                             smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer), pare=pare,
+                             overlay=overlay, workers=workers)
     columns = (TextColumn("align"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:
@@ -266,7 +270,7 @@ def align(
 
         try:
             summary = align_folder(dataset, out, src, fb_space, model, settings, prior=pose_prior, progress=progress)
-        except (BackendUnavailable, ValueError) as e:
+        except (BackendUnavailable, RuntimeError, ValueError) as e:  # incl. a detection worker that cannot start
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(1) from None
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"

@@ -5,9 +5,12 @@ rejects.jsonl, re-runs skip done images and --part slices are disjoint."""
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_space import make_crops
 from typer.testing import CliRunner
@@ -111,12 +114,196 @@ def test_cli_align_with_a_body_model_file(tmp_path, toy):
     write_dataset(data, toy, default_space(toy), n=1)
     out = tmp_path / "shards"
     args = ["align", str(data), "--out", str(out), "--detector", "openpose-json", "--body-model", str(model_file),
-            "--iterations", "120", "--part", "0/1"]
+            "--iterations", "120", "--part", "0/1", "--overlay", str(tmp_path / "overlay")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "3 aligned" in result.output
     keys = [k for shard in complete_shards(out) for k, _ in read_shard(shard)]
     assert all(k.startswith("mydata/") for k in keys) and len(keys) == 3
     assert validate_folder(out).ok
+    assert len(list((tmp_path / "overlay").rglob("*.jpg"))) == 3
     bad = CliRunner().invoke(app, ["align", str(data), "--part", "2/2", "--body-model", str(model_file)])
     assert bad.exit_code == 2
+    bad = CliRunner().invoke(app, ["align", str(data), "--workers", "0", "--body-model", str(model_file)])
+    assert bad.exit_code == 2 and "--workers" in bad.output
+
+
+# ---------------------------------------------------------------------------------------------
+# --overlay: check pictures of the fits
+
+
+def _diff(a, b, x0, y0, x1, y1):
+    """Mean absolute difference of two images over a box."""
+    return float(np.abs(a[y0:y1, x0:x1].astype(int) - b[y0:y1, x0:x1].astype(int)).mean())
+
+
+def _marked(a, b, x, y):
+    """Pixels of the 5×5 box around (x, y) recoloured far beyond JPEG noise."""
+    box = (slice(y - 2, y + 3), slice(x - 2, x + 3))
+    return int((np.abs(a[box].astype(int) - b[box].astype(int)).sum(-1) > 120).sum())
+
+
+def test_overlays_show_the_fit_on_each_aligned_image_only(tmp_path, toy):
+    space = default_space(toy)
+    data = tmp_path / "data"
+    truth = write_dataset(data, toy, space, n=1)
+    add_bad_inputs(data)
+    out, pictures = tmp_path / "shards", tmp_path / "overlay"
+    settings = AlignSettings(detector="openpose-json", batch_size=4, overlay=pictures,
+                             smplify=SmplifyConfig(iterations=120))
+    summary = align_folder(data, out, "synth", space, toy, settings)
+    assert summary.written == len(truth) == 3
+    written = sorted(p.relative_to(pictures).as_posix() for p in pictures.rglob("*") if p.is_file())
+    assert written == sorted(f"{stem.replace('_', '/', 1)}.jpg" for stem in truth)  # nested like the input
+    for stem in truth:
+        rel = stem.replace("_", "/", 1)
+        source = np.asarray(Image.open(data / f"{rel}.jpg").convert("RGB"))
+        picture = np.asarray(Image.open(pictures / f"{rel}.jpg").convert("RGB"))
+        assert picture.shape == source.shape
+        h, w = source.shape[:2]
+        doc = json.loads((data / f"{rel}_keypoints.json").read_text())
+        body = np.asarray(doc["people"][0]["pose_keypoints_2d"]).reshape(25, 3)
+        seen = body[(body[:, 2] > 0) & (body[:, 0] > 4) & (body[:, 0] < w - 4) & (body[:, 1] > 4)
+                    & (body[:, 1] < h - 4)]
+        # Every visible keypoint is marked (a dot over the noise).
+        for x, y, _ in seen:
+            assert _marked(picture, source, int(x), int(y)) >= 5, (stem, x, y)
+        if stem.startswith("people_"):  # the whole body is in view: its bottom corners are bare ground
+            assert _diff(picture, source, 0, h - 24, 24, h) < 12
+            assert _diff(picture, source, w - 24, h - 24, w, h) < 12
+    assert not (pictures / "bad").exists()  # rejected images get no overlay
+
+    # Resume: images already aligned are skipped, their overlays are not redrawn.
+    (pictures / "people" / "full0.jpg").unlink()
+    again = align_folder(data, out, "synth", space, toy, settings)
+    assert again.written == 0 and not (pictures / "people" / "full0.jpg").exists()
+
+
+def _cube():
+    """A unit cube around the origin, faces wound counter-clockwise seen from outside."""
+    v = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    faces = []
+    for a, b, c, d in quads:
+        n = np.cross(v[b] - v[a], v[c] - v[a])
+        if np.dot(n, v[a] + v[b] + v[c] + v[d]) < 0:  # wound inwards: flip
+            a, b, c, d = d, c, b, a
+        faces += [(a, b, c), (a, c, d)]
+    return v, np.array(faces)
+
+
+def test_front_faces_are_those_towards_the_camera_and_cover_the_silhouette():
+    from mst_pipeline.overlay import front_faces, silhouette_mask
+    from mst_pipeline.people import rasterise
+    from mst_pipeline.prior import axis_angle_to_rotmat
+    from mst_pipeline.space import upright_orientation
+
+    v, faces = _cube()
+    # The body model's front (+z) posed as a person facing the camera, then a little turned.
+    R = axis_angle_to_rotmat(torch.as_tensor(upright_orientation("front"))[None]).numpy()[0]
+    turn = axis_angle_to_rotmat(torch.tensor([[0.2, 0.5, 0.0]])).numpy()[0]
+    px = 20 + 8 * (v @ (R @ turn).T)[:, :2]
+    front = {tuple(f) for f in front_faces(px, faces)}
+    assert len(front) == 6  # three of the six sides are seen
+    assert all(tuple(f) in front for f in faces if np.all(v[f][:, 2] == 1))  # the model's +z: its front
+    assert not any(tuple(f) in front for f in faces if np.all(v[f][:, 2] == -1))
+    every_face, _ = rasterise(np.concatenate([px, np.zeros((8, 1))], 1), faces, 40, 40)
+    assert silhouette_mask(px, faces, 40, 40).sum() > 100
+    assert np.array_equal(silhouette_mask(px, faces, 40, 40), every_face >= 0)
+
+
+def test_overlay_tints_the_body_silhouette_and_leaves_the_rest():
+    from mst_pipeline.overlay import SILHOUETTE_ALPHA, SILHOUETTE_RGB, overlay_picture
+
+    image = np.full((120, 100, 3), 128, dtype=np.uint8)
+    empty = {"body": np.zeros((25, 3))}
+    # A square "body" of two triangles in normalised coordinates (the square of side 120 around
+    # the image is [-1, 1]²): pixels x 40..80, y 50..90.
+    verts = np.array([[40, 50], [80, 50], [80, 90], [40, 90]], dtype=np.float64)
+    verts = (verts - [50, 60]) * 2 / 120
+    faces = np.array([[0, 2, 1], [0, 3, 2]])  # clockwise in y-down pixels: facing the camera
+    picture = np.asarray(overlay_picture(image, empty, np.zeros((37, 2)), np.zeros(37, bool), verts,
+                                         np.full((37, 2), 5.0), faces, "full | LR | 0 visible | loss 0"))
+    tint = np.round(128 * (1 - SILHOUETTE_ALPHA) + np.asarray(SILHOUETTE_RGB) * SILHOUETTE_ALPHA)
+    assert np.abs(picture[52:88, 42:78].astype(int) - tint).max() <= 1
+    assert (picture[95:, :] == 128).all() and (picture[40:, :35] == 128).all()
+    assert (picture[:12, :40] != 128).any()  # the legend
+
+
+# ---------------------------------------------------------------------------------------------
+# --workers: detection in worker processes
+
+
+class CrashingDetector:
+    """OpenPose JSON, except that one image kills the process (as a native crash would)."""
+
+    def __init__(self, root, stem):
+        from mst_pipeline.detect import make_detector
+
+        self.inner, self.stem = make_detector("openpose-json", None, root), stem
+
+    def __call__(self, image, path):
+        if path.stem == self.stem:
+            os._exit(3)
+        return self.inner(image, path)
+
+
+def _samples(out):
+    return {k: (f.get("img.jpg") or f["img.png"], json.loads(f["meta.json"])["H"])
+            for shard in complete_shards(out) for k, f in read_shard(shard)}
+
+
+def test_workers_write_the_same_shards_and_reject_what_a_worker_cannot_read(tmp_path, toy):
+    space = default_space(toy)
+    data = tmp_path / "data"
+    truth = write_dataset(data, toy, space, n=1)
+    add_bad_inputs(data)
+    settings = AlignSettings(detector="openpose-json", batch_size=2, smplify=SmplifyConfig(iterations=120))
+    one = align_folder(data, tmp_path / "one", "synth", space, toy, settings)
+    two = align_folder(data, tmp_path / "two", "synth", space, toy, replace(settings, workers=2))
+    assert one.written == two.written == len(truth) and two.rejected == 4
+    assert read_manifest(tmp_path / "two").column("key").to_pylist() == \
+        read_manifest(tmp_path / "one").column("key").to_pylist()
+    assert _samples(tmp_path / "two") == _samples(tmp_path / "one")
+    rejects = {r["path"]: r["reason"] for r in read_rejects(tmp_path / "two")}
+    assert "expected 75" in rejects["bad/malformed.jpg"] and "unreadable" in rejects["bad/corrupt.jpg"]
+
+
+def test_an_image_that_kills_a_worker_is_rejected_and_the_run_goes_on(tmp_path, toy):
+    space = default_space(toy)
+    data = tmp_path / "data"
+    truth = write_dataset(data, toy, space, n=1)
+    settings = AlignSettings(detector="openpose-json", batch_size=2, workers=2,
+                             smplify=SmplifyConfig(iterations=120))
+    summary = align_folder(data, tmp_path / "out", "synth", space, toy, settings,
+                           detector=CrashingDetector(data, "upper0"))
+    assert summary.written == len(truth) - 1 and summary.rejected == 1
+    (reject,) = read_rejects(tmp_path / "out")
+    assert reject["path"] == "crops/upper0.jpg" and "worker crashed" in reject["reason"]
+    assert "exit code 3" in reject["reason"]
+    assert sorted(read_manifest(tmp_path / "out").column("key").to_pylist()) == \
+        sorted(f"synth/{s}" for s in truth if s != "crops_upper0")
+
+
+def test_an_interrupted_run_with_workers_stops_them_and_resumes(tmp_path, toy):
+    import multiprocessing
+
+    space = default_space(toy)
+    data = tmp_path / "data"
+    truth = write_dataset(data, toy, space, n=1)
+    settings = AlignSettings(detector="openpose-json", batch_size=2, workers=2,
+                             smplify=SmplifyConfig(iterations=120))
+
+    def ctrl_c_after_first_batch(done, total):
+        if done > 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        align_folder(data, tmp_path / "out", "synth", space, toy, settings, progress=ctrl_c_after_first_batch)
+    assert not multiprocessing.active_children()  # the workers are stopped
+    assert not list((tmp_path / "out").glob("*.tmp"))  # the first batch is in a complete shard
+    kept = {k for shard in complete_shards(tmp_path / "out") for k, _ in read_shard(shard)}
+    assert len(kept) == 2
+    rest = align_folder(data, tmp_path / "out", "synth", space, toy, settings)
+    assert rest.skipped == 2 and rest.written == len(truth) - 2
+    assert read_manifest(tmp_path / "out").num_rows == len(truth) and validate_folder(tmp_path / "out").ok

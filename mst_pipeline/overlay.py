@@ -1,0 +1,155 @@
+"""`mst align --overlay DIR`: a picture per aligned image to check its fit by eye.
+
+On the input image: the fitted body's silhouette (its mesh projected with the fit's camera and
+rasterised, semi-transparent), the detected keypoints (dots coloured by confidence, BODY_25 and
+hand skeletons), the fitted model's projected joints with a line from each visible keypoint to its
+joint (the reprojection error), and a legend with kind, tier, visible keypoints and fit loss.
+The silhouette goes through `people.rasterise` (the renderer's numpy rasteriser); drawing uses PIL.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from mst_pipeline.people import rasterise
+from mst_pipeline.smplify import fitting_joints, project
+from mst_pipeline.space import _atomic_write, normalised_to_pixels
+
+# OpenPose BODY_25 limbs (pairs of keypoint indices) and the 21-point hand: wrist to each finger.
+BODY25_LIMBS = (
+    (1, 0), (0, 15), (15, 17), (0, 16), (16, 18), (1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7),
+    (1, 8), (8, 9), (9, 10), (10, 11), (11, 24), (11, 22), (22, 23), (8, 12), (12, 13), (13, 14),
+    (14, 21), (14, 19), (19, 20),
+)  # fmt: skip
+HAND_LIMBS = tuple((0 if j % 4 == 1 else j - 1, j) for j in range(1, 21))
+
+SILHOUETTE_RGB = (60, 200, 120)
+SILHOUETTE_ALPHA = 0.35
+JOINT_RGB = (40, 90, 230)  # the fitted model's projected joints (and their error lines)
+LIMB_RGBA = (255, 255, 255, 170)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+def fitted_bodies(model, fits, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """The fitted meshes and fitting joints of a batch, in each image's normalised coordinates.
+
+    fits: FitResults (betas [K], pose [72], cam [3]) -> (vertices [B,V,2], joints [B,37,2]).
+    """
+    f32 = torch.float32
+    betas = torch.as_tensor(np.stack([f.betas for f in fits]), dtype=f32, device=device)
+    pose = torch.as_tensor(np.stack([f.pose for f in fits]), dtype=f32, device=device)
+    cam = torch.as_tensor(np.stack([f.cam for f in fits]), dtype=f32, device=device)
+    with torch.no_grad():
+        out = model(betas=betas, global_orient=pose[:, :3], body_pose=pose[:, 3:])
+        verts = project(out.vertices, cam)
+        joints = project(fitting_joints(out.joints, out.body25), cam)
+    return verts.cpu().numpy().astype(np.float64), joints.cpu().numpy().astype(np.float64)
+
+
+def front_faces(vertices_px: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """The faces [F', 3] turned towards the camera. vertices_px [V, 2] (x right, y down), faces [F, 3].
+
+    The body faces the camera along −z, so an outward (counter-clockwise) face seen from the
+    front winds clockwise in y-down pixels; for a closed mesh these faces alone cover its
+    silhouette, at about half the cost.
+    """
+    faces = np.asarray(faces, dtype=np.int64)
+    a, b, c = (vertices_px[faces[:, k]] for k in range(3))
+    cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    return faces[cross < 0]
+
+
+def silhouette_mask(vertices_px: np.ndarray, faces: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pixels whose centre the mesh covers: bool [height, width] (the renderer's rasteriser)."""
+    points = np.concatenate([vertices_px, np.zeros((len(vertices_px), 1))], axis=1)  # depth is moot
+    triangle, _ = rasterise(points, front_faces(vertices_px, faces), width, height)
+    return triangle >= 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing
+
+
+def confidence_colour(c: float) -> tuple[int, int, int]:
+    """Red (unsure) through yellow to green (confident)."""
+    c = float(np.clip(c, 0, 1))
+    return (int(230 * min(1.0, 2 - 2 * c)), int(200 * min(1.0, 2 * c)), 40)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def draw_overlay(image: np.ndarray, keypoints: dict[str, np.ndarray], joints_px: np.ndarray,
+                 targets_px: np.ndarray, visible: np.ndarray, silhouette: np.ndarray | None,
+                 legend: str) -> Image.Image:
+    """The overlay picture (RGB, the input's size).
+
+    image [h,w,3] uint8; keypoints: groups as `PersonKeypoints.groups()` ([N,3] pixels +
+    confidence); joints_px [37,2] projected fitting joints and targets_px [37,2] their keypoints,
+    with visible [37] bool (which pairs get an error line); silhouette bool [h,w] or None.
+    """
+    h, w = image.shape[:2]
+    base = image.astype(np.float32)
+    if silhouette is not None:
+        a = SILHOUETTE_ALPHA * silhouette[..., None]
+        base = base * (1 - a) + np.asarray(SILHOUETTE_RGB, np.float32) * a
+    canvas = Image.fromarray(np.clip(base + 0.5, 0, 255).astype(np.uint8)).convert("RGBA")
+    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    L = max(w, h)
+    r = max(2.0, L / 256)
+    width = max(1, round(L / 400))
+
+    def dot(p, radius, fill):
+        d.ellipse([p[0] - radius, p[1] - radius, p[0] + radius, p[1] + radius], fill=fill)
+
+    for name, arr in keypoints.items():
+        limbs = BODY25_LIMBS if name == "body" else HAND_LIMBS if name in ("lhand", "rhand") else ()
+        for i, j in limbs:
+            if arr[i, 2] > 0 and arr[j, 2] > 0:
+                d.line([tuple(arr[i, :2]), tuple(arr[j, :2])], fill=LIMB_RGBA, width=width)
+    for i in np.flatnonzero(visible):
+        d.line([tuple(targets_px[i]), tuple(joints_px[i])], fill=JOINT_RGB + (255,), width=width)
+    for name, arr in keypoints.items():
+        for x, y, c in arr:
+            if c > 0:
+                dot((x, y), r if name != "face" else 0.6 * r, confidence_colour(c) + (255,))
+    for p in joints_px:
+        dot(p, 0.7 * r, JOINT_RGB + (255,))
+    font = _font(max(10, L // 48))
+    box = d.textbbox((0, 0), legend, font=font)
+    pad = max(2, L // 200)
+    d.rectangle([0, 0, box[2] + 2 * pad, box[3] + 2 * pad], fill=(0, 0, 0, 150))
+    d.text((pad, pad), legend, fill=(255, 255, 255, 255), font=font)
+    return Image.alpha_composite(canvas, layer).convert("RGB")
+
+
+def write_overlay(path: Path, picture: Image.Image, quality: int = 90) -> None:
+    """Save as JPEG atomically (temp file + rename), creating the folders of nested stems."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG", quality=quality)
+    _atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def overlay_picture(image: np.ndarray, keypoints: dict[str, np.ndarray], targets_px: np.ndarray,
+                    visible: np.ndarray, vertices: np.ndarray, joints: np.ndarray, faces: np.ndarray,
+                    legend: str) -> Image.Image:
+    """One image's overlay from its fitted body in normalised coordinates (`fitted_bodies`):
+    vertices [V,2], joints [37,2]; faces [F,3] of the body model."""
+    h, w = image.shape[:2]
+    silhouette = silhouette_mask(normalised_to_pixels(vertices, w, h), faces, w, h)
+    return draw_overlay(image, keypoints, normalised_to_pixels(joints, w, h), targets_px, visible,
+                        silhouette, legend)
