@@ -105,3 +105,33 @@ def test_real_portrait_and_its_face_crop_land_on_the_head():
     noses = [apply_homography(space.homography(f.cam, ww, hh), k.body[0, :2])
              for (k, ww, hh), f in zip(items, fits, strict=True)]
     assert np.linalg.norm(noses[0] - noses[1]) < 0.03
+
+
+def _hand_at(x: float, y: float, size: float = 40.0) -> np.ndarray:
+    hand = np.zeros((21, 3))
+    hand[:, 0] = x + np.linspace(0, size, 21)
+    hand[:, 1] = y
+    hand[:, 2] = 1.0
+    return hand
+
+
+def test_a_hand_far_from_the_visible_wrists_is_not_the_persons():
+    from mst_pipeline.detect.mediapipe_backend import hand_is_attached
+
+    body = np.zeros((25, 3))
+    body[2], body[5] = (100, 400, 1.0), (400, 400, 1.0)  # shoulders of a portrait, wrists unseen
+    assert not hand_is_attached(_hand_at(250, 470), body)  # a "hand" on the tie
+    body[4] = (90, 700, 0.9)  # the right wrist is visible
+    assert hand_is_attached(_hand_at(110, 690), body)
+    assert not hand_is_attached(_hand_at(300, 690), body)
+    assert hand_is_attached(_hand_at(300, 690), np.zeros((25, 3)))  # a hand crop: no person to check
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="mediapipe not installed")
+def test_mirrored_portrait_finds_no_hand_where_the_person_has_none():
+    photo = read_image(_sample_photo())
+    det = make_detector("mediapipe")
+    for image in (photo, np.ascontiguousarray(photo[:, ::-1])):
+        kp = det(image, Path("portrait.jpg"))
+        assert kp.body[[2, 5], 2].min() > 0.5  # both shoulders seen
+        assert kp.lhand[:, 2].max() == 0 and kp.rhand[:, 2].max() == 0

@@ -5,7 +5,9 @@ models at run time). The layouts are converted by `mst_pipeline.body.keypoints`:
 
 * pose: mediapipe's visibility is the confidence;
 * hands: each detected hand is assigned to the nearer pose wrist (mediapipe's handedness label
-  assumes a mirrored selfie);
+  assumes a mirrored selfie); when the pose sees a person, a hand far from both of its visible
+  wrists is dropped (`hand_is_attached`: in portraits the hand model finds "hands" in ties and
+  folds of clothing, and one such outlier spoils the fit);
 * face mesh: the 70 OpenPose face points, and the nose and eyes where the pose misses them (tight
   face crops). The mesh's face detector finds only faces that fill a fair part of its input, so
   when the pose sees a head the mesh runs on a square crop around it (a full-body photo's face
@@ -63,6 +65,8 @@ class MediaPipeDetector:
             hands = self.hands.process(img)
             for hand in hands.multi_hand_landmarks or []:
                 pts = from_mediapipe_hand21([(p.x * w, p.y * h) for p in hand.landmark])
+                if not hand_is_attached(pts, out.body):
+                    continue
                 side = self._side(pts[0, :2], out.body, hands, hand)
                 if side == "left" and out.lhand[0, 2] == 0:
                     out.lhand = pts
@@ -105,6 +109,21 @@ class MediaPipeDetector:
         idx = (result.multi_hand_landmarks or []).index(hand)
         label = result.multi_handedness[idx].classification[0].label  # mirrored-selfie convention
         return "right" if label == "Left" else "left"
+
+
+def hand_is_attached(hand: np.ndarray, body: np.ndarray, seen: float = 0.5, wrist_seen: float = 0.3) -> bool:
+    """Whether a detected hand [21, 3] belongs to the person of BODY_25 `body` [25, 3].
+
+    Without a confidently seen shoulder there is no person to check against (a hand crop): keep
+    it. Otherwise its wrist must lie within 1.5 hand sizes (or a quarter of the shoulder width)
+    of a visible pose wrist.
+    """
+    if max(body[2, 2], body[5, 2]) < seen:
+        return True
+    size = float(np.ptp(hand[:, :2], axis=0).max())
+    shoulders = float(np.linalg.norm(body[2, :2] - body[5, :2])) if min(body[2, 2], body[5, 2]) >= seen else 0.0
+    reach = max(1.5 * size, 0.25 * shoulders)
+    return any(body[i, 2] > wrist_seen and np.linalg.norm(hand[0, :2] - body[i, :2]) <= reach for i in (4, 7))
 
 
 def head_crop(lm: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
