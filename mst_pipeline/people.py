@@ -3,8 +3,10 @@
 Each index is one person: betas, a standing pose (from a pose set, else the built-in prior of
 `mst_pipeline.hands` with some leg variation) and clothing colours, all drawn from
 `numpy.random.default_rng([seed, index])`. The posed mesh is mapped into full-body space with the
-full-body set's average weak-perspective camera ᾱ (DESIGN §3), so an orthographic render of the
-unit square *is* the full-body image: head top near y = 0.04, feet near 0.96 for the mean body.
+full-body set's average weak-perspective camera ᾱ (DESIGN §3), rescaled per person so that every
+body spans the rows of the mean body (head top near y = 0.04, feet near 0.96 in the built-in
+space), as full-body datasets crop each person; an orthographic render of the unit square *is*
+the full-body image.
 Each person is rendered three times, every view an exact scale + translation of full-body space:
 
 * ``full/``: the whole square at RES pixels;
@@ -35,18 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from mst_pipeline.body import load_body_model
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS, SMPL_JOINT_NAMES
-from mst_pipeline.hands import (
-    ARM_JOINTS,
-    FINGERTIPS,
-    OPENPOSE_HAND_SLOTS,
-    load_body_model,
-    load_pose_set,
-    load_space,
-    prior_pose,
-)
+from mst_pipeline.hands import ARM_JOINTS, FINGERTIPS, OPENPOSE_HAND_SLOTS, load_pose_set, load_space, prior_pose
 from mst_pipeline.shards import encode_image
-from mst_pipeline.space import FullBodySpace, _atomic_write
+from mst_pipeline.space import FullBodySpace, _atomic_write, upright_orientation
 from uh_train.spatial import apply_homography, scale_translate
 
 VIEWS = ("full", "upper", "face")
@@ -171,6 +166,7 @@ class PersonGeometry:
     body25: np.ndarray
     hands: dict[str, np.ndarray]
     rest_points: dict[str, np.ndarray] = field(default_factory=dict)
+    cam: tuple[float, float, float] = (1.0, 0.0, 0.0)  # the person's camera (s, tx, ty), `person_camera`
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -185,7 +181,30 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return np.divide(n, norm, out=np.zeros_like(n), where=norm > 0)
 
 
+def person_camera(model: Any, betas: Sequence[float], space: FullBodySpace) -> FullBodySpace:
+    """The space's ᾱ rescaled for one person: their upright rest body spans the same rows (head top
+    to feet) and column centre as the mean body's does through ᾱ.
+
+    Full-body datasets are cropped to each person, so a tall and a short person fill the frame
+    alike; the MST, which fits the mean shape, maps every image the same way.
+    """
+    import torch
+
+    with torch.no_grad():
+        b = torch.zeros(2, model.num_betas)
+        b[1, : len(betas)] = torch.as_tensor(np.asarray(betas)[: model.num_betas], dtype=torch.float32)
+        upright = torch.as_tensor(np.stack([upright_orientation("front")] * 2), dtype=torch.float32)
+        v = model(betas=b, global_orient=upright).vertices.cpu().numpy().astype(np.float64)
+    (top_m, top_p), (bot_m, bot_p) = v[:, :, 1].min(1), v[:, :, 1].max(1)
+    cx_m, cx_p = 0.5 * (v[:, :, 0].min(1) + v[:, :, 0].max(1))
+    s_bar, tx_bar, ty_bar = space.cam_bar
+    s = s_bar * (bot_m - top_m) / (bot_p - top_p)
+    cam = (s, s_bar * (cx_m + tx_bar) / s - cx_p, s_bar * (top_m + ty_bar) / s - top_p)
+    return FullBodySpace(cam_bar=cam, pitch=space.pitch, density=space.density, source=space.source)
+
+
 def pose_person(model: Any, plan: PersonPlan, space: FullBodySpace) -> PersonGeometry:
+    """Pose the person and map them to full-body space through their camera (`person_camera`)."""
     import torch
 
     with torch.no_grad():
@@ -197,6 +216,7 @@ def pose_person(model: Any, plan: PersonPlan, space: FullBodySpace) -> PersonGeo
     vertices = out.vertices[0].cpu().numpy().astype(np.float64)
     joints = out.joints[0].cpu().numpy().astype(np.float64)
     rest = rest.cpu().numpy().astype(np.float64)
+    space = person_camera(model, plan.betas, space)
     fb = space.to_full_body(vertices)
     extra_ids = model.extra_vertex_ids.cpu().numpy()
     hands = {side: space.to_full_body(joints[[ARM_JOINTS[side]["wrist"], *FINGERTIPS[side]]])[:, :2]
@@ -208,7 +228,7 @@ def pose_person(model: Any, plan: PersonPlan, space: FullBodySpace) -> PersonGeo
         vertices=fb, rest=rest, normals=vertex_normals(fb, model.faces),
         dominant=model.lbs_weights.cpu().numpy().argmax(axis=1),
         body25=space.to_full_body(out.body25[0].cpu().numpy().astype(np.float64))[:, :2], hands=hands,
-        rest_points=rest_points,
+        rest_points=rest_points, cam=space.cam_bar,
     )
 
 
@@ -433,9 +453,11 @@ def stem_of(index: int) -> str:
     return f"person{index:06d}"
 
 
-def truth_record(plan: PersonPlan, view: View) -> dict[str, Any]:
+def truth_record(plan: PersonPlan, geom: PersonGeometry, view: View) -> dict[str, Any]:
+    """One line of truth.jsonl: the image, its exact H and the person's full-image camera."""
     return {"image": f"{view.name}/{stem_of(plan.index)}.png", "index": plan.index, "view": view.name,
-            "width": view.width, "height": view.height, "H": np.asarray(view.H).round(10).tolist()}
+            "width": view.width, "height": view.height, "H": np.asarray(view.H).round(10).tolist(),
+            "cam": [round(float(c), 8) for c in geom.cam]}
 
 
 def read_truth(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -531,7 +553,7 @@ def render_people(out: str | os.PathLike, n: int, res: int = 256, seed: int = 0,
             plan = plan_person(index, seed, model.num_betas, space.pitch, poses)
             geom = pose_person(model, plan, space)
             for view in views(geom, plan, res):
-                records.append(truth_record(plan, view))
+                records.append(truth_record(plan, geom, view))
                 png = out / view.name / f"{stem_of(index)}.png"
                 keypoints = png.with_name(f"{stem_of(index)}_keypoints.json")
                 if png.exists() and keypoints.exists():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_render_hands import toy_model_data
 from typer.testing import CliRunner
@@ -21,7 +22,7 @@ from mst_pipeline.body.model import BodyModel
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
 from mst_pipeline.detect.openpose_json import OpenPoseJsonDetector
-from mst_pipeline.space import default_space
+from mst_pipeline.space import DEFAULT_FEET, DEFAULT_HEAD_TOP, default_space
 from uh_train.spatial import apply_homography, bilinear_sample, density, scale_translate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -88,6 +89,20 @@ def test_full_render_shows_the_person_standing_in_the_central_strip(body):
         ys, xs = np.nonzero(cov > 0)
         assert 0.2 * RES < xs.min() and xs.max() < 0.8 * RES
         assert ys.min() < 0.12 * RES and ys.max() > 0.88 * RES  # head at the top, feet at the bottom
+
+
+def test_every_person_spans_the_mean_bodys_rows_whatever_their_height(body):
+    space = default_space(body)
+    upright = torch.tensor([[np.pi, 0.0, 0.0]])
+    for size in (-3.0, 0.0, 3.0):  # beta 0 scales the capsule body by 3 % per unit
+        cam = people.person_camera(body, [size], space)
+        with torch.no_grad():
+            v = body(betas=torch.tensor([[size]]), global_orient=upright).vertices[0].numpy()
+        fb = cam.to_full_body(v)
+        assert fb[:, 1].min() == pytest.approx(DEFAULT_HEAD_TOP, abs=1e-5)
+        assert fb[:, 1].max() == pytest.approx(DEFAULT_FEET, abs=1e-5)
+        assert 0.5 * (fb[:, 0].min() + fb[:, 0].max()) == pytest.approx(0.5, abs=1e-5)
+        assert (cam.cam_bar[0] < space.cam_bar[0]) == (size > 0)
 
 
 def test_rendered_extent_matches_the_projected_mesh_and_joints(body):
