@@ -254,6 +254,8 @@ def smplify_p(model, targets: np.ndarray, confidence: np.ndarray, *, prior: Pose
     """
     cfg = config or SmplifyConfig()
     dev = torch.device(device) if device is not None else model.v_template.device
+    if hasattr(model, "joint_model"):  # the fit needs joints only: skip the other vertices
+        model = model.joint_model()
     targets = np.asarray(targets, dtype=np.float64)
     confidence = np.asarray(confidence, dtype=np.float64)
     if targets.ndim != 3 or targets.shape[1:] != (NUM_TARGETS, 2) or confidence.shape != targets.shape[:2]:

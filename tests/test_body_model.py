@@ -267,3 +267,16 @@ def test_cli_build_open_prints_its_path_and_the_file_is_a_model(tmp_path):
     model = BodyModel.from_file(out)
     assert model.num_betas == 10 and len(model.parents) == 24
     assert "CC0" in model.attribution
+
+
+def test_joint_model_gives_the_same_joints_from_far_fewer_vertices(open_model):
+    reduced = open_model.joint_model()
+    assert reduced.num_vertices < open_model.num_vertices / 2
+    assert open_model.joint_model() is reduced  # cached
+    assert not any(k.startswith("_joint") for k in open_model.state_dict())
+    g = torch.Generator().manual_seed(1)
+    kw = {"betas": torch.randn(3, 10, generator=g), "global_orient": 0.5 * torch.randn(3, 3, generator=g),
+          "body_pose": 0.4 * torch.randn(3, 69, generator=g), "transl": torch.randn(3, 3, generator=g)}
+    full, small = open_model(**kw), reduced(**kw)
+    np.testing.assert_allclose(small.joints.numpy(), full.joints.numpy(), atol=1e-5)
+    np.testing.assert_allclose(small.body25.numpy(), full.body25.numpy(), atol=1e-5)

@@ -136,6 +136,32 @@ class BodyModel(nn.Module):
             transl=transl,
         )
 
+    def joint_model(self) -> BodyModel:
+        """The same model reduced to the vertices its joints depend on (cached).
+
+        Joints come from the regressor's vertices (shaped, unposed) and the 21 extra vertices
+        (posed); no other vertex matters to a fit. On the open model that is 198 of its 13,718 vertices,
+        and SMPLify-P runs on it. Its joints equal this model's; its `vertices` are the kept subset.
+        """
+        cached = self.__dict__.get("_joint_model")
+        if cached is not None and cached.v_template.device == self.v_template.device:
+            return cached
+        reg = self.J_regressor.detach().cpu().numpy()
+        extra = self.extra_vertex_ids.cpu().numpy()
+        keep = np.union1d(np.flatnonzero(np.abs(reg).sum(0) > 0), extra)
+        P = self.posedirs.shape[0]
+        posedirs = self.posedirs.detach().cpu().numpy().reshape(P, -1, 3)[:, keep].transpose(1, 2, 0)
+        data = BodyModelData(
+            v_template=self.v_template.cpu().numpy()[keep], shapedirs=self.shapedirs.cpu().numpy()[keep],
+            posedirs=np.ascontiguousarray(posedirs), J_regressor=reg[:, keep],
+            weights=self.lbs_weights.cpu().numpy()[keep], parents=np.array(self.parents),
+            faces=np.zeros((0, 3), np.int64), extra_vertex_ids=np.searchsorted(keep, extra),
+            attribution=self.attribution,
+        )
+        reduced = BodyModel(data).to(self.v_template.device)
+        self.__dict__["_joint_model"] = reduced  # a plain attribute: not a submodule, not in state_dict
+        return reduced
+
     def to_smplx(self):
         """The same model as an ``smplx.SMPL`` module (for tools built on smplx)."""
         import smplx
