@@ -12,8 +12,8 @@ echo "==> inputs for mst align and mst render-hands (a small SMPL-format body, O
 echo "==> mst align (openpose-json)"
 .venv/bin/mst align "$OUT/inputs/people" --detector openpose-json --body-model "$OUT/inputs/body.npz" \
   --iterations 120 --batch-size 8 --source people --out "$OUT/shards"
-echo "==> mst render-hands"
-.venv/bin/mst render-hands --n 2 --res 64 --body-model "$OUT/inputs/body.npz" --out "$OUT/shards"
+echo "==> mst render-hands (the bare command: the open default body model)"
+.venv/bin/mst render-hands --n 2 --res 64 --out "$OUT/shards"
 echo "==> mst validate"
 .venv/bin/mst validate "$OUT/shards"
 .venv/bin/mst preview "$OUT/shards" --out "$OUT/preview.png" --n 16
