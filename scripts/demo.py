@@ -37,13 +37,13 @@ os.environ.setdefault("ANNY_CACHE_DIR", str(ROOT / ".cache" / "anny"))  # as the
 class Size:
     """How big the demo is: the default fits 15 minutes on 2 CPU cores; --small is the test's."""
 
-    people: int = 16
+    people: int = 24
     res: int = 128
     iterations: int = 150  # SMPLify-P iterations per image
     prior_epochs: int = 100
     hands: int = 16
     hand_res: int = 128
-    kimg1: float = 2.0
+    kimg1: float = 3.0
     kimg2: float = 1.0
     batch: int = 8
     seeds: str = "0-7"
