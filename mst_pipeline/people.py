@@ -116,6 +116,7 @@ def _colour(rng: np.random.Generator, lo: float, hi: float) -> tuple[int, int, i
 
 def plan_person(index: int, seed: int, num_betas: int, pitch: float,
                 poses: dict[str, np.ndarray] | None = None) -> PersonPlan:
+    """Every random choice of person INDEX; POSES (`load_pose_set`) replaces the built-in pose prior."""
     rng = np.random.default_rng([seed, index])
     if poses is not None:
         pose = poses["pose"][int(rng.integers(len(poses["pose"])))].copy()
@@ -156,7 +157,7 @@ class PersonGeometry:
     rest-pose vertices (metres, Y up), where the surface patterns live; normals [V, 3] of the posed
     mesh (unit, camera frame); dominant [V] the dominant skinning joint; body25 [25, 2];
     hands {"left"/"right": [6, 2]} wrist + fingertips thumb..pinky; rest_points: rest positions of
-    the eyes, nose and head joint for the face pattern.
+    the eyes, nose, head and neck joints (face pattern, hairline, neckline).
     """
 
     vertices: np.ndarray

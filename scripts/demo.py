@@ -219,7 +219,7 @@ def stages(demo: Path, size: Size) -> list[Stage]:
                "--scale", "8", "--out", str(demo / "face")], [demo / "face" / "grid.png"],
               images=[demo / "face" / "grid.png"]),
         Stage("zoom: hand", "uh-generate --patch: a hand region at the 256 px scale.",
-              [gen, "--ckpt", str(s2 / "network-latest.safetensors"), "--seeds", size.seeds, "--patch", "0.36,0.5",
+              [gen, "--ckpt", str(s2 / "network-latest.safetensors"), "--seeds", size.seeds, "--patch", "0.33,0.42",
                "--scale", "8", "--out", str(demo / "hand")], [demo / "hand" / "grid.png"],
               images=[demo / "hand" / "grid.png"]),
         Stage("evaluate", "uh-eval with small counts: FID, patch FID, keypoint FID, precision/recall.",
