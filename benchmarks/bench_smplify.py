@@ -64,7 +64,8 @@ def run() -> str:
     lines = [
         "## SMPLify-P fitting throughput",
         "",
-        f"{name}; {ITERATIONS} iterations per image (first 60 / 20 camera-only), CPU, "
+        f"{name} (fits run on its `joint_model()`: {model.joint_model().num_vertices} of "
+        f"{model.num_vertices} vertices); {ITERATIONS} iterations per image (first 60 / 20 camera-only), CPU, "
         f"{torch.get_num_threads()} torch threads. Keypoints projected from {N} posed bodies with known "
         "cameras (BODY_25 + hand points inside the image). Reprojection error in normalised units "
         "(1.0 = half the image side); camera error = |s − s_true| / s_true.",
