@@ -134,3 +134,10 @@ def test_unknown_metric_and_bad_fid_resolution(synthetic, tmp_path, fast_incepti
     result = _run("--init", "random", "--shards", synthetic, "--fid-res", "48", "--out", tmp_path / "o",
                   "--inception", fast_inception)
     _assert_one_line_error(result, "multiple of the patch resolution 32")
+
+
+def test_precision_recall_on_too_few_real_images_is_a_one_line_error(tmp_path, fast_inception):
+    folder = write_pattern_shards(tmp_path / "three", n=3)
+    result = _run("--init", "random", "--shards", folder, "--metrics", "pr", "--n", "8", "--out", tmp_path / "o",
+                  "--inception", fast_inception, "--no-cache")
+    _assert_one_line_error(result, "k=3", "have 3 real")

@@ -147,6 +147,10 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
         real_feats = real["features"].astype(np.float64)
         if len(real_feats) < 2:
             raise MetricsError(f"only {len(real_feats)} full-body image in the shards; FID needs at least 2")
+        if "pr" in cfg.metrics and min(len(real_feats), cfg.n) <= cfg.k:
+            raise MetricsError(
+                f"precision/recall with k={cfg.k} needs more than {cfg.k} real and generated full-body images "
+                f"(have {len(real_feats)} real, --n {cfg.n}); add images, raise --n or leave pr out of --metrics")
         advance = on_task(f"generated full images ({fid_res} px)", cfg.n)
         fake = _fake_stats(fakes.full_image_batches(gen, cfg.n, fid_res, cfg.seed, cfg.batch), features, advance,
                            keep="pr" in cfg.metrics)
