@@ -18,6 +18,10 @@ test *ARGS: setup
     {{py}} -m pytest {{ARGS}}
     bash scripts/ci_shards.sh
 
+# The slow end-to-end test: the demo's smallest setting into a temporary folder (CI runs it too).
+test-demo: setup
+    {{py}} -m pytest -m slow tests/test_demo.py
+
 # Run the whole pipeline end to end on the embedded defaults and write demo/report.html.
 demo: setup
     bash scripts/demo.sh
