@@ -4,6 +4,7 @@ rejects.jsonl, re-runs skip done images and --part slices are disjoint."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import replace
@@ -307,3 +308,36 @@ def test_an_interrupted_run_with_workers_stops_them_and_resumes(tmp_path, toy):
     rest = align_folder(data, tmp_path / "out", "synth", space, toy, settings)
     assert rest.skipped == 2 and rest.written == len(truth) - 2
     assert read_manifest(tmp_path / "out").num_rows == len(truth) and validate_folder(tmp_path / "out").ok
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="mediapipe not installed")
+def test_real_portraits_through_mediapipe_and_the_open_model_land_on_the_body(tmp_path, open_model):
+    """The issue's acceptance run: `mst align photos/` with every default (mediapipe, the open body
+    model, the built-in space) on a real portrait, its mirror and a face crop, plus a picture with no
+    person and a corrupt file."""
+    cbook = pytest.importorskip("matplotlib.cbook")
+    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    data = tmp_path / "photos"
+    data.mkdir()
+    photo.save(data / "portrait.jpg")
+    photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(data / "mirror.jpg")
+    photo.crop((130, 40, 400, 310)).resize((512, 512)).save(data / "face.jpg")
+    Image.new("RGB", (300, 300), (120, 140, 160)).save(data / "wall.jpg")
+    (data / "corrupt.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    out = tmp_path / "shards"
+    res = CliRunner().invoke(app, ["align", str(data), "--out", str(out), "--overlay", str(tmp_path / "ov")])
+    assert res.exit_code == 0, res.output
+    assert validate_folder(out).ok
+    rejects = {r["key"]: r["reason"] for r in read_rejects(out)}
+    assert set(rejects) == {"photos/wall", "photos/corrupt"}
+    assert "no person" in rejects["photos/wall"] and "unreadable" in rejects["photos/corrupt"]
+    metas = {k: json.loads(f["meta.json"]) for shard in complete_shards(out) for k, f in read_shard(shard)}
+    kinds = {key: meta["kind"] for key, meta in metas.items()}
+    assert kinds == {"photos/portrait": "upper", "photos/mirror": "upper", "photos/face": "face"}
+    for key, meta in metas.items():
+        nose = np.asarray(meta["keypoints"]["body"])[0]  # already in full-body space
+        assert 0.4 < nose[0] < 0.6 and 0.02 < nose[1] < 0.2, (key, nose)  # on the default space's head
+        assert (tmp_path / "ov" / f"{key.split('/')[1]}.jpg").is_file()
+    again = CliRunner().invoke(app, ["align", str(data), "--out", str(out)])
+    assert again.exit_code == 0 and "3 already done" in again.output
+    assert sorted(_samples(out)) == sorted(metas)
