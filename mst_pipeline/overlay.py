@@ -18,7 +18,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mst_pipeline.people import rasterise
 from mst_pipeline.smplify import fitting_joints, project
-from mst_pipeline.space import _atomic_write, normalised_to_pixels
+from mst_pipeline.space import normalised_to_pixels
+from uh_train.atomic import atomic_write_bytes
 
 # OpenPose BODY_25 limbs (pairs of keypoint indices) and the 21-point hand: wrist to each finger.
 BODY25_LIMBS = (
@@ -141,7 +142,7 @@ def write_overlay(path: Path, picture: Image.Image, quality: int = 90) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     picture.save(buf, format="JPEG", quality=quality)
-    _atomic_write(path, lambda f: f.write(buf.getvalue()))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def overlay_picture(image: np.ndarray, keypoints: dict[str, np.ndarray], targets_px: np.ndarray,

@@ -41,7 +41,8 @@ from mst_pipeline.body import load_body_model
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS, SMPL_JOINT_NAMES
 from mst_pipeline.hands import ARM_JOINTS, FINGERTIPS, OPENPOSE_HAND_SLOTS, load_pose_set, load_space, prior_pose
 from mst_pipeline.shards import encode_image
-from mst_pipeline.space import FullBodySpace, _atomic_write, upright_orientation
+from mst_pipeline.space import FullBodySpace, upright_orientation
+from uh_train.atomic import atomic_write_bytes, atomic_write_text
 from uh_train.spatial import apply_homography, scale_translate
 
 VIEWS = ("full", "upper", "face")
@@ -563,12 +564,12 @@ def render_people(out: str | os.PathLike, n: int, res: int = 256, seed: int = 0,
                 image, coverage = render_view(geom, faces, plan, view)
                 covered[view.name].append(float(coverage.mean()))
                 document = json.dumps(openpose_document(geom, view))
-                _atomic_write(keypoints, lambda f, d=document: f.write(d.encode()))
-                _atomic_write(png, lambda f, im=image: f.write(encode_image(im, "png")))
+                atomic_write_text(keypoints, document)
+                atomic_write_bytes(png, encode_image(image, "png"))
                 summary.rendered += 1
             bar.advance(task)
     lines = "".join(json.dumps(r) + "\n" for r in records)
-    _atomic_write(out / "truth.jsonl", lambda f: f.write(lines.encode()))
+    atomic_write_text(out / "truth.jsonl", lines)
     summary.coverage = {k: float(np.mean(v)) for k, v in covered.items() if v}
     summary.seconds = time.perf_counter() - start
     return summary

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mst_pipeline.shards import ShardError, complete_shards, read_shard
+from uh_train.atomic import atomic_path
 from uh_train.spatial import warp_to_canvas
 
 LABEL_HEIGHT = 14
@@ -125,9 +125,7 @@ def make_contact_sheet(folder: str | Path, out: str | Path, n: int = 64, tile: i
         else:
             sheet.paste(Image.fromarray(tile_img), (x, y))
         draw.text((x + 2, y + tile), key[: tile // 6], fill=(0, 0, 0))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, format="PNG")
     return len(samples)
 

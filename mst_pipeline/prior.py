@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from uh_train.atomic import atomic_path
+
 NUM_BODY_JOINTS = 21
 LATENT_DIM = 32
 HIDDEN = 512
@@ -214,11 +216,9 @@ def load_strict(module: nn.Module, state: dict[str, Tensor], name: str) -> None:
 def save_prior(prior: PosePrior, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Save in VPoser's snapshot layout ({'state_dict': {'vp_model.' + key: tensor}}), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {CHECKPOINT_PREFIX + k: v.detach().cpu() for k, v in prior.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": state, "meta": dict(meta or {})}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "meta": dict(meta or {})}, tmp)
     return path
 
 

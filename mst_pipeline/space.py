@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from uh_train.atomic import atomic_write, atomic_write_text
 from uh_train.spatial import apply_homography, density, image_region, scale_translate
 
 # SHHQ layout of the built-in space: head top and feet of the mean body, in full-body y.
@@ -164,9 +164,9 @@ class FullBodySpace:
             arrays = {"pose": np.asarray(self.poses, dtype=np.float32)}
             if self.betas is not None:
                 arrays["betas"] = np.asarray(self.betas, dtype=np.float32)
-            _atomic_write(poses_path, lambda f: np.savez(f, **arrays))
+            atomic_write(poses_path, lambda f: np.savez(f, **arrays))
             record["poses"] = poses_path.name
-        _atomic_write(path, lambda f: f.write(json.dumps(record, indent=2).encode()))
+        atomic_write_text(path, json.dumps(record, indent=2))
         return path
 
 
@@ -228,15 +228,6 @@ def space_from_fits(cams: np.ndarray, poses: np.ndarray, betas: np.ndarray, dens
     )
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapipe",

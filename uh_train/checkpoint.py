@@ -35,7 +35,6 @@ import io
 import json
 import os
 import pickle
-import tempfile
 import types
 import zipfile
 from collections.abc import Mapping
@@ -46,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from uh_train.atomic import atomic_path
 
 from .networks.discriminator import Discriminator, DiscriminatorConfig
 from .networks.generator import Generator, GeneratorConfig
@@ -92,15 +93,8 @@ def save_checkpoint(
         if entry is not None:
             networks[name] = entry
     meta = {**(config or {}), "format": FORMAT, "networks": networks}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"config": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"config": json.dumps(meta)})
     return path
 
 

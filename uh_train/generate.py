@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import typer
+
+from uh_train.atomic import atomic_write_bytes
 
 app = typer.Typer(
     add_completion=False,
@@ -55,14 +55,7 @@ def write_png(path: Path, array) -> None:
 
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def sample_grid(images: list, cell: int = 256):

@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 
 from uh_train import losses
+from uh_train.atomic import atomic_path, atomic_write_text
 from uh_train.data import PatchBatches, PatchConfig, StreamState
 from uh_train.train_state import load_state, save_state
 
@@ -221,9 +222,8 @@ def save_training_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, op
     save_checkpoint(network, {"G_ema": G_ema}, config=info)
     save_checkpoint(out / "network-latest.safetensors", {"G_ema": G_ema}, config=info)
     latest = out / "latest.json"
-    tmp = latest.with_name("latest.json.tmp")
-    tmp.write_text(json.dumps({"state": path.name, "network": network.name, "nimg": prog.nimg, "step": prog.step}))
-    os.replace(tmp, latest)
+    atomic_write_text(latest, json.dumps({"state": path.name, "network": network.name, "nimg": prog.nimg,
+                                          "step": prog.step}))
     for old in sorted(out.glob("training-state-*.safetensors"))[:-KEEP_STATES]:
         old.unlink()  # training states are large; the per-snapshot networks are kept
     return path
@@ -462,9 +462,8 @@ def sample_grid(G, z: torch.Tensor, path: Path) -> np.ndarray:
         img = G(z, T).float().clamp(-1, 1)
         cols.append(((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     grid = np.concatenate([np.concatenate(list(c), axis=0) for c in cols], axis=1)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
     return grid
 
 
@@ -484,9 +483,7 @@ def _truncate_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in lines))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 def _tensorboard(out: Path):

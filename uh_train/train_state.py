@@ -14,6 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from uh_train.atomic import atomic_path
+
 _TENSOR = "__tensor__"
 
 
@@ -55,9 +57,8 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     skeleton = _flatten(state, "", tensors)
     # safetensors refuses tensors that share memory; the copies are cheap next to a training step.
     tensors = {k: v.clone() for k, v in tensors.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"skeleton": json.dumps(skeleton)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"skeleton": json.dumps(skeleton)})
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:

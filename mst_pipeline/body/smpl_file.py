@@ -23,7 +23,6 @@ import copyreg
 import io
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS, SMPL_PARENTS
+from uh_train.atomic import atomic_write
 
 FORMAT = "unitedhuman-body/1"
 REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
@@ -374,15 +374,7 @@ def write_model_npz(data: BodyModelData, path: str | os.PathLike) -> Path:
     if data.extra_vertex_ids is not None:
         arrays["extra_vertex_ids"] = data.extra_vertex_ids.astype(np.int64)
         arrays["extra_vertex_names"] = np.array(EXTRA_VERTEX_NAMES)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def import_model(src: str | os.PathLike, out: str | os.PathLike) -> BodyModelData:

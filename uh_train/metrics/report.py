@@ -4,10 +4,10 @@ the paper's Table 1: FID, pFID, kFID per keypoint group and their mean, then pre
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from uh_train.atomic import atomic_write_text
 
 from .patches import KFID_GROUPS
 
@@ -42,23 +42,12 @@ def markdown_table(result: dict[str, Any], method: str) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"* {n}" for n in notes) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_report(out: str | Path, result: dict[str, Any], method: str) -> tuple[Path, Path]:
     """Write `metrics.json` and `metrics.md` into `out` (atomically); returns both paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"format": FORMAT, "method": method, **result}
     json_path, md_path = out / "metrics.json", out / "metrics.md"
-    _write_atomic(json_path, json.dumps(record, indent=2, sort_keys=False) + "\n")
-    _write_atomic(md_path, f"# Evaluation: {method}\n\n" + markdown_table(result, method))
+    atomic_write_text(json_path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(md_path, f"# Evaluation: {method}\n\n" + markdown_table(result, method))
     return json_path, md_path
