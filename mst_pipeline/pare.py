@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import pickle
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from mst_pipeline.smplify import (
     visibility,
 )
 from mst_pipeline.space import normalised_to_pixels
+from mst_pipeline.state_keys import KeyReport, compare_state
 from uh_train.checkpoint import RestrictedUnpickler
 from uh_train.spatial import bilinear_sample
 
@@ -434,32 +435,6 @@ class PareCheckpointError(ValueError):
     """A file that cannot be read safely or holds no PARE network."""
 
 
-@dataclass
-class KeyReport:
-    """How a checkpoint's network keys met `Pare`'s: loaded, and by name the missing (kept at
-    their initial values), unexpected and shape-mismatched ones (not loaded); `ignored` counts the
-    checkpoint's non-network entries (SMPL buffers, trainer state)."""
-
-    loaded: int = 0
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    ignored: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def describe(self) -> str:
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:12]) + (f" … ({len(keys)} in all)" if len(keys) > 12 else "")
-
-        parts = [f"missing {len(self.missing)}: {few(self.missing)}" if self.missing else "",
-                 f"unexpected {len(self.unexpected)}: {few(self.unexpected)}" if self.unexpected else "",
-                 f"shape mismatch: {few(self.mismatched)}" if self.mismatched else ""]
-        return "; ".join(p for p in parts if p) or f"all {self.loaded} network tensors loaded"
-
-
 class _Inert:
     """Stand-in for a global the allow-list does not know: it can be created empty and given
     state (yacs' CfgNode, Lightning's callback classes), but calling it — how a pickle runs a
@@ -550,17 +525,7 @@ def load_pare_checkpoint(path: str | os.PathLike, device: str | torch.device = "
     """
     state, ignored = network_state(read_checkpoint(path), str(path))
     net = Pare()
-    own = net.state_dict()
-    report = KeyReport(ignored=ignored)
-    report.missing = sorted(set(own) - set(state))
-    report.unexpected = sorted(set(state) - set(own))
-    usable = {}
-    for k in sorted(set(own) & set(state)):
-        if tuple(state[k].shape) != tuple(own[k].shape):
-            report.mismatched.append(f"{k}: {list(state[k].shape)} vs {list(own[k].shape)}")
-        else:
-            usable[k] = state[k].to(own[k].dtype)
-    report.loaded = len(usable)
+    report, usable = compare_state(net, state, ignored)
     if strict and not report.ok:
         raise PareCheckpointError(f"{path} does not fit the released PARE network: {report.describe()}")
     net.load_state_dict(usable, strict=False)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mst_pipeline.state_keys import compare_state
 from uh_train.atomic import atomic_path
 
 NUM_BODY_JOINTS = 21
@@ -198,18 +199,9 @@ def load_prior(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
 
 def load_strict(module: nn.Module, state: dict[str, Tensor], name: str) -> None:
     """load_state_dict that reports every missing, unexpected and mis-shaped key in one error."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k}: {list(state[k].shape)} vs {list(own[k].shape)}" for k in set(own) & set(state)
-                    if tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or shapes:
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:12]) + (f" … ({len(keys)} in all)" if len(keys) > 12 else "")
-        parts = [f"missing {len(missing)}: {few(missing)}" if missing else "",
-                 f"unexpected {len(unexpected)}: {few(unexpected)}" if unexpected else "",
-                 f"shape mismatch: {few(shapes)}" if shapes else ""]
-        raise CheckpointError(f"{name} does not fit {type(module).__name__}: " + "; ".join(p for p in parts if p))
+    report, _ = compare_state(module, state)
+    if not report.ok:
+        raise CheckpointError(f"{name} does not fit {type(module).__name__}: {report.describe()}")
     module.load_state_dict(state, strict=True)
 
 
