@@ -139,7 +139,6 @@ def draw_overlay(image: np.ndarray, keypoints: dict[str, np.ndarray], joints_px:
 
 def write_overlay(path: Path, picture: Image.Image, quality: int = 90) -> None:
     """Save as JPEG atomically (temp file + rename), creating the folders of nested stems."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     picture.save(buf, format="JPEG", quality=quality)
     atomic_write_bytes(path, buf.getvalue())

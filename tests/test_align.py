@@ -17,7 +17,7 @@ from test_space import make_crops
 from typer.testing import CliRunner
 
 from mst_pipeline.align import AlignSettings, align_folder, list_images, read_rejects
-from mst_pipeline.body.smpl_file import BodyModelData, write_model_npz
+from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
 from mst_pipeline.shards import complete_shards, read_manifest, read_shard
 from mst_pipeline.smplify import SmplifyConfig
@@ -106,11 +106,7 @@ def test_parts_are_disjoint_and_cover_the_folder(tmp_path):
 
 def test_cli_align_with_a_body_model_file(tmp_path, toy):
     model_file = tmp_path / "toy.npz"
-    write_model_npz(BodyModelData(
-        v_template=toy.v_template.numpy(), shapedirs=toy.shapedirs.numpy(),
-        posedirs=toy.posedirs.numpy().T.reshape(-1, 3, 207), J_regressor=toy.J_regressor.numpy(),
-        weights=toy.lbs_weights.numpy(), parents=np.array(toy.parents), faces=toy.faces,
-        extra_vertex_ids=toy.extra_vertex_ids.numpy()), model_file)
+    write_model_npz(toy.data(), model_file)
     data = tmp_path / "mydata"
     write_dataset(data, toy, default_space(toy), n=1)
     out = tmp_path / "shards"

@@ -13,7 +13,7 @@ import torch
 from test_align import write_dataset
 from typer.testing import CliRunner
 
-from mst_pipeline.body.smpl_file import BodyModelData, write_model_npz
+from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
 from mst_pipeline.pare import (
     IMAGENET_MEAN,
@@ -322,11 +322,7 @@ def align_args(tmp_path, toy):
     from mst_pipeline.space import default_space
 
     model_file = tmp_path / "toy.npz"
-    write_model_npz(BodyModelData(
-        v_template=toy.v_template.numpy(), shapedirs=toy.shapedirs.numpy(),
-        posedirs=toy.posedirs.numpy().T.reshape(-1, 3, 207), J_regressor=toy.J_regressor.numpy(),
-        weights=toy.lbs_weights.numpy(), parents=np.array(toy.parents), faces=toy.faces,
-        extra_vertex_ids=toy.extra_vertex_ids.numpy()), model_file)
+    write_model_npz(toy.data(), model_file)
     data = tmp_path / "mydata"
     write_dataset(data, toy, default_space(toy), n=1)
     return ["align", str(data), "--detector", "openpose-json", "--body-model", str(model_file), "--iterations", "120"]

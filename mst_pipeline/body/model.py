@@ -136,6 +136,17 @@ class BodyModel(nn.Module):
             transl=transl,
         )
 
+    def data(self) -> BodyModelData:
+        """The model's arrays as a `BodyModelData` (e.g. for `write_model_npz`)."""
+        P = self.posedirs.shape[0]
+        return BodyModelData(
+            v_template=self.v_template.cpu().numpy(), shapedirs=self.shapedirs.cpu().numpy(),
+            posedirs=np.ascontiguousarray(self.posedirs.cpu().numpy().T.reshape(self.num_vertices, 3, P)),
+            J_regressor=self.J_regressor.cpu().numpy(), weights=self.lbs_weights.cpu().numpy(),
+            parents=np.array(self.parents), faces=self.faces, extra_vertex_ids=self.extra_vertex_ids.cpu().numpy(),
+            attribution=self.attribution,
+        )
+
     def joint_model(self) -> BodyModel:
         """The same model reduced to the vertices its joints depend on (cached).
 
@@ -146,19 +157,15 @@ class BodyModel(nn.Module):
         cached = self.__dict__.get("_joint_model")
         if cached is not None and cached.v_template.device == self.v_template.device:
             return cached
-        reg = self.J_regressor.detach().cpu().numpy()
-        extra = self.extra_vertex_ids.cpu().numpy()
-        keep = np.union1d(np.flatnonzero(np.abs(reg).sum(0) > 0), extra)
-        P = self.posedirs.shape[0]
-        posedirs = self.posedirs.detach().cpu().numpy().reshape(P, -1, 3)[:, keep].transpose(1, 2, 0)
-        data = BodyModelData(
-            v_template=self.v_template.cpu().numpy()[keep], shapedirs=self.shapedirs.cpu().numpy()[keep],
-            posedirs=np.ascontiguousarray(posedirs), J_regressor=reg[:, keep],
-            weights=self.lbs_weights.cpu().numpy()[keep], parents=np.array(self.parents),
-            faces=np.zeros((0, 3), np.int64), extra_vertex_ids=np.searchsorted(keep, extra),
-            attribution=self.attribution,
+        d = self.data()
+        keep = np.union1d(np.flatnonzero(np.abs(d.J_regressor).sum(0) > 0), d.extra_vertex_ids)
+        reduced_data = BodyModelData(
+            v_template=d.v_template[keep], shapedirs=d.shapedirs[keep], posedirs=d.posedirs[keep],
+            J_regressor=d.J_regressor[:, keep], weights=d.weights[keep], parents=d.parents,
+            faces=np.zeros((0, 3), np.int64), extra_vertex_ids=np.searchsorted(keep, d.extra_vertex_ids),
+            attribution=d.attribution,
         )
-        reduced = BodyModel(data).to(self.v_template.device)
+        reduced = BodyModel(reduced_data).to(self.v_template.device)
         self.__dict__["_joint_model"] = reduced  # a plain attribute: not a submodule, not in state_dict
         return reduced
 
@@ -167,15 +174,10 @@ class BodyModel(nn.Module):
         import smplx
         from smplx.utils import Struct
 
-        P = self.posedirs.shape[0]
+        d = self.data()
         struct = Struct(
-            v_template=self.v_template.cpu().numpy(),
-            shapedirs=self.shapedirs.cpu().numpy(),
-            posedirs=self.posedirs.cpu().numpy().T.reshape(self.num_vertices, 3, P),
-            J_regressor=self.J_regressor.cpu().numpy(),
-            weights=self.lbs_weights.cpu().numpy(),
-            kintree_table=np.stack([np.array(self.parents), np.arange(len(self.parents))]),
-            f=self.faces,
+            v_template=d.v_template, shapedirs=d.shapedirs, posedirs=d.posedirs, J_regressor=d.J_regressor,
+            weights=d.weights, kintree_table=np.stack([d.parents, np.arange(len(d.parents))]), f=d.faces,
         )
-        ids = dict(zip(EXTRA_VERTEX_NAMES, self.extra_vertex_ids.tolist(), strict=True))
+        ids = dict(zip(EXTRA_VERTEX_NAMES, d.extra_vertex_ids.tolist(), strict=True))
         return smplx.SMPL(model_path="", data_struct=struct, num_betas=self.num_betas, vertex_ids=ids)

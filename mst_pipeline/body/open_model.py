@@ -38,6 +38,7 @@ import numpy as np
 
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS, SMPL_JOINT_NAMES, SMPL_PARENTS
 from mst_pipeline.body.smpl_file import BodyModelData, BodyModelError, read_model_file, write_model_npz
+from mst_pipeline.prior import axis_angle_to_rotmat_np
 
 OPEN_MODEL_VERSION = 1
 NUM_BETAS = 10
@@ -130,16 +131,6 @@ def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return eye + K + (K @ K) / (1.0 + c)[..., None, None]
 
 
-def _axis_rotation(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Rotations by ANGLE [N] about unit AXIS [N, 3] -> [N, 3, 3]."""
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
-    K = np.zeros(axis.shape[:-1] + (3, 3))
-    K[..., 0, 1], K[..., 0, 2], K[..., 1, 0] = -z, y, z
-    K[..., 1, 2], K[..., 2, 0], K[..., 2, 1] = -x, -y, x
-    s, c = np.sin(angle)[..., None, None], np.cos(angle)[..., None, None]
-    return np.eye(3) + s * K + (1 - c) * (K @ K)
-
-
 def tpose_rotations(joints: np.ndarray, palm_normals: np.ndarray) -> np.ndarray:
     """Global rotations [N, 24, 3, 3] that turn rest arms into SMPL's T-pose.
 
@@ -162,7 +153,7 @@ def tpose_rotations(joints: np.ndarray, palm_normals: np.ndarray) -> np.ndarray:
         # roll about the arm (X) so the palm normal points down
         n = np.einsum("nij,nj->ni", R_wr, palm_normals[:, k])
         angle = np.pi - np.arctan2(n[:, 2], n[:, 1])  # about X: (n_y, n_z) -> (-|(n_y, n_z)|, 0)
-        roll = _axis_rotation(np.tile([1.0, 0.0, 0.0], (N, 1)), angle)
+        roll = axis_angle_to_rotmat_np(np.stack([angle, np.zeros(N), np.zeros(N)], axis=1))
         G[:, sh], G[:, el], G[:, wr] = R_sh, R_el, roll @ R_wr
     # descendants of the wrists (the hand joints) follow their parents
     for j in range(NUM_SMPL_JOINTS):
