@@ -179,10 +179,12 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
     root, out = Path(root), Path(out)
     if settings.workers < 1:
         raise ValueError(f"workers must be at least 1, got {settings.workers}")
+    files = list_images(root, settings.part)
+    if not files and not list_images(root):  # an empty slice of a full folder is fine, an empty folder is not
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) under {root}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     summary = AlignSummary()
-    files = list_images(root, settings.part)
     if detector is None and settings.workers == 1:
         detector = make_detector(settings.detector, settings.keypoints_dir, root)
     pare = load_pare_checkpoint(settings.pare, settings.device, strict=True)[0] if settings.pare is not None else None

@@ -101,8 +101,14 @@ def load_space(path: str | os.PathLike | None, model: Any) -> FullBodySpace:
 def load_pose_set(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Fitted poses (e.g. from `mst space`): .npz with `pose` [N, 72] (or `global_orient` [N, 3]
     and `body_pose` [N, 69]) and optionally `betas` [N, K]."""
-    with np.load(path, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"pose set {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - zip/npy errors of a corrupt file: one clear message
+        raise ValueError(f"pose set {path} is not a readable .npz ({type(e).__name__}: {e})") from None
     if "pose" not in data:
         if "global_orient" in data and "body_pose" in data:
             data["pose"] = np.concatenate([data["global_orient"], data["body_pose"]], axis=1)

@@ -337,3 +337,12 @@ def test_real_portraits_through_mediapipe_and_the_open_model_land_on_the_body(tm
     again = CliRunner().invoke(app, ["align", str(data), "--out", str(out)])
     assert again.exit_code == 0 and "3 already done" in again.output
     assert sorted(_samples(out)) == sorted(metas)
+
+
+def test_an_empty_folder_is_a_one_line_error_and_writes_nothing(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no pictures here")
+    res = CliRunner().invoke(app, ["align", str(tmp_path / "empty"), "--out", str(tmp_path / "shards"),
+                                   "--detector", "openpose-json"])
+    assert res.exit_code == 1 and "no images" in res.output
+    assert not (tmp_path / "shards").exists()

@@ -242,6 +242,11 @@ def test_space_file_and_pose_set_are_used(toy_model, tmp_path):
     np.savez(tmp_path / "bad.npz", pose=np.zeros((2, 69)))
     with pytest.raises(ValueError, match="72"):
         hands.load_pose_set(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="does not exist"):
+        hands.load_pose_set(tmp_path / "missing.npz")
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        hands.load_pose_set(tmp_path / "corrupt.npz")
 
 
 def test_fabric_backgrounds_are_deterministic_and_varied():
