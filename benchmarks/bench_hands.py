@@ -20,18 +20,9 @@ RUNS = ((64, 8), (128, 16))  # (resolution, number of hands)
 
 
 def _model():
-    """The open default body model when this installation provides one, else the test stick figure."""
-    try:
-        return hands.load_body_model(), "open default body model"
-    except RuntimeError:
-        import sys
+    from mst_pipeline.body import load_body_model
 
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from test_render_hands import toy_model_data
-
-        from mst_pipeline.body.model import BodyModel
-
-        return BodyModel(toy_model_data()), "the tests' stick-figure body (no open default model installed)"
+    return load_body_model(), "open default body model"
 
 
 def run() -> str:

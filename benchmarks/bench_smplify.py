@@ -17,15 +17,9 @@ ITERATIONS = 200
 
 
 def _model():
-    try:
-        from mst_pipeline.body import load_body_model
+    from mst_pipeline.body import load_body_model
 
-        return load_body_model(), "open default body model"
-    except Exception:  # noqa: BLE001 - no open model in this installation: the tests' stick figure
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from test_smplify import toy_body_model
-
-        return toy_body_model(), "stick-figure SMPL-format test model (45 vertices)"
+    return load_body_model(), "open default body model"
 
 
 def _problems(model, n: int):

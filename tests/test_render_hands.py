@@ -424,9 +424,9 @@ def test_resume_after_an_interrupted_run(toy_model_file, tmp_path):
     assert validate_folder(out).ok
 
 
-def test_open_default_model_hands_land_at_the_wrist(tmp_path):
+def test_open_default_model_hands_land_at_the_wrist(tmp_path, open_model):
     """The same checks on the project's open default body model."""
-    model = hands.load_body_model()
+    model = open_model
     space = hands.default_space(model)
     out = tmp_path / "open"
     summary = hands.render_hands(out, n=2, seed=0, settings=SETTINGS, model=model, progress=False)
