@@ -201,7 +201,8 @@ def align(
     kind: str | None = typer.Option(None, help="full|upper|lower|face|hand; default: inferred per image."),
     tier: str | None = typer.Option(None, help="LR|HR|SR; default: from the image's density vs the space."),
     space: Path | None = typer.Option(None, help="`mst space` output; default: the built-in full-body space."),
-    detector: str = typer.Option("mediapipe", help="Keypoints: mediapipe | openpose-json | mmpose."),
+    detector: str = typer.Option("mediapipe", help="Keypoints: mediapipe | openpose-json | mmpose | none "
+                                 "(none: with --aligned only)."),
     keypoints_dir: Path | None = typer.Option(None, help="Folder of OpenPose JSON files (openpose-json); "
                                               "default: next to each image."),
     prior: Path | None = typer.Option(None, help="Pose prior (VPoser V02_05 snapshot or `mst fit-prior` file)."),
@@ -217,11 +218,18 @@ def align(
     overlay: Path | None = typer.Option(None, help="Folder for a check picture per aligned image (DIR/<stem>.jpg): "
                                         "keypoints, fitted joints and body silhouette."),
     workers: int = typer.Option(1, min=1, help="Processes decoding images and detecting keypoints for the fits."),
+    aligned: bool = typer.Option(False, "--aligned", help="DATASET is an aligned full-body set (SHHQ-like: one "
+                                 "person centred, head to feet, portrait or square): each image enters as it is, "
+                                 "H = the image padded to a square (a 512x1024 portrait covers x 0.25-0.75, "
+                                 "y 0-1), no fit, no resampling, the original file's bytes kept; keypoints are "
+                                 "still detected (--detector none: skip them). Landscape images are rejected."),
 ) -> None:
     """Align a dataset into full-body space and write shards (paper §3.1).
 
     Detects keypoints, fits SMPLify-P in batches, maps each image with H(α, ᾱ) and writes
     samples; failures go to OUT/rejects.jsonl and the run continues; re-runs skip done images.
+    With [bold]--aligned[/bold] the folder is an aligned full-body set, which defines full-body
+    space: its images are stored as they are, without fitting.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -244,18 +252,33 @@ def align(
         if value is not None and value not in allowed:
             err.print(f"[red]error:[/red] --{name} must be one of {', '.join(allowed)}, not {value!r}")
             raise typer.Exit(2)
+    if aligned:
+        for flag, value in (("--pare", pare), ("--prior", prior), ("--overlay", overlay)):
+            if value is not None:
+                err.print(f"[red]error:[/red] {flag} concerns the SMPLify-P fits; --aligned runs none")
+                raise typer.Exit(2)
+        if kind not in (None, "full"):
+            err.print(f"[red]error:[/red] an aligned full-body set holds kind 'full', not --kind {kind}")
+            raise typer.Exit(2)
+    elif detector == "none":
+        err.print("[red]error:[/red] --detector none needs --aligned (the fits need keypoints)")
+        raise typer.Exit(2)
     src = sanitise_part(source or dataset.resolve().name)
     try:
-        model = load_body_model(body_model).to(device)
-        fb_space = load_space(space) if space else default_space(model)
-        pose_prior = load_prior(prior, device) if prior else None
+        if aligned:  # nothing is fitted: no body model; the space only sets the tier
+            model, pose_prior = None, None
+            fb_space = load_space(space) if space else None
+        else:
+            model = load_body_model(body_model).to(device)
+            fb_space = load_space(space) if space else default_space(model)
+            pose_prior = load_prior(prior, device) if prior else None
     except (ValueError, RuntimeError, OSError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
     settings = AlignSettings(kind=kind, tier=tier, detector=detector, keypoints_dir=keypoints_dir,
                              batch_size=batch_size, device=device, part=_part(part), max_count=max_count,
                              smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer), pare=pare,
-                             overlay=overlay, workers=workers)
+                             overlay=overlay, workers=workers, aligned=aligned)
     columns = (TextColumn("align"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:
@@ -276,6 +299,9 @@ def align(
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
     err.print(f"wrote {out}: {summary.written} aligned ({kinds}), {summary.skipped} already done, "
               f"{summary.rejected} rejected in {summary.seconds:.0f} s")
+    if summary.without_keypoints:
+        err.print(f"  {summary.without_keypoints} kept without keypoints (none detected; patch centres there "
+                  "are drawn uniformly)")
     for reason, count in summary.reasons.most_common():
         err.print(f"  rejected {count}: {reason}")
     if summary.rejected:
