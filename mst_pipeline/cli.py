@@ -308,6 +308,62 @@ def align(
         err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
 
 
+@app.command("derive-sr")
+def derive_sr_cmd(
+    hr: Path = typer.Argument(..., help="HR full-body shards (e.g. the folder `mst align shhq/ --aligned --tier HR` "
+                              "wrote; every 'full' sample is used) or a folder of aligned full-body images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Shard folder to write (may be the input shard folder)."),
+    from_sources: list[str] | None = typer.Option(None, "--from", help="Shard input: use only this source's "
+                                                  "samples (repeatable); default: every source's full-body samples."),
+    source: str | None = typer.Option(None, help="Image-folder input: its source name; default: the folder's name."),
+    limit: int | None = typer.Option(None, min=1, help="Use only the first N full-body inputs (shard or file "
+                                     "order); the paper derives 5K from 10K HR images."),
+    resample: str = typer.Option("lanczos", help="Up-sampling filter: lanczos | bicubic."),
+    image_format: str = typer.Option("png", "--format", help="png (the up-sampled pixels exactly) or jpg."),
+    max_count: int = typer.Option(1000, help="Samples per shard."),
+) -> None:
+    """Derive the SR lower-body source from an HR full-body set (paper Tab. 2, SHHQ^SR).
+
+    Each full-body image's lower half (rows h/2 to h) is up-sampled 2x and written as kind
+    [bold]lower[/bold], tier [bold]SR[/bold], with its exact H (the HR sample's H composed with the
+    crop and the 2x scale; no fitting) and twice the HR density. Input source NAME is written as
+    NAME_sr. Resumable (done keys are skipped); failures go to OUT/rejects.jsonl.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mst_pipeline.derive_sr import RESAMPLE, derive_sr
+
+    if resample not in RESAMPLE:
+        err.print(f"[red]error:[/red] --resample must be one of {', '.join(RESAMPLE)}, not {resample!r}")
+        raise typer.Exit(2)
+    if image_format not in ("png", "jpg"):
+        err.print(f"[red]error:[/red] --format must be png or jpg, not {image_format!r}")
+        raise typer.Exit(2)
+    if not hr.is_dir():
+        err.print(f"[red]error:[/red] {hr} is not a folder of HR full-body shards or images")
+        raise typer.Exit(2)
+    columns = (TextColumn("derive-sr"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("derive-sr", total=None)
+        try:
+            summary = derive_sr(hr, out, sources=from_sources, source=source, limit=limit, resample=resample,
+                                image_format=image_format, max_count=max_count,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except (ValueError, OSError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
+    sources = ", ".join(f"{k} {v}" for k, v in sorted(summary.sources.items())) or "none new"
+    err.print(f"wrote {out}: {summary.written} SR lower halves ({sources}), {summary.skipped} already done, "
+              f"{summary.rejected} rejected in {summary.seconds:.0f} s")
+    for reason, count in summary.reasons.most_common():
+        err.print(f"  rejected {count}: {reason}")
+    if summary.rejected:
+        err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+    if summary.written + summary.skipped + summary.rejected == 0:
+        err.print("[red]error:[/red] no full-body samples to derive from")
+        raise typer.Exit(1)
+
+
 @app.command("fit-prior")
 def fit_prior(
     poses: Path = typer.Argument(..., help="`mst space` output (space.json with its .npz) or an .npz with "

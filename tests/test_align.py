@@ -404,7 +404,8 @@ def test_an_aligned_portrait_enters_full_body_space_as_it_is(tmp_path, monkeypat
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(samples["shhq/a"]["img.png"]))), portrait)
     # Keypoints in full-body space through the same H.
     body = np.asarray(meta["keypoints"]["body"])
-    assert np.allclose(body[0], [0.25 + 256 / 1024, 64 / 1024, 1]) and np.allclose(body[11], [0.25 + 200 / 1024, 1000 / 1024, 1])
+    assert np.allclose(body[0], [0.25 + 256 / 1024, 64 / 1024, 1])
+    assert np.allclose(body[11], [0.25 + 200 / 1024, 1000 / 1024, 1])
     meta_c = json.loads(samples["shhq/c"]["meta.json"])
     assert np.allclose(meta_c["region"], [[(900 - 512) / 1800, 0], [(900 + 512) / 1800, 0],
                                           [(900 + 512) / 1800, 1], [(900 - 512) / 1800, 1]], atol=1e-15)
