@@ -451,3 +451,26 @@ def test_cli_aligned_needs_no_body_model_and_refuses_fit_options(tmp_path):
         assert bad.exit_code == 2 and "aligned" in bad.output, extra
     bad = CliRunner().invoke(app, ["align", str(data), "--detector", "none"])
     assert bad.exit_code == 2 and "--aligned" in bad.output
+
+
+def test_mst_space_and_align_aligned_read_the_same_folder(tmp_path, toy, monkeypatch):
+    """`mst space` estimates ᾱ, ô and the pose set from an aligned full-body folder, and
+    `mst align --aligned` stores the same folder with the exact padded-identity H, which the
+    space's own fits reproduce to within fit noise."""
+    import mst_pipeline.align as align_module
+    from mst_pipeline.space import build_space
+
+    data = tmp_path / "data"
+    truth = {stem: t for stem, t in write_dataset(data, toy, default_space(toy), n=3).items() if t[0] == "full"}
+    fulls = data / "people"  # 512×1024 portraits of people placed through ᾱ: an aligned set
+    space, rejected = build_space(fulls, toy, detector="openpose-json", config=SmplifyConfig(iterations=150))
+    assert rejected == 0 and space.count == 3 and space.poses.shape == (3, 72)
+    assert np.allclose(space.cam_bar, default_space(toy).cam_bar, rtol=0.05, atol=0.02)
+    monkeypatch.setattr(align_module, "smplify_p", _no_fit)
+    summary = align_folder(fulls, tmp_path / "shards", "people", space, None,
+                           AlignSettings(detector="openpose-json", aligned=True))
+    assert summary.written == 3
+    for meta in (json.loads(f["meta.json"]) for s in complete_shards(tmp_path / "shards") for _, f in read_shard(s)):
+        _, H_true, W, Hh = truth[f"people_{meta['key'].split('/')[1]}"]
+        assert np.array_equal(np.asarray(meta["H"]), H_true)  # exact, where a fit is off by up to 2 %
+        assert meta["density"] == space.density and meta["tier"] == "LR"
