@@ -293,7 +293,7 @@ def _write_aligned(tasks: list, detections: Iterator, writer: ShardWriter, out: 
         else:
             summary.written += 1
             summary.kinds["full"] += 1
-            summary.without_keypoints += found.keypoints is None
+            summary.without_keypoints += found.keypoints is None and settings.detector != NO_DETECTOR
         done += 1
         if progress:
             progress(done, total)

@@ -310,8 +310,9 @@ def align(
 
 @app.command("derive-sr")
 def derive_sr_cmd(
-    hr: Path = typer.Argument(..., help="HR full-body shards (e.g. the folder `mst align shhq/ --aligned --tier HR` "
-                              "wrote; every 'full' sample is used) or a folder of aligned full-body images."),
+    hr: Path = typer.Argument(..., metavar="HR_SET", help="HR full-body shards (e.g. the folder that "
+                              "`mst align shhq/ --aligned --tier HR` wrote; every 'full' sample is used) or a folder "
+                              "of aligned full-body images."),
     out: Path = typer.Option(..., "--out", "-o", help="Shard folder to write (may be the input shard folder)."),
     from_sources: list[str] | None = typer.Option(None, "--from", help="Shard input: use only this source's "
                                                   "samples (repeatable); default: every source's full-body samples."),
