@@ -191,7 +191,7 @@ def read_image(path: Path) -> np.ndarray:
     return arr
 
 
-def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, space: FullBodySpace, model,
+def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, space: FullBodySpace | None, model,
                  settings: AlignSettings, prior=None, detector=None,
                  progress: Callable[[int, int], None] | None = None) -> AlignSummary:
     """Align every image of ROOT (this part's slice) into shards in OUT. See the module docstring.
@@ -210,6 +210,8 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
         raise ValueError(f"an aligned full-body set holds kind 'full', not {settings.kind!r}")
     if settings.aligned and (settings.overlay is not None or settings.pare is not None):
         raise ValueError("an aligned full-body set is not fitted: overlays and a PARE start do not apply")
+    if not settings.aligned and (space is None or model is None):
+        raise ValueError("fitted alignment needs a full-body space and a body model")
     if not settings.aligned and settings.detector == NO_DETECTOR:
         raise ValueError(f"detector {NO_DETECTOR!r} only applies to an aligned full-body set (fits need keypoints)")
     files = list_images(root, settings.part)
