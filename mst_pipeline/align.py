@@ -7,11 +7,19 @@ covers, its density, the keypoints in full-body space and the fit. Images that f
 no person, too few keypoints, diverged fit, an H outside full-body space) go to `rejects.jsonl`
 with their reason and the run continues. Re-runs skip keys already in complete shards, and
 `part=(k, n)` processes the k-th of n disjoint slices (a cluster job array).
+
+An *aligned* full-body set (`settings.aligned`, `mst align --aligned`: SHHQ-like photos, one
+person centred from head to feet) is full-body space itself (paper §3.1: only partial images are
+transformed). Its images enter as they are: the padded-identity H
+(`uh_train.spatial.full_image_homography`), no fit, no resampling, the original file's bytes
+stored when they decode to the same pixels; keypoints are still detected (for keypoint-centred
+patches) and an image without them is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import multiprocessing as mp
 import os
@@ -32,9 +40,9 @@ from mst_pipeline.detect import BackendUnavailable, DetectionError, PersonKeypoi
 from mst_pipeline.pare import load_pare_checkpoint, pare_start
 from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
 from mst_pipeline.smplify import FitResult, SmplifyConfig, smplify_p
-from mst_pipeline.space import FullBodySpace, pixels_to_normalised, region_and_density
+from mst_pipeline.space import DEFAULT_DENSITY, FullBodySpace, pixels_to_normalised, region_and_density
 from uh_train.shardspec import make_key, sha256_file
-from uh_train.spatial import apply_homography
+from uh_train.spatial import apply_homography, full_image_homography
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 KINDS = ("full", "upper", "lower", "face", "hand")
@@ -56,6 +64,7 @@ class AlignSettings:
     overlay: Path | None = None  # folder for a check picture per newly aligned image
     workers: int = 1  # detection processes feeding the batched fits (1: detect inline)
     pare: Path | None = None  # PARE checkpoint to start SMPLify-P from; None: the keypoint start
+    aligned: bool = False  # an aligned full-body set: padded-identity H, no fit (see the module docstring)
 
 
 @dataclass
@@ -65,6 +74,7 @@ class AlignSummary:
     rejected: int = 0
     reasons: Counter = field(default_factory=Counter)
     kinds: Counter = field(default_factory=Counter)
+    without_keypoints: int = 0  # aligned images kept although no keypoints were found
     seconds: float = 0.0
 
 
@@ -110,9 +120,24 @@ def infer_kind(targets: np.ndarray, visible: np.ndarray) -> str:
     return "upper" if shoulders >= 1 else "face"
 
 
-def infer_tier(image_density: float, space: FullBodySpace) -> str:
-    """LR when the image is about as dense as the full-body set, HR when much denser."""
-    return "HR" if image_density > HR_FACTOR * space.density else "LR"
+def infer_tier(image_density: float, space: FullBodySpace | None) -> str:
+    """LR when the image is about as dense as the full-body set (None: the built-in space's
+    density), HR when much denser."""
+    reference = space.density if space is not None else DEFAULT_DENSITY
+    return "HR" if image_density > HR_FACTOR * reference else "LR"
+
+
+def aligned_shape_defect(width: int, height: int) -> str | None:
+    """Why an image of this size cannot be an aligned full-body image, or None.
+
+    The padded-identity H maps the longer side onto full-body space's [0, 1]. For a portrait or
+    square image that is the height, so head to feet span y in [0, 1] as in the space; a landscape
+    image would be shrunk into a horizontal band.
+    """
+    if width > height:
+        return (f"landscape image ({width}x{height}) in an aligned full-body set: its height would not span "
+                "full-body space; crop it to a portrait or align it without --aligned (SMPLify-P)")
+    return None
 
 
 def fitting_input(kp: PersonKeypoints, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,9 +171,9 @@ class _Item:
     stem: str
     key: str
     image: np.ndarray
-    keypoints: PersonKeypoints
-    targets: np.ndarray
-    confidence: np.ndarray
+    keypoints: PersonKeypoints | None  # None: an aligned image where none were found
+    targets: np.ndarray | None  # fitting targets (None for aligned images: nothing is fitted)
+    confidence: np.ndarray | None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -166,7 +191,7 @@ def read_image(path: Path) -> np.ndarray:
     return arr
 
 
-def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, space: FullBodySpace, model,
+def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, space: FullBodySpace | None, model,
                  settings: AlignSettings, prior=None, detector=None,
                  progress: Callable[[int, int], None] | None = None) -> AlignSummary:
     """Align every image of ROOT (this part's slice) into shards in OUT. See the module docstring.
@@ -175,10 +200,20 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
     processes, each building its detector once (or unpickling `detector` when one is given);
     results are consumed in file order, so the output equals a one-worker run. With
     `settings.overlay`, each newly aligned image also gets OVERLAY/<stem>.jpg (`mst_pipeline.overlay`).
+    With `settings.aligned`, nothing is fitted: `model` and `prior` are unused and `space` (None:
+    the built-in density) only sets the tier.
     """
     root, out = Path(root), Path(out)
     if settings.workers < 1:
         raise ValueError(f"workers must be at least 1, got {settings.workers}")
+    if settings.aligned and (settings.kind or "full") != "full":
+        raise ValueError(f"an aligned full-body set holds kind 'full', not {settings.kind!r}")
+    if settings.aligned and (settings.overlay is not None or settings.pare is not None):
+        raise ValueError("an aligned full-body set is not fitted: overlays and a PARE start do not apply")
+    if not settings.aligned and (space is None or model is None):
+        raise ValueError("fitted alignment needs a full-body space and a body model")
+    if not settings.aligned and settings.detector == NO_DETECTOR:
+        raise ValueError(f"detector {NO_DETECTOR!r} only applies to an aligned full-body set (fits need keypoints)")
     files = list_images(root, settings.part)
     if not files and not list_images(root):  # an empty slice of a full folder is fine, an empty folder is not
         raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) under {root}")
@@ -186,7 +221,7 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
     start = time.perf_counter()
     summary = AlignSummary()
     if detector is None and settings.workers == 1:
-        detector = make_detector(settings.detector, settings.keypoints_dir, root)
+        detector = _make_detector(settings.detector, settings.keypoints_dir, root)
     pare = load_pare_checkpoint(settings.pare, settings.device, strict=True)[0] if settings.pare is not None else None
     with ShardWriter(out, source, part=settings.part[0], max_count=settings.max_count,
                      update_manifest=False) as writer:
@@ -199,45 +234,72 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
         done = summary.skipped
         if progress:
             progress(done, len(files))
-        tasks = [(path, stem_of(path, root), make_key(source, stem_of(path, root))) for path in todo]
+        tasks = [(path, stem_of(path, root), make_key(source, stem_of(path, root)), settings.aligned)
+                 for path in todo]
         with contextlib.closing(_detections(tasks, settings, detector, root)) as detections:
-            for batch in _batches(tasks, settings.batch_size):
-                items = []
-                for path, _, key in batch:
-                    found = next(detections)
-                    if isinstance(found, Rejected):
-                        _reject(out, key, path.relative_to(root), str(found), summary)
-                    else:
-                        items.append(found)
-                if items:
-                    targets = np.stack([i.targets for i in items])
-                    confidence = np.stack([i.confidence for i in items])
-                    init, from_pare = None, np.zeros(len(items), dtype=bool)
-                    if pare is not None:  # PARE's regression as the start (paper §3.1)
-                        init, from_pare = pare_start(pare, model, [i.image for i in items], targets, confidence,
-                                                     settings.smplify.confidence)
-                    fits = smplify_p(model, targets, confidence, prior=prior, mean_pitch=space.pitch,
-                                     config=settings.smplify, init=init, device=settings.device)
-                    for fit, used in zip(fits, from_pare, strict=True):
-                        fit.extra["init"] = "pare" if used else "keypoints"
-                    aligned = []
-                    for item, fit in zip(items, fits, strict=True):
-                        try:
-                            sample = build_sample(item, fit, root, source, space, settings)
-                            writer.write(sample)
-                            summary.written += 1
-                            summary.kinds[sample.meta["kind"]] += 1
-                            aligned.append((item, fit, sample.meta))
-                        except Rejected as e:
-                            _reject(out, item.key, item.path.relative_to(root), str(e), summary)
-                    if settings.overlay is not None and aligned:
-                        _write_overlays(settings.overlay, aligned, model, settings)
-                done += len(batch)
-                if progress:
-                    progress(done, len(files))
+            if settings.aligned:
+                done = _write_aligned(tasks, detections, writer, out, root, source, space, settings, summary,
+                                      done, len(files), progress)
+            else:
+                for batch in _batches(tasks, settings.batch_size):
+                    items = []
+                    for path, _, key, _ in batch:
+                        found = next(detections)
+                        if isinstance(found, Rejected):
+                            _reject(out, key, path.relative_to(root), str(found), summary)
+                        else:
+                            items.append(found)
+                    if items:
+                        targets = np.stack([i.targets for i in items])
+                        confidence = np.stack([i.confidence for i in items])
+                        init, from_pare = None, np.zeros(len(items), dtype=bool)
+                        if pare is not None:  # PARE's regression as the start (paper §3.1)
+                            init, from_pare = pare_start(pare, model, [i.image for i in items], targets, confidence,
+                                                         settings.smplify.confidence)
+                        fits = smplify_p(model, targets, confidence, prior=prior, mean_pitch=space.pitch,
+                                         config=settings.smplify, init=init, device=settings.device)
+                        for fit, used in zip(fits, from_pare, strict=True):
+                            fit.extra["init"] = "pare" if used else "keypoints"
+                        aligned = []
+                        for item, fit in zip(items, fits, strict=True):
+                            try:
+                                sample = build_sample(item, fit, root, source, space, settings)
+                                writer.write(sample)
+                                summary.written += 1
+                                summary.kinds[sample.meta["kind"]] += 1
+                                aligned.append((item, fit, sample.meta))
+                            except Rejected as e:
+                                _reject(out, item.key, item.path.relative_to(root), str(e), summary)
+                        if settings.overlay is not None and aligned:
+                            _write_overlays(settings.overlay, aligned, model, settings)
+                    done += len(batch)
+                    if progress:
+                        progress(done, len(files))
     write_manifest(out)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _write_aligned(tasks: list, detections: Iterator, writer: ShardWriter, out: Path, root: Path, source: str,
+                   space: FullBodySpace | None, settings: AlignSettings, summary: AlignSummary, done: int,
+                   total: int, progress: Callable[[int, int], None] | None) -> int:
+    """Write the aligned full-body images of TASKS as they are (no fit); returns the new `done`."""
+    for path, _, key, _ in tasks:
+        found = next(detections)
+        try:
+            if isinstance(found, Rejected):
+                raise found
+            writer.write(build_aligned_sample(found, root, source, space, settings))
+        except Rejected as e:
+            _reject(out, key, path.relative_to(root), str(e), summary)
+        else:
+            summary.written += 1
+            summary.kinds["full"] += 1
+            summary.without_keypoints += found.keypoints is None and settings.detector != NO_DETECTOR
+        done += 1
+        if progress:
+            progress(done, total)
+    return done
 
 
 def _write_overlays(folder: Path, aligned: list, model, settings: AlignSettings) -> None:
@@ -259,7 +321,16 @@ def _batches(items: list, n: int) -> Iterator[list]:
         yield items[i:i + max(1, n)]
 
 
-def _detect(path: Path, stem: str, key: str, detector) -> _Item:
+NO_DETECTOR = "none"  # aligned sets only: store no keypoints
+
+
+def _make_detector(name: str, keypoints_dir: Path | None, root: Path):
+    return None if name == NO_DETECTOR else make_detector(name, keypoints_dir, root)
+
+
+def _detect(path: Path, stem: str, key: str, detector, aligned: bool = False) -> _Item:
+    if aligned:
+        return _read_aligned(path, stem, key, detector)
     image = read_image(path)
     h, w = image.shape[:2]
     try:
@@ -274,6 +345,60 @@ def _detect(path: Path, stem: str, key: str, detector) -> _Item:
     if (conf >= 0.3).sum() < 3:
         raise Rejected(f"too few keypoints ({int((conf >= 0.3).sum())} visible, need 3)")
     return _Item(path, stem, key, image, kp, targets, conf)
+
+
+def _read_aligned(path: Path, stem: str, key: str, detector) -> _Item:
+    """An aligned full-body image and, when the detector finds them, its keypoints; nothing here
+    rejects an image except an unreadable file or a landscape shape (no fit depends on them)."""
+    image = read_image(path)
+    h, w = image.shape[:2]
+    if (defect := aligned_shape_defect(w, h)) is not None:
+        raise Rejected(defect)
+    kp = None
+    if detector is not None:
+        try:
+            kp = detector(image, path)
+        except BackendUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - no person found, a malformed JSON: the image is kept without keypoints
+            kp = None
+    return _Item(path, stem, key, image, kp, None, None)
+
+
+def stored_bytes(path: Path, image: np.ndarray) -> tuple[bytes | None, str]:
+    """(the file's bytes, shard image type) when they decode to exactly IMAGE (8-bit RGB JPEG or PNG,
+    no EXIF rotation); else (None, "png"): IMAGE is then stored losslessly as PNG."""
+    from PIL import Image, UnidentifiedImageError
+
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            kind = {"JPEG": "jpg", "PNG": "png"}.get(im.format or "")
+            same = kind is not None and im.mode == "RGB" and np.array_equal(np.asarray(im), image)
+    except (UnidentifiedImageError, OSError, ValueError):
+        same = False
+    return (data, kind) if same else (None, "png")
+
+
+def build_aligned_sample(item: _Item, root: Path, source: str, space: FullBodySpace | None,
+                         settings: AlignSettings):
+    """The shard sample of an aligned full-body image: padded-identity H, the original pixels, no fit."""
+    h, w = item.image.shape[:2]
+    H = full_image_homography(w, h)
+    region, dens = region_and_density(H, w, h)
+    encoded, ext = stored_bytes(item.path, item.image)
+    fields: dict[str, Any] = {
+        "kind": "full", "tier": settings.tier or infer_tier(dens, space), "H": H, "region": region,
+        "density": dens, "keypoints": keypoints_in_space(item.keypoints, H) if item.keypoints is not None else None,
+        "smpl": None, "fit": None, "aligned": True,
+        "orig": {"path": item.path.relative_to(root).as_posix(), "sha256": sha256_file(item.path),
+                 "width": w, "height": h},
+        "detector": settings.detector,
+    }
+    try:
+        return encode_sample(source, item.stem, item.image, fields, ext=ext, encoded=encoded)
+    except ValueError as e:
+        raise Rejected(f"invalid sample ({e})") from None
 
 
 def build_sample(item: _Item, fit: FitResult, root: Path, source: str, space: FullBodySpace,
@@ -335,13 +460,13 @@ def read_rejects(out: str | os.PathLike) -> list[dict[str, Any]]:
 WORKER_QUEUE = 2  # tasks queued per worker, so it never waits for the next one
 
 
-def _detections(tasks: list[tuple[Path, str, str]], settings: AlignSettings, detector,
+def _detections(tasks: list[tuple[Path, str, str, bool]], settings: AlignSettings, detector,
                 root: Path) -> Iterator[_Item | Rejected]:
-    """The detection result of each (path, stem, key) task, in task order."""
+    """The detection result of each (path, stem, key, aligned) task, in task order."""
     if settings.workers == 1:
-        for path, stem, key in tasks:
+        for path, stem, key, aligned in tasks:
             try:
-                yield _detect(path, stem, key, detector)
+                yield _detect(path, stem, key, detector, aligned)
             except Rejected as e:
                 yield e
         return
@@ -352,11 +477,11 @@ def _detections(tasks: list[tuple[Path, str, str]], settings: AlignSettings, det
 
 
 def _worker_main(conn, spec) -> None:
-    """A detection process: builds its detector once, then answers tasks (index, path, stem, key)
+    """A detection process: builds its detector once, then answers tasks (index, path, stem, key, aligned)
     in the order received with (index, (status, payload)); a task of None ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     try:
-        detector = make_detector(*spec) if isinstance(spec, tuple) else spec
+        detector = _make_detector(*spec) if isinstance(spec, tuple) else spec
     except BackendUnavailable as e:
         conn.send((None, ("unavailable", str(e))))
         return
@@ -368,9 +493,9 @@ def _worker_main(conn, spec) -> None:
             return
         if task is None:
             return
-        index, path, stem, key = task
+        index, path, stem, key, aligned = task
         try:
-            result = ("item", _detect(path, stem, key, detector))
+            result = ("item", _detect(path, stem, key, detector, aligned))
         except Rejected as e:
             result = ("rejected", str(e))
         except BackendUnavailable as e:
@@ -412,7 +537,7 @@ class _DetectionPool:
         self.error: BaseException | None = None
         self.stop = threading.Event()
 
-    def results(self, tasks: list[tuple[Path, str, str]]) -> Iterator[_Item | Rejected]:
+    def results(self, tasks: list[tuple[Path, str, str, bool]]) -> Iterator[_Item | Rejected]:
         thread = threading.Thread(target=self._dispatch, args=(tasks,), name="align-detection", daemon=True)
         thread.start()
         try:
@@ -429,7 +554,7 @@ class _DetectionPool:
             self.stop.set()
             thread.join()
 
-    def _dispatch(self, tasks: list[tuple[Path, str, str]]) -> None:
+    def _dispatch(self, tasks: list[tuple[Path, str, str, bool]]) -> None:
         pending = deque(range(len(tasks)))
         workers: list[_Worker] = []
         try:

@@ -201,7 +201,8 @@ def align(
     kind: str | None = typer.Option(None, help="full|upper|lower|face|hand; default: inferred per image."),
     tier: str | None = typer.Option(None, help="LR|HR|SR; default: from the image's density vs the space."),
     space: Path | None = typer.Option(None, help="`mst space` output; default: the built-in full-body space."),
-    detector: str = typer.Option("mediapipe", help="Keypoints: mediapipe | openpose-json | mmpose."),
+    detector: str = typer.Option("mediapipe", help="Keypoints: mediapipe | openpose-json | mmpose | none "
+                                 "(none: with --aligned only)."),
     keypoints_dir: Path | None = typer.Option(None, help="Folder of OpenPose JSON files (openpose-json); "
                                               "default: next to each image."),
     prior: Path | None = typer.Option(None, help="Pose prior (VPoser V02_05 snapshot or `mst fit-prior` file)."),
@@ -217,11 +218,18 @@ def align(
     overlay: Path | None = typer.Option(None, help="Folder for a check picture per aligned image (DIR/<stem>.jpg): "
                                         "keypoints, fitted joints and body silhouette."),
     workers: int = typer.Option(1, min=1, help="Processes decoding images and detecting keypoints for the fits."),
+    aligned: bool = typer.Option(False, "--aligned", help="DATASET is an aligned full-body set (SHHQ-like: one "
+                                 "person centred, head to feet, portrait or square): each image enters as it is, "
+                                 "H = the image padded to a square (a 512x1024 portrait covers x 0.25-0.75, "
+                                 "y 0-1), no fit, no resampling, the original file's bytes kept; keypoints are "
+                                 "still detected (--detector none: skip them). Landscape images are rejected."),
 ) -> None:
     """Align a dataset into full-body space and write shards (paper §3.1).
 
     Detects keypoints, fits SMPLify-P in batches, maps each image with H(α, ᾱ) and writes
     samples; failures go to OUT/rejects.jsonl and the run continues; re-runs skip done images.
+    With [bold]--aligned[/bold] the folder is an aligned full-body set, which defines full-body
+    space: its images are stored as they are, without fitting.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -244,18 +252,33 @@ def align(
         if value is not None and value not in allowed:
             err.print(f"[red]error:[/red] --{name} must be one of {', '.join(allowed)}, not {value!r}")
             raise typer.Exit(2)
+    if aligned:
+        for flag, value in (("--pare", pare), ("--prior", prior), ("--overlay", overlay)):
+            if value is not None:
+                err.print(f"[red]error:[/red] {flag} concerns the SMPLify-P fits; --aligned runs none")
+                raise typer.Exit(2)
+        if kind not in (None, "full"):
+            err.print(f"[red]error:[/red] an aligned full-body set holds kind 'full', not --kind {kind}")
+            raise typer.Exit(2)
+    elif detector == "none":
+        err.print("[red]error:[/red] --detector none needs --aligned (the fits need keypoints)")
+        raise typer.Exit(2)
     src = sanitise_part(source or dataset.resolve().name)
     try:
-        model = load_body_model(body_model).to(device)
-        fb_space = load_space(space) if space else default_space(model)
-        pose_prior = load_prior(prior, device) if prior else None
+        if aligned:  # nothing is fitted: no body model; the space only sets the tier
+            model, pose_prior = None, None
+            fb_space = load_space(space) if space else None
+        else:
+            model = load_body_model(body_model).to(device)
+            fb_space = load_space(space) if space else default_space(model)
+            pose_prior = load_prior(prior, device) if prior else None
     except (ValueError, RuntimeError, OSError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
     settings = AlignSettings(kind=kind, tier=tier, detector=detector, keypoints_dir=keypoints_dir,
                              batch_size=batch_size, device=device, part=_part(part), max_count=max_count,
                              smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer), pare=pare,
-                             overlay=overlay, workers=workers)
+                             overlay=overlay, workers=workers, aligned=aligned)
     columns = (TextColumn("align"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:
@@ -276,10 +299,70 @@ def align(
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
     err.print(f"wrote {out}: {summary.written} aligned ({kinds}), {summary.skipped} already done, "
               f"{summary.rejected} rejected in {summary.seconds:.0f} s")
+    if summary.without_keypoints:
+        err.print(f"  {summary.without_keypoints} kept without keypoints (none detected; patch centres there "
+                  "are drawn uniformly)")
     for reason, count in summary.reasons.most_common():
         err.print(f"  rejected {count}: {reason}")
     if summary.rejected:
         err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+
+
+@app.command("derive-sr")
+def derive_sr_cmd(
+    hr: Path = typer.Argument(..., metavar="HR_SET", help="HR full-body shards (e.g. the folder that "
+                              "`mst align shhq/ --aligned --tier HR` wrote; every 'full' sample is used) or a folder "
+                              "of aligned full-body images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Shard folder to write (may be the input shard folder)."),
+    from_sources: list[str] | None = typer.Option(None, "--from", help="Shard input: use only this source's "
+                                                  "samples (repeatable); default: every source's full-body samples."),
+    source: str | None = typer.Option(None, help="Image-folder input: its source name; default: the folder's name."),
+    limit: int | None = typer.Option(None, min=1, help="Use only the first N full-body inputs (shard or file "
+                                     "order); the paper derives 5K from 10K HR images."),
+    resample: str = typer.Option("lanczos", help="Up-sampling filter: lanczos | bicubic."),
+    image_format: str = typer.Option("png", "--format", help="png (the up-sampled pixels exactly) or jpg."),
+    max_count: int = typer.Option(1000, help="Samples per shard."),
+) -> None:
+    """Derive the SR lower-body source from an HR full-body set (paper Tab. 2, SHHQ^SR).
+
+    Each full-body image's lower half (rows h/2 to h) is up-sampled 2x and written as kind
+    [bold]lower[/bold], tier [bold]SR[/bold], with its exact H (the HR sample's H composed with the
+    crop and the 2x scale; no fitting) and twice the HR density. Input source NAME is written as
+    NAME_sr. Resumable (done keys are skipped); failures go to OUT/rejects.jsonl.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mst_pipeline.derive_sr import RESAMPLE, derive_sr
+
+    if resample not in RESAMPLE:
+        err.print(f"[red]error:[/red] --resample must be one of {', '.join(RESAMPLE)}, not {resample!r}")
+        raise typer.Exit(2)
+    if image_format not in ("png", "jpg"):
+        err.print(f"[red]error:[/red] --format must be png or jpg, not {image_format!r}")
+        raise typer.Exit(2)
+    if not hr.is_dir():
+        err.print(f"[red]error:[/red] {hr} is not a folder of HR full-body shards or images")
+        raise typer.Exit(2)
+    columns = (TextColumn("derive-sr"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("derive-sr", total=None)
+        try:
+            summary = derive_sr(hr, out, sources=from_sources, source=source, limit=limit, resample=resample,
+                                image_format=image_format, max_count=max_count,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except (ValueError, OSError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
+    sources = ", ".join(f"{k} {v}" for k, v in sorted(summary.sources.items())) or "none new"
+    err.print(f"wrote {out}: {summary.written} SR lower halves ({sources}), {summary.skipped} already done, "
+              f"{summary.rejected} rejected in {summary.seconds:.0f} s")
+    for reason, count in summary.reasons.most_common():
+        err.print(f"  rejected {count}: {reason}")
+    if summary.rejected:
+        err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+    if summary.written + summary.skipped + summary.rejected == 0:
+        err.print("[red]error:[/red] no full-body samples to derive from")
+        raise typer.Exit(1)
 
 
 @app.command("fit-prior")

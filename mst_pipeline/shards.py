@@ -65,11 +65,14 @@ def encode_sample(
     fields: dict[str, Any],
     mask: np.ndarray | None = None,
     ext: str = "jpg",
+    encoded: bytes | None = None,
 ) -> EncodedSample:
     """Build a complete, schema-checked sample from an RGB uint8 image and its metadata fields.
 
     `fields` holds kind, tier, H, region, density, keypoints, smpl, fit, orig; this function adds
     format, key, source, image type, size and has_mask, then validates the whole record.
+    `encoded`: the image's file bytes (of type EXT, decoding to `image`), stored as they are instead
+    of re-encoding (an aligned full-body photo keeps its original bytes).
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be uint8 [h, w, 3], got {image.dtype} {list(image.shape)}")
@@ -85,7 +88,8 @@ def encode_sample(
     if defects:
         raise ValueError(f"sample {key}: " + "; ".join(defects))
     mask_bytes = encode_image(mask.astype(np.uint8), "png") if mask is not None else None
-    return EncodedSample(key, encode_image(image, ext), ext, meta, mask_bytes)
+    data = encoded if encoded is not None else encode_image(image, ext)
+    return EncodedSample(key, data, ext, meta, mask_bytes)
 
 
 def _json_default(x: Any) -> Any:

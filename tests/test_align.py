@@ -5,6 +5,7 @@ rejects.jsonl, re-runs skip done images and --part slices are disjoint."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 from dataclasses import replace
@@ -346,3 +347,130 @@ def test_an_empty_folder_is_a_one_line_error_and_writes_nothing(tmp_path):
                                    "--detector", "openpose-json"])
     assert res.exit_code == 1 and "no images" in res.output
     assert not (tmp_path / "shards").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# --aligned: the full-body set is full-body space, used as it is
+
+
+def _openpose_json(path, body_px):
+    """NAME_keypoints.json with BODY_25 points at BODY_PX ({index: (x, y)}), confidence 1."""
+    body = np.zeros((25, 3))
+    for i, (x, y) in body_px.items():
+        body[i] = (x, y, 1.0)
+    doc = {"people": [{"pose_keypoints_2d": body.ravel().tolist(), "hand_left_keypoints_2d": [],
+                       "hand_right_keypoints_2d": [], "face_keypoints_2d": []}]}
+    path.with_name(path.stem + "_keypoints.json").write_text(json.dumps(doc))
+
+
+def _no_fit(*args, **kwargs):
+    raise AssertionError("an aligned full-body image must not be fitted")
+
+
+def test_an_aligned_portrait_enters_full_body_space_as_it_is(tmp_path, monkeypatch):
+    import mst_pipeline.align as align_module
+    from uh_train.spatial import full_image_homography
+
+    monkeypatch.setattr(align_module, "smplify_p", _no_fit)
+    data = tmp_path / "shhq"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    portrait = rng.integers(0, 256, (1024, 512, 3), dtype=np.uint8)  # W×H = 512×1024
+    Image.fromarray(portrait).save(data / "a.png")
+    Image.fromarray(portrait[::2, ::2]).save(data / "b.jpg", quality=90)  # 256×512, stored bytes as they are
+    _openpose_json(data / "a.png", {0: (256.0, 64.0), 11: (200.0, 1000.0)})  # nose, right ankle
+    Image.fromarray(portrait[:900, :600 - 88]).save(data / "c.png")  # 512×900: any portrait aspect
+    Image.fromarray(portrait[:512, :512]).save(data / "wide.png")  # square: the whole square
+    Image.fromarray(portrait[:400, :512]).save(data / "landscape.png")
+    out = tmp_path / "shards"
+    settings = AlignSettings(detector="openpose-json", aligned=True)
+    summary = align_folder(data, out, "shhq", None, None, settings)
+    assert summary.written == 4 and summary.rejected == 1 and summary.without_keypoints == 3
+    (reject,) = read_rejects(out)
+    assert reject["path"] == "landscape.png" and "landscape" in reject["reason"]
+    report = validate_folder(out)
+    assert report.ok, report.to_dict()
+    samples = {k: f for shard in complete_shards(out) for k, f in read_shard(shard)}
+    meta = json.loads(samples["shhq/a"]["meta.json"])
+    H = np.asarray(meta["H"])
+    assert np.array_equal(H, full_image_homography(512, 1024))
+    assert np.array_equal(np.asarray(meta["region"]), [[0.25, 0], [0.75, 0], [0.75, 1], [0.25, 1]])
+    assert np.array_equal(image_region(H, 512, 1024), meta["region"])
+    assert meta["kind"] == "full" and meta["tier"] == "LR" and meta["density"] == 1024
+    assert meta["smpl"] is None and meta["fit"] is None and meta["aligned"] is True
+    # The original bytes, hence the original pixels: no resampling.
+    assert samples["shhq/a"]["img.png"] == (data / "a.png").read_bytes()
+    assert samples["shhq/b"]["img.jpg"] == (data / "b.jpg").read_bytes()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(samples["shhq/a"]["img.png"]))), portrait)
+    # Keypoints in full-body space through the same H.
+    body = np.asarray(meta["keypoints"]["body"])
+    assert np.allclose(body[0], [0.25 + 256 / 1024, 64 / 1024, 1])
+    assert np.allclose(body[11], [0.25 + 200 / 1024, 1000 / 1024, 1])
+    meta_c = json.loads(samples["shhq/c"]["meta.json"])
+    assert np.allclose(meta_c["region"], [[(900 - 512) / 1800, 0], [(900 + 512) / 1800, 0],
+                                          [(900 + 512) / 1800, 1], [(900 - 512) / 1800, 1]], atol=1e-15)
+    assert np.array_equal(json.loads(samples["shhq/wide"]["meta.json"])["region"], [[0, 0], [1, 0], [1, 1], [0, 1]])
+    assert json.loads(samples["shhq/b"]["meta.json"])["keypoints"] is None  # no JSON: kept without keypoints
+
+    # Resumable: a re-run writes nothing new and retries only the rejected image.
+    again = align_folder(data, out, "shhq", None, None, settings)
+    assert again.written == 0 and again.skipped == 4 and again.rejected == 1
+
+
+def test_an_aligned_image_that_is_not_plain_rgb_is_stored_losslessly(tmp_path):
+    data = tmp_path / "set"
+    data.mkdir()
+    grey = np.random.default_rng(1).integers(0, 256, (64, 32), dtype=np.uint8)
+    Image.fromarray(grey).save(data / "grey.png")  # mode L: the shard needs RGB
+    rotated = Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 64, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown as a portrait after the EXIF rotation
+    rotated.save(data / "turned.png", exif=exif)
+    out = tmp_path / "shards"
+    summary = align_folder(data, out, "set", None, None, AlignSettings(detector="none", aligned=True))
+    assert summary.written == 2 and validate_folder(out).ok
+    samples = {k: f for shard in complete_shards(out) for k, f in read_shard(shard)}
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(samples["set/grey"]["img.png"]))),
+                          np.repeat(grey[..., None], 3, axis=2))
+    turned = np.asarray(Image.open(io.BytesIO(samples["set/turned"]["img.png"])))
+    assert turned.shape == (64, 32, 3)
+    assert np.array_equal(turned, np.asarray(rotated.transpose(Image.Transpose.ROTATE_270)))
+
+
+def test_cli_aligned_needs_no_body_model_and_refuses_fit_options(tmp_path):
+    data = tmp_path / "shhq"
+    data.mkdir()
+    Image.new("RGB", (32, 64), (200, 100, 50)).save(data / "p.png")
+    out = tmp_path / "shards"
+    res = CliRunner().invoke(app, ["align", str(data), "--out", str(out), "--aligned", "--detector", "none",
+                                   "--body-model", str(tmp_path / "no-such-model.npz")])
+    assert res.exit_code == 0, res.output
+    assert "1 aligned (full 1)" in res.output and validate_folder(out).ok
+    for extra in (["--kind", "upper"], ["--prior", "p.ckpt"], ["--overlay", "ov"]):
+        bad = CliRunner().invoke(app, ["align", str(data), "--aligned", *extra])
+        assert bad.exit_code == 2 and "aligned" in bad.output, extra
+    bad = CliRunner().invoke(app, ["align", str(data), "--detector", "none"])
+    assert bad.exit_code == 2 and "--aligned" in bad.output
+
+
+def test_mst_space_and_align_aligned_read_the_same_folder(tmp_path, toy, monkeypatch):
+    """`mst space` estimates ᾱ, ô and the pose set from an aligned full-body folder, and
+    `mst align --aligned` stores the same folder with the exact padded-identity H, which the
+    space's own fits reproduce to within fit noise."""
+    import mst_pipeline.align as align_module
+    from mst_pipeline.space import build_space
+
+    data = tmp_path / "data"
+    truth = {stem: t for stem, t in write_dataset(data, toy, default_space(toy), n=3).items() if t[0] == "full"}
+    fulls = data / "people"  # 512×1024 portraits of people placed through ᾱ: an aligned set
+    space, rejected = build_space(fulls, toy, detector="openpose-json", config=SmplifyConfig(iterations=150))
+    assert rejected == 0 and space.count == 3 and space.poses.shape == (3, 72)
+    assert np.allclose(space.cam_bar, default_space(toy).cam_bar, rtol=0.05, atol=0.02)
+    monkeypatch.setattr(align_module, "smplify_p", _no_fit)
+    summary = align_folder(fulls, tmp_path / "shards", "people", space, None,
+                           AlignSettings(detector="openpose-json", aligned=True))
+    assert summary.written == 3
+    for meta in (json.loads(f["meta.json"]) for s in complete_shards(tmp_path / "shards") for _, f in read_shard(s)):
+        _, H_true, W, Hh = truth[f"people_{meta['key'].split('/')[1]}"]
+        assert np.array_equal(np.asarray(meta["H"]), H_true)  # exact, where a fit is off by up to 2 %
+        assert meta["density"] == space.density and meta["tier"] == "LR"

@@ -281,3 +281,19 @@ def test_mst_align_on_the_renders_recovers_their_true_H(body, rendered, tmp_path
                                  {f"people-{view}": view for view in people.VIEWS})
     for source, values in errors.items():
         assert len(values) == 3 and max(values) < 0.05, (source, values)  # shape/camera ambiguity: a few %
+
+
+def test_full_renders_are_an_aligned_set_and_enter_with_their_true_H(rendered, tmp_path):
+    """The full renders are square views of the whole of full-body space: `mst align --aligned`
+    stores them as they are, with exactly the H they were rendered with."""
+    from mst_pipeline.align import AlignSettings, align_folder
+    from mst_pipeline.shards import complete_shards, read_manifest, read_shard
+
+    summary = align_folder(rendered / "full", tmp_path, "people-full", None, None,
+                           AlignSettings(detector="openpose-json", aligned=True))
+    assert summary.written == 3 and summary.without_keypoints == 0
+    errors = people.truth_errors(people.read_truth(rendered / "truth.jsonl"), read_manifest(tmp_path).to_pylist(),
+                                 {"people-full": "full"})
+    assert len(errors["people-full"]) == 3 and max(errors["people-full"]) < 1e-8  # truth.jsonl rounds H
+    for key, fields in (kv for shard in complete_shards(tmp_path) for kv in read_shard(shard)):
+        assert fields["img.png"] == (rendered / "full" / f"{key.split('/')[1]}.png").read_bytes()
