@@ -120,7 +120,8 @@ def full_images(folders: Sequence[str | Path], size: int, n: int, seed: int = 0,
             continue
         image, _ = take_patch(record, np.array([0.5, 0.5]), 1.0, size)
         found += 1
-        yield RealPatch(image, patch_transform((0.5, 0.5), 1.0), record.key, upsampled=record.density < size)
+        yield RealPatch(image, patch_transform((0.5, 0.5), 1.0), record.key,
+                        upsampled=not dense_enough(record, size))
     if found == 0:
         dense = f" at least {min_density:g} px dense (the HR full-body set)" if min_density > 0 else ""
         raise MetricsError(f"no full-body images (kind 'full'){dense} in the shards; FID and precision/recall "
