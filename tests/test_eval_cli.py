@@ -41,6 +41,8 @@ def test_random_tiny_generator_end_to_end_with_all_metrics(synthetic, fast_incep
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert record["format"] == "unitedhuman-eval/1" and record["method"] == "random-tiny"
+    assert record["protocol"]["name"] == "quick" and record["protocol"]["fid_size"] == 64  # the default protocol
+    assert record["pr"]["features"]["network"] == "inception"
     assert record["inception"]["kind"] == "nvidia" and len(record["inception"]["sha256"]) == 64
     assert record["fid"]["value"] > 0 and record["fid"]["n_real"] == 5 and record["fid"]["resolution"] == 64
     assert record["pfid"]["value"] > 0 and record["pfid"]["n"] == 5

@@ -36,8 +36,8 @@ def _nchw(images: np.ndarray) -> torch.Tensor:
 
 def test_default_file_is_named_by_its_hash_and_gives_2048_features(inception, figures):
     path = default_inception_path()
-    assert inception.describe() == {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                                    "kind": "tf-range"}
+    assert inception.describe() == {"network": "inception", "file": path.name,
+                                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "kind": "tf-range"}
     feats = inception(_nchw(figures[:2]))
     assert feats.shape == (2, FEATURE_DIM) and feats.dtype == np.float64
     assert np.all(feats >= 0) and np.abs(feats[0] - feats[1]).max() > 1e-3  # pool features after ReLU

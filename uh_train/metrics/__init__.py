@@ -1,5 +1,6 @@
 """Quality metrics of the paper (§4.1, Tables 1 and 3): FID, patch-FID, keypoint-FID and improved
-precision/recall, computed offline on Inception-v3 features. `uh-eval` (uh_train/evaluate.py) is
+precision/recall, computed offline on Inception-v3 features (VGG16 for precision/recall when given),
+under the `quick` or the `paper` protocol (protocol.py). `uh-eval` (uh_train/evaluate.py) is
 the command line; `runner.evaluate` the whole evaluation; the other modules its parts."""
 
 from .fid import FeatureStats, fid_from_features, frechet_distance

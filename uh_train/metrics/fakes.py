@@ -2,8 +2,9 @@
 
 A `PatchGenerator` is anything with `z_dim`, `img_resolution` and `__call__(z [N, z_dim],
 transform [N, 3, 3]) -> images [N, 3, r, r]` in about [-1, 1]: the image of the patch T(v, s)
-(paper Eq. 4) of the person drawn from z. `GeneratorSampler` adapts our `Generator` (with
-truncation); tests use analytic stand-ins.
+(paper Eq. 4) of the person drawn from z. The `paper` protocol also needs `render(z, size) ->
+[N, 3, size, size]`, the whole image in one generator pass. `GeneratorSampler` adapts our
+`Generator` (with truncation); tests use analytic stand-ins.
 
 Latents are drawn from a seeded torch generator, so two runs with the same seed evaluate the same
 people.
@@ -16,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from uh_train.networks.generator import patch_transforms
 
@@ -27,6 +29,8 @@ class PatchGenerator(Protocol):
     img_resolution: int
 
     def __call__(self, z: torch.Tensor, transform: torch.Tensor) -> torch.Tensor: ...
+
+    def render(self, z: torch.Tensor, size: int) -> torch.Tensor: ...
 
 
 class GeneratorSampler:
@@ -42,6 +46,19 @@ class GeneratorSampler:
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
         return self.G(z.to(self.device), transform.to(self.device), truncation_psi=self.truncation_psi).cpu()
+
+    @torch.no_grad()
+    def render(self, z: torch.Tensor, size: int, max_bytes: int | None = None) -> torch.Tensor:
+        """Whole images at size x size, each in one synthesis pass on a size / r times larger canvas
+        (`render_region`'s single mode); samples are split into groups small enough for one pass
+        each to fit in max_bytes."""
+        from uh_train.render import DEFAULT_MAX_BYTES, pass_bytes, render_region
+
+        max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+        ws = self.G.mapping(z.to(self.device), truncation_psi=self.truncation_psi)
+        per_pass = max(1, max_bytes // max(pass_bytes(self.G, size // self.img_resolution, 1), 1))
+        return torch.cat([render_region(self.G, ws[i : i + per_pass], size, mode="single", max_bytes=max_bytes).cpu()
+                          for i in range(0, len(ws), per_pass)])
 
 
 def latents(n: int, z_dim: int, seed: int) -> torch.Tensor:
@@ -72,16 +89,39 @@ def full_images(gen: PatchGenerator, z: torch.Tensor, size: int) -> torch.Tensor
     return out
 
 
-def full_image_batches(gen: PatchGenerator, n: int, size: int, seed: int, batch: int) -> Iterator[torch.Tensor]:
-    """n generated full images as uint8 [b, 3, size, size] batches."""
+def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased (bilinear with a widened kernel) resize of [N, C, H, W] images to size x size."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def full_image_batches(gen: PatchGenerator, n: int, size: int, seed: int, batch: int,
+                       render_size: int | None = None) -> Iterator[torch.Tensor]:
+    """n generated full images as uint8 [b, 3, size, size] batches: stitched from patches at s =
+    size / r, or (render_size given, the paper protocol) rendered in one pass at render_size and
+    downsampled to size."""
     z = latents(n, gen.z_dim, seed)
     for i in range(0, n, batch):
-        yield to_uint8(full_images(gen, z[i : i + batch], size))
+        if render_size is None:
+            images = full_images(gen, z[i : i + batch], size)
+        else:
+            images = downsample(gen.render(z[i : i + batch], render_size), size)
+        yield to_uint8(images)
 
 
-def patch_batches(gen: PatchGenerator, transforms: np.ndarray, seed: int, batch: int) -> Iterator[torch.Tensor]:
-    """One generated patch per given transform (real ones replayed), as uint8 [b, 3, r, r] batches."""
+def patch_batches(gen: PatchGenerator, transforms: np.ndarray, seed: int, batch: int,
+                  sizes: np.ndarray | None = None) -> Iterator[torch.Tensor]:
+    """One generated patch per given transform (real ones replayed), as uint8 [b, 3, r, r] batches.
+    With `sizes` (the real patches' pixel counts), a patch is downsampled to its real's size; a
+    batch then comes out as one tensor per size."""
     T = torch.as_tensor(np.asarray(transforms), dtype=torch.float32).reshape(-1, 3, 3)
     z = latents(len(T), gen.z_dim, seed)
     for i in range(0, len(T), batch):
-        yield to_uint8(gen(z[i : i + batch], T[i : i + batch]))
+        images = gen(z[i : i + batch], T[i : i + batch])
+        if sizes is None:
+            yield to_uint8(images)
+            continue
+        chunk = np.asarray(sizes[i : i + batch])
+        for size in np.unique(chunk):
+            yield to_uint8(downsample(images[torch.from_numpy(chunk == size)], int(size)))

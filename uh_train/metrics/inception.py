@@ -77,7 +77,7 @@ class InceptionFeatures:
         self.kind = "nvidia" if "return_features" in str(self.net.forward.schema) else "tf-range"
 
     def describe(self) -> dict:
-        return {"file": self.path.name, "sha256": self.sha256, "kind": self.kind}
+        return {"network": "inception", "file": self.path.name, "sha256": self.sha256, "kind": self.kind}
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -7,7 +7,13 @@
   lies inside what the source shows; each is resampled from its source through H^-1
   with antialiasing (`uh_train.data.resample_patch`) and its T(v, s) is kept so the generated
   patches replay exactly the same transforms.
+* `uniform_patches` (pFID of the `paper` protocol): patches at one s with uniform centres over the
+  full-body images at least `min_density` dense (the HR full-body set).
 * `keypoint_patches` (kFID): patches at s = 8 centred on BODY_25 keypoints, per group of Table 1.
+
+With `native=True` (the `paper` protocol) a real patch is never magnified: where its source has
+fewer pixels across the patch than r, it is taken at that pixel count (`protocol.native_size`) and
+the generated patch replaying it is downsampled to the same size.
 
 Only patches whose content the source knows are used: at least MIN_COVERAGE of the patch must lie
 inside the source image (and its mask); for a full-body image the padding of the unit square counts
@@ -29,6 +35,7 @@ from uh_train.shardspec import ShardRecord
 from uh_train.spatial import patch_transform
 
 from .inception import MetricsError
+from .protocol import native_size
 
 MIN_COVERAGE = 0.95
 KFID_SCALE = 8.0  # s of keypoint-centred patches (paper Table 1)
@@ -53,6 +60,10 @@ class RealPatch:
     key: str
     group: int = -1  # index into KFID_GROUPS for keypoint patches
     upsampled: bool = False  # the source's density is below r * s (the patch is magnified)
+
+    @property
+    def size(self) -> int:
+        return int(self.image.shape[-1])
 
 
 def _records(folders: Sequence[str | Path], seed: int) -> Iterator[ShardRecord]:
@@ -92,19 +103,54 @@ def take_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tuple[
     return np.ascontiguousarray(image), coverage
 
 
-def full_images(folders: Sequence[str | Path], size: int, n: int, seed: int = 0) -> Iterator[RealPatch]:
-    """Up to n full-body images at size x size (fewer when the shards hold fewer)."""
+def dense_enough(record: ShardRecord, min_density: float) -> bool:
+    # A relative tolerance: a 1024 px image covering the unit square has density 1024 up to rounding.
+    return record.density >= min_density * (1 - 1e-6)
+
+
+def full_images(folders: Sequence[str | Path], size: int, n: int, seed: int = 0,
+                min_density: float = 0.0) -> Iterator[RealPatch]:
+    """Up to n full-body images at least `min_density` dense, at size x size (fewer when the shards
+    hold fewer)."""
     found = 0
     for record in _records(folders, seed):
         if found >= n:
             return
-        if record.kind != "full":
+        if record.kind != "full" or not dense_enough(record, min_density):
             continue
         image, _ = take_patch(record, np.array([0.5, 0.5]), 1.0, size)
         found += 1
-        yield RealPatch(image, patch_transform((0.5, 0.5), 1.0), record.key, upsampled=record.density < size)
+        yield RealPatch(image, patch_transform((0.5, 0.5), 1.0), record.key,
+                        upsampled=not dense_enough(record, size))
     if found == 0:
-        raise MetricsError("no full-body images (kind 'full') in the shards; FID and precision/recall need them")
+        dense = f" at least {min_density:g} px dense (the HR full-body set)" if min_density > 0 else ""
+        raise MetricsError(f"no full-body images (kind 'full'){dense} in the shards; FID and precision/recall "
+                           "need them")
+
+
+def uniform_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 0, scale: float = KFID_SCALE,
+                    min_density: float = 0.0) -> Iterator[RealPatch]:
+    """n patches at s = `scale` with centres uniform over full-body space (the patch inside the unit
+    square), from full-body images at least `min_density` dense, each at its native size (at most
+    r px); cycles through the shards (new centres each pass) until n patches are found."""
+    half = 0.5 / scale
+    found = 0
+    for epoch in itertools.count():
+        before = found
+        for i, record in enumerate(_records(folders, seed + epoch)):
+            if found >= n:
+                return
+            if record.kind != "full" or not dense_enough(record, min_density):
+                continue
+            v = np.random.default_rng([seed, epoch, i]).uniform(half, 1 - half, size=2)
+            size = native_size(record.density, scale, res)
+            image, _ = take_patch(record, v, scale, size)
+            found += 1
+            yield RealPatch(image, patch_transform(v, scale), record.key,
+                            upsampled=size == res and record.density < res * scale)
+        if found == before:
+            raise MetricsError(f"no full-body images (kind 'full') at least {min_density:g} px dense (the HR "
+                               "full-body set) in the shards; pFID of the paper protocol needs them")
 
 
 def random_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 0,
@@ -144,10 +190,10 @@ def keypoint_candidates(record: ShardRecord, scale: float = KFID_SCALE) -> list[
 
 
 def keypoint_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 0, scale: float = KFID_SCALE,
-                     min_density: float = 0.0) -> Iterator[RealPatch]:
+                     min_density: float = 0.0, native: bool = False) -> Iterator[RealPatch]:
     """Up to n patches per kFID group, at s = `scale` centred on the group's keypoints, from sources
-    at least `min_density` dense. One pass over the shards: a group gets fewer than n when the shards
-    hold fewer such keypoints."""
+    at least `min_density` dense; r px each, or (native=True) at most r px, never magnified. One pass
+    over the shards: a group gets fewer than n when the shards hold fewer such keypoints."""
     counts = [0] * len(KFID_GROUPS)
     any_keypoints = False
     for record in _records(folders, seed):
@@ -160,12 +206,13 @@ def keypoint_patches(folders: Sequence[str | Path], res: int, n: int, seed: int 
         for g, v in keypoint_candidates(record, scale):
             if counts[g] >= n:
                 continue
-            image, coverage = take_patch(record, v, scale, res)
+            size = native_size(record.density, scale, res) if native else res
+            image, coverage = take_patch(record, v, scale, size)
             if coverage < MIN_COVERAGE:
                 continue
             counts[g] += 1
             yield RealPatch(image, patch_transform(v, scale), record.key, group=g,
-                            upsampled=record.density < res * scale)
+                            upsampled=size == res and record.density < res * scale)
     if not any_keypoints:
         raise MetricsError("the shards carry no keypoints (meta.json 'keypoints' is null); kFID needs BODY_25 "
                            "keypoints in full-body space")

@@ -5,8 +5,9 @@ to the point's k-th nearest neighbour within its own set. Precision: fraction of
 inside the real manifold (are fakes realistic?). Recall: fraction of real points inside the
 generated manifold (is the real variety covered?).
 
-The original metric uses VGG16 features; no VGG16 weights are available offline here, so `uh-eval`
-feeds Inception pool features (docs/metrics.md). The function itself takes any features.
+The original metric uses VGG16 features: `uh-eval --vgg16 FILE` supplies them (metrics/vgg.py);
+without a VGG16 file it feeds Inception pool features (docs/metrics.md). The function itself takes
+any features.
 """
 
 from __future__ import annotations

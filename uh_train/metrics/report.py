@@ -32,11 +32,23 @@ def markdown_table(result: dict[str, Any], method: str) -> str:
              "| " + " | ".join(row) + " |"]
     cfg = result.get("config", {})
     inception = result.get("inception", {})
-    notes = [f"n = {cfg.get('n')} per metric (per group for kFID)",
-             f"patch resolution r = {result.get('resolution')}, FID/P&R at {cfg.get('fid_res')} px",
-             f"kFID patches at s = {cfg.get('kfid_scale')}",
+    protocol = result.get("protocol", {})
+    r = result.get("resolution")
+    if protocol.get("name") == "paper":
+        sizes = (f"protocol: paper (r = {r}): full images rendered in one pass at {protocol.get('render_size')} px, "
+                 f"downsampled to {protocol.get('fid_size')} px for FID and P&R, against full-body images at least "
+                 f"{protocol.get('hr_min_density'):g} px dense; pFID and kFID patches at s = "
+                 f"{protocol.get('patch_scale'):g}, fakes downsampled to sparse reals' size")
+    else:
+        sizes = (f"protocol: quick (r = {r}): FID/P&R at {cfg.get('fid_res')} px stitched from patches; "
+                 f"kFID patches at s = {cfg.get('kfid_scale')}")
+    notes = [sizes, f"n = {cfg.get('n')} per metric (per group for kFID)",
              f"Inception: {inception.get('file')} (sha256 {str(inception.get('sha256', ''))[:16]}…)",
              f"shards: manifest sha256 {str(result.get('manifest_sha256', ''))[:16]}…"]
+    if pr:
+        net = pr.get("features") or {}
+        notes.append(f"precision/recall: k = {pr.get('k')}, {net.get('network', 'inception')} features "
+                     f"({net.get('file')}, sha256 {str(net.get('sha256', ''))[:16]}…)")
     if groups:
         notes.append("real kFID patches per group: " + ", ".join(f"{g} {groups[g]['n']}" for g in groups))
     return "\n".join(lines) + "\n\n" + "\n".join(f"* {n}" for n in notes) + "\n"

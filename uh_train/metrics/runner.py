@@ -3,10 +3,23 @@
     real images/patches (patches.py) --Inception--> statistics (cached, stats.py)
     fakes replaying the real T(v, s) (fakes.py) --Inception--> statistics --> metric values
 
+Two protocols (protocol.py). `quick`, for small runs:
+
 * fid:  full images at `fid_res` (stitched from patches) vs real full-body images resized to match.
-* pfid: patches at the real (v, s) of random real patches (paper §4.1, after AnyRes GAN).
+* pfid: patches at the real (v, s) of random real patches (after AnyRes GAN).
 * kfid: patches at s = 8 centred on keypoints, per Table 1 group, and their mean.
 * pr:   improved precision/recall (k = 3) on the full-image features (shared with fid).
+
+`paper` (§4.1; sizes relative to the patch resolution r, the paper's r being 256):
+
+* fid:  full images rendered in one pass at 8r, downsampled (antialiased) to 4r, vs the HR
+        full-body set (full-body images at least 4r dense) at 4r.
+* pfid: s = 8 patches with uniform centres over the HR full-body set; fakes replay each T.
+* kfid: s = 8 patches on the keypoints of every source. A real patch is never magnified: where
+        its source has fewer than r pixels across it, the fake is downsampled to the real's size.
+* pr:   k = 3 on the fid images, with VGG16 features when a VGG16 file is given, else Inception.
+
+In both, a `pr_features` extractor (VGG16) replaces Inception for precision/recall when given.
 """
 
 from __future__ import annotations
@@ -20,10 +33,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from uh_train.data import PatchConfig
+
 from . import fakes, patches
 from .fid import FeatureStats, fid_between
 from .inception import MetricsError
 from .precision_recall import DEFAULT_K, precision_recall
+from .protocol import PROTOCOLS, paper_sizes
 from .stats import StatsCache, manifest_digest, stats_key
 
 METRICS = ("fid", "pfid", "kfid", "pr")
@@ -47,13 +63,14 @@ def _no_progress(description: str, total: int) -> Callable[[int], None]:
 class EvalConfig:
     metrics: tuple[str, ...] = METRICS
     n: int = 500  # images per metric (per group for kFID); the paper uses 50k
-    fid_res: int | None = None  # full-image resolution for FID and P&R; None: the patch resolution r
+    fid_res: int | None = None  # quick: full-image resolution for FID and P&R; None: the patch resolution r
     seed: int = 0
     batch: int = 16
-    scale_max: float = 8.0  # largest s of pFID patches
+    scale_max: float = PatchConfig.scale_max  # largest s of quick pFID patches: the trainer's
     kfid_scale: float = patches.KFID_SCALE
     kfid_min_density: float = 0.0
     k: int = DEFAULT_K
+    protocol: str = "quick"  # or "paper" (protocol.py)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -61,6 +78,16 @@ class EvalConfig:
             raise MetricsError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
         if self.n < 2:
             raise MetricsError(f"--n must be at least 2 (a covariance needs two samples), got {self.n}")
+        if self.protocol not in PROTOCOLS:
+            raise MetricsError(f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        if self.protocol == "paper":
+            fixed = [name for name, value, default in (("--fid-res", self.fid_res, None),
+                                                       ("--kfid-min-density", self.kfid_min_density, 0.0),
+                                                       ("kfid_scale", self.kfid_scale, patches.KFID_SCALE))
+                     if value != default]
+            if fixed:
+                raise MetricsError(f"{', '.join(fixed)} cannot be set with --protocol paper, which fixes the sizes "
+                                   "(FID at 4r, patches at s = 8); use --protocol quick to choose them")
 
 
 def _batched(items: Iterable[patches.RealPatch], batch: int) -> Iterable[list[patches.RealPatch]]:
@@ -74,21 +101,37 @@ def _batched(items: Iterable[patches.RealPatch], batch: int) -> Iterable[list[pa
         yield chunk
 
 
-def _real_full(folders, cfg: EvalConfig, size: int, features: FeatureExtractor, cache: StatsCache,
-               manifests: str, hook: TaskHook) -> dict[str, np.ndarray]:
-    config = {"set": "full", "n": cfg.n, "size": size, "seed": cfg.seed, "inception": features.describe()["sha256"]}
+def _features_of(features: FeatureExtractor, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Features of uint8 [3, h, w] images of possibly different sizes, in order (one call per size)."""
+    shapes = [image.shape for image in images]
+    out: list[np.ndarray] = [np.empty(0)] * len(images)
+    for shape in dict.fromkeys(shapes):
+        idx = [i for i, s in enumerate(shapes) if s == shape]
+        for i, f in zip(idx, features(torch.from_numpy(np.stack([images[i] for i in idx]))), strict=True):
+            out[i] = f
+    return np.stack(out)
+
+
+def _real_full(folders, cfg: EvalConfig, size: int, min_density: float, extractors: dict[str, FeatureExtractor],
+               cache: StatsCache, manifests: str, hook: TaskHook) -> dict[str, np.ndarray]:
+    """Features of the real full-body images under each extractor ("fid", "pr"), cached together."""
+    config = {"set": "full", "n": cfg.n, "size": size, "seed": cfg.seed, "min_density": min_density,
+              "features": {name: fx.describe()["sha256"] for name, fx in extractors.items()}}
     key = stats_key(manifests, config)
     cached = cache.load("full", key)
     if cached is not None:
         return cached
     advance = hook(f"real full images ({size} px)", cfg.n)
-    stats = FeatureStats(keep=True)
+    stats = {name: FeatureStats(keep=True) for name in extractors}
     upsampled = 0
-    for chunk in _batched(patches.full_images(folders, size, cfg.n, cfg.seed), cfg.batch):
-        stats.add(features(torch.from_numpy(np.stack([p.image for p in chunk]))))
+    for chunk in _batched(patches.full_images(folders, size, cfg.n, cfg.seed, min_density), cfg.batch):
+        images = torch.from_numpy(np.stack([p.image for p in chunk]))
+        for name, fx in extractors.items():
+            stats[name].add(fx(images))
         upsampled += sum(p.upsampled for p in chunk)
         advance(len(chunk))
-    out = {"features": stats.features(), "upsampled": np.array(upsampled)}
+    out = {f"features_{name}": s.features() for name, s in stats.items()}
+    out["upsampled"] = np.array(upsampled)
     cache.save("full", key, out)
     return out
 
@@ -97,18 +140,21 @@ def _real_patch_stats(items: Iterable[patches.RealPatch], groups: int, cfg: Eval
                       features: FeatureExtractor, advance: Callable[[int], None]) -> dict[str, np.ndarray]:
     stats = [FeatureStats() for _ in range(groups)]
     transforms: list[list[np.ndarray]] = [[] for _ in range(groups)]
+    sizes: list[list[int]] = [[] for _ in range(groups)]
     upsampled = np.zeros(groups, dtype=np.int64)
     for chunk in _batched(items, cfg.batch):
-        feats = features(torch.from_numpy(np.stack([p.image for p in chunk])))
+        feats = _features_of(features, [p.image for p in chunk])
         for p, f in zip(chunk, feats, strict=True):
             g = max(p.group, 0)
             stats[g].add(f[None])
             transforms[g].append(p.transform)
+            sizes[g].append(p.size)
             upsampled[g] += p.upsampled
         advance(len(chunk))
     out: dict[str, np.ndarray] = {"counts": np.array([s.n for s in stats]), "upsampled": upsampled}
     for g, s in enumerate(stats):
         out[f"transforms_{g}"] = np.array(transforms[g], dtype=np.float64).reshape(-1, 3, 3)
+        out[f"sizes_{g}"] = np.array(sizes[g], dtype=np.int64)
         if s.n >= 2:
             out.update({f"{name}_{g}": value for name, value in s.arrays().items()})
     return out
@@ -117,7 +163,8 @@ def _real_patch_stats(items: Iterable[patches.RealPatch], groups: int, cfg: Eval
 def _group(real: dict[str, np.ndarray], g: int) -> dict[str, np.ndarray] | None:
     """Group g's statistics from `_real_patch_stats` arrays (None when it has fewer than 2 patches)."""
     suffix = f"_{g}"
-    arrays = {k[: -len(suffix)]: v for k, v in real.items() if k.endswith(suffix) and not k.startswith("transforms")}
+    arrays = {k[: -len(suffix)]: v for k, v in real.items()
+              if k.endswith(suffix) and not k.startswith(("transforms", "sizes"))}
     return arrays or None
 
 
@@ -129,82 +176,116 @@ def _fake_stats(batches: Iterable[torch.Tensor], features: FeatureExtractor, adv
     return stats
 
 
+def _size_summary(sizes: np.ndarray, r: int) -> dict[str, Any]:
+    """Pixel sizes of real patches (and so of the fakes compared with them)."""
+    if len(sizes) == 0:
+        return {"size_min": None, "size_max": None, "fake_downsampled": 0}
+    return {"size_min": int(sizes.min()), "size_max": int(sizes.max()), "fake_downsampled": int((sizes < r).sum())}
+
+
 def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: EvalConfig,
              features: FeatureExtractor, cache: StatsCache | None = None,
-             on_task: TaskHook = _no_progress) -> dict[str, Any]:
-    """Compute the requested metrics; returns the result record that `report` writes."""
+             on_task: TaskHook = _no_progress, pr_features: FeatureExtractor | None = None) -> dict[str, Any]:
+    """Compute the requested metrics; returns the result record that `report` writes. `pr_features`
+    (VGG16) replaces `features` (Inception) for precision/recall when given."""
     cache = cache or StatsCache(None)
     manifests = manifest_digest(folders)
     r = gen.img_resolution
-    fid_res = cfg.fid_res or r
-    result: dict[str, Any] = {"config": {**asdict(cfg), "fid_res": fid_res, "metrics": list(cfg.metrics)},
+    paper = paper_sizes(r) if cfg.protocol == "paper" else None
+    fid_res = paper.fid_size if paper else (cfg.fid_res or r)
+    protocol = paper.describe() if paper else {
+        "name": "quick", "r": r, "render": "stitched", "fid_size": fid_res, "pfid_scale_max": cfg.scale_max,
+        "kfid_scale": cfg.kfid_scale, "kfid_min_density": cfg.kfid_min_density}
+    pr_fx = pr_features or features
+    result: dict[str, Any] = {"protocol": protocol,
+                              "config": {**asdict(cfg), "fid_res": fid_res, "metrics": list(cfg.metrics)},
                               "manifest_sha256": manifests, "inception": features.describe(),
                               "resolution": r, "seconds": {}}
 
     if "fid" in cfg.metrics or "pr" in cfg.metrics:
         start = time.perf_counter()
-        real = _real_full(folders, cfg, fid_res, features, cache, manifests, on_task)
-        real_feats = real["features"].astype(np.float64)
-        if len(real_feats) < 2:
-            raise MetricsError(f"only {len(real_feats)} full-body image in the shards; FID needs at least 2")
-        if "pr" in cfg.metrics and min(len(real_feats), cfg.n) <= cfg.k:
+        extractors: dict[str, FeatureExtractor] = {}
+        if "fid" in cfg.metrics:
+            extractors["fid"] = features
+        if "pr" in cfg.metrics:
+            extractors["pr"] = pr_fx
+        real = _real_full(folders, cfg, fid_res, paper.hr_min_density if paper else 0.0, extractors, cache,
+                          manifests, on_task)
+        n_real = len(real[f"features_{next(iter(extractors))}"])
+        if n_real < 2:
+            raise MetricsError(f"only {n_real} full-body image in the shards; FID needs at least 2")
+        if "pr" in cfg.metrics and min(n_real, cfg.n) <= cfg.k:
             raise MetricsError(
                 f"precision/recall with k={cfg.k} needs more than {cfg.k} real and generated full-body images "
-                f"(have {len(real_feats)} real, --n {cfg.n}); add images, raise --n or leave pr out of --metrics")
-        advance = on_task(f"generated full images ({fid_res} px)", cfg.n)
-        fake = _fake_stats(fakes.full_image_batches(gen, cfg.n, fid_res, cfg.seed, cfg.batch), features, advance,
-                           keep="pr" in cfg.metrics)
+                f"(have {n_real} real, --n {cfg.n}); add images, raise --n or leave pr out of --metrics")
+        render = f"rendered at {paper.render_size} px, " if paper else ""
+        advance = on_task(f"generated full images ({render}{fid_res} px)", cfg.n)
+        fake = {name: FeatureStats(keep=name == "pr") for name in extractors}
+        for images in fakes.full_image_batches(gen, cfg.n, fid_res, cfg.seed, cfg.batch,
+                                               render_size=paper.render_size if paper else None):
+            for name, fx in extractors.items():
+                fake[name].add(fx(images))
+            advance(len(images))
         if "fid" in cfg.metrics:
-            result["fid"] = {"value": fid_between({"features": real_feats}, fake),
-                             "resolution": fid_res, "n_real": len(real_feats), "n_fake": fake.n,
-                             "real_upsampled": int(real["upsampled"])}
+            result["fid"] = {"value": fid_between({"features": real["features_fid"].astype(np.float64)}, fake["fid"]),
+                             "resolution": fid_res, "render_size": paper.render_size if paper else fid_res,
+                             "n_real": n_real, "n_fake": fake["fid"].n, "real_upsampled": int(real["upsampled"])}
         if "pr" in cfg.metrics:
-            precision, recall = precision_recall(real_feats, fake.features(), k=cfg.k)
+            precision, recall = precision_recall(real["features_pr"].astype(np.float64), fake["pr"].features(),
+                                                 k=cfg.k)
             result["pr"] = {"precision": precision, "recall": recall, "k": cfg.k, "resolution": fid_res,
-                            "n_real": len(real_feats), "n_fake": fake.n}
+                            "features": {"network": "inception", **pr_fx.describe()},
+                            "n_real": n_real, "n_fake": fake["pr"].n}
         result["seconds"]["fid+pr"] = time.perf_counter() - start
 
     if "pfid" in cfg.metrics:
         start = time.perf_counter()
-        config = {"set": "pfid", "n": cfg.n, "res": r, "scale_max": cfg.scale_max, "seed": cfg.seed,
+        config = {"set": "pfid", "protocol": cfg.protocol, "n": cfg.n, "res": r, "seed": cfg.seed,
                   "min_coverage": patches.MIN_COVERAGE, "inception": features.describe()["sha256"]}
+        config.update({"scale": paper.patch_scale, "min_density": paper.hr_min_density} if paper
+                      else {"scale_max": cfg.scale_max})
         key = stats_key(manifests, config)
         real = cache.load("pfid", key)
         if real is None:
-            items = patches.random_patches(folders, r, cfg.n, cfg.seed, cfg.scale_max)
+            if paper:
+                items = patches.uniform_patches(folders, r, cfg.n, cfg.seed, paper.patch_scale, paper.hr_min_density)
+            else:
+                items = patches.random_patches(folders, r, cfg.n, cfg.seed, cfg.scale_max)
             real = _real_patch_stats(items, 1, cfg, features, on_task("real patches", cfg.n))
             cache.save("pfid", key, real)
-        transforms = real["transforms_0"]
-        fake = _fake_stats(fakes.patch_batches(gen, transforms, cfg.seed + 1, cfg.batch), features,
+        transforms, sizes = real["transforms_0"], real["sizes_0"]
+        fake = _fake_stats(fakes.patch_batches(gen, transforms, cfg.seed + 1, cfg.batch, sizes), features,
                            on_task("generated patches (real T(v,s))", len(transforms)))
         scales = 1.0 / transforms[:, 0, 0]
         result["pfid"] = {"value": fid_between(_group(real, 0), fake),
                           "n": int(real["counts"][0]), "scale_min": float(scales.min()),
-                          "scale_max": float(scales.max()), "real_upsampled": int(real["upsampled"][0])}
+                          "scale_max": float(scales.max()), "real_upsampled": int(real["upsampled"][0]),
+                          **_size_summary(sizes, r)}
         result["seconds"]["pfid"] = time.perf_counter() - start
 
     if "kfid" in cfg.metrics:
         start = time.perf_counter()
         groups = list(patches.KFID_GROUPS)
-        config = {"set": "kfid", "n": cfg.n, "res": r, "scale": cfg.kfid_scale, "seed": cfg.seed,
-                  "min_density": cfg.kfid_min_density, "groups": patches.KFID_GROUPS,
+        config = {"set": "kfid", "protocol": cfg.protocol, "n": cfg.n, "res": r, "scale": cfg.kfid_scale,
+                  "seed": cfg.seed, "min_density": cfg.kfid_min_density, "groups": patches.KFID_GROUPS,
                   "min_coverage": patches.MIN_COVERAGE, "inception": features.describe()["sha256"]}
         key = stats_key(manifests, config)
         real = cache.load("kfid", key)
         if real is None:
-            items = patches.keypoint_patches(folders, r, cfg.n, cfg.seed, cfg.kfid_scale, cfg.kfid_min_density)
+            items = patches.keypoint_patches(folders, r, cfg.n, cfg.seed, cfg.kfid_scale, cfg.kfid_min_density,
+                                             native=paper is not None)
             real = _real_patch_stats(items, len(groups), cfg, features,
                                      on_task(f"real keypoint patches (s={cfg.kfid_scale:g})", cfg.n * len(groups)))
             cache.save("kfid", key, real)
         per_group: dict[str, dict[str, Any]] = {}
         for g, name in enumerate(groups):
-            transforms = real[f"transforms_{g}"]
+            transforms, sizes = real[f"transforms_{g}"], real[f"sizes_{g}"]
             entry: dict[str, Any] = {"value": None, "n": int(real["counts"][g]),
-                                     "real_upsampled": int(real["upsampled"][g])}
+                                     "real_upsampled": int(real["upsampled"][g]), **_size_summary(sizes, r)}
             group = _group(real, g)
             if group is not None:
-                fake = _fake_stats(fakes.patch_batches(gen, transforms, cfg.seed + 2 + g, cfg.batch), features,
-                                   on_task(f"generated {name} patches", len(transforms)))
+                fake = _fake_stats(fakes.patch_batches(gen, transforms, cfg.seed + 2 + g, cfg.batch, sizes),
+                                   features, on_task(f"generated {name} patches", len(transforms)))
                 entry["value"] = fid_between(group, fake)
             per_group[name] = entry
         values = [e["value"] for e in per_group.values() if e["value"] is not None]
