@@ -266,3 +266,24 @@ def pitch_of_fits(poses: np.ndarray) -> np.ndarray:
     from mst_pipeline.space import pitch_of_rotation
 
     return pitch_of_rotation(axis_angle_to_rotmat_np(poses[:, :3]))
+
+
+def test_mst_space_with_pare_takes_the_mean_pitch_from_pares_global_orientation(tmp_path, toy):
+    """With --pare, ô is the pitch of PARE's regressed global orientation (the paper's estimate),
+    here a PARE steered to regress the person's pose leaned by 0.1 rad."""
+    from test_align import write_dataset
+    from test_pare import steer_pose
+    from test_smplify import random_pose
+
+    from mst_pipeline.pare import Pare
+    from mst_pipeline.space import build_space
+
+    pose = random_pose(np.random.default_rng(5), 1, spread=0.12)[0]  # write_dataset's person
+    pose[66:] = 0
+    pose[:3] = [np.pi - 0.1, 0.0, 0.0]
+    ckpt = steer_pose(Pare().eval(), pose, tmp_path / "steered.ckpt")
+    write_dataset(tmp_path / "data", toy, default_space(toy), n=1)
+    space, rejected = build_space(tmp_path / "data" / "people", toy, detector="openpose-json", pare=ckpt,
+                                  config=SmplifyConfig(iterations=60))
+    assert rejected == 0 and space.count == 1
+    assert space.pitch == pytest.approx(0.1, abs=1e-4) and space.pitch_spread["from"] == "pare"
