@@ -166,7 +166,7 @@ def prior_pose(rng: np.random.Generator, pitch: float) -> np.ndarray:
     forward, wrists and forearms twist; spine and neck get small noise.
     """
     pose = np.zeros((24, 3))
-    R = _rot("x", np.pi + pitch + rng.normal(0, 0.03)) @ _rot("y", rng.normal(0, 0.2))
+    R = _rot("x", np.pi - pitch + rng.normal(0, 0.03)) @ _rot("y", rng.normal(0, 0.2))  # space.pitch_of_rotation
     pose[0] = _axis_angle(R)
     for j in (3, 6, 9, 12, 15):
         pose[j] = rng.normal(0, 0.05, 3)

@@ -103,11 +103,14 @@ class PersonPlan:
 
 def standing_pose(rng: np.random.Generator, pitch: float) -> np.ndarray:
     """A standing pose [72]: the built-in arm prior of `mst render-hands` plus varied legs
-    (hips apart or together, one leg a little forward, soft knees)."""
+    (hips apart or together, one leg a little forward, soft knees) and feet flat on the floor: the
+    ankles undo the legs' forward bend, so each foot's pitch is the body's (`space.feet_pitch`)."""
     pose = prior_pose(rng, pitch).reshape(24, 3)
-    for hip, knee, sign in ((_J["left_hip"], _J["left_knee"], 1.0), (_J["right_hip"], _J["right_knee"], -1.0)):
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        hip, knee, ankle = (_J[f"{side}_{j}"] for j in ("hip", "knee", "ankle"))
         pose[hip] = [rng.normal(0, 0.12), rng.normal(0, 0.08), sign * rng.uniform(-0.02, 0.12)]
         pose[knee] = [rng.uniform(0.0, 0.25), 0.0, 0.0]
+        pose[ankle] = [-(pose[hip, 0] + pose[knee, 0]), 0.0, 0.0]
     return pose.reshape(72)
 
 

@@ -3,8 +3,8 @@
 21 body joints (SMPL joints 1..21, axis-angle, [B, 63]) -> latent 32 -> 21 rotations through the
 continuous 6-D representation. The module and parameter names follow VPoser v2, so the official
 V02_05 snapshot loads with `load_prior` (keys `vp_model.*`, trainer buffers dropped), and a prior
-trained here by `mst fit-prior` (`train_prior`: reconstruction + KL on the full-body set's fitted
-poses) is saved in the same layout.
+trained here by `mst fit-prior` (`train_prior`: body-model vertex reconstruction + KL on the
+full-body set's fitted poses, as VPoser trains) is saved in the same layout.
 """
 
 from __future__ import annotations
@@ -215,24 +215,75 @@ def save_prior(prior: PosePrior, path: str | os.PathLike, meta: dict | None = No
 
 
 # ---------------------------------------------------------------------------------------------
-# Training (`mst fit-prior`, App. B: reconstruction + KL)
+# Training (`mst fit-prior`, App. B: vertex reconstruction + KL, as VPoser)
+
+VERTEX_STEP = 16  # default: every 16th vertex of the mesh enters the reconstruction loss
+REC_WEIGHT = 4.0  # VPoser v2 (V02_05): 4 · L1 vertex error + 0.005 · KL
+KL_WEIGHT = 5e-3
+
+
+class VertexLoss(nn.Module):
+    """App. B's reconstruction term: the mean L1 distance between the vertices of the mean
+    body posed by the decoded rotations and by the input pose (global orientation zero), as
+    VPoser trains. The vertices are a subset for speed: every `step`-th vertex of the mesh (1: all);
+    the model keeps its joint regressor's vertices too, which the joints need, but only the
+    subset is compared.
+
+    body: a `BodyModel`. forward(R [B, 21, 3, 3], target [B, V', 3]) -> scalar; `vertices(pose)`
+    gives the target for axis-angle body poses [B, 63].
+    """
+
+    def __init__(self, body, step: int = VERTEX_STEP) -> None:
+        super().__init__()
+        if step < 1:
+            raise ValueError(f"vertex step must be at least 1, got {step}")
+        from mst_pipeline.body.model import BodyModel
+        from mst_pipeline.body.smpl_file import BodyModelData
+
+        d = body.data()
+        sample = np.arange(0, len(d.v_template), step)
+        keep = np.union1d(np.union1d(np.flatnonzero(np.abs(d.J_regressor).sum(0) > 0), d.extra_vertex_ids), sample)
+        self.body = BodyModel(BodyModelData(
+            v_template=d.v_template[keep], shapedirs=d.shapedirs[keep], posedirs=d.posedirs[keep],
+            J_regressor=d.J_regressor[:, keep], weights=d.weights[keep], parents=d.parents,
+            faces=np.zeros((0, 3), np.int64), extra_vertex_ids=np.searchsorted(keep, d.extra_vertex_ids),
+            attribution=d.attribution,
+        )).to(body.v_template.device)
+        self.register_buffer("ids", torch.as_tensor(np.searchsorted(keep, sample), dtype=torch.long,
+                                                    device=body.v_template.device))
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.ids.numel())
+
+    def vertices(self, pose_body: Tensor) -> Tensor:
+        """Compared vertices [B, V', 3] of the mean body posed by pose_body [B, 63] (or [B, 21, 3])."""
+        B = pose_body.shape[0]
+        pose = torch.cat([pose_body.reshape(B, -1), pose_body.new_zeros(B, 6)], 1)  # hands at rest
+        return self.body(body_pose=pose).vertices[:, self.ids]
+
+    def forward(self, R: Tensor, target: Tensor) -> Tensor:
+        return (self.vertices(rotmat_to_axis_angle(R).reshape(R.shape[0], -1)) - target).abs().mean()
 
 
 @dataclass
 class PriorTrainingStats:
     epochs: int
-    final_reconstruction: float  # mean squared rotation-matrix error per joint
+    final_reconstruction: float  # mean L1 vertex error (model units, metres), not weighted
     final_kl: float
     num_poses: int
+    num_vertices: int = 0  # vertices compared by the reconstruction term
 
 
 def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3,
-                kl_weight: float = 5e-3, seed: int = 0, device: str = "cpu",
-                prior: PosePrior | None = None, log=None) -> tuple[PosePrior, PriorTrainingStats]:
-    """Fit the VAE to body poses. poses: [N, 63] (21 joints) or [N, 72] (SMPL; joints 1..21 used).
+                kl_weight: float = KL_WEIGHT, rec_weight: float = REC_WEIGHT, seed: int = 0, device: str = "cpu",
+                prior: PosePrior | None = None, body=None, vertex_step: int = VERTEX_STEP,
+                log=None) -> tuple[PosePrior, PriorTrainingStats]:
+    """Fit the VAE to body poses (App. B). poses: [N, 63] (21 joints) or [N, 72] (SMPL; joints 1..21
+    used). body: the `BodyModel` whose vertices the loss compares (default: the open model).
 
-    Loss: mean squared error between decoded and input rotation matrices (a geodesic proxy
-    that ignores the axis-angle 2π ambiguity) + kl_weight · KL(q(z|θ) ‖ N(0, I)).
+    Loss, as VPoser's: rec_weight · mean L1 vertex error of the decoded pose (`VertexLoss`) +
+    kl_weight · KL(q(z|θ) ‖ N(0, I)).
     """
     poses = np.asarray(poses, dtype=np.float32)
     if poses.ndim != 2 or poses.shape[1] not in (63, 72):
@@ -241,11 +292,17 @@ def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr:
         poses = poses[:, 3:66]
     if len(poses) < 2:
         raise ValueError("need at least 2 poses to train the prior")
+    if body is None:
+        from mst_pipeline.body import load_body_model
+
+        body = load_body_model(None)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     prior = (prior or PosePrior()).to(device).train()
+    loss_fn = VertexLoss(body.to(device), vertex_step)
     data = torch.as_tensor(poses, device=device)
-    target = axis_angle_to_rotmat(data.view(-1, NUM_BODY_JOINTS, 3))
+    with torch.no_grad():  # the targets never change: pose them once
+        target = torch.cat([loss_fn.vertices(data[i:i + 1024]) for i in range(0, len(data), 1024)])
     opt = torch.optim.Adam(prior.parameters(), lr=lr)
     bs = min(batch_size, len(data))
     rec = kl = torch.zeros(())
@@ -254,16 +311,15 @@ def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr:
         for i in range(0, len(data) - bs + 1, bs):
             idx = order[i:i + bs]
             q = prior.encode(data[idx])
-            z = q.rsample()
-            R = prior.decoder_net(z)
-            rec = ((R - target[idx]) ** 2).sum((-2, -1)).mean()
+            rec = loss_fn(prior.decoder_net(q.rsample()), target[idx])
             prior_dist = torch.distributions.Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))
             kl = torch.distributions.kl_divergence(q, prior_dist).sum(-1).mean()
-            loss = rec + kl_weight * kl
+            loss = rec_weight * rec + kl_weight * kl
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         if log is not None:
             log(epoch, float(rec), float(kl))
     prior.eval()
-    return prior, PriorTrainingStats(epochs, float(rec.detach()), float(kl.detach()), len(poses))
+    return prior, PriorTrainingStats(epochs, float(rec.detach()), float(kl.detach()), len(poses),
+                                     loss_fn.num_vertices)

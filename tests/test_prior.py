@@ -1,5 +1,5 @@
 """Pose prior: VPoser v2 key layout (V02_05 snapshots load strictly), rotation helpers, and
-`train_prior` learning a pose distribution (reconstruction + KL)."""
+`train_prior` learning a pose distribution (body-model vertex reconstruction + KL, as VPoser)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
 from mst_pipeline.prior import (
     CheckpointError,
     PosePrior,
+    VertexLoss,
     axis_angle_to_rotmat,
     load_prior,
     rot6d_to_rotmat,
@@ -19,6 +21,8 @@ from mst_pipeline.prior import (
     save_prior,
     train_prior,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small batches: one thread is faster
 
 # VPoser v2 (V02_05) state-dict keys after removing `vp_model.`, with shapes.
 V02_05 = {
@@ -79,27 +83,68 @@ def _poses(n: int, seed: int) -> np.ndarray:
     return mean + rng.normal(0, 0.05, (n, 63))
 
 
-def test_training_learns_the_pose_distribution(tmp_path):
+def _rotated(joint: int, angle: float, axis: int = 0) -> torch.Tensor:
+    """Rest pose [1, 21, 3, 3] with one body joint (1..21) turned by ANGLE about AXIS (0 = x)."""
+    aa = torch.zeros(1, 21, 3)
+    aa[0, joint - 1, axis] = angle
+    return axis_angle_to_rotmat(aa)
+
+
+def test_reconstruction_loss_is_the_vertex_error_not_the_rotation_error(toy):
+    """Two decoded poses with the same rotation-matrix error (one joint off by 0.3 rad) cost what
+    their vertices move: the elbow moves the forearm and hand, the wrist only the hand, the
+    left foot (toes) only vertices outside every-4th-vertex subset of the stick figure."""
+    rest = torch.zeros(1, 63)
+    full = VertexLoss(toy, step=1)
+    target = full.vertices(rest)
+    elbow, wrist = _rotated(18, 0.3, 2), _rotated(20, 0.3, 2)  # the T-pose arm swings
+    eye = torch.eye(3).expand(1, 21, 3, 3)
+    assert ((elbow - eye) ** 2).sum() == pytest.approx(float(((wrist - eye) ** 2).sum()))
+    assert float(full(eye, target)) == pytest.approx(0.0, abs=1e-6)
+    assert float(full(elbow, target)) > 2 * float(full(wrist, target)) > 0
+    sparse = VertexLoss(toy, step=4)  # stick-figure vertices 0, 4, 8, ...: no toe
+    toes = [24 + 5, 24 + 6]  # LBigToe, LSmallToe: what the left foot joint (10) moves
+    assert not set(toes) & set(range(0, toy.num_vertices, 4))
+    assert float(sparse(_rotated(10, 0.5), sparse.vertices(rest))) == pytest.approx(0.0, abs=1e-6)
+    assert float(full(_rotated(10, 0.5), target)) > 1e-4  # the full mesh sees the toes move
+
+
+def test_training_learns_the_pose_distribution(tmp_path, toy):
+    """Trained on vertices, the prior reconstructs held-out poses' vertices and samples bodies
+    near the training poses' (measured on vertices: the stick figure cannot see a bone's twist)."""
     torch.manual_seed(0)
-    data = _poses(512, 0)
+    data = _poses(256, 0)
     untrained = PosePrior().eval()
-    prior, stats = train_prior(data, epochs=30, batch_size=128, lr=2e-3, seed=0)
-    mean = torch.as_tensor(data.mean(0), dtype=torch.float32).view(21, 3)
-    with torch.no_grad():
-        before = (untrained.sample(256).pose_body - mean).norm(dim=-1).mean()
-        after = (prior.sample(256, torch.Generator().manual_seed(1)).pose_body - mean).norm(dim=-1).mean()
-        rec = prior.reconstruct(torch.as_tensor(_poses(64, 1), dtype=torch.float32)).pose_body
-    assert after < 0.5 * before  # samples now look like the training poses
-    held_out = torch.as_tensor(_poses(64, 1), dtype=torch.float32).view(64, 21, 3)
-    assert (rec - held_out).norm(dim=-1).mean() < 0.15
+    held_out = torch.as_tensor(_poses(64, 1), dtype=torch.float32)
+    loss = VertexLoss(toy, step=1)
+    target = loss.vertices(held_out)
+    mean = loss.vertices(torch.as_tensor(data.mean(0, keepdims=True), dtype=torch.float32))
+
+    def measure(prior: PosePrior) -> tuple[float, float]:
+        with torch.no_grad():
+            rec = float(loss(prior.reconstruct(held_out).pose_body_matrot, target))
+            samples = loss.vertices(prior.sample(128, torch.Generator().manual_seed(1)).pose_body.reshape(128, 63))
+            return rec, float((samples - mean).abs().mean())
+
+    rec_before, spread_before = measure(untrained)
+    prior, stats = train_prior(data, epochs=20, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1)
+    rec_after, spread_after = measure(prior)
+    assert stats.num_vertices == toy.num_vertices
+    assert rec_after < 0.3 * rec_before, (rec_before, rec_after)
+    assert spread_after < 0.5 * spread_before, (spread_before, spread_after)
     path = save_prior(prior, tmp_path / "prior.ckpt")
     again = load_prior(path)
     torch.testing.assert_close(again.decoder_net[0].weight, prior.decoder_net[0].weight)
 
 
-def test_fit_prior_cli_from_a_pose_file(tmp_path):
+def test_fit_prior_cli_from_a_pose_file(tmp_path, toy):
     np.savez(tmp_path / "poses.npz", pose=np.concatenate([np.zeros((64, 3)), _poses(64, 2), np.zeros((64, 6))], 1))
+    write_model_npz(toy.data(), tmp_path / "toy.npz")
     result = CliRunner().invoke(app, ["fit-prior", str(tmp_path / "poses.npz"), "--out", str(tmp_path / "p.ckpt"),
-                                      "--epochs", "2", "--batch-size", "32"])
+                                      "--epochs", "2", "--batch-size", "32", "--body-model", str(tmp_path / "toy.npz"),
+                                      "--vertex-step", "1"])
     assert result.exit_code == 0, result.output
+    assert "vertex error" in result.output
     assert load_prior(tmp_path / "p.ckpt").latent_dim == 32
+    meta = torch.load(tmp_path / "p.ckpt", weights_only=True)["meta"]
+    assert meta["loss"] == "vertices" and meta["num_vertices"] == toy.num_vertices

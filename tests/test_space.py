@@ -8,6 +8,8 @@ ground-truth H puts it.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -176,3 +178,112 @@ def test_wrong_camera_would_fail_the_corner_check(toy):
     H_off = space.homography(cam * np.array([1.05, 1, 1]), W, Hh)
     err = np.linalg.norm(image_region(H_off, W, Hh) - image_region(H_true, W, Hh), axis=1).max()
     assert err > 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# The mean pitch ô, measured from the data
+
+
+def test_pitch_sign_convention_is_shared_by_the_renders_and_eq1(open_model):
+    """A body turned by the renders' pitch o has `pitch_of_rotation` o, and Eq. 1's pitch term is
+    zero there when ô = o (one convention for `mst render-people`, `mst space` and SMPLify-P)."""
+    from mst_pipeline.people import plan_person
+    from mst_pipeline.prior import axis_angle_to_rotmat_np
+    from mst_pipeline.smplify import pitch_regulariser
+    from mst_pipeline.space import pitch_of_rotation
+
+    for o in (-0.08, 0.05):
+        orient = np.array([plan_person(i, 3, 10, o).pose[:3] for i in range(40)])
+        got = pitch_of_rotation(axis_angle_to_rotmat_np(orient))
+        assert abs(np.mean(got) - o) < 0.01, (o, np.mean(got))  # renders add a 0.03 rad spread
+        reg = pitch_regulariser(torch.as_tensor(orient, dtype=torch.float32), float(np.mean(got)))
+        assert float(reg.mean()) == pytest.approx(float(np.var(got)), abs=1e-5)
+    with torch.no_grad():  # positive pitch: the head further from the camera (larger depth) than the feet
+        v = open_model(global_orient=torch.tensor([[np.pi - 0.2, 0.0, 0.0]])).vertices[0].numpy()
+    head, feet = v[:, 1].argmin(), v[:, 1].argmax()
+    assert v[head, 2] > v[feet, 2]
+
+
+def test_feet_pitch_measures_each_standing_persons_pitch(open_model):
+    """The feet of rendered standing people (exact keypoints, varied shapes and legs) give each
+    person's global pitch within 2° and the set's mean within 0.75° (the mean shape stands in for
+    each person's: their feet differ a little)."""
+    from mst_pipeline.people import plan_person, pose_person
+    from mst_pipeline.prior import axis_angle_to_rotmat_np
+    from mst_pipeline.space import feet_pitch, pitch_of_rotation
+
+    space = default_space(open_model)
+    targets, truth = [], []
+    for i in range(12):
+        plan = plan_person(i, 1, open_model.num_betas, -0.05)
+        geom = pose_person(open_model, plan, space)
+        targets.append(2 * np.concatenate([geom.body25, geom.hands["left"], geom.hands["right"]]) - 1)
+        truth.append(pitch_of_rotation(axis_angle_to_rotmat_np(np.array(plan.pose[:3]))))
+    conf = np.ones((12, NUM_TARGETS))
+    conf[3, [19, 20, 21, 22, 23, 24]] = 0  # no toes or heels seen: no measurement
+    got = feet_pitch(open_model, np.stack(targets), conf)
+    truth = np.array(truth)
+    assert np.isnan(got[3]) and np.isfinite(np.delete(got, 3)).all()
+    err = np.degrees(np.delete(got - truth, 3))
+    assert np.abs(err).max() < 2 and abs(err.mean()) < 0.75, err
+
+
+def test_mst_space_recovers_the_camera_pitch_of_rendered_people(tmp_path, open_model):
+    """`mst render-people` with a camera pitch of 3.5° (a space file's pitch), then `mst space` on
+    the full-body renders: ô within 1° of it (before, ô was pulled to 0 by construction), its
+    spread is recorded, and a space file without the spread still loads."""
+    from typer.testing import CliRunner
+
+    from mst_pipeline.cli import app
+
+    pitch = np.radians(3.5)
+    pitched = FullBodySpace(cam_bar=default_space(open_model).cam_bar, pitch=pitch)
+    pitched.save(tmp_path / "pitched.json")
+    runner = CliRunner()
+    result = runner.invoke(app, ["render-people", str(tmp_path / "people"), "--n", "12", "--res", "32",
+                                 "--space", str(tmp_path / "pitched.json")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["space", str(tmp_path / "people" / "full"), "--detector", "openpose-json",
+                                 "--iterations", "80", "--out", str(tmp_path / "space.json")])
+    assert result.exit_code == 0, result.output
+    space = load_space(tmp_path / "space.json")
+    assert space.count == 12
+    assert abs(np.degrees(space.pitch - pitch)) < 1.0, np.degrees(space.pitch)
+    spread = space.pitch_spread
+    assert spread["from"] == "feet" and spread["count"] == 12
+    assert 0 < spread["std"] < np.radians(3) and spread["p5"] <= spread["p50"] <= spread["p95"]
+    assert np.mean(pitch_of_fits(space.poses)) == pytest.approx(space.pitch, abs=np.radians(1))  # Eq. 1 towards ô
+
+    old = {k: v for k, v in json.loads((tmp_path / "space.json").read_text()).items()
+           if k != "pitch_spread"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    again = load_space(tmp_path / "old.json")
+    assert again.pitch_spread is None and again.pitch == pytest.approx(space.pitch)
+
+
+def pitch_of_fits(poses: np.ndarray) -> np.ndarray:
+    from mst_pipeline.prior import axis_angle_to_rotmat_np
+    from mst_pipeline.space import pitch_of_rotation
+
+    return pitch_of_rotation(axis_angle_to_rotmat_np(poses[:, :3]))
+
+
+def test_mst_space_with_pare_takes_the_mean_pitch_from_pares_global_orientation(tmp_path, toy):
+    """With --pare, ô is the pitch of PARE's regressed global orientation (the paper's estimate),
+    here a PARE steered to regress the person's pose leaned by 0.1 rad."""
+    from test_align import write_dataset
+    from test_pare import steer_pose
+    from test_smplify import random_pose
+
+    from mst_pipeline.pare import Pare
+    from mst_pipeline.space import build_space
+
+    pose = random_pose(np.random.default_rng(5), 1, spread=0.12)[0]  # write_dataset's person
+    pose[66:] = 0
+    pose[:3] = [np.pi - 0.1, 0.0, 0.0]
+    ckpt = steer_pose(Pare().eval(), pose, tmp_path / "steered.ckpt")
+    write_dataset(tmp_path / "data", toy, default_space(toy), n=1)
+    space, rejected = build_space(tmp_path / "data" / "people", toy, detector="openpose-json", pare=ckpt,
+                                  config=SmplifyConfig(iterations=60))
+    assert rejected == 0 and space.count == 1
+    assert space.pitch == pytest.approx(0.1, abs=1e-4) and space.pitch_spread["from"] == "pare"
