@@ -12,8 +12,10 @@ from uh_train.losses import (
     nonsaturating_d_loss,
     nonsaturating_g_loss,
     pixel_loss,
+    pixel_loss_per_patch,
     r1_penalty,
     random_box_mask,
+    teacher_footprint,
     teacher_region,
 )
 from uh_train.spatial import patch_transform
@@ -85,3 +87,75 @@ def test_pixel_loss_is_small_for_a_consistent_student_and_large_for_another_regi
     wrong, _ = teacher_region(F.interpolate(teacher, size=64, mode="bicubic", align_corners=False), other, 32)
     l1_bad, _ = pixel_loss(wrong, teacher, T)
     assert l1_good < 0.02 and l1_bad > 10 * l1_good
+
+
+def _smooth_teacher(res: int = 64) -> torch.Tensor:
+    yy, xx = np.mgrid[0:res, 0:res] / float(res)
+    img = np.stack([np.sin(9 * xx + 3 * yy), np.cos(7 * yy - 2 * xx), np.sin(5 * xx * yy * 6)])
+    return torch.tensor(img, dtype=torch.float32)[None]
+
+
+def _student_of(teacher: torch.Tensor, T: torch.Tensor, res: int) -> torch.Tensor:
+    """What a perfect student renders at T: the teacher's region at r x r (denser than the teacher)."""
+    dense = F.interpolate(teacher, size=teacher.shape[-1] * 8, mode="bicubic", align_corners=False)
+    patch, _ = teacher_region(dense.expand(T.shape[0], -1, -1, -1), T, res)
+    return patch
+
+
+def _per_patch_lpips_stand_in(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A deterministic per-sample perceptual distance (LPIPS's shape: [N, 1, 1, 1])."""
+    feats = [F.avg_pool2d(x, 4) for x in (a, b)]
+    return (feats[0] - feats[1]).square().mean(dim=(1, 2, 3)).reshape(-1, 1, 1, 1)
+
+
+def test_pixel_loss_of_a_patch_does_not_depend_on_its_batch_mates():
+    teacher = _smooth_teacher()
+    Ts = torch.tensor(np.stack([patch_transform((0.5, 0.15), 8.0), patch_transform((0.5, 0.5), 1.0),
+                                patch_transform((0.3, 0.7), 2.5), patch_transform((0.6, 0.4), 5.0)]),
+                      dtype=torch.float32)
+    noise = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    student = _student_of(teacher, Ts, 64) + 0.05 * noise
+    teachers = teacher.expand(4, -1, -1, -1)
+    l1_all, lp_all = pixel_loss_per_patch(student, teachers, Ts, _per_patch_lpips_stand_in)
+    for i in range(4):
+        l1_one, lp_one = pixel_loss_per_patch(student[i:i + 1], teachers[i:i + 1], Ts[i:i + 1],
+                                              _per_patch_lpips_stand_in)
+        assert torch.allclose(l1_all[i], l1_one[0], atol=1e-6) and torch.allclose(lp_all[i], lp_one[0], atol=1e-7)
+    # and the batch value is the mean of the patches' values
+    l1, lp = pixel_loss(student, teachers, Ts, _per_patch_lpips_stand_in)
+    assert torch.allclose(l1, l1_all.mean()) and torch.allclose(lp, lp_all.mean())
+
+
+def test_an_s8_patch_is_compared_at_r_over_8_teacher_pixels(monkeypatch):
+    import uh_train.losses as losses_mod
+
+    seen = []
+    real_region = losses_mod.teacher_region
+
+    def spy(image, transform, size):
+        seen.extend((round(float(1 / t[0, 0])), size) for t in transform)
+        return real_region(image, transform, size)
+
+    monkeypatch.setattr(losses_mod, "teacher_region", spy)
+    teacher = _smooth_teacher(64)
+    Ts = torch.tensor(np.stack([patch_transform((0.5, 0.15), 8.0), patch_transform((0.5, 0.5), 1.0)]),
+                      dtype=torch.float32)
+    pixel_loss(_student_of(teacher, Ts, 64), teacher.expand(2, -1, -1, -1), Ts)
+    assert sorted(seen) == [(1, 64), (8, 8)]
+    assert teacher_footprint(Ts, 256).tolist() == [32, 256]
+
+
+def test_detail_finer_than_the_teachers_pixels_is_not_penalised_in_a_mixed_batch():
+    """An s = 8 patch may hold detail the 64 px teacher cannot: comparing at r/8 px ignores it,
+    whatever scales the batch-mates have (a comparison at the batch's mean scale would not)."""
+    teacher = _smooth_teacher(64)
+    Ts = torch.tensor(np.stack([patch_transform((0.45, 0.2), 8.0), patch_transform((0.5, 0.5), 1.0),
+                                patch_transform((0.5, 0.5), 1.0)]), dtype=torch.float32)
+    student = _student_of(teacher, Ts, 64)
+    wave = torch.sin(2 * np.pi * 8 * (torch.arange(64) + 0.5) / 64)  # half a teacher pixel per period at s = 8
+    detail = student.clone()
+    detail[0] += 0.4 * wave[None, :] * wave[:, None]
+    base, _ = pixel_loss_per_patch(student, teacher.expand(3, -1, -1, -1), Ts)
+    with_detail, _ = pixel_loss_per_patch(detail, teacher.expand(3, -1, -1, -1), Ts)
+    assert abs(float(with_detail[0] - base[0])) < 1e-3  # at the batch's mean scale: +0.05
+    assert float(base.max()) < 0.03

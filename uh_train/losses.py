@@ -87,23 +87,50 @@ def teacher_region(
     return crop, valid
 
 
+LPIPS_MIN_SIZE = 64  # AlexNet's smallest useful input
+
+
+def teacher_footprint(transform: torch.Tensor, res: int, minimum: int = 4) -> torch.Tensor:
+    """Side, in teacher pixels, of each patch's region T(v, s): r / s_i, rounded (at least `minimum`).
+
+    transform: [N, 3, 3]; res: the teacher's resolution r (it renders the whole square at r).
+    Returns an int64 tensor [N]."""
+    s = 1.0 / transform[:, 0, 0].double()
+    return (res / s).round().clamp_min(minimum).long()
+
+
+def pixel_loss_per_patch(student_patch: torch.Tensor, teacher_image: torch.Tensor, transform: torch.Tensor,
+                         lpips_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8 per patch: L1 (+ LPIPS) between each student patch and the teacher at its own footprint.
+
+    Patch i (scale s_i) spans r / s_i pixels of the teacher's full image, so the student's r x r
+    patch is downsampled (antialiased) to that size and compared with the teacher's crop of the same
+    region, which is sampled at about one sample per teacher pixel; both are masked to full-body
+    space. Patches never share a comparison size, so a patch's loss does not depend on its
+    batch-mates. Returns (l1 [N], lpips [N]); lpips is zeros when `lpips_fn` is None.
+    """
+    n = student_patch.shape[0]
+    sizes = teacher_footprint(transform, teacher_image.shape[-1])
+    l1 = student_patch.new_zeros(n)
+    lp = student_patch.new_zeros(n)
+    for size in sizes.unique().tolist():  # one batched comparison per distinct footprint
+        idx = (sizes == size).nonzero().flatten()
+        small = F.interpolate(student_patch[idx], size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        crop, valid = teacher_region(teacher_image[idx], transform[idx], size)
+        diff = ((small - crop).abs() * valid).sum(dim=(1, 2, 3))
+        l1[idx] = diff / (valid.sum(dim=(1, 2, 3)) * small.shape[1]).clamp_min(1.0)
+        if lpips_fn is not None:
+            # AlexNet needs a minimum input size: small footprints are enlarged, both sides alike.
+            up = max(size, LPIPS_MIN_SIZE)
+            a = F.interpolate(small * valid, size=(up, up), mode="bilinear", align_corners=False)
+            b = F.interpolate(crop * valid, size=(up, up), mode="bilinear", align_corners=False)
+            lp[idx] = lpips_fn(a, b).reshape(-1)
+    return l1, lp
+
+
 def pixel_loss(student_patch: torch.Tensor, teacher_image: torch.Tensor, transform: torch.Tensor,
                lpips_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 8: L1 (+ LPIPS) between the student's patch and the teacher's image of the same region.
-
-    The student patch is brought to the teacher's frame: downsampled (antialiased) to the number of
-    teacher pixels the region spans, then compared with the teacher's crop there, masked to
-    full-body space. Returns (l1, lpips) as scalars (lpips is 0 when `lpips_fn` is None).
-    """
-    r = teacher_image.shape[-1]
-    s = 1.0 / transform[:, 0, 0]
-    size = int(max(8, round(float(r / s.mean()))))
-    small = F.interpolate(student_patch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    crop, valid = teacher_region(teacher_image, transform, size)
-    l1 = ((small - crop).abs() * valid).sum() / (valid.sum() * small.shape[1]).clamp_min(1.0)
-    if lpips_fn is None:
-        return l1, torch.zeros((), device=l1.device)
-    up = 64 if size < 64 else size  # LPIPS's backbone needs a minimum spatial size
-    a = F.interpolate(small * valid, size=(up, up), mode="bilinear", align_corners=False)
-    b = F.interpolate(crop * valid, size=(up, up), mode="bilinear", align_corners=False)
-    return l1, lpips_fn(a, b).mean()
+    """Eq. 8 over a batch: the mean of `pixel_loss_per_patch` (l1, lpips) as scalars."""
+    l1, lp = pixel_loss_per_patch(student_patch, teacher_image, transform, lpips_fn)
+    return l1.mean(), lp.mean()
