@@ -6,10 +6,19 @@ import numpy as np
 import pytest
 
 from mst_pipeline.synthetic import random_figure, render, write_synthetic
-from uh_train.data import PatchBatches, PatchConfig, make_patch, resample_patch, sample_view
+from uh_train.data import (
+    PatchBatches,
+    PatchConfig,
+    ViewSettings,
+    make_patch,
+    mirror_record,
+    parse_view,
+    resample_patch,
+    sample_view,
+)
 from uh_train.shard_reader import shard_pipeline
 from uh_train.shardspec import ShardRecord
-from uh_train.spatial import density, image_region, scale_translate
+from uh_train.spatial import density, full_image_homography, image_region, patch_transform, scale_translate
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +89,14 @@ def test_stage_one_feeds_whole_full_body_images(shards):
     assert set(batch["source"]) == {"synth_full"}
     assert np.allclose(batch["transform"].numpy(), np.eye(3))
     assert batch["image"].shape == (8, 3, 32, 32)
-    # a portrait padded (white) to the square: padding is part of the real full-body image
-    assert batch["mask"].min() == 1
+    # a portrait padded (white) to the square: the padding is not real data, only the portrait is
+    assert batch["mask"][:, :, :, :6].max() == 0 and batch["mask"][:, :, :, 12:20].min() == 1
     assert batch["image"][:, :, :, :6].min() == 1.0 and batch["image"][:, :, :, 12:20].min() < 1.0
 
 
 def test_keypoint_centres_land_on_body_parts(shards):
-    cfg = PatchConfig(res=32, stage=2, keypoint_prob=1.0, jitter=0.0)
+    # patches small enough (s >= 3) that the square's margin never moves the centre
+    cfg = PatchConfig(res=32, stage=2, views={"synth_upper": ViewSettings(s_min=3.0, keypoint_prob=1.0, jitter=0.0)})
     rng = np.random.default_rng(1)
     for record in shard_pipeline([shards], shuffle_buffer=0, split=False):
         if record.source != "synth_upper":
@@ -120,3 +130,113 @@ def test_patch_transform_of_a_patch_is_recorded(shards):
     s = 1 / p.transform[0, 0]
     assert p.transform[1, 1] == p.transform[0, 0] and s >= 1
     assert p.image.shape == (3, 32, 32) and -1 <= p.image.min() and p.image.max() <= 1
+
+
+def aligned_record(width: int, height: int, seed: int = 0) -> ShardRecord:
+    """An aligned full-body image (the person centred, head to feet) with its padded-identity H."""
+    img = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    H = full_image_homography(width, height)
+    meta = {"key": "shhq/a", "source": "shhq", "kind": "full", "tier": "HR", "H": H.tolist(),
+            "region": image_region(H, width, height).tolist(), "density": density(H, width, height),
+            "keypoints": None}
+    return ShardRecord.from_parts(meta, img, None)
+
+
+@pytest.mark.parametrize("shard_res", [32, 64])
+def test_stage_one_reads_an_aligned_image_without_resampling(shard_res):
+    """A 1:2 aligned image at r or 2r pixels high is read at r as a plain box resize, bit for bit,
+    in the central strip x in [0.25, 0.75]; the padding around it is not real."""
+    from PIL import Image
+
+    r = 32
+    record = aligned_record(shard_res // 2, shard_res)
+    p = make_patch(record, PatchConfig(res=r, stage=1), np.random.default_rng(0))
+    expected = np.asarray(Image.fromarray(record.image).reduce(shard_res // r))
+    strip = p.image[:, :, r // 4: 3 * r // 4]
+    np.testing.assert_array_equal(strip, (expected.astype(np.float32) / 255.0 * 2 - 1).transpose(2, 0, 1))
+    assert p.mask[0, :, r // 4: 3 * r // 4].min() == 1
+    assert p.mask[0, :, : r // 4].max() == 0 and p.mask[0, :, 3 * r // 4:].max() == 0
+    assert p.whole  # the global head still judges the full-body view as the set presents it
+
+
+def test_a_face_source_is_seen_from_the_whole_square_to_its_density_limit():
+    """A face crop covering 0.1 x 0.1 of full-body space at 2560 px per unit (a 256 px face): its
+    patches range over s in [1, 8] (r = 32: density limit 80, capped at 8), and each patch's coverage
+    is the share of the patch the face occupies."""
+    x0, y0, side, dens = 0.45, 0.05, 0.1, 2560.0
+    n = int(side * dens)
+    H = scale_translate(1 / dens, 1 / dens, x0, y0)
+    img = np.full((n, n, 3), 90, dtype=np.uint8)
+    meta = {"key": "celeba/a", "source": "celeba", "kind": "face", "tier": "SR", "H": H.tolist(),
+            "region": image_region(H, n, n).tolist(), "density": density(H, n, n), "keypoints": None}
+    record = ShardRecord.from_parts(meta, img, None)
+    cfg = PatchConfig(res=32, stage=2, scale_max=8.0)
+    rng = np.random.default_rng(0)
+    scales, errors = [], []
+    for _ in range(200):
+        p = make_patch(record, cfg, rng)
+        s = 1 / float(p.transform[0, 0])
+        vx, vy = p.transform[0, 2] + 0.5, p.transform[1, 2] + 0.5
+        half = 0.5 / s
+        ox = max(0.0, min(vx + half, x0 + side) - max(vx - half, x0))
+        oy = max(0.0, min(vy + half, y0 + side) - max(vy - half, y0))
+        expected = ox * oy * s * s  # share of the patch's area inside the face
+        assert expected > 0  # every patch shows part of the face
+        errors.append(abs(float(p.mask.mean()) - expected))
+        assert p.whole == (expected > 0.999)  # a partial patch is never a whole real image
+        scales.append(s)
+    scales = np.array(scales)
+    assert scales.min() < 1.1 and scales.max() > 7.0 and np.all((scales >= 1) & (scales <= 8))
+    assert np.mean(scales < 2) > 0.2 and np.mean(scales > 4) > 0.2  # log-uniform: a third per octave
+    assert max(errors) < 0.1 and np.mean(errors) < 0.03
+
+
+def test_view_settings_per_source():
+    name, view = parse_view("celeba:scale=uniform-size,s_min=2,keypoints=0.9")
+    assert name == "celeba" and view == ViewSettings(scale="uniform-size", s_min=2.0, keypoint_prob=0.9)
+    with pytest.raises(ValueError, match="unknown setting 'zoom'"):
+        parse_view("celeba:zoom=3")
+    with pytest.raises(ValueError, match="s_min must be"):
+        parse_view("celeba:s_min=0.5")
+    fig, record = figure_record(1024, (0.3, 0.05, 0.7, 0.55))
+    cfg = PatchConfig(res=32, views={"t": ViewSettings(scale="uniform-size", s_min=2.0, s_max=4.0)})
+    rng = np.random.default_rng(0)
+    sides = np.array([1 / sample_view(record, cfg, rng)[1] for _ in range(400)])
+    assert sides.min() >= 0.25 - 1e-9 and sides.max() <= 0.5 + 1e-9
+    assert abs(np.mean(sides < 0.375) - 0.5) < 0.08  # uniform in the patch side
+
+
+def test_mirrored_sample_is_the_x_flip_of_the_original_in_full_body_space():
+    fig, record = figure_record(512, (0.3125, 0.0625, 0.5625, 0.5625))  # asymmetric: left of centre
+    body = np.zeros((25, 3), np.float32)
+    body[2] = (0.4, 0.2, 1.0)  # right shoulder
+    body[5] = (0.5, 0.21, 0.9)  # left shoulder
+    face = np.zeros((70, 3), np.float32)
+    face[36] = (0.46, 0.1, 1.0)  # an eye corner
+    kp = {"body": body, "lhand": np.zeros((21, 3), np.float32), "rhand": np.ones((21, 3), np.float32) * 0.5,
+          "face": face}
+    from dataclasses import replace
+
+    record = replace(record, keypoints=kp)
+    m = mirror_record(record)
+    v, s = np.array([0.42, 0.3]), 2.0
+    rgb, mask = resample_patch(record, v, s, 32)
+    rgb_m, mask_m = resample_patch(m, np.array([1 - v[0], v[1]]), s, 32)
+    np.testing.assert_allclose(rgb_m, rgb[:, ::-1], atol=1e-5)
+    np.testing.assert_allclose(mask_m, mask[:, ::-1], atol=1e-5)
+    assert np.allclose(np.sort(m.region[:, 0]), np.sort(1 - record.region[:, 0]))
+    np.testing.assert_allclose(m.keypoints["body"][5], (0.6, 0.2, 1.0), atol=1e-6)  # right shoulder -> left
+    np.testing.assert_allclose(m.keypoints["body"][2], (0.5, 0.21, 0.9), atol=1e-6)
+    np.testing.assert_allclose(m.keypoints["face"][45], (0.54, 0.1, 1.0), atol=1e-6)
+    assert m.keypoints["lhand"][0, 2] == 0.5 and m.keypoints["rhand"][0, 2] == 0
+    np.testing.assert_allclose(mirror_record(m).keypoints["face"], record.keypoints["face"], atol=1e-6)
+    np.testing.assert_allclose(mirror_record(m).H, record.H, atol=1e-12)
+    # the batch stream flips about half of the samples when asked to
+    cfg = PatchConfig(res=32, stage=1, mirror=True)
+    rng = np.random.default_rng(3)
+    flips = [make_patch(record, cfg, rng).image for _ in range(40)]
+    plain = make_patch(record, PatchConfig(res=32, stage=1), rng).image
+    n_flipped = sum(np.allclose(f, plain[:, :, ::-1]) for f in flips)
+    n_plain = sum(np.allclose(f, plain) for f in flips)
+    assert n_flipped + n_plain == 40 and 10 < n_flipped < 30
+    assert patch_transform((0.5, 0.5), 1.0).tolist() == np.eye(3).tolist()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +32,72 @@ from uh_train.spatial import apply_homography, bilinear_sample, patch_transform
 PAD_VALUE = 1.0
 
 
+SCALE_DISTRIBUTIONS = ("log-uniform", "uniform-size")
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """How stage 2 chooses (v, s) for one source (docs/training.md, "Patch sampling").
+
+    scale: "log-uniform" draws log s uniformly; "uniform-size" draws the patch side 1/s uniformly
+    (AnyRes GAN's crop sampler), which favours large patches. s lies in [s_min, s_max], where
+    s_max is further capped by the source's density limit (never upsample) and the run's scale_max.
+    keypoint_prob: probability of a keypoint-based centre (else uniform over the source's region);
+    jitter: keypoint jitter in patch sides (1/s).
+    """
+
+    scale: str = "log-uniform"
+    s_min: float = 1.0
+    s_max: float | None = None
+    keypoint_prob: float = 0.5
+    jitter: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALE_DISTRIBUTIONS:
+            raise ValueError(f"unknown scale distribution {self.scale!r} ({', '.join(SCALE_DISTRIBUTIONS)})")
+        if not (self.s_min >= 1.0 and math.isfinite(self.s_min)):
+            raise ValueError(f"s_min must be a finite number >= 1, got {self.s_min}")
+        if self.s_max is not None and not (self.s_max >= self.s_min):
+            raise ValueError(f"s_max ({self.s_max}) must be >= s_min ({self.s_min})")
+        if not 0.0 <= self.keypoint_prob <= 1.0:
+            raise ValueError(f"keypoint probability must lie in [0, 1], got {self.keypoint_prob}")
+        if not self.jitter >= 0.0:
+            raise ValueError(f"jitter must be >= 0, got {self.jitter}")
+
+
+VIEW_KEYS = {"scale": str, "s_min": float, "s_max": float, "keypoints": float, "jitter": float}
+
+
+def parse_view(text: str, base: ViewSettings | None = None) -> tuple[str, ViewSettings]:
+    """`SOURCE:key=value,key=value` (keys: scale, s_min, s_max, keypoints, jitter) -> (source, settings)."""
+    source, sep, body = text.partition(":")
+    if not sep or not source:
+        raise ValueError(f"expected SOURCE:key=value[,key=value...], got {text!r}")
+    fields = {}
+    for item in filter(None, body.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in VIEW_KEYS:
+            raise ValueError(f"{text!r}: unknown setting {key!r} (keys: {', '.join(VIEW_KEYS)})")
+        try:
+            fields["keypoint_prob" if key == "keypoints" else key] = VIEW_KEYS[key](value)
+        except ValueError:
+            raise ValueError(f"{text!r}: {key} expects a {VIEW_KEYS[key].__name__}, got {value!r}") from None
+    return source, replace(base or ViewSettings(), **fields)
+
+
 @dataclass
 class PatchConfig:
     res: int = 64  # r: patch size in pixels
     stage: int = 2
     scale_max: float = 8.0  # largest s
-    keypoint_prob: float = 0.5  # probability of a keypoint-based centre (else uniform)
-    jitter: float = 0.25  # keypoint jitter, in patch sides (1/s)
+    keypoint_prob: float = 0.5  # default probability of a keypoint-based centre (else uniform)
+    jitter: float = 0.25  # default keypoint jitter, in patch sides (1/s)
     min_confidence: float = 0.3
+    mirror: bool = False  # x-flip half of the samples (image, mask, keypoints, H), as StyleGAN3's --mirror
+    views: dict[str, ViewSettings] = field(default_factory=dict)  # per-source overrides
+
+    def view(self, source: str) -> ViewSettings:
+        return self.views.get(source) or ViewSettings(keypoint_prob=self.keypoint_prob, jitter=self.jitter)
 
 
 @dataclass
@@ -49,28 +107,48 @@ class Patch:
     transform: np.ndarray  # float32 [3, 3], T(v, s)
     source: str
     key: str
+    whole: bool  # a whole real image for D's global head (see `make_patch`)
+
+
+def scale_limits(record: ShardRecord, cfg: PatchConfig) -> tuple[float, float]:
+    """[s_min, s_max] of a source's patches: from 1 (the whole square, the uncovered part completed by
+    CutMix) up to the source's density limit, density / r, so that a patch is never upsampled."""
+    view = cfg.view(record.source)
+    s_max = max(1.0, min(cfg.scale_max, view.s_max or math.inf, record.density / cfg.res))
+    return min(view.s_min, s_max), s_max
+
+
+def sample_scale(view: ViewSettings, s_min: float, s_max: float, rng: np.random.Generator) -> float:
+    if s_max <= s_min:
+        return s_min
+    if view.scale == "uniform-size":
+        return 1.0 / rng.uniform(1.0 / s_max, 1.0 / s_min)
+    return float(math.exp(rng.uniform(math.log(s_min), math.log(s_max))))
 
 
 def sample_view(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Choose (v, s) for a real sample. Returns (v [2], s)."""
+    """Choose (v, s) for a real sample. Returns (v [2], s).
+
+    Every source is seen at every scale its pixels allow (paper §3.2: partial data reaches the
+    discriminator at all scales), so a face crop also appears in patches much larger than the face,
+    its uncovered part filled by CutMix. The centre is a (jittered) visible keypoint or a uniform
+    point of the source's region, so the patch always contains part of the source.
+    """
     if cfg.stage == 1:
         return np.array([0.5, 0.5]), 1.0
+    view = cfg.view(record.source)
     x0, y0 = record.region.min(axis=0)
     x1, y1 = record.region.max(axis=0)
     x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0)
-    # Largest s: the source's own density (never upsample); smallest: a patch no larger than the
-    # source's region, so partial sources give mostly covered patches.
-    s_max = max(1.0, min(cfg.scale_max, record.density / cfg.res))
-    s_min = float(np.clip(1.0 / max(x1 - x0, y1 - y0, 1e-3), 1.0, s_max))
-    s = float(math.exp(rng.uniform(math.log(s_min), math.log(s_max)))) if s_max > s_min else s_min
+    s = sample_scale(view, *scale_limits(record, cfg), rng)
     centres = []
     if record.keypoints is not None:
         body = record.keypoints["body"]
         ok = (body[:, 2] >= cfg.min_confidence) & (body[:, 0] >= x0) & (body[:, 0] <= x1) \
             & (body[:, 1] >= y0) & (body[:, 1] <= y1)
         centres = body[ok, :2]
-    if len(centres) and rng.uniform() < cfg.keypoint_prob:
-        v = centres[rng.integers(len(centres))] + rng.normal(0.0, cfg.jitter / s, size=2)
+    if len(centres) and rng.uniform() < view.keypoint_prob:
+        v = centres[rng.integers(len(centres))] + rng.normal(0.0, view.jitter / s, size=2)
     else:
         v = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
     # Keep the patch centre inside the source's region, and the patch inside a margin of the square.
@@ -81,18 +159,58 @@ def sample_view(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator)
     return v, s
 
 
+# OpenPose BODY_25 left/right pairs; the 70 face points (68 + 2 pupils) mirror by this permutation.
+BODY_MIRROR = np.array([0, 1, 5, 6, 7, 2, 3, 4, 8, 12, 13, 14, 9, 10, 11, 16, 15, 18, 17, 22, 23, 24, 19, 20, 21])
+FACE_MIRROR = np.array(
+    list(range(16, -1, -1))  # jaw
+    + list(range(26, 16, -1))  # eyebrows
+    + [27, 28, 29, 30] + [35, 34, 33, 32, 31]  # nose bridge, nostrils
+    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]  # eyes
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]  # outer lips
+    + [64, 63, 62, 61, 60, 67, 66, 65]  # inner lips
+    + [69, 68]  # pupils
+)
+
+
+def mirror_record(record: ShardRecord) -> ShardRecord:
+    """The record x-flipped in full-body space (x -> 1 - x): image and mask flipped, H conjugated by
+    both flips, region and keypoints mirrored with left and right swapped."""
+    w = record.image.shape[1]
+    flip_image = np.array([[-1.0, 0.0, w], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # pixel coords, centres at +0.5
+    flip_space = np.array([[-1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    H = flip_space @ record.H @ flip_image
+    region = record.region.copy()
+    region[:, 0] = 1.0 - region[:, 0]
+    keypoints = None
+    if record.keypoints is not None:
+        def flip(points: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+            out = points.copy() if order is None else points[order].copy()
+            out[:, 0] = np.where(out[:, 2] > 0, 1.0 - out[:, 0], out[:, 0])
+            return out
+
+        kp = record.keypoints
+        keypoints = {"body": flip(kp["body"], BODY_MIRROR), "lhand": flip(kp["rhand"]), "rhand": flip(kp["lhand"]),
+                     "face": flip(kp["face"], FACE_MIRROR)}
+    return replace(record, image=np.ascontiguousarray(record.image[:, ::-1]),
+                   mask=None if record.mask is None else np.ascontiguousarray(record.mask[:, ::-1]),
+                   H=H, region=region, keypoints=keypoints)
+
+
 def resample_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tuple[np.ndarray, np.ndarray]:
     """Resample the r x r patch T(v, s) from the source through H^-1, antialiased.
 
     The source is first box-filtered by the integer part of the footprint (source pixels per patch
-    pixel), then sampled bilinearly, so minification does not alias. Returns (rgb float32
-    [r, r, 3] in [0, 1] with PAD_VALUE outside the source, mask float32 [r, r]).
+    pixel), then sampled bilinearly, so minification does not alias. Where the patch grid falls on
+    the (reduced) source's pixel centres, as for an aligned full-body image read whole at r from
+    r or 2r pixels, pixels are copied as they are, without interpolation. Returns (rgb float32
+    [r, r, 3] in [0, 1] with PAD_VALUE outside the source, mask float32 [r, r]: 1 where the source,
+    and its own mask, has pixels).
     """
     H = record.H
     image = record.image
     mask = record.mask
     footprint = record.density / (res * s)
-    factor = int(footprint)
+    factor = int(footprint + 1e-6)  # densities carry float noise: 63.99999 px is 64
     if factor >= 2:
         h, w = image.shape[:2]
         small = Image.fromarray(image).reduce(factor)
@@ -108,35 +226,42 @@ def resample_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tu
     h, w = image.shape[:2]
     sx, sy = src[..., 0], src[..., 1]
     inside = ((sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)).astype(np.float32)
-    rgb = bilinear_sample(image.astype(np.float32) / 255.0, sx, sy)
-    m = inside
-    if mask is not None:
-        m = m * bilinear_sample(mask.astype(np.float32)[..., None] / 255.0, sx, sy)[..., 0]
+    on_grid = np.abs(sx - np.round(sx)).max() < 1e-6 and np.abs(sy - np.round(sy)).max() < 1e-6
+    if on_grid:  # exact copy: bilinear weights would be 0/1 up to rounding noise
+        ix = np.clip(np.round(sx).astype(np.int64), 0, w - 1)
+        iy = np.clip(np.round(sy).astype(np.int64), 0, h - 1)
+        rgb = image[iy, ix].astype(np.float32) / 255.0
+        m = inside if mask is None else inside * (mask[iy, ix].astype(np.float32) / 255.0)
+    else:
+        rgb = bilinear_sample(image.astype(np.float32) / 255.0, sx, sy)
+        m = inside
+        if mask is not None:
+            m = m * bilinear_sample(mask.astype(np.float32)[..., None] / 255.0, sx, sy)[..., 0]
     rgb = rgb * m[..., None] + PAD_VALUE * (1 - m[..., None])
     return rgb, m
 
 
-def inside_full_body_space(v: np.ndarray, s: float, res: int) -> np.ndarray:
-    """[r, r] float mask: 1 where the patch T(v, s) lies inside the unit square."""
-    centres = (np.arange(res, dtype=np.float64) + 0.5) / res - 0.5
-    xs = v[0] + centres / s
-    ys = v[1] + centres / s
-    return (((ys >= 0) & (ys <= 1))[:, None] & ((xs >= 0) & (xs <= 1))[None, :]).astype(np.float32)
-
-
 def make_patch(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator) -> Patch:
+    """A real patch. Its mask is the source's true coverage: wherever the sample has no pixels
+    (outside the image, outside its own mask) no pixel counts as real, whatever its kind.
+
+    `whole` marks the patches D's global head may call real: those their source covers entirely,
+    and views of a full-body sample that stay inside the square, seen as the full-body set presents
+    them (padded with white where the image ends: the aligned full-body set defines the space)."""
+    if cfg.mirror and rng.uniform() < 0.5:
+        record = mirror_record(record)
     v, s = sample_view(record, cfg, rng)
     rgb, m = resample_patch(record, v, s, cfg.res)
-    if record.kind == "full":
-        # A full-body image padded to the square is the real data, padding included: everything
-        # inside full-body space is real. Only partial sources have missing pixels.
-        m = inside_full_body_space(v, s, cfg.res)
+    half = 0.5 / s
+    inside_square = bool(np.all(v - half >= -1e-9) and np.all(v + half <= 1 + 1e-9))
+    whole = bool(m.mean() > 0.999) or (record.kind == "full" and inside_square)
     return Patch(
         image=np.ascontiguousarray((rgb * 2 - 1).transpose(2, 0, 1), dtype=np.float32),
         mask=m[None].astype(np.float32),
         transform=patch_transform(v, s).astype(np.float32),
         source=record.source,
         key=record.key,
+        whole=whole,
     )
 
 
@@ -222,6 +347,10 @@ class PatchBatches(torch.utils.data.IterableDataset):
         if unknown:
             raise ValueError(f"mixing weights name unknown sources: {', '.join(sorted(unknown))} "
                              f"(sources: {', '.join(sorted(self.sources))})")
+        unknown = set(cfg.views) - set(self.sources)
+        if unknown:
+            raise ValueError(f"--view names unknown sources: {', '.join(sorted(unknown))} "
+                             f"(sources: {', '.join(sorted(self.sources))})")
         self.batch, self.cfg, self.seed = batch, cfg, seed
         self.weights = {s: float((weights or {}).get(s, 1.0)) for s in self.sources}
         if cfg.stage == 1:
@@ -257,6 +386,7 @@ class PatchBatches(torch.utils.data.IterableDataset):
                 "image": torch.from_numpy(np.stack([p.image for p in patches])),
                 "mask": torch.from_numpy(np.stack([p.mask for p in patches])),
                 "transform": torch.from_numpy(np.stack([p.transform for p in patches])),
+                "whole": torch.tensor([p.whole for p in patches]),
                 "source": [p.source for p in patches],
                 "key": [p.key for p in patches],
                 "state": StreamState(consumed={f"{slot}/{n}": c for n, c in consumed.items()},
