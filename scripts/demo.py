@@ -170,7 +170,15 @@ def stages(demo: Path, size: Size) -> list[Stage]:
         Stage("pose prior", "mst fit-prior: train the VPoser-architecture pose prior on the fitted poses.",
               [mst, "fit-prior", str(space), "--out", str(prior), "--epochs", str(size.prior_epochs)], [prior]),
     ]
+    out.append(Stage("align full", "mst align --aligned: the full-body renders are an aligned full-body set (the "
+                     "person centred, head to feet), so they define full-body space and enter it as they are: "
+                     "padded-identity H, original pixels, no fit (keypoints from their OpenPose JSON).",
+                     [mst, "align", str(render / "full"), "--out", str(shards), "--source", VIEW_SOURCES["full"],
+                      "--aligned", "--detector", "openpose-json", "--space", str(space)],
+                     [shards / f"{VIEW_SOURCES['full']}-000-000000.tar"]))
     for view, source in VIEW_SOURCES.items():
+        if view == "full":
+            continue
         out.append(Stage(f"align {view}", f"mst align: the {view} renders into full-body space through "
                          "SMPLify-P (keypoints from their OpenPose JSON, the prior, the space's ᾱ).",
                          [mst, "align", str(render / view), "--out", str(shards), "--source", source, "--kind", view,
@@ -335,6 +343,11 @@ def write_report(demo: Path, all_stages: list[Stage], results: list[dict]) -> Pa
             body += "<p>" + "".join(f'<img src="{src(img)}" style="height:160px;margin:2px" title="{src(img)}">'
                                     for img in shown_gallery) + "</p>"
         for log in stage.logs:
+            run = log.with_name("run.json")  # how the run started and which pixel loss it used
+            if run.exists():
+                info = json.loads(run.read_text())
+                body += (f"<p>Started from: {html.escape(info['start'])}. Teacher pixel loss: "
+                         f"{html.escape(info['pixel_loss'])}.</p>")
             if log.exists():
                 body += loss_curves_svg(log)
         for table in stage.tables:

@@ -125,12 +125,64 @@ def test_two_process_ddp_on_cpu_with_gloo(shards, tmp_path):
     assert "weights in sync across 2 processes" in proc.stderr
 
 
-def test_lpips_on_without_backbone_weights_names_the_missing_file(monkeypatch, tmp_path):
+def test_lpips_is_never_dropped_silently(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))  # no cached AlexNet weights here
     with pytest.raises(RuntimeError, match="alexnet-owt-7be5be79.pth .missing.*--lpips off"):
-        tr.make_lpips("on", torch.device("cpu"))
-    assert tr.make_lpips("auto", torch.device("cpu")) is None
-    assert tr.make_lpips("off", torch.device("cpu")) is None
+        tr.make_lpips("on", torch.device("cpu"), "tiny")
+    # auto may fall back to L1 for the CPU presets only; the paper preset stops at start-up
+    assert tr.make_lpips("auto", torch.device("cpu"), "tiny") is None
+    assert tr.make_lpips("auto", torch.device("cpu"), "small") is None
+    with pytest.raises(RuntimeError, match="paper preset trains with LPIPS.*checkpoints.alexnet-owt-7be5be79.pth"):
+        tr.make_lpips("auto", torch.device("cpu"), "paper")
+    assert tr.make_lpips("off", torch.device("cpu"), "paper") is None
+
+
+def test_stage_two_starts_from_stage_one_g_g_ema_and_d(shards, tmp_path, monkeypatch):
+    """Stage 2 resumes the stage-1 G, G_ema and D (D is not new), the teacher is the stage-1 G_ema,
+    the EMA has no ramp-up, and the run records how it started and which pixel loss it uses."""
+    from uh_train.train_state import load_state
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    tr.train(small_cfg(shards, tmp_path / "s1", kimg=0.008))
+    start = tr.find_stage_one(tmp_path / "s1" / "network-latest.safetensors")
+    assert start.state == tmp_path / "s1" / "training-state-000000k-008.safetensors"
+    assert tr.find_stage_one(tmp_path / "s1").state == start.state
+    state = load_state(start.state)
+    cfg = small_cfg(shards, tmp_path / "s2", stage=2, teacher=str(tmp_path / "s1"), kimg=0.004, lpips="auto")
+    G, D = tr.build_networks(cfg)
+    import copy
+
+    G_ema = copy.deepcopy(G)
+    teacher, note = tr.start_from_stage_one(start, G, G_ema, D, torch.device("cpu"))
+    for name, module in (("G", G), ("G_ema", G_ema), ("D", D)):
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, state[name][key]), (name, key)
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, state["G_ema"][key]), key
+    assert "D from training-state-000000k-008" in note
+
+    tr.train(cfg)  # one step of 4 images
+    info = json.loads((tmp_path / "s2" / "run.json").read_text())
+    assert info["ema_rampup"] is None and "D from" in info["start"]
+    assert info["pixel_loss"].startswith("L1 only") and "fell back" in info["pixel_loss"]
+    after = load_state(tmp_path / "s2" / "training-state-000000k-004.safetensors")
+    moved = sum((after["G"][k] - state["G"][k]).abs().sum() for k in state["G"] if state["G"][k].is_floating_point())
+    ema_moved = sum((after["G_ema"][k] - state["G_ema"][k]).abs().sum() for k in state["G_ema"]
+                    if k in dict(G_ema.named_parameters()))
+    # without ramp-up the EMA (half-life 1.25 kimg) moves by ~0.2 % of G's step; with it, G_ema = G
+    assert moved > 0 and ema_moved < 0.05 * moved
+
+
+def test_mirror_and_views_reach_the_patch_sampler(shards, tmp_path):
+    result = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "v"), "--stage", "2",
+                                         "--preset", "tiny", "--kimg", "0.004", "--batch", "4", "--lpips", "off",
+                                         "--view", "synth_face:scale=uniform-size,s_min=2", "--mirror"])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((tmp_path / "v" / "run.json").read_text())["config"]
+    assert cfg["mirror"] is True and cfg["views"] == ["synth_face:scale=uniform-size,s_min=2"]
+    bad = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "b"), "--stage", "2",
+                                      "--view", "synth_face:zoom=2"])
+    assert bad.exit_code != 0 and "unknown setting 'zoom'" in bad.output
 
 
 def test_a_short_cpu_run_moves_the_generator_towards_the_data(tmp_path):

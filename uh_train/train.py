@@ -27,7 +27,7 @@ from rich.console import Console
 
 from uh_train import losses
 from uh_train.atomic import atomic_path, atomic_write_text
-from uh_train.data import PatchBatches, PatchConfig, StreamState
+from uh_train.data import PatchBatches, PatchConfig, StreamState, ViewSettings, parse_view
 from uh_train.train_state import load_state, save_state
 
 console = Console(stderr=True, soft_wrap=True)
@@ -53,10 +53,12 @@ class TrainConfig:
     ema_rampup: float | None = 0.05  # early on, the EMA half-life is at most this fraction of the images seen
     lambda_cr: float = 1.0  # consistency, Eq. 9
     lambda_p: float = 5.0  # teacher pixel loss, Eq. 8
-    lpips: str = "auto"  # auto | on | off
+    lpips: str = "auto"  # auto | on | off; auto falls back to L1 only for the CPU presets
     scale_max: float = 8.0
     keypoint_prob: float = 0.5
     mix: dict[str, float] = field(default_factory=dict)
+    views: list[str] = field(default_factory=list)  # per-source patch sampling, "SOURCE:key=value,..."
+    mirror: bool = False  # x-flip augmentation, as StyleGAN3's --mirror
     snapshot_kimg: float = 1.0
     seed: int = 0
     workers: int = 0
@@ -88,13 +90,75 @@ def load_teacher(path: str, device: torch.device) -> torch.nn.Module:
     return teacher
 
 
+@dataclass
+class StageOneStart:
+    """Where stage 2 starts: the stage-1 generator file (the teacher) and, when it can be found, the
+    stage-1 training state holding G, G_ema and D."""
+
+    network: Path
+    state: Path | None
+
+
+def find_stage_one(path: str | os.PathLike) -> StageOneStart:
+    """Resolve --teacher: a stage-1 run folder, one of its training-state-*/network-* files, or a
+    generator file from elsewhere (then only the generator is known)."""
+    p = Path(path)
+    if p.is_dir():
+        latest = p / "latest.json"
+        if not latest.exists():
+            raise FileNotFoundError(f"{p} is not a finished stage-1 run (no latest.json)")
+        info = json.loads(latest.read_text())
+        return StageOneStart(p / info["network"], p / info["state"])
+    if p.name.startswith("training-state-"):
+        return StageOneStart(p.with_name(p.name.replace("training-state-", "network-")), p)
+    if p.name == "network-latest.safetensors" and (p.parent / "latest.json").exists():
+        info = json.loads((p.parent / "latest.json").read_text())
+        return StageOneStart(p, p.parent / info["state"])
+    if p.name.startswith("network-"):
+        state = p.with_name(p.name.replace("network-", "training-state-"))
+        return StageOneStart(p, state if state.exists() else None)
+    return StageOneStart(p, None)
+
+
+def start_from_stage_one(start: StageOneStart, G, G_ema, D, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """Load G, G_ema and D from the stage-1 state (as AnyRes GAN resumes its stage-1 snapshot);
+    the teacher is the stage-1 G_ema, frozen. Without a state, G and G_ema start from the generator
+    file and D is new. Returns (teacher, a line saying what was loaded)."""
+    from uh_train.train_state import load_state
+
+    if start.state is not None and start.state.exists():
+        state = load_state(start.state)
+        try:
+            G.load_state_dict(state["G"])
+            G_ema.load_state_dict(state["G_ema"])
+            D.load_state_dict(state["D"])
+        except RuntimeError as e:
+            raise ValueError(f"the stage-1 state {start.state} does not fit this run's networks; use the stage-1 "
+                             f"run's --preset and --res ({str(e).splitlines()[0]})") from None
+        teacher = copy.deepcopy(G_ema).to(device).eval().requires_grad_(False)
+        return teacher, f"G, G_ema and D from {start.state.name}; teacher = its G_ema"
+    teacher = load_teacher(str(start.network), device)
+    if teacher.img_resolution != D.cfg.img_resolution:
+        raise ValueError(f"the teacher renders {teacher.img_resolution} px but --preset/--res give "
+                         f"{D.cfg.img_resolution} px; use the teacher's preset and resolution")
+    try:
+        G.load_state_dict(teacher.state_dict())
+        G_ema.load_state_dict(teacher.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"the teacher {start.network} does not fit this run's generator; use its preset "
+                         f"({str(e).splitlines()[0]})") from None
+    return teacher, f"G and G_ema from {start.network.name}; D new (no stage-1 training state next to it)"
+
+
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+LPIPS_FALLBACK_PRESETS = ("tiny", "small")  # CPU presets: L1 alone is acceptable there
 
 
-def make_lpips(mode: str, device: torch.device):
+def make_lpips(mode: str, device: torch.device, preset: str = "tiny"):
     """LPIPS (AlexNet) for the pixel loss. Its linear heads ship with the `lpips` package; the AlexNet
     backbone comes from torchvision's cache, which is never downloaded here. `auto` falls back to
-    L1 alone when the backbone is missing; `on` fails with instructions."""
+    L1 alone when the backbone is missing, for the CPU presets only; `on`, and `auto` for any other
+    preset, fail at start-up saying which file to put where."""
     if mode == "off":
         return None
     weights = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
@@ -110,10 +174,15 @@ def make_lpips(mode: str, device: torch.device):
             problem = f"unreadable ({type(e).__name__}: {e})"
     msg = (f"LPIPS needs torchvision's AlexNet weights {weights} ({problem}). Copy {ALEXNET_FILE} there "
            f"(from a machine with internet: torchvision.models.alexnet(weights='DEFAULT')), or pass --lpips off.")
-    if mode == "on":
-        raise RuntimeError(msg)
+    if mode == "on" or preset not in LPIPS_FALLBACK_PRESETS:
+        raise RuntimeError(msg if mode == "on" else f"the {preset} preset trains with LPIPS (Eq. 8); {msg}")
     console.print(f"[yellow]note:[/yellow] {msg} Continuing with the L1 part of the pixel loss only.")
     return None
+
+
+def parse_views(items: list[str], keypoint_prob: float) -> dict[str, ViewSettings]:
+    base = ViewSettings(keypoint_prob=keypoint_prob)
+    return dict(parse_view(item, base) for item in items)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +272,7 @@ KEEP_STATES = 3
 
 
 def save_training_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, opt_D, gen: torch.Generator,
-                             prog: Progress) -> Path:
+                             prog: Progress, notes: dict[str, Any] | None = None) -> Path:
     from uh_train.checkpoint import save_checkpoint
 
     path = checkpoint_path(out, prog.nimg)
@@ -217,7 +286,8 @@ def save_training_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, op
                      "data": {"consumed": prog.data.consumed, "batches": prog.data.batches}},
     })
     # The generator alone, in the format uh-generate and uh-eval read.
-    info = {"stage": cfg.stage, "preset": cfg.preset, "kimg": prog.nimg / 1000, "step": prog.step}
+    info = {"stage": cfg.stage, "preset": cfg.preset, "kimg": prog.nimg / 1000, "step": prog.step,
+            **(notes or {})}
     network = out / path.name.replace("training-state-", "network-")
     save_checkpoint(network, {"G_ema": G_ema}, config=info)
     save_checkpoint(out / "network-latest.safetensors", {"G_ema": G_ema}, config=info)
@@ -250,20 +320,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     np.random.seed(cfg.seed + d.rank)
     random.seed(cfg.seed + d.rank)
 
-    # Networks. Stage 2 starts from the teacher's weights; the teacher itself stays frozen.
+    # Networks. Stage 2 starts from the stage-1 G, G_ema and D; the stage-1 G_ema is the frozen teacher.
     G, D = build_networks(cfg)
-    teacher = None
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    teacher, start_note = None, "new networks"
     if cfg.stage == 2:
         if cfg.teacher:
-            teacher = load_teacher(cfg.teacher, device)
-            G = copy.deepcopy(teacher).requires_grad_(True)
-            if G.img_resolution != D.cfg.img_resolution:
-                raise ValueError(f"the teacher renders {G.img_resolution} px but --preset/--res give "
-                                 f"{D.cfg.img_resolution} px; use the teacher's preset and resolution")
-        else:
+            teacher, start_note = start_from_stage_one(find_stage_one(cfg.teacher), G, G_ema, D, device)
+        elif d.main:
             console.print("[yellow]note:[/yellow] stage 2 without --teacher: no teacher pixel loss (Eq. 8)")
-    G, D = G.to(device).train(), D.to(device).train()
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    G, D, G_ema = G.to(device).train(), D.to(device).train(), G_ema.to(device)
+    # A run that starts from trained weights keeps its EMA as it is (no ramp-up), as AnyRes GAN does.
+    ema_rampup = None if teacher is not None else cfg.ema_rampup
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas, eps=1e-8)
     mb_ratio = cfg.r1_interval / (cfg.r1_interval + 1)  # lazy regularisation, as StyleGAN2
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr_d * mb_ratio,
@@ -290,13 +358,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     else:
         broadcast_module(G, d)
         broadcast_module(D, d)
-        G_ema.load_state_dict(G.state_dict())
+        if teacher is None:
+            G_ema.load_state_dict(G.state_dict())
+        else:
+            broadcast_module(G_ema, d)
 
-    lpips_fn = make_lpips(cfg.lpips, device) if (teacher is not None and cfg.lambda_p > 0) else None
+    lpips_fn = make_lpips(cfg.lpips, device, cfg.preset) if (teacher is not None and cfg.lambda_p > 0) else None
+    if teacher is None or cfg.lambda_p == 0:
+        pixel_note = "no teacher pixel loss"
+    else:
+        pixel_note = "L1 + LPIPS (AlexNet)" if lpips_fn is not None else "L1 only (LPIPS off)"
+        if lpips_fn is None and cfg.lpips == "auto":
+            pixel_note = "L1 only (LPIPS's AlexNet weights missing; --lpips auto fell back)"
+    run_info = {"config": asdict(cfg), "start": start_note, "pixel_loss": pixel_note,
+                "ema_rampup": ema_rampup, "mirror": cfg.mirror}
+    if d.main:
+        atomic_write_text(out / "run.json", json.dumps(run_info, indent=2) + "\n")
+        console.print(f"stage {cfg.stage}: {start_note}; pixel loss: {pixel_note}")
     res = G.img_resolution
     batch_gpu = cfg.batch_gpu or cfg.batch // d.world
     rounds = max(1, cfg.batch // (batch_gpu * d.world))
-    patch_cfg = PatchConfig(res=res, stage=cfg.stage, scale_max=cfg.scale_max, keypoint_prob=cfg.keypoint_prob)
+    patch_cfg = PatchConfig(res=res, stage=cfg.stage, scale_max=cfg.scale_max, keypoint_prob=cfg.keypoint_prob,
+                            mirror=cfg.mirror, views=parse_views(cfg.views, cfg.keypoint_prob))
     dataset = PatchBatches(cfg.shards, batch=batch_gpu, cfg=patch_cfg, seed=cfg.seed, weights=cfg.mix or None,
                            state=prog.data)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
@@ -354,9 +437,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             T = b["transform"].to(device)
             n = real.shape[0]
             z = torch.randn(n, G.z_dim, generator=gen).to(device)
-            full = (mask.flatten(1).mean(dim=1) > 0.999).float()
+            whole = b["whole"].to(device).float()
             box = losses.random_box_mask(n, res, generator=gen, device=device)
-            mix_mask = torch.where(full.view(n, 1, 1, 1) > 0, box, mask)
+            mix_mask = torch.where(whole.view(n, 1, 1, 1) > 0, box, mask)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 with torch.no_grad():
                     fake = G(z, T, update_emas=True)
@@ -364,8 +447,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 r_g, r_p = D(real_in)
                 f_g, f_p = D(fake)
                 m_g, m_p = D(losses.cutmix(real, fake, mix_mask))
-                # Global head: a patch with uncovered pixels is not a whole real image; judge only full ones.
-                loss_global = (torch.nn.functional.softplus(-r_g).squeeze(1) * full).sum() / full.sum().clamp_min(1) \
+                # Global head: only whole views are real images (a patch its source covers, or a view
+                # of the full-body set inside the square); a partial patch completed by CutMix is
+                # partly fake and reaches D through the per-pixel head (Eq. 6).
+                loss_global = (torch.nn.functional.softplus(-r_g).squeeze(1) * whole).sum() / whole.sum().clamp_min(1) \
                     + torch.nn.functional.softplus(f_g).mean()
                 loss_pixel = losses.nonsaturating_d_loss(r_p, f_p, real_weight=mask.expand_as(r_p))
                 loss_mix = losses.per_pixel_target_loss(m_p, mix_mask)
@@ -399,8 +484,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 raise RuntimeError(f"{prog.bad_steps} non-finite steps in a row; stopping. "
                                    f"The last good state is in {out}; lower the learning rates or check the data.")
         ema_nimg = ema_kimg * 1000
-        if cfg.ema_rampup is not None:
-            ema_nimg = min(ema_nimg, (prog.nimg + cfg.batch) * cfg.ema_rampup)
+        if ema_rampup is not None:
+            ema_nimg = min(ema_nimg, (prog.nimg + cfg.batch) * ema_rampup)
         ema_beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
         with torch.no_grad():  # EMA of G
             for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
@@ -428,7 +513,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if prog.nimg >= next_snapshot or prog.nimg >= total_nimg:
             next_snapshot += snapshot_nimg
             if d.main:
-                path = save_training_checkpoint(out, cfg, G, G_ema, D, opt_G, opt_D, gen, prog)
+                path = save_training_checkpoint(out, cfg, G, G_ema, D, opt_G, opt_D, gen, prog,
+                                                {"pixel_loss": pixel_note, "start": start_note})
                 grid = sample_grid(G_ema, fixed_z, out / f"samples-{prog.nimg // 1000:06d}k-{prog.nimg % 1000:03d}.png")
                 if tb is not None:
                     tb.add_image("samples", grid, prog.nimg, dataformats="HWC")
@@ -497,10 +583,10 @@ def _tensorboard(out: Path):
 # ---------------------------------------------------------------------------------------------
 # CLI
 
-PRESET_DEFAULTS = {  # preset -> (batch, kimg, snapshot_kimg)
-    "paper": (32, 25000.0, 200.0),
-    "small": (16, 100.0, 10.0),
-    "tiny": (8, 0.4, 0.2),
+PRESET_DEFAULTS = {  # preset -> (batch, kimg, snapshot_kimg, mirror)
+    "paper": (32, 25000.0, 200.0, True),
+    "small": (16, 100.0, 10.0, False),
+    "tiny": (8, 0.4, 0.2, False),
 }
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich", no_args_is_help=True,
@@ -532,6 +618,11 @@ def run_cmd(
     snapshot_kimg: float | None = typer.Option(None, "--snapshot-kimg", help="Checkpoint interval in kimg."),
     lpips: str = typer.Option("auto", "--lpips", help="auto | on | off: LPIPS in the teacher pixel loss."),
     mix: list[str] = typer.Option([], "--mix", help="Per-source mixing weight SOURCE=W (repeatable)."),
+    view: list[str] = typer.Option([], "--view", help="Per-source patch sampling (stage 2), repeatable: "
+                                   "SOURCE:scale=log-uniform|uniform-size,s_min=1,s_max=8,keypoints=0.5,jitter=0.25 "
+                                   "(any subset; see docs/training.md)."),
+    mirror: bool | None = typer.Option(None, "--mirror/--no-mirror",
+                                       help="x-flip half of the samples (default: on for paper, off otherwise)."),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", help="Data loader worker processes."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -549,12 +640,16 @@ def run_cmd(
     if teacher is not None and not teacher.exists():
         console.print(f"[red]error:[/red] teacher checkpoint {teacher} does not exist")
         raise typer.Exit(2)
-    b, k, snap = PRESET_DEFAULTS[preset]
+    b, k, snap, mirror_default = PRESET_DEFAULTS[preset]
+    try:
+        parse_views(view, 0.5)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--view") from None
     cfg = TrainConfig(
         shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
         preset=preset, res=res, kimg=kimg if kimg is not None else k, batch=batch or b, batch_gpu=batch_gpu,
         snapshot_kimg=snapshot_kimg or snap, lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers,
-        device=device, r1_gamma=gamma,
+        device=device, r1_gamma=gamma, views=list(view), mirror=mirror_default if mirror is None else mirror,
     )
     try:
         summary = train(cfg)
