@@ -425,15 +425,24 @@ def test_resume_after_an_interrupted_run(toy_model_file, tmp_path):
 
 
 def test_open_default_model_hands_land_at_the_wrist(tmp_path, open_model):
-    """The same checks on the project's open default body model."""
+    """The same checks on the project's open default body model, its fingers posed from a hand
+    pose set (half-curled fingers)."""
     model = open_model
     space = hands.default_space(model)
     out = tmp_path / "open"
-    summary = hands.render_hands(out, n=2, seed=0, settings=SETTINGS, model=model, progress=False)
+    poses = tmp_path / "hand_poses.npz"
+    angles = np.zeros((1, 15, 3), np.float32)
+    angles[0, :, 0] = 0.7
+    np.savez(poses, format=np.array("unitedhuman-hand-poses/1"), angles=angles)
+    summary = hands.render_hands(out, n=2, seed=0, settings=SETTINGS, model=model, hand_poses_file=poses,
+                                 progress=False)
     assert summary.rendered == 2, hands.read_rejects(out)
     assert validate_folder(out).ok
     for key, fields in samples(out).items():
         _, mask, meta = decode(fields)
+        assert meta["render"]["fingers"] == "fitted" and meta["render"]["finger_pose"] == 0
+        hand = np.asarray(meta["keypoints"]["lhand" if meta["render"]["side"] == "left" else "rhand"])
+        assert (hand[:, 2] > 0).sum() >= 15  # all 21 OpenPose hand points are known (most in view)
         assert 0.02 < (mask > 127).mean() < 0.9
         ys, xs = np.nonzero(mask > 127)
         centroid = apply_homography(np.asarray(meta["H"]), np.array([[xs.mean() + 0.5, ys.mean() + 0.5]]))[0]
