@@ -31,6 +31,7 @@ from uh_train.atomic import atomic_write
 FORMAT = "unitedhuman-hand-poses/1"
 SIDES = ("left", "right")
 SLOTS = {"left": "lhand", "right": "rhand"}
+SYNTHETIC_SOURCE = "hands"  # the source `mst render-hands` writes
 
 
 @dataclass
@@ -43,9 +44,9 @@ class HandKeypoints:
 
 
 def usable_hand(kp: np.ndarray, min_points: int, min_confidence: float) -> bool:
-    """Enough confident keypoints to fit fingers, the wrist and middle knuckle among them."""
+    """Enough confident keypoints to fit fingers, the wrist among them."""
     seen = kp[:, 2] >= min_confidence
-    return bool(seen.sum() >= min_points and seen[0] and seen[9])
+    return bool(seen.sum() >= min_points and seen[0])
 
 
 def shard_metas(shard: str | os.PathLike) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -69,12 +70,15 @@ def iter_shard_metas(folder: str | os.PathLike) -> Iterable[tuple[str, dict[str,
 
 def collect_hand_keypoints(folders: Iterable[str | os.PathLike], min_points: int = 15,
                            min_confidence: float = 0.3) -> HandKeypoints:
-    """The usable hands of every sample in FOLDERS' shards (keypoints as `mst align` stored them)."""
+    """The usable hands of every sample in FOLDERS' shards (keypoints as `mst align` stored them),
+    except those of synthetic hands (source "hands")."""
     keys, sides, kps = [], [], []
     for folder in folders:
         if not Path(folder).is_dir() or not complete_shards(folder):
             raise ValueError(f"{folder} holds no shards (write them with `mst align`)")
         for key, meta in iter_shard_metas(folder):
+            if meta.get("source") == SYNTHETIC_SOURCE:
+                continue  # our own rendered hands are not data
             for side in SIDES:
                 kp = np.asarray((meta.get("keypoints") or {}).get(SLOTS[side]) or [], dtype=np.float64)
                 if kp.shape != (NUM_HAND_KEYPOINTS, 3) or not usable_hand(kp, min_points, min_confidence):
@@ -98,8 +102,8 @@ def fit_hand_poses(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
     say = log or (lambda m: None)
     hands = collect_hand_keypoints(folders, min_points, min_confidence)
     if not hands.keys:
-        raise ValueError(f"no hand with {min_points} keypoints of confidence >= {min_confidence} (wrist and "
-                         "middle knuckle included) in the shards: nothing to fit")
+        raise ValueError(f"no hand with {min_points} keypoints of confidence >= {min_confidence} (the wrist "
+                         "included) in the shards: nothing to fit")
     rest = model.v_template.cpu().numpy().astype(np.float64)
     angles = np.zeros((len(hands.keys), NUM_FINGER_JOINTS, 3))
     error = np.zeros(len(hands.keys))

@@ -226,7 +226,8 @@ def fit_finger_poses(
 
     The hand (mean shape, REST_VERTICES [V, 3]) is seen by an orthographic camera with its own
     rotation, scale and translation; every hand starts from straight fingers at ROLLS rotations
-    about its wrist -> middle-knuckle direction and keeps the best. The energy is the confidence-
+    about its wrist -> middle-knuckle direction and keeps the best. Missing keypoints have
+    confidence 0 (the wrist must be seen: it anchors the translation). The energy is the confidence-
     weighted squared reprojection error (in units of the hand's 2D size) plus a small pull of the
     angles towards 0 and a penalty outside the anatomical ranges.
     """
@@ -241,17 +242,16 @@ def fit_finger_poses(
     with torch.no_grad():
         _, rest_kp = articulate(rest[None], sub, torch.zeros(1, 15, 3, dtype=torch.float64))
     rest_kp = rest_kp[0].numpy()
-    rest_dir = rest_kp[9] - rest_kp[0]  # wrist -> middle knuckle
     out = {k: [] for k in ("angles", "rotation", "scale", "translation", "error", "keypoints")}
     for b in range(0, len(kp), batch_size):
-        fits = _fit_batch(sub, rest, rest_kp, rest_dir, kp[b:b + batch_size], iterations, rolls,
+        fits = _fit_batch(sub, rest, rest_kp, kp[b:b + batch_size], iterations, rolls,
                           prior_weight, limit_weight)
         for k, v in fits.items():
             out[k].append(v)
     return FingerFit(**{k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()})
 
 
-def _fit_batch(rig: FingerRig, rest: Any, rest_kp: np.ndarray, rest_dir: np.ndarray, kp: np.ndarray,
+def _fit_batch(rig: FingerRig, rest: Any, rest_kp: np.ndarray, kp: np.ndarray,
                iterations: int, rolls: int, prior_weight: float, limit_weight: float) -> dict[str, np.ndarray]:
     import torch
 
@@ -264,10 +264,13 @@ def _fit_batch(rig: FingerRig, rest: Any, rest_kp: np.ndarray, rest_dir: np.ndar
     origin = kp[:, 0, :2]
     target = (kp[..., :2] - origin[:, None]) / size[:, None, None]
     rot0, logs0 = [], []
-    rest_len = np.linalg.norm(rest_dir)
     for n in range(N):
-        direction = target[n, 9] if conf[n, 9] > 0 and conf[n, 0] > 0 else np.array([0.0, -1.0])
-        s = max(np.linalg.norm(direction), 0.2) / rest_len
+        # The hand's direction: wrist -> middle knuckle, or -> the mean of the seen points when
+        # only some are known (e.g. the wrist and the fingertips).
+        seen = [9] if conf[n, 9] > 0 else list(np.flatnonzero(conf[n, 1:] > 0) + 1)
+        direction = target[n, seen].mean(0) if seen else np.array([0.0, -1.0])
+        rest_dir = rest_kp[seen].mean(0) - rest_kp[0] if seen else rest_kp[9] - rest_kp[0]
+        s = max(np.linalg.norm(direction), 0.2) / np.linalg.norm(rest_dir)
         for r in _start_rotations(direction, rest_dir, K):
             rot0.append(r)
             logs0.append(np.log(s))
