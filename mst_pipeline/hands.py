@@ -1,12 +1,13 @@
 """`mst render-hands`: synthetic hands rendered with Blender in full-body space (paper App. A).
 
 For each index the command poses the body model (a pose from a pose set, or the built-in arm
-prior, plus finger articulation), cuts out the forearm and hand, and maps the mesh into
-full-body space with the full-body set's average weak-perspective camera ᾱ (DESIGN §3). Blender
-renders it orthographically over a square crop of full-body space, so the image pixel ->
-full-body map is a known scale + translation: each sample's H is exact. The RGBA render is
-composited over a background patch (`--backgrounds DIR` or a generated fabric-like pattern);
-`mask.png` is the hand's alpha.
+prior; fingers from a fitted hand pose set, or a procedural curl), cuts out the forearm and hand,
+and maps the mesh into full-body space with the full-body set's average weak-perspective camera ᾱ
+(`mst_pipeline.space`, paper Eq. 2). Blender renders it orthographically over a square crop of
+full-body space, so the image pixel -> full-body map is a known scale + translation: each
+sample's H is exact. The RGBA render is composited onto a real image patch (`--backgrounds DIR`:
+photos or aligned shards), and `mask.png` covers the whole composite, which is the training
+image; over the generated fabric fallback the mask is the hand's alpha.
 
 Blender runs in worker subprocesses (`blender_scripts/render_hands.py --serve`), so a crash in
 one render costs that sample only: it goes to `rejects.jsonl` and the worker is restarted. Every
@@ -75,7 +76,7 @@ class RenderError(RuntimeError):
 def crop_camera(cam_bar: Sequence[float], x0: float, y0: float, side: float) -> list[float]:
     """Weak-perspective camera α of a crop of full-body space [x0, x0+side] x [y0, y0+side].
 
-    Inverse of DESIGN §3's u_full = (s̄/s) u_part + s̄ (t̄ − t): here s̄/s = side and
+    Inverse of Eq. 2's u_full = (s̄/s) u_part + s̄ (t̄ − t): here s̄/s = side and
     s̄ (t̄ − t) = 2 (x0, y0) + side − 1.
     """
     s_bar, tx_bar, ty_bar = (float(c) for c in cam_bar)

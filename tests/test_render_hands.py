@@ -561,6 +561,8 @@ def test_fit_hands_poses_the_rendered_fingers(open_model, tmp_path):
     fields["keypoints"]["lhand"] = np.zeros((21, 3))  # not detected: skipped
     with ShardWriter(tmp_path / "full", "shhq", max_count=10) as writer:
         writer.write(encode_sample("shhq", "a", np.zeros((32, 16, 3), np.uint8), fields, ext="png"))
+    with ShardWriter(tmp_path / "full", "hands", max_count=10) as writer:  # our own renders are not data
+        writer.write(encode_sample("hands", "b", np.zeros((32, 16, 3), np.uint8), fields, ext="png"))
     out = tmp_path / "hand_poses.npz"
     counts = fit_hand_poses([tmp_path / "full"], out, open_model, rigs, iterations=200)
     assert counts == {"hands": 1, "kept": 1, "dropped": 0}
