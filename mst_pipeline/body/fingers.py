@@ -226,10 +226,11 @@ def fit_finger_poses(
 
     The hand (mean shape, REST_VERTICES [V, 3]) is seen by an orthographic camera with its own
     rotation, scale and translation; every hand starts from straight fingers at ROLLS rotations
-    about its wrist -> middle-knuckle direction and keeps the best. Missing keypoints have
-    confidence 0 (the wrist must be seen: it anchors the translation). The energy is the confidence-
-    weighted squared reprojection error (in units of the hand's 2D size) plus a small pull of the
-    angles towards 0 and a penalty outside the anatomical ranges.
+    about its wrist -> middle-knuckle direction, and after a quarter of the ITERATIONS only the best
+    start of each hand is refined. Missing keypoints have confidence 0 (the wrist must be seen: it
+    anchors the translation). The energy is the confidence-weighted squared reprojection error (in
+    units of the hand's 2D size) plus a small pull of the angles towards 0 and a penalty outside the
+    anatomical ranges.
     """
     import torch
 
@@ -274,47 +275,55 @@ def _fit_batch(rig: FingerRig, rest: Any, rest_kp: np.ndarray, kp: np.ndarray,
         for r in _start_rotations(direction, rest_dir, K):
             rot0.append(r)
             logs0.append(np.log(s))
-    rot = torch.tensor(np.array(rot0), dtype=torch.float64, requires_grad=True)
-    log_s = torch.tensor(np.array(logs0), dtype=torch.float64, requires_grad=True)
-    angles = torch.zeros(N * K, 15, 3, dtype=torch.float64, requires_grad=True)
-    with torch.no_grad():
-        wrist = project(torch.as_tensor(rest_kp[None, :1]).expand(N * K, 1, 3), rot, log_s, torch.zeros(N * K, 2))
-    trans = (-wrist[:, 0]).clone().requires_grad_(True)
+    rot = torch.tensor(np.array(rot0), dtype=torch.float64)
+    log_s = torch.tensor(np.array(logs0), dtype=torch.float64)
+    angles = torch.zeros(N * K, 15, 3, dtype=torch.float64)
+    wrist = project(torch.as_tensor(rest_kp[None, :1]).expand(N * K, 1, 3), rot, log_s, torch.zeros(N * K, 2))
+    trans = -wrist[:, 0]
     free = torch.as_tensor(FREE_DOF, dtype=torch.float64)
     tgt = torch.as_tensor(np.repeat(target, K, axis=0))
     w = torch.as_tensor(np.repeat(conf, K, axis=0))
-    wsum = w.sum(1).clamp_min(1e-6)
     lo = torch.tensor([FLEXION_RANGE[0], ABDUCTION_RANGE[0], TWIST_RANGE[0]], dtype=torch.float64)
     hi = torch.tensor([FLEXION_RANGE[1], ABDUCTION_RANGE[1], TWIST_RANGE[1]], dtype=torch.float64)
-    opt = torch.optim.Adam([rot, log_s, trans, angles], lr=0.05)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations, eta_min=0.002)
-    rest_b = rest[None].expand(N * K, -1, -1)
 
-    def energy() -> tuple[Any, Any, Any]:
+    def energy(params: list[Any], tgt: Any, w: Any) -> tuple[Any, Any, Any]:
+        rot, log_s, trans, angles = params
         theta = angles * free
-        _, pts = articulate(rest_b, rig, theta)
+        _, pts = articulate(rest[None].expand(len(rot), -1, -1), rig, theta)
         uv = project(pts, rot, log_s, trans)
-        data = (w * ((uv - tgt) ** 2).sum(-1)).sum(1) / wsum
+        data = (w * ((uv - tgt) ** 2).sum(-1)).sum(1) / w.sum(1).clamp_min(1e-6)
         reg = prior_weight * (theta**2).sum((1, 2)) + limit_weight * (_hinge(theta, lo, hi) * free).sum((1, 2))
         return data, data + reg, uv
 
-    for _ in range(iterations):
-        opt.zero_grad()
-        _, e, _ = energy()
-        e.sum().backward()
-        opt.step()
-        sched.step()
+    def optimise(params: list[Any], tgt: Any, w: Any, steps: int, anneal: bool) -> list[Any]:
+        params = [p.detach().clone().requires_grad_(True) for p in params]
+        opt = torch.optim.Adam(params, lr=0.05)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=0.002 if anneal else 0.05)
+        for _ in range(steps):
+            opt.zero_grad()
+            energy(params, tgt, w)[1].sum().backward()
+            opt.step()
+            sched.step()
+        return [p.detach() for p in params]
+
+    # Screen every start briefly, then refine only the best start of each hand.
+    screen = max(1, iterations // 4)
+    params = optimise([rot, log_s, trans, angles], tgt, w, screen, anneal=False)
     with torch.no_grad():
-        data, e, uv = energy()
-    best = e.view(N, K).argmin(1).numpy()
-    pick = np.arange(N) * K + best
+        best = energy(params, tgt, w)[1].view(N, K).argmin(1).numpy()
+    pick = torch.as_tensor(np.arange(N) * K + best)
+    params = optimise([p[pick] for p in params], tgt[pick], w[pick], iterations - screen, anneal=True)
+    with torch.no_grad():
+        data, _, uv = energy(params, tgt[pick], w[pick])
+    rot, log_s, trans, angles = (p.numpy() for p in params)
+    data, uv = data.numpy(), uv.numpy()
     return {
-        "angles": (angles * free).detach().numpy()[pick],
-        "rotation": rot.detach().numpy()[pick],
-        "scale": np.exp(log_s.detach().numpy()[pick]) * size,
-        "translation": trans.detach().numpy()[pick] * size[:, None] + origin,
-        "error": np.sqrt(data.numpy()[pick]),
-        "keypoints": uv.numpy()[pick] * size[:, None, None] + origin[:, None],
+        "angles": angles * FREE_DOF,
+        "rotation": rot,
+        "scale": np.exp(log_s) * size,
+        "translation": trans * size[:, None] + origin,
+        "error": np.sqrt(data),
+        "keypoints": uv * size[:, None, None] + origin[:, None],
     }
 
 
