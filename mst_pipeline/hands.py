@@ -429,9 +429,14 @@ class ShardBackground:
     """An aligned shard sample to take background patches from."""
 
     shard: Path
-    image: str  # tar member names
-    mask: str | None
+    image: tuple[int, int]  # (offset, size) of the image member's bytes in the tar
+    mask: tuple[int, int] | None
     density: float  # its pixels per full-body unit
+
+    def read(self, member: tuple[int, int]) -> bytes:
+        with open(self.shard, "rb") as f:
+            f.seek(member[0])
+            return f.read(member[1])
 
 
 @dataclass
@@ -449,16 +454,13 @@ class Backgrounds:
 
     def patch(self, item: str, side: float, res: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(rgb uint8 [res, res, 3], valid uint8 [res, res]: 255 where the patch is real)."""
-        import tarfile
-
         if item not in self.shards:
             with Image.open(item) as im:
                 im = im.convert("RGB")
                 return crop_square(im, int(im.size[1] * rng.uniform(*PHOTO_PATCH_FRACTION)), res, rng)
         s = self.shards[item]
-        with tarfile.open(s.shard, "r:") as tar:
-            image = Image.open(io.BytesIO(tar.extractfile(s.image).read())).convert("RGB")
-            mask = Image.open(io.BytesIO(tar.extractfile(s.mask).read())).convert("L") if s.mask else None
+        image = Image.open(io.BytesIO(s.read(s.image))).convert("RGB")
+        mask = Image.open(io.BytesIO(s.read(s.mask))).convert("L") if s.mask else None
         return crop_square(image, int(round(side * s.density)), res, rng, mask)
 
 
@@ -467,7 +469,8 @@ def find_backgrounds(folder: str | os.PathLike | None) -> Backgrounds | None:
     its photos. None without a folder (the procedural fabric is used)."""
     if folder is None:
         return None
-    from mst_pipeline.hand_poses import shard_metas
+    import tarfile
+
     from mst_pipeline.shards import complete_shards
 
     folder = Path(folder)
@@ -475,12 +478,25 @@ def find_backgrounds(folder: str | os.PathLike | None) -> Backgrounds | None:
         shards: dict[str, ShardBackground] = {}
         kinds: set[str] = set()
         for shard in complete_shards(folder):
-            for key, meta in shard_metas(shard):
+            # One pass over the tar: every member's place, and the samples' meta records.
+            members: dict[str, tuple[int, int]] = {}
+            metas: list[tuple[str, dict[str, Any]]] = []
+            try:
+                with tarfile.open(shard, "r:") as tar:
+                    for m in tar:
+                        if not m.isfile():
+                            continue
+                        members[m.name] = (m.offset_data, m.size)
+                        if m.name.endswith(".meta.json"):
+                            metas.append((m.name[: -len(".meta.json")], json.loads(tar.extractfile(m).read())))
+            except (tarfile.TarError, OSError, ValueError) as e:
+                raise ValueError(f"{shard}: unreadable shard ({e})") from None
+            for key, meta in metas:
                 kinds.add(str(meta.get("kind")))
-                if meta.get("kind") in BACKGROUND_KINDS:
-                    mask = "mask.png" if meta.get("has_mask") else None
-                    shards[f"{shard}#{key}"] = ShardBackground(
-                        shard, f"{key}.img.{meta['image']}", f"{key}.{mask}" if mask else None, float(meta["density"]))
+                image = members.get(f"{key}.img.{meta.get('image')}")
+                if meta.get("kind") in BACKGROUND_KINDS and image is not None:
+                    mask = members.get(f"{key}.mask.png") if meta.get("has_mask") else None
+                    shards[f"{shard}#{key}"] = ShardBackground(shard, image, mask, float(meta["density"]))
         if not shards:
             raise ValueError(f"the shards of {folder} hold no {'/'.join(BACKGROUND_KINDS)} samples to use as "
                              f"backgrounds (kinds found: {', '.join(sorted(kinds)) or 'none'})")
