@@ -47,10 +47,10 @@ def run() -> str:
     table = "\n".join(rows)
     return f"""## Finger poses
 
-`.venv/bin/python scripts/bench.py fingers` — `fit_finger_poses` (300 Adam steps, 8 starts) with the
-open model's right-hand finger skeleton on {HANDS} hands posed with random flexion (0–80° per joint)
-and seen at random rotations; hands about {size:.0f} px across; one torch thread. Errors: fingertip
-reprojection in pixels.
+`.venv/bin/python scripts/bench.py fingers` — `fit_finger_poses` (300 steps: 8 starts screened by
+Adam, L-BFGS on the best) with the open model's right-hand finger skeleton on {HANDS} hands posed
+with random flexion (0–80° per joint) and seen at random rotations; hands about {size:.0f} px across;
+one torch thread. Errors: fingertip reprojection in pixels.
 
 | hands | wall (s) | median tip error | 90th percentile | max |
 |---|---|---|---|---|

@@ -185,8 +185,7 @@ def stages(demo: Path, size: Size) -> list[Stage]:
     out += [
         Stage("fit hands", "mst fit-hands: the open model's finger skeleton fitted to the hand keypoints of the "
               "aligned shards (the renders know the wrist and the five fingertips of each hand).",
-              [mst, "fit-hands", str(shards), "--out", str(hand_poses), "--min-points", "6", "--iterations", "150"],
-              [hand_poses]),
+              [mst, "fit-hands", str(shards), "--out", str(hand_poses), "--min-points", "6"], [hand_poses]),
         Stage("render hands", f"mst render-hands: {size.hands} synthetic hands (Blender, Cycles on the CPU) "
               "posed from the space's pose set, fingers from the fitted hand poses, placed through its ᾱ and "
               "composited onto patches of the aligned upper-body renders (the whole composite is real data).",
