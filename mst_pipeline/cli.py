@@ -103,8 +103,10 @@ def render_hands(
     engine: str = typer.Option("auto", help="auto | cycles | eevee | workbench. auto: EEVEE with a GPU, "
                                "else Cycles with few samples on the CPU."),
     samples: int = typer.Option(16, help="Render samples (Cycles, EEVEE)."),
-    backgrounds: Path | None = typer.Option(None, help="Folder of background images (e.g. high-resolution "
-                                            "upper-body crops); default: generated fabric-like patches."),
+    backgrounds: Path | None = typer.Option(None, help="DeepFashion-HR-like backgrounds: a folder of high-resolution "
+                                            "photos, or of aligned shards (their upper-body samples). The whole "
+                                            "composite is then the training image. Default: generated fabric "
+                                            "(only the hand counts as real)."),
     textures: Path | None = typer.Option(None, help="Folder of skin texture images (e.g. DART); default: "
                                          "a procedural skin material."),
     hdr: Path | None = typer.Option(None, help="Environment map (.hdr/.exr) to light with; default: a "
@@ -114,6 +116,8 @@ def render_hands(
                                       "built-in full-body space."),
     poses: Path | None = typer.Option(None, help=".npz of fitted poses (`pose` [N, 72], optional `betas`); "
                                       "default: the built-in arm prior."),
+    hand_poses: Path | None = typer.Option(None, help="Finger poses from `mst fit-hands` (open model); default: "
+                                           "a procedural finger curl."),
     blender: str | None = typer.Option(None, help="Blender executable to render with instead of the bpy module."),
     image_format: str = typer.Option("jpg", "--format", help="jpg or png for img."),
     max_count: int = typer.Option(500, help="Samples per shard."),
@@ -121,9 +125,10 @@ def render_hands(
 ) -> None:
     """Render synthetic hands with Blender at the full-body set's average camera (paper App. A).
 
-    Each hand (forearm + hand of the posed body model, fingers articulated) is composited over a
-    background patch; mask.png is the hand's alpha, H is exact. Deterministic per index, resumable
-    (done keys are skipped), failed renders go to OUT/rejects.jsonl.
+    Each hand (forearm + hand of the posed body model, fingers posed from --hand-poses) is composited
+    over a background patch; mask.png covers the composite (the hand's alpha over generated fabric),
+    H is exact. Deterministic per index, resumable (done keys are skipped), failed renders go to
+    OUT/rejects.jsonl.
     """
     from mst_pipeline.hands import RenderSettings, blender_command
     from mst_pipeline.hands import render_hands as run
@@ -139,7 +144,8 @@ def render_hands(
     try:
         summary = run(out, n=n, seed=seed, settings=settings, workers=workers, body_model=body_model,
                       space_file=space, poses_file=poses, backgrounds=backgrounds, textures=textures,
-                      worker_command=blender_command(blender) if blender else None, max_count=max_count)
+                      hand_poses_file=hand_poses, worker_command=blender_command(blender) if blender else None,
+                      max_count=max_count)
     except (ValueError, RuntimeError, OSError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
@@ -148,6 +154,43 @@ def render_hands(
               f"rejected {summary.rejected} in {summary.seconds:.0f} s ({per_hand:.2f} s per render)")
     if summary.rejected:
         err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+
+
+@app.command("fit-hands")
+def fit_hands(
+    shards: list[Path] = typer.Argument(..., help="Shard folders written by `mst align` (the full-body set); "
+                                        "their hand keypoints are fitted."),
+    out: Path = typer.Option(Path("hand_poses.npz"), "--out", "-o", help="Hand pose set to write (.npz)."),
+    body_model: Path | None = typer.Option(None, help="Body model with a finger skeleton; default: the open model."),
+    min_points: int = typer.Option(15, help="Fit a hand only with at least this many confident keypoints (of 21)."),
+    min_confidence: float = typer.Option(0.3, help="Keypoint confidence below which a keypoint is ignored."),
+    max_error: float = typer.Option(0.06, help="Drop fits whose RMS reprojection error exceeds this many hand "
+                                    "sizes."),
+    iterations: int = typer.Option(300, help="Optimiser steps per hand."),
+) -> None:
+    """Fit finger poses to the hand keypoints of aligned shards, for `mst render-hands --hand-poses`.
+
+    Each confident hand (OpenPose's 21 keypoints) is fitted with the body model's finger skeleton
+    (15 joints; flexion, abduction and the thumb's twist) seen by its own orthographic camera.
+    """
+    from mst_pipeline.body import load_body_model
+    from mst_pipeline.body.fingers import finger_rigs
+    from mst_pipeline.hand_poses import fit_hand_poses
+
+    try:
+        model = load_body_model(body_model)
+        rigs = finger_rigs(model, log=lambda m: err.print(m))
+        if rigs is None:
+            raise ValueError("this body model has no finger skeleton; fitting finger poses needs the open default "
+                             "model")
+        t0 = time.perf_counter()
+        counts = fit_hand_poses(shards, out, model, rigs, min_points=min_points, min_confidence=min_confidence,
+                                max_error=max_error, iterations=iterations, log=lambda m: err.print(m))
+    except (ValueError, RuntimeError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    err.print(f"wrote {out}: {counts['kept']} hand poses of {counts['hands']} hands ({counts['dropped']} fits "
+              f"dropped) in {time.perf_counter() - t0:.0f} s")
 
 
 @app.command("render-people")

@@ -1,12 +1,13 @@
 """`mst render-hands`: synthetic hands rendered with Blender in full-body space (paper App. A).
 
 For each index the command poses the body model (a pose from a pose set, or the built-in arm
-prior, plus finger articulation), cuts out the forearm and hand, and maps the mesh into
-full-body space with the full-body set's average weak-perspective camera ᾱ (DESIGN §3). Blender
-renders it orthographically over a square crop of full-body space, so the image pixel ->
-full-body map is a known scale + translation: each sample's H is exact. The RGBA render is
-composited over a background patch (`--backgrounds DIR` or a generated fabric-like pattern);
-`mask.png` is the hand's alpha.
+prior; fingers from a fitted hand pose set, or a procedural curl), cuts out the forearm and hand,
+and maps the mesh into full-body space with the full-body set's average weak-perspective camera ᾱ
+(`mst_pipeline.space`, paper Eq. 2). Blender renders it orthographically over a square crop of
+full-body space, so the image pixel -> full-body map is a known scale + translation: each
+sample's H is exact. The RGBA render is composited onto a real image patch (`--backgrounds DIR`:
+photos or aligned shards), and `mask.png` covers the whole composite, which is the training
+image; over the generated fabric fallback the mask is the hand's alpha.
 
 Blender runs in worker subprocesses (`blender_scripts/render_hands.py --serve`), so a crash in
 one render costs that sample only: it goes to `rejects.jsonl` and the worker is restarted. Every
@@ -75,7 +76,7 @@ class RenderError(RuntimeError):
 def crop_camera(cam_bar: Sequence[float], x0: float, y0: float, side: float) -> list[float]:
     """Weak-perspective camera α of a crop of full-body space [x0, x0+side] x [y0, y0+side].
 
-    Inverse of DESIGN §3's u_full = (s̄/s) u_part + s̄ (t̄ − t): here s̄/s = side and
+    Inverse of Eq. 2's u_full = (s̄/s) u_part + s̄ (t̄ − t): here s̄/s = side and
     s̄ (t̄ − t) = 2 (x0, y0) + side − 1.
     """
     s_bar, tx_bar, ty_bar = (float(c) for c in cam_bar)
@@ -144,6 +145,8 @@ class HandPlan:
     background_seed: int
     texture: str | None = None
     background: str | None = None
+    fingers: list[float] | None = None  # 45 finger angles from a hand pose set (None: the curl)
+    finger_source: int | None = None  # which pose of the set
 
 
 def _axis_angle(R: np.ndarray) -> np.ndarray:
@@ -181,7 +184,8 @@ def prior_pose(rng: np.random.Generator, pitch: float) -> np.ndarray:
 
 
 def plan_hand(index: int, seed: int, num_betas: int, pitch: float, poses: dict[str, np.ndarray] | None = None,
-              textures: Sequence[Path] = (), backgrounds: Sequence[Path] = ()) -> HandPlan:
+              textures: Sequence[Path] = (), backgrounds: Sequence[str | Path] = (),
+              hand_poses: np.ndarray | None = None) -> HandPlan:
     rng = np.random.default_rng([seed, index])
     side = "left" if rng.random() < 0.5 else "right"
     betas = np.zeros(num_betas)
@@ -201,7 +205,7 @@ def plan_hand(index: int, seed: int, num_betas: int, pitch: float, poses: dict[s
     tone = rng.uniform(0.0, 1.0)
     light_skin, dark_skin = np.array([0.80, 0.55, 0.42]), np.array([0.18, 0.09, 0.05])
     skin = dark_skin + (light_skin - dark_skin) * tone + rng.normal(0, 0.02, 3)
-    return HandPlan(
+    plan = HandPlan(
         index=index, side=side, betas=betas.tolist(), pose=pose.tolist(), curl=curl.tolist(),
         spread=float(rng.uniform(1.15, 1.6)), offset=(float(rng.uniform(-0.12, 0.12)), float(rng.uniform(-0.12, 0.12))),
         skin=tuple(float(c) for c in np.clip(skin, 0.02, 1.0)),
@@ -211,6 +215,10 @@ def plan_hand(index: int, seed: int, num_betas: int, pitch: float, poses: dict[s
         texture=str(textures[int(rng.integers(len(textures)))]) if textures else None,
         background=str(backgrounds[int(rng.integers(len(backgrounds)))]) if backgrounds else None,
     )
+    if hand_poses is not None:  # drawn last: the other choices do not depend on it
+        plan.finger_source = int(rng.integers(len(hand_poses)))
+        plan.fingers = np.asarray(hand_poses[plan.finger_source], dtype=np.float64).ravel().tolist()
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,14 +283,20 @@ class HandGeometry:
     faces: np.ndarray
     wrist: np.ndarray
     body25: np.ndarray
-    hand_keypoints: np.ndarray  # [6, 2]: wrist + 5 fingertips
+    hand_keypoints: np.ndarray  # [K, 2]: the OpenPose hand keypoints of `hand_slots`
     hand_points: np.ndarray
+    hand_slots: tuple[int, ...] = OPENPOSE_HAND_SLOTS
 
 
-def pose_hand(model: Any, plan: HandPlan, space: FullBodySpace) -> HandGeometry:
-    """Pose the whole body (with finger articulation), keep forearm + hand, map by ᾱ."""
+def pose_hand(model: Any, plan: HandPlan, space: FullBodySpace, rigs: dict[str, Any] | None = None) -> HandGeometry:
+    """Pose the whole body (with finger articulation), keep forearm + hand, map by ᾱ.
+
+    The fingers take the plan's fitted angles through the model's finger rig (RIGS, see
+    `mst_pipeline.body.fingers`) when it has them, else the procedural curl (`curl_fingers`).
+    """
     import torch
 
+    from mst_pipeline.body.fingers import articulate_np
     from mst_pipeline.body.lbs import blend_shapes, lbs, vertices2joints
 
     arm = ARM_JOINTS[plan.side]
@@ -293,17 +307,37 @@ def pose_hand(model: Any, plan: HandPlan, space: FullBodySpace) -> HandGeometry:
         w = model.lbs_weights.cpu().numpy()
         tip_ids = model.extra_vertex_ids.cpu().numpy()[np.asarray(FINGERTIPS[plan.side]) - NUM_SMPL_JOINTS]
         v_np = v_shaped.cpu().numpy()
-        curled = curl_fingers(v_np, w[:, arm["hand"]] + w[:, arm["wrist"]], rest_joints[arm["hand"]].cpu().numpy(),
-                              v_np[tip_ids], plan.side, plan.curl)
-        # Skin the shaped, curled rest mesh (betas already applied). Joints are regressed from it;
-        # the curl starts at the knuckles, so the wrist and hand joints hardly move.
-        template = torch.as_tensor(curled, dtype=v_shaped.dtype)
+        shapedirs, posedirs, J_reg, weights = model.shapedirs, model.posedirs, model.J_regressor, model.lbs_weights
+        V = len(v_np)
+        if plan.fingers is not None:
+            if rigs is None:
+                raise ValueError("fitted finger poses need a body model with a finger skeleton (the open model); "
+                                 "this one has none")
+            articulated, hand_rest = articulate_np(v_np.astype(np.float64), rigs[plan.side],
+                                                   np.reshape(plan.fingers, (15, 3)))
+            # The 21 hand keypoints ride along as extra points: the wrist with the wrist joint,
+            # the fingers with the hand joint (as the fingers' vertices do).
+            extra_w = torch.zeros(21, weights.shape[1], dtype=weights.dtype)
+            extra_w[0, arm["wrist"]] = 1.0
+            extra_w[1:, arm["hand"]] = 1.0
+            template = torch.as_tensor(np.concatenate([articulated, hand_rest]), dtype=v_shaped.dtype)
+            shapedirs = torch.cat([shapedirs, shapedirs.new_zeros(21, *shapedirs.shape[1:])])
+            posedirs = torch.cat([posedirs, posedirs.new_zeros(posedirs.shape[0], 63)], dim=1)
+            J_reg = torch.cat([J_reg, J_reg.new_zeros(J_reg.shape[0], 21)], dim=1)
+            weights = torch.cat([weights, extra_w])
+        else:
+            template = torch.as_tensor(curl_fingers(
+                v_np, w[:, arm["hand"]] + w[:, arm["wrist"]], rest_joints[arm["hand"]].cpu().numpy(), v_np[tip_ids],
+                plan.side, plan.curl), dtype=v_shaped.dtype)
+        # Skin the shaped, articulated rest mesh (betas already applied). Joints are regressed from
+        # it; the fingers bend beyond the knuckles, so the wrist and hand joints hardly move.
         pose = torch.tensor([plan.pose], dtype=v_shaped.dtype).view(1, 24, 3)
         zeros = torch.zeros_like(betas)
-        vertices, joints = lbs(zeros, pose, template, model.shapedirs, model.posedirs, model.J_regressor,
-                               model.parents, model.lbs_weights)
+        vertices, joints = lbs(zeros, pose, template, shapedirs, posedirs, J_reg, model.parents, weights)
         vertices = vertices[0].cpu().numpy().astype(np.float64)
         joints = joints[0].cpu().numpy().astype(np.float64)
+        hand_posed = vertices[V:]
+        vertices = vertices[:V]
     joints45 = np.concatenate([joints, vertices[model.extra_vertex_ids.cpu().numpy()]], axis=0)
     body25 = joints45[model.body25_index.cpu().numpy()]
     # Forearm + hand: vertices that follow the elbow, wrist or hand joint more than anything else.
@@ -316,11 +350,14 @@ def pose_hand(model: Any, plan: HandPlan, space: FullBodySpace) -> HandGeometry:
     remap[used] = np.arange(len(used))
     fb = space.to_full_body(vertices)
     hand_only = (w[:, arm["wrist"]] + w[:, arm["hand"]]) > 0.5
-    kp = joints45[[arm["wrist"], *FINGERTIPS[plan.side]]]
+    if plan.fingers is not None:
+        kp, slots = hand_posed, tuple(range(21))
+    else:
+        kp, slots = joints45[[arm["wrist"], *FINGERTIPS[plan.side]]], OPENPOSE_HAND_SLOTS
     return HandGeometry(
         vertices=fb[used], faces=remap[faces], wrist=space.to_full_body(joints[arm["wrist"]])[:2],
         body25=space.to_full_body(body25)[:, :2], hand_keypoints=space.to_full_body(kp)[:, :2],
-        hand_points=fb[hand_only][:, :2],
+        hand_points=fb[hand_only][:, :2], hand_slots=slots,
     )
 
 
@@ -367,24 +404,118 @@ def fabric_background(res: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def image_background(path: str | os.PathLike, res: int, rng: np.random.Generator) -> np.ndarray:
-    """A random square crop of an image (e.g. a high-resolution upper-body photo), resized to res."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        side = int(min(w, h) * rng.uniform(0.3, 1.0))
-        side = max(side, 1)
-        x0 = int(rng.integers(0, w - side + 1))
-        y0 = int(rng.integers(0, h - side + 1))
-        crop = im.crop((x0, y0, x0 + side, y0 + side)).resize((res, res), Image.Resampling.LANCZOS)
-    return np.asarray(crop, dtype=np.uint8)
+# A photo's background patch spans this fraction of the photo's height: about what the hand's
+# crop (1.15-1.6 hand lengths) covers in a half-body photo, where a hand is ~0.2 of the height.
+PHOTO_PATCH_FRACTION = (0.2, 0.4)
+BACKGROUND_KINDS = ("upper",)  # aligned shard samples used as backgrounds (DeepFashion-like)
 
 
-def composite(rgba: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Straight-alpha RGBA uint8 over an RGB uint8 background -> (image uint8 [h,w,3], mask uint8)."""
+def crop_square(image: Image.Image, side_px: int, res: int, rng: np.random.Generator,
+                mask: Image.Image | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A random square of SIDE_PX pixels (clamped to the image) resized to RES: (rgb, valid)."""
+    w, h = image.size
+    side = int(np.clip(side_px, 1, min(w, h)))
+    x0 = int(rng.integers(0, w - side + 1))
+    y0 = int(rng.integers(0, h - side + 1))
+    box = (x0, y0, x0 + side, y0 + side)
+    rgb = np.asarray(image.crop(box).resize((res, res), Image.Resampling.LANCZOS), dtype=np.uint8)
+    if mask is None:
+        return rgb, np.full((res, res), 255, np.uint8)
+    return rgb, np.asarray(mask.crop(box).resize((res, res), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+@dataclass
+class ShardBackground:
+    """An aligned shard sample to take background patches from."""
+
+    shard: Path
+    image: tuple[int, int]  # (offset, size) of the image member's bytes in the tar
+    mask: tuple[int, int] | None
+    density: float  # its pixels per full-body unit
+
+    def read(self, member: tuple[int, int]) -> bytes:
+        with open(self.shard, "rb") as f:
+            f.seek(member[0])
+            return f.read(member[1])
+
+
+@dataclass
+class Backgrounds:
+    """Real image patches to composite hands onto (paper App. A: DeepFashion-HR patches).
+
+    items: photo paths, or "SHARD#KEY" for the samples in `shards`. A photo's patch is a random
+    square of `PHOTO_PATCH_FRACTION` of its height; a shard sample's patch has the hand crop's
+    own full-body size at the sample's density, so the background is at the hand's scale, and
+    keeps the sample's mask (its padding is not real).
+    """
+
+    items: list[str]
+    shards: dict[str, ShardBackground] = field(default_factory=dict)
+
+    def patch(self, item: str, side: float, res: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb uint8 [res, res, 3], valid uint8 [res, res]: 255 where the patch is real)."""
+        if item not in self.shards:
+            with Image.open(item) as im:
+                im = im.convert("RGB")
+                return crop_square(im, int(im.size[1] * rng.uniform(*PHOTO_PATCH_FRACTION)), res, rng)
+        s = self.shards[item]
+        image = Image.open(io.BytesIO(s.read(s.image))).convert("RGB")
+        mask = Image.open(io.BytesIO(s.read(s.mask))).convert("L") if s.mask else None
+        return crop_square(image, int(round(side * s.density)), res, rng, mask)
+
+
+def find_backgrounds(folder: str | os.PathLike | None) -> Backgrounds | None:
+    """Backgrounds from FOLDER: its aligned shards' upper-body samples when it holds shards, else
+    its photos. None without a folder (the procedural fabric is used)."""
+    if folder is None:
+        return None
+    import tarfile
+
+    from mst_pipeline.shards import complete_shards
+
+    folder = Path(folder)
+    if folder.is_dir() and complete_shards(folder):
+        shards: dict[str, ShardBackground] = {}
+        kinds: set[str] = set()
+        for shard in complete_shards(folder):
+            # One pass over the tar: every member's place, and the samples' meta records.
+            members: dict[str, tuple[int, int]] = {}
+            metas: list[tuple[str, dict[str, Any]]] = []
+            try:
+                with tarfile.open(shard, "r:") as tar:
+                    for m in tar:
+                        if not m.isfile():
+                            continue
+                        members[m.name] = (m.offset_data, m.size)
+                        if m.name.endswith(".meta.json"):
+                            metas.append((m.name[: -len(".meta.json")], json.loads(tar.extractfile(m).read())))
+            except (tarfile.TarError, OSError, ValueError) as e:
+                raise ValueError(f"{shard}: unreadable shard ({e})") from None
+            for key, meta in metas:
+                kinds.add(str(meta.get("kind")))
+                image = members.get(f"{key}.img.{meta.get('image')}")
+                if meta.get("kind") in BACKGROUND_KINDS and image is not None:
+                    mask = members.get(f"{key}.mask.png") if meta.get("has_mask") else None
+                    shards[f"{shard}#{key}"] = ShardBackground(shard, image, mask, float(meta["density"]))
+        if not shards:
+            raise ValueError(f"the shards of {folder} hold no {'/'.join(BACKGROUND_KINDS)} samples to use as "
+                             f"backgrounds (kinds found: {', '.join(sorted(kinds)) or 'none'})")
+        return Backgrounds(sorted(shards), shards)
+    return Backgrounds([str(p) for p in list_images(folder)])
+
+
+def composite(rgba: np.ndarray, background: np.ndarray,
+              real: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Straight-alpha RGBA uint8 over an RGB uint8 background -> (image uint8 [h,w,3], mask uint8).
+
+    The mask marks the pixels that count as real training data: the hand, and where REAL (uint8,
+    255 = a real photo's pixel) is given, the background too. Without REAL (a generated
+    background) the mask is the hand's alpha.
+    """
     alpha = rgba[..., 3:4].astype(np.float64) / 255.0
     out = rgba[..., :3].astype(np.float64) * alpha + background.astype(np.float64) * (1 - alpha)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8), rgba[..., 3].copy()
+    mask = rgba[..., 3].copy() if real is None else np.maximum(rgba[..., 3], real)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,16 +646,26 @@ def stem_of(index: int) -> str:
 
 
 def build_sample(plan: HandPlan, geom: HandGeometry, crop: tuple[float, float, float], rgba: np.ndarray,
-                 rgba_bytes: bytes, space: FullBodySpace, settings: RenderSettings, engine: str):
-    """Composite the render and build the shard sample (exact H: pixel -> crop of full-body space)."""
+                 rgba_bytes: bytes, space: FullBodySpace, settings: RenderSettings, engine: str,
+                 backgrounds: Backgrounds | None = None):
+    """Composite the render and build the shard sample (exact H: pixel -> crop of full-body space).
+
+    Over a real patch (BACKGROUNDS) the whole composite is the training image: the mask covers
+    the hand and every real background pixel. Over the generated fabric only the hand counts.
+    """
     res = settings.res
     x0, y0, side = crop
     coverage = float(rgba[..., 3].mean()) / 255.0
     if coverage < MIN_COVERAGE:
         raise RenderError(f"the hand covers only {coverage:.2%} of the image")
     rng = np.random.default_rng(plan.background_seed)
-    bg = image_background(plan.background, res, rng) if plan.background else fabric_background(res, rng)
-    image, mask = composite(rgba, bg)
+    if plan.background:
+        if backgrounds is None:
+            backgrounds = Backgrounds([plan.background])
+        bg, real = backgrounds.patch(plan.background, side, res, rng)
+    else:
+        bg, real = fabric_background(res, rng), None
+    image, mask = composite(rgba, bg, real)
     H = scale_translate(side / res, side / res, x0, y0)
     region = image_region(H, res, res)
     lo, hi = region.min(axis=0), region.max(axis=0)
@@ -534,8 +675,8 @@ def build_sample(plan: HandPlan, geom: HandGeometry, crop: tuple[float, float, f
 
     body = np.concatenate([geom.body25, visible(geom.body25)[:, None]], axis=1)
     hand = np.zeros((21, 3))
-    hand[list(OPENPOSE_HAND_SLOTS), :2] = geom.hand_keypoints
-    hand[list(OPENPOSE_HAND_SLOTS), 2] = visible(geom.hand_keypoints)
+    hand[list(geom.hand_slots), :2] = geom.hand_keypoints
+    hand[list(geom.hand_slots), 2] = visible(geom.hand_keypoints)
     empty = np.zeros((21, 3))
     keypoints = {"body": body, "lhand": hand if plan.side == "left" else empty,
                  "rhand": hand if plan.side == "right" else empty, "face": np.zeros((70, 3))}
@@ -550,11 +691,20 @@ def build_sample(plan: HandPlan, geom: HandGeometry, crop: tuple[float, float, f
         "fit": None,
         "orig": {"path": f"{SOURCE}/{stem}.png", "sha256": hashlib.sha256(rgba_bytes).hexdigest(),
                  "width": res, "height": res},
-        "render": {"engine": engine, "samples": settings.samples, "side": plan.side, "curl": plan.curl,
+        "render": {"engine": engine, "samples": settings.samples, "side": plan.side,
+                   "fingers": "fitted" if plan.fingers is not None else "curl",
+                   "finger_pose": plan.finger_source, "curl": plan.curl if plan.fingers is None else None,
                    "coverage": coverage, "texture": Path(plan.texture).name if plan.texture else None,
-                   "background": Path(plan.background).name if plan.background else "fabric"},
+                   "background": _background_name(plan.background)},
     }
     return encode_sample(SOURCE, stem, image, fields, mask=mask, ext=settings.image_format)
+
+
+def _background_name(item: str | None) -> str:
+    if not item:
+        return "fabric"
+    shard, _, key = item.partition("#")
+    return key if key else Path(shard).name
 
 
 def render_hands(
@@ -569,6 +719,7 @@ def render_hands(
     poses_file: str | os.PathLike | None = None,
     backgrounds: str | os.PathLike | None = None,
     textures: str | os.PathLike | None = None,
+    hand_poses_file: str | os.PathLike | None = None,
     worker_command: Sequence[str] | None = None,
     max_count: int = 500,
     progress: bool = True,
@@ -576,8 +727,10 @@ def render_hands(
 ) -> RunSummary:
     """Render hands 0..n-1 into shards `hands-000-*.tar` of OUT. Resumable and deterministic.
 
-    MODEL: a loaded body model (else BODY_MODEL's file or the open default). Failed renders are
-    appended to OUT/rejects.jsonl and the run goes on.
+    MODEL: a loaded body model (else BODY_MODEL's file or the open default). BACKGROUNDS: a
+    folder of photos or of aligned shards (upper-body samples) to composite onto; without it a
+    generated fabric. HAND_POSES_FILE: finger poses from `mst fit-hands` (else the procedural
+    curl). Failed renders are appended to OUT/rejects.jsonl and the run goes on.
     """
     import torch
 
@@ -590,10 +743,21 @@ def render_hands(
         engine = "eevee" if gpu_present() else "cycles"
     if settings.hdr is not None and not Path(settings.hdr).is_file():
         raise ValueError(f"HDR file {settings.hdr} does not exist")
-    background_files, texture_files = list_images(backgrounds), list_images(textures)
+    background_set, texture_files = find_backgrounds(backgrounds), list_images(textures)
+    background_items = background_set.items if background_set is not None else []
     model = model if model is not None else load_body_model(body_model)
     space = load_space(space_file, model)
     poses = load_pose_set(poses_file) if poses_file is not None else None
+    hand_poses = rigs = None
+    if hand_poses_file is not None:
+        from mst_pipeline.body.fingers import finger_rigs
+        from mst_pipeline.hand_poses import load_hand_poses
+
+        hand_poses = load_hand_poses(hand_poses_file)
+        rigs = finger_rigs(model)
+        if rigs is None:
+            raise ValueError("--hand-poses needs a body model with a finger skeleton (the open default model); "
+                             "this SMPL-format model has none")
     workers = max(1, int(workers))
     threads = settings.threads or max(1, (os.cpu_count() or 1) // workers)
     summary = RunSummary()
@@ -615,9 +779,9 @@ def render_hands(
         return local.worker
 
     def render_one(index: int):
-        plan = plan_hand(index, seed, model.num_betas, space.pitch, poses, texture_files, background_files)
+        plan = plan_hand(index, seed, model.num_betas, space.pitch, poses, texture_files, background_items, hand_poses)
         with lock:  # torch and the model are shared between threads
-            geom = pose_hand(model, plan, space)
+            geom = pose_hand(model, plan, space, rigs)
         crop = hand_crop(geom, plan)
         mesh = tmp / f"{stem_of(index)}.npz"
         np.savez(mesh, vertices=geom.vertices.astype(np.float32), faces=geom.faces.astype(np.int32))
@@ -634,7 +798,7 @@ def render_hands(
         rgba = np.asarray(Image.open(io.BytesIO(rgba_bytes)).convert("RGBA"))
         if rgba.shape != (settings.res, settings.res, 4):
             raise RenderError(f"render has shape {list(rgba.shape)}, expected {settings.res}x{settings.res} RGBA")
-        sample = build_sample(plan, geom, crop, rgba, rgba_bytes, space, settings, engine)
+        sample = build_sample(plan, geom, crop, rgba, rgba_bytes, space, settings, engine, background_set)
         return sample, seconds
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -141,6 +141,7 @@ def stages(demo: Path, size: Size) -> list[Stage]:
     data, shards, runs = demo / "data", demo / "shards", demo / "runs"
     render, photos = data / "people", data / "photos"
     space, prior = demo / "space.json", demo / "prior.ckpt"
+    hand_poses = demo / "hand_poses.npz"
     s1, s2 = runs / "stage1", runs / "stage2"
     mst, train, gen, ev = (str(BIN / name) for name in ("mst", "uh-train", "uh-generate", "uh-eval"))
     fit = ["--iterations", str(size.iterations)]
@@ -190,10 +191,15 @@ def stages(demo: Path, size: Size) -> list[Stage]:
                          [mst, "align", str(photos), "--out", str(shards), "--source", "photos", "--space", str(space),
                           "--prior", str(prior), *fit], [shards / "photos-000-000000.tar"]))
     out += [
+        Stage("fit hands", "mst fit-hands: the open model's finger skeleton fitted to the hand keypoints of the "
+              "aligned shards (the renders know the wrist and the five fingertips of each hand).",
+              [mst, "fit-hands", str(shards), "--out", str(hand_poses), "--min-points", "6"], [hand_poses]),
         Stage("render hands", f"mst render-hands: {size.hands} synthetic hands (Blender, Cycles on the CPU) "
-              "posed from the space's pose set and placed through its ᾱ.",
+              "posed from the space's pose set, fingers from the fitted hand poses, placed through its ᾱ and "
+              "composited onto patches of the aligned upper-body renders (the whole composite is real data).",
               [mst, "render-hands", "--out", str(shards), "--n", str(size.hands), "--res", str(size.hand_res),
-               "--space", str(space), "--poses", str(space.with_suffix(".npz"))],
+               "--space", str(space), "--poses", str(space.with_suffix(".npz")), "--hand-poses", str(hand_poses),
+               "--backgrounds", str(shards)],
               [shards / "hands-000-000000.tar"]),
         Stage("validate", "Check every shard against the shard spec and the manifest.",
               [mst, "validate", str(shards), "--json"], [demo / "validate.json"], stdout_to=demo / "validate.json"),

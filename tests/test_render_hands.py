@@ -425,17 +425,160 @@ def test_resume_after_an_interrupted_run(toy_model_file, tmp_path):
 
 
 def test_open_default_model_hands_land_at_the_wrist(tmp_path, open_model):
-    """The same checks on the project's open default body model."""
+    """The same checks on the project's open default body model, its fingers posed from a hand
+    pose set (half-curled fingers)."""
     model = open_model
     space = hands.default_space(model)
     out = tmp_path / "open"
-    summary = hands.render_hands(out, n=2, seed=0, settings=SETTINGS, model=model, progress=False)
+    poses = tmp_path / "hand_poses.npz"
+    angles = np.zeros((1, 15, 3), np.float32)
+    angles[0, :, 0] = 0.7
+    np.savez(poses, format=np.array("unitedhuman-hand-poses/1"), angles=angles)
+    summary = hands.render_hands(out, n=2, seed=0, settings=SETTINGS, model=model, hand_poses_file=poses,
+                                 progress=False)
     assert summary.rendered == 2, hands.read_rejects(out)
     assert validate_folder(out).ok
     for key, fields in samples(out).items():
         _, mask, meta = decode(fields)
+        assert meta["render"]["fingers"] == "fitted" and meta["render"]["finger_pose"] == 0
+        hand = np.asarray(meta["keypoints"]["lhand" if meta["render"]["side"] == "left" else "rhand"])
+        assert (hand[:, 2] > 0).sum() >= 15  # all 21 OpenPose hand points are known (most in view)
         assert 0.02 < (mask > 127).mean() < 0.9
         ys, xs = np.nonzero(mask > 127)
         centroid = apply_homography(np.asarray(meta["H"]), np.array([[xs.mean() + 0.5, ys.mean() + 0.5]]))[0]
         geom = hands.pose_hand(model, hands.plan_hand(int(key[-6:]), 0, model.num_betas, space.pitch), space)
         assert np.linalg.norm(centroid - geom.wrist) < 0.06, key
+
+
+# ---------------------------------------------------------------------------------------------
+# Composites onto real patches (paper App. A: the composite is the training image)
+
+
+def test_composite_over_a_real_patch_puts_the_whole_patch_in_the_mask():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[1:3, 1:3] = [200, 150, 120, 255]
+    bg = np.full((4, 4, 3), 10, np.uint8)
+    real = np.full((4, 4), 255, np.uint8)
+    real[3, 3] = 0  # e.g. a shard sample's padding: not real, no hand over it
+    img, mask = hands.composite(rgba, bg, real)
+    background = rgba[..., 3] == 0
+    assert np.all(img[background] == 10)
+    assert np.all(mask[background & (real == 255)] == 255)  # the background's pixels are real data
+    assert mask[3, 3] == 0 and np.all(mask[1:3, 1:3] == 255)
+
+
+def upper_shard(folder: Path, w: int = 256, h: int = 200, dens: float = 800.0) -> Path:
+    """One aligned upper-body sample: red = its x coordinate, a mask with 20-px stripes of padding."""
+    from mst_pipeline.shards import ShardWriter, encode_sample
+    from uh_train.spatial import image_region, scale_translate
+
+    from shard_helpers import sample_fields
+
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = np.arange(w, dtype=np.uint8)[None]
+    img[..., 2] = 200
+    mask = np.where((np.arange(h)[:, None] // 20) % 2 == 0, 255, 0).repeat(w, axis=1).astype(np.uint8)
+    fields = sample_fields(w, h, kind="upper")
+    H = scale_translate(1 / dens, 1 / dens, 0.3, 0.2)
+    fields.update(H=H, region=image_region(H, w, h), density=dens, tier="HR")
+    with ShardWriter(folder, "df", max_count=10) as writer:
+        writer.write(encode_sample("df", "person0", img, fields, mask=mask, ext="png"))
+    return folder
+
+
+def test_shard_backgrounds_are_cut_at_the_hands_scale_and_keep_the_sample_mask(tmp_path):
+    bgs = hands.find_backgrounds(upper_shard(tmp_path / "df"))
+    assert len(bgs.items) == 1
+    rgb, real = bgs.patch(bgs.items[0], side=0.1, res=64, rng=np.random.default_rng(0))
+    assert rgb.shape == (64, 64, 3) and real.shape == (64, 64)
+    # 0.1 full-body units at 800 px per unit: an 80-px patch, so red spans ~80 levels
+    assert 74 <= int(rgb[..., 0].max()) - int(rgb[..., 0].min()) <= 82
+    assert (real == 0).any() and (real == 255).any()  # the padding stripes stay out of the mask
+    with pytest.raises(ValueError, match="no upper samples"):
+        from mst_pipeline.shards import ShardWriter
+
+        from shard_helpers import valid_sample
+
+        with ShardWriter(tmp_path / "full", "src", max_count=10) as writer:
+            writer.write(valid_sample())
+        hands.find_backgrounds(tmp_path / "full")
+
+
+def test_render_onto_photos_masks_the_whole_composite(toy_model, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (120, 160), (20, 40, 220)).save(photos / "person.png")
+    out = tmp_path / "out"
+    summary = hands.render_hands(out, n=2, seed=0, settings=SETTINGS, model=toy_model, backgrounds=photos,
+                                 progress=False)
+    assert summary.rendered == 2, hands.read_rejects(out)
+    assert validate_folder(out).ok
+    for key, fields in samples(out).items():
+        img, mask, meta = decode(fields)
+        background = np.all(np.abs(img.astype(int) - [20, 40, 220]) <= 2, axis=-1)
+        assert background.mean() > 0.1, key  # the photo shows around the hand
+        assert np.all(mask[background] == 255), key  # ... and those pixels are training data
+        assert np.all(mask == 255)
+        assert meta["render"]["background"] == "person.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingers posed from fitted hand keypoints
+
+
+def test_hand_poses_need_a_finger_skeleton(toy_model, tmp_path):
+    path = tmp_path / "hp.npz"
+    np.savez(path, format=np.array("unitedhuman-hand-poses/1"), angles=np.zeros((1, 15, 3), np.float32))
+    with pytest.raises(ValueError, match="finger skeleton"):
+        hands.render_hands(tmp_path / "out", n=1, settings=SETTINGS, model=toy_model, hand_poses_file=path,
+                           progress=False)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, angles=np.zeros((1, 15, 3)))
+    with pytest.raises(ValueError, match="not a hand pose set"):
+        hands.render_hands(tmp_path / "out", n=1, settings=SETTINGS, model=toy_model, hand_poses_file=bad,
+                           progress=False)
+
+
+def test_fit_hands_poses_the_rendered_fingers(open_model, tmp_path):
+    """`mst fit-hands` on shards whose hand keypoints come from a hand posed with known finger
+    angles; render-hands then poses the open model's fingers with the fitted angles."""
+    from mst_pipeline.body.fingers import articulate_np, finger_rigs, project
+    from mst_pipeline.hand_poses import fit_hand_poses, load_hand_poses
+    from mst_pipeline.shards import ShardWriter, encode_sample
+
+    from shard_helpers import sample_fields
+
+    rigs = finger_rigs(open_model)
+    V = open_model.v_template.numpy().astype(np.float64)
+    truth = np.zeros((15, 3))
+    truth[3:15, 0] = 1.0  # four fingers curled, thumb straight
+    _, kp3 = articulate_np(V, rigs["right"], truth)
+    uv = project(torch.as_tensor(kp3)[None], torch.tensor([[0.0, 0.0, 1.2]], dtype=torch.float64),
+                 torch.tensor([np.log(0.6)], dtype=torch.float64),
+                 torch.tensor([[0.3, 0.5]], dtype=torch.float64))[0].numpy()
+    fields = sample_fields(16, 32)
+    fields["keypoints"]["rhand"] = np.concatenate([uv, np.ones((21, 1))], axis=1)
+    fields["keypoints"]["lhand"] = np.zeros((21, 3))  # not detected: skipped
+    with ShardWriter(tmp_path / "full", "shhq", max_count=10) as writer:
+        writer.write(encode_sample("shhq", "a", np.zeros((32, 16, 3), np.uint8), fields, ext="png"))
+    with ShardWriter(tmp_path / "full", "hands", max_count=10) as writer:  # our own renders are not data
+        writer.write(encode_sample("hands", "b", np.zeros((32, 16, 3), np.uint8), fields, ext="png"))
+    out = tmp_path / "hand_poses.npz"
+    counts = fit_hand_poses([tmp_path / "full"], out, open_model, rigs, iterations=200)
+    assert counts == {"hands": 1, "kept": 1, "dropped": 0}
+    angles = load_hand_poses(out)
+    assert angles.shape == (1, 15, 3)
+    assert angles[0, 3:15, 0].mean() > 0.5  # curled fingers were fitted as flexed
+    # render-hands' geometry: the plan carries the fitted angles; all 21 keypoints are posed
+    space = hands.default_space(open_model)
+    plan = hands.plan_hand(0, 0, open_model.num_betas, space.pitch, hand_poses=angles)
+    assert plan.fingers is not None and plan.finger_source == 0
+    geom = hands.pose_hand(open_model, plan, space, rigs)
+    assert geom.hand_slots == tuple(range(21)) and geom.hand_keypoints.shape == (21, 2)
+    straight_plan = hands.HandPlan(**{**plan.__dict__, "fingers": [0.0] * 45})
+    straight = hands.pose_hand(open_model, straight_plan, space, rigs)
+    hand_len = np.linalg.norm(straight.hand_keypoints[12] - straight.hand_keypoints[0])
+    # curled fingertips end nearer the wrist than straight ones
+    tip_dist = np.linalg.norm(geom.hand_keypoints[[8, 12, 16, 20]] - geom.hand_keypoints[0], axis=1)
+    assert np.all(tip_dist < 0.9 * hand_len), (tip_dist, hand_len)
+    assert np.allclose(geom.wrist, straight.wrist, atol=1e-4)  # the fingers bend beyond the wrist
