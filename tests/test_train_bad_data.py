@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 import uh_train.train as tr
 from mst_pipeline.shards import ShardWriter, encode_image, encode_sample
-from shard_helpers import raw_folder, raw_sample, random_image, sample_fields, valid_meta, valid_sample
 from uh_train import shard_reader
 from uh_train.data import PatchBatches, PatchConfig, source_stream
 from uh_train.shard_reader import SampleDefect, SkipLog, decode_sample
+
+from shard_helpers import random_image, raw_folder, raw_sample, sample_fields, valid_meta, valid_sample
 
 
 def sample_dict(image: bytes, meta: dict | None = None, mask: bytes | None = None) -> dict:
@@ -138,7 +139,7 @@ def test_bad_samples_are_skipped_and_counted_never_trained_on(tmp_path):
     members = [m for i in range(3) for m in bad_members(f"good/bad{i}")]
     folder = mixed_folder(tmp_path, {"good-001-000000.tar": members})
     data = PatchBatches([folder], batch=4, cfg=PatchConfig(res=16, stage=2), seed=0, shuffle_buffer=4)
-    batches = [b for _, b in zip(range(6), data)]
+    batches = [b for _, b in zip(range(6), data, strict=False)]
     assert sum(b["skipped"] for b in batches) > 0
     assert all(k.startswith("good/k") for b in batches for k in b["key"])
 
