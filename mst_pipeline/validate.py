@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from mst_pipeline.shards import MANIFEST, TMP_SUFFIX, ShardError, read_manifest, read_shard
 from uh_train import shardspec
+from uh_train.shard_reader import SampleDefect, open_image
 from uh_train.shardspec import SHARD_NAME
 
 _ALLOWED_FIELDS = {"img.jpg", "img.png", "mask.png", "meta.json"}
@@ -72,15 +72,22 @@ class Report:
         }
 
 
-def _decode(data: bytes, what: str) -> tuple[np.ndarray | None, str | None]:
+def _decode(data: bytes, what: str, width: Any, height: Any) -> tuple[np.ndarray | None, str | None]:
+    """Pixels of an image member, its size checked against meta from the file header first (an
+    image far larger than declared is never decoded); a size mismatch or a bomb is a defect."""
+    if not (isinstance(width, int) and isinstance(height, int)):
+        width, height = _header_size(data)  # meta has no usable size; its own defect says so
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        return np.asarray(img), None
-    except Exception as e:  # PIL raises many types for corrupt data
-        return None, f"{what} does not decode ({type(e).__name__}: {e})"
+        return np.asarray(open_image(data, what, width, height)), None
+    except SampleDefect as e:
+        return None, "; ".join(e.reasons)
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except Exception:  # the full decode reports it
+        return -1, -1
 
 
 def check_sample(key: str, fields: dict[str, bytes]) -> tuple[dict[str, Any] | None, list[str]]:
@@ -102,6 +109,9 @@ def check_sample(key: str, fields: dict[str, bytes]) -> tuple[dict[str, Any] | N
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         problems.append(f"meta.json is not valid JSON ({e})")
         return None, problems
+    except RecursionError:
+        problems.append("meta.json is nested too deeply to read")
+        return None, problems
     meta_problems = shardspec.meta_defects(meta)
     problems += meta_problems
     if not isinstance(meta, dict):
@@ -112,25 +122,19 @@ def check_sample(key: str, fields: dict[str, bytes]) -> tuple[dict[str, Any] | N
         ext = images[0].split(".")[1]
         if meta.get("image") in shardspec.IMAGE_EXTS and meta["image"] != ext:
             problems.append(f"meta says image is {meta['image']}, the shard holds {images[0]}")
-        arr, error = _decode(fields[images[0]], images[0])
+        arr, error = _decode(fields[images[0]], "image", meta.get("width"), meta.get("height"))
         if error:
             problems.append(error)
-        elif arr is not None:
-            h, w = arr.shape[:2]
-            if (meta.get("width"), meta.get("height")) != (w, h):
-                problems.append(
-                    f"image is {w}x{h}, meta records {meta.get('width')}x{meta.get('height')}")
-            if arr.ndim != 3 or arr.shape[2] != 3:
-                problems.append(f"image is not 8-bit RGB (shape {list(arr.shape)})")
+        elif arr is not None and (arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3):
+            problems.append(f"image is not 8-bit RGB (shape {list(arr.shape)}, {arr.dtype})")
     if "mask.png" in fields:
         if meta.get("has_mask") is False:
             problems.append("mask.png present but has_mask is false")
-        arr, error = _decode(fields["mask.png"], "mask.png")
+        arr, error = _decode(fields["mask.png"], "mask.png", meta.get("width"), meta.get("height"))
         if error:
             problems.append(error)
-        elif arr is not None and (arr.ndim != 2 or (arr.shape[1], arr.shape[0])
-                                  != (meta.get("width"), meta.get("height"))):
-            problems.append(f"mask.png has shape {list(arr.shape)}, expected a single channel of the image size")
+        elif arr is not None and (arr.ndim != 2 or arr.dtype != np.uint8):
+            problems.append(f"mask.png has shape {list(arr.shape)} ({arr.dtype}), expected one 8-bit channel")
     elif meta.get("has_mask") is True:
         problems.append("has_mask is true but mask.png is missing")
     return (meta if not meta_problems else None), problems
@@ -151,6 +155,7 @@ def validate_folder(folder: str | Path) -> Report:
         if not SHARD_NAME.match(tar.name):
             report.add(tar.name, "-", "file name does not follow {source}-{part:03d}-{index:06d}.tar")
         report.shards += 1
+        before = report.samples
         try:
             for key, fields in read_shard(tar):
                 report.samples += 1
@@ -166,6 +171,9 @@ def validate_folder(folder: str | Path) -> Report:
                     _count(report, tar.name, meta)
         except ShardError as e:
             report.add(tar.name, "-", str(e))
+            continue
+        if report.samples == before:
+            report.add(tar.name, "-", "shard holds no samples (the trainer refuses a source without usable samples)")
     _check_manifest(folder, report, tar_rows)
     return report
 

@@ -202,3 +202,32 @@ def test_a_short_cpu_run_moves_the_generator_towards_the_data(tmp_path):
     with torch.no_grad():
         after = sliced_wasserstein(real, load_generator(tmp_path / "run" / "network-latest.safetensors")(z, None))
     assert after < 0.75 * before, (before, after)
+
+
+def test_log_restarts_without_a_checkpoint_and_tolerates_a_torn_line_on_resume(shards, tmp_path):
+    out = tmp_path / "log"
+    out.mkdir()
+    # a run killed before its first checkpoint left steps 1-3 behind: the re-run starts the log afresh
+    (out / "log.jsonl").write_text("".join(json.dumps({"step": s, "kimg": s * 0.004}) + "\n" for s in (1, 2, 3)))
+    tr.train(small_cfg(shards, out, kimg=0.004))
+    assert [r["step"] for r in read_log(out)] == [1]
+    # a crash after the step-1 checkpoint: step 2 and a torn step 3 logged, never checkpointed
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps({"step": 2, "kimg": 0.008}) + "\n" + '{"step": 3, "ki')
+    tr.train(small_cfg(shards, out, kimg=0.008))  # a longer run resumes (--kimg may change)
+    assert [r["step"] for r in read_log(out)] == [1, 2]
+
+
+def test_resume_with_other_settings_is_refused_unless_allowed_and_recorded(shards, tmp_path):
+    out = tmp_path / "cfg"
+    tr.train(small_cfg(shards, out, kimg=0.004))
+    with pytest.raises(ValueError, match=r"other settings \(batch 4 -> 8\).*--allow-config-change"):
+        tr.train(small_cfg(shards, out, kimg=0.016, batch=8))
+    result = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(out), "--preset", "small",
+                                         "--kimg", "0.016", "--batch", "4", "--lpips", "off", "--seed", "1"])
+    assert result.exit_code == 1 and "preset 'tiny' -> 'small'" in result.output
+    summary = tr.train(small_cfg(shards, out, kimg=0.012, batch=8, allow_config_change=True))
+    assert summary["steps"] == 2  # 4 images at batch 4, then 8 at batch 8
+    run = json.loads((out / "run.json").read_text())
+    assert run["config_changes"] == [{"step": 1, "changes": {"batch": [4, 8]}}]
+    assert [r["step"] for r in read_log(out)] == [1, 2]

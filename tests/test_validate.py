@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from mst_pipeline.cli import app
 from mst_pipeline.shards import ShardWriter, encode_image, write_manifest
+from uh_train.shardspec import meta_defects
+from uh_train.spatial import density, image_region, scale_translate
 
 from shard_helpers import raw_folder, raw_sample, valid_meta, valid_sample
 
@@ -71,6 +73,23 @@ BAD_META = {
     "absolute orig path": (meta_with(orig={**valid_meta()["orig"], "path": "/data/x.png"}), "orig.path"),
     "smpl betas length": (meta_with(smpl={**valid_meta()["smpl"], "betas": [0.0] * 3}), "smpl.betas"),
     "recorded size": (meta_with(width=17), "image is 16x32, meta records 17x32"),
+    # geometry must agree with H and make sense in full-body space
+    "region not H of the corners": (meta_with(region=[[0.3, 0], [0.8, 0], [0.8, 1], [0.3, 1]]),
+                                    "region is not H applied to the image corners"),
+    "density not from H": (meta_with(density=64.0), "density is 64, H implies 32"),
+    "absurd density": (meta_with(density=1e300), "outside the plausible range"),
+    "H as strings": (meta_with(H=[[str(x) for x in row] for row in valid_meta()["H"]]), "H has a non-numeric entry"),
+    "H with booleans": (meta_with(H=[[True, 0, 0], [0, True, 0], [0, 0, True]]), "H has a non-numeric entry"),
+    "H nested deeper": (meta_with(H=[[[1], [0], [0]], [[0], [1], [0]], [[0], [0], [1]]]), "H has a non-numeric"),
+    "region as strings": (meta_with(region=[["0", "0"], ["1", "0"], ["1", "1"]]), "region has a non-numeric"),
+    "keypoints as strings": (meta_with(keypoints={**valid_meta()["keypoints"], "face": "70 points"}),
+                             "keypoints.face is not a numeric array"),
+    "H through infinity": (meta_with(H=[[1 / 32, 0, 0.25], [0, 1 / 32, 0], [0, -0.1, 1]]), "through infinity"),
+    "image outside full-body space": (meta_with(H=scale_translate(1 / 32, 1 / 32, 1.5, 0).tolist(),
+                                                region=image_region(scale_translate(1 / 32, 1 / 32, 1.5, 0),
+                                                                    16, 32).tolist()),
+                                      "outside full-body space"),
+    "huge declared size": (meta_with(width=1 << 20, height=1 << 20), "exceeds"),
 }
 
 
@@ -197,3 +216,49 @@ def test_bad_shard_name(tmp_path):
     folder = raw_folder(tmp_path / "f", {"whatever.tar": raw_sample()})
     result = run_validate(folder)
     assert result.exit_code == 1 and "does not follow" in result.output
+
+
+def test_geometry_of_real_writers_passes():
+    """An aligned 1:2 full-body image covers only the strip x in [0.25, 0.75], and a derived SR
+    sample only the lower half y in [0.5, 1]: both are consistent geometry, not defects."""
+    assert meta_defects(valid_meta()) == []
+    assert np.allclose(np.asarray(valid_meta()["region"])[:, 0].tolist(), [0.25, 0.75, 0.75, 0.25])
+    w, h = 64, 32
+    H = scale_translate(1 / 64, 0.5 / 32, 0.0, 0.5)  # the lower half of the square, 64 px wide
+    sr = valid_meta(w=w, h=h)
+    sr.update(kind="lower", tier="SR", H=H.tolist(), region=image_region(H, w, h).tolist(),
+              density=density(H, w, h))
+    assert meta_defects(sr) == []
+
+
+def test_deeply_nested_meta_json_is_a_defect_not_a_traceback(tmp_path):
+    members = [(n, b"[" * 100_000 + b"]" * 100_000 if n.endswith(".json") else d) for n, d in raw_sample()]
+    result = run_validate(raw_folder(tmp_path / "f", {"src-000-000000.tar": members}, manifest=False))
+    assert result.exit_code == 1 and "nested too deeply" in result.output
+
+
+def test_sixteen_bit_grey_image_is_not_rgb(tmp_path):
+    grey16 = encode_image(np.full((32, 16), 30000, np.uint16), "png")
+    result = run_validate(raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample(image=grey16)}))
+    assert result.exit_code == 1 and "not 8-bit RGB" in result.output
+
+
+def test_mask_of_the_wrong_size(tmp_path):
+    members = raw_sample(meta=meta_with(has_mask=True)) + [("src/a.mask.png", encode_image(np.zeros((8, 8), np.uint8),
+                                                                                               "png"))]
+    result = run_validate(raw_folder(tmp_path / "f", {"src-000-000000.tar": members}))
+    assert result.exit_code == 1 and "mask.png is 8x8, meta records 16x32" in result.output
+
+
+def test_image_far_larger_than_declared_is_refused_from_its_header(tmp_path):
+    """Only the first bytes of a 6000x6000 PNG: a full decode would fail on the missing data, the
+    size check from the header does not need it."""
+    big = encode_image(np.zeros((6000, 6000), np.uint8), "png")[:200]
+    result = run_validate(raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample(image=big)}))
+    assert result.exit_code == 1 and "image is 6000x6000, meta records 16x32" in result.output
+
+
+def test_empty_shard_is_a_defect(tmp_path):
+    folder = raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample(), "empty-000-000000.tar": []})
+    result = run_validate(folder)
+    assert result.exit_code == 1 and "empty-000-000000.tar" in result.output and "no samples" in result.output

@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from uh_train.spatial import density as density_of
+from uh_train.spatial import image_region
+
 FORMAT = "unitedhuman-shard/1"
 KINDS = ("full", "upper", "lower", "face", "hand")
 TIERS = ("LR", "HR", "SR")
@@ -27,6 +30,14 @@ KEYPOINT_GROUPS = {"body": 25, "lhand": 21, "rhand": 21, "face": 70}
 SMPL_SIZES = {"betas": 10, "pose": 72, "cam": 3, "cam_bar": 3}
 # A region may extend beyond the unit square (a crop that includes background) but not absurdly.
 REGION_BOUNDS = (-2.0, 3.0)
+# `region` must equal H applied to the image corners within this many full-body units (0.1 px at
+# density 1000), and `density` the density H implies within this relative tolerance.
+REGION_TOLERANCE = 1e-4
+DENSITY_TOLERANCE = 1e-3
+# Plausible densities (source pixels per full-body unit): from a 1-px body to a 1-px fingernail.
+DENSITY_RANGE = (1.0, 1e6)
+# Largest image a sample may declare (pixels); readers refuse larger ones before decoding them.
+MAX_IMAGE_PIXELS = 1 << 27
 SHARD_NAME = re.compile(r"^(?P<source>[A-Za-z0-9_-]+)-(?P<part>\d{3})-(?P<index>\d{6})\.tar$")
 # No dots inside key parts: WebDataset splits a member name at the first dot of its base name
 # (`source/stem.img.jpg` -> key `source/stem`, field `img.jpg`), so a dot in a stem would break grouping.
@@ -88,19 +99,54 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _matrix(value: Any, rows: int, cols: int, name: str, errors: list[str]) -> np.ndarray | None:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        errors.append(f"{name} is not a numeric array")
+def _numbers(value: Any, shape: tuple[int | None, ...], name: str, errors: list[str]) -> np.ndarray | None:
+    """`value` as a float64 array if it is nested JSON lists of exactly `shape` (None: any length
+    >= 1) whose entries are finite numbers; otherwise append a defect and return None. Strings,
+    booleans and deeper nesting are defects, never coerced (np.asarray would accept "1.0")."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    level = [value]
+    for depth, n in enumerate(shape):
+        if not all(isinstance(v, list) for v in level):
+            errors.append(f"{name} is not a numeric array of shape {_shape_text(shape)}")
+            return None
+        lengths = {len(v) for v in level}
+        if len(lengths) != 1 or (n is not None and lengths != {n}) or lengths == {0}:
+            found = f"rows of lengths {sorted(lengths)}" if len(lengths) > 1 else \
+                f"shape {[*_concrete_shape(value, depth), lengths.pop()]}"
+            errors.append(f"{name} has {found}, expected {_shape_text(shape)}")
+            return None
+        level = [x for v in level for x in v]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in level):
+        bad = next(x for x in level if not isinstance(x, (int, float)) or isinstance(x, bool))
+        errors.append(f"{name} has a non-numeric entry ({type(bad).__name__} {_short(bad)})")
         return None
-    if arr.shape != (rows, cols):
-        errors.append(f"{name} has shape {list(arr.shape)}, expected [{rows}, {cols}]")
-        return None
+    arr = np.asarray(level, dtype=np.float64).reshape(_concrete_shape(value, len(shape)))
     if not np.all(np.isfinite(arr)):
         errors.append(f"{name} has non-finite values")
         return None
     return arr
+
+
+def _concrete_shape(value: Any, depth: int) -> list[int]:
+    out = []
+    for _ in range(depth):
+        out.append(len(value))
+        value = value[0]
+    return out
+
+
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("N" if n is None else str(n) for n in shape) + "]"
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _matrix(value: Any, rows: int, cols: int, name: str, errors: list[str]) -> np.ndarray | None:
+    return _numbers(value, (rows, cols), name, errors)
 
 
 def homography_defects(H: Any) -> list[str]:
@@ -109,9 +155,9 @@ def homography_defects(H: Any) -> list[str]:
     arr = _matrix(H, 3, 3, "H", errors)
     if arr is None:
         return errors
-    det = float(np.linalg.det(arr))
     scale = float(np.abs(arr).max()) or 1.0
-    if abs(det) <= 1e-12 * scale**3:
+    det = float(np.linalg.det(arr / scale))  # scale-free, and no overflow for huge entries
+    if abs(det) <= 1e-12:
         errors.append("H is singular (not invertible)")
     elif det < 0:
         errors.append(f"H has a negative determinant ({det:.3g}): it mirrors the image")
@@ -139,17 +185,30 @@ def meta_defects(meta: Any) -> list[str]:
     if meta.get("image") not in IMAGE_EXTS:
         errors.append(f"image is {meta.get('image')!r}, expected 'jpg' or 'png'")
     for name in ("width", "height"):
-        v = meta.get(name)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            errors.append(f"{name} is {v!r}, expected a positive integer")
+        if not _is_positive_int(meta.get(name)):
+            errors.append(f"{name} is {_short(meta.get(name))}, expected a positive integer")
+    H = None
     if "H" not in meta:
         errors.append("H is missing")
     else:
-        errors += homography_defects(meta["H"])
-    errors += _region_defects(meta.get("region"))
+        h_errors = homography_defects(meta["H"])
+        errors += h_errors
+        H = None if h_errors else np.asarray(meta["H"], dtype=np.float64)
+    region_errors = _region_defects(meta.get("region"))
+    errors += region_errors
     density = meta.get("density")
-    if not _is_number(density) or density <= 0:
-        errors.append(f"density is {density!r}, expected a positive number (pixels per full-body unit)")
+    density_ok = _is_number(density) and density > 0
+    if not density_ok:
+        errors.append(f"density is {_short(density)}, expected a positive number (pixels per full-body unit)")
+    elif not DENSITY_RANGE[0] <= density <= DENSITY_RANGE[1]:
+        errors.append(f"density is {density:.6g}, outside the plausible range [{DENSITY_RANGE[0]:g}, "
+                      f"{DENSITY_RANGE[1]:g}] pixels per full-body unit")
+    size_ok = all(_is_positive_int(meta.get(n)) for n in ("width", "height"))
+    if size_ok and meta["width"] * meta["height"] > MAX_IMAGE_PIXELS:
+        errors.append(f"image size {meta['width']}x{meta['height']} exceeds {MAX_IMAGE_PIXELS} pixels")
+    elif H is not None and size_ok and not region_errors and density_ok:
+        errors += geometry_defects(H, np.asarray(meta["region"], dtype=np.float64), float(density),
+                                   meta["width"], meta["height"])
     errors += _keypoint_defects(meta.get("keypoints"))
     errors += _smpl_defects(meta.get("smpl"))
     errors += _fit_defects(meta.get("fit"))
@@ -159,18 +218,43 @@ def meta_defects(meta: Any) -> list[str]:
     return errors
 
 
+def _is_positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def geometry_defects(H: np.ndarray, region: np.ndarray, density: float, width: int, height: int) -> list[str]:
+    """Consistency of a sample's geometry (fields already well-formed): H keeps the whole image on
+    one side of the line at infinity, `region` is H applied to the image corners, `density` is the
+    density H implies, and the region overlaps full-body space (else no patch can ever show it)."""
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float64)
+    w = corners @ H[2, :2] + H[2, 2]
+    if np.any(w <= 1e-12 * np.abs(H[2]).max()):
+        return ["H sends part of the image through infinity (projective denominator <= 0 at a corner)"]
+    errors: list[str] = []
+    expected = image_region(H, width, height)
+    scale = max(1.0, float(np.abs(expected).max()))
+    if region.shape != expected.shape or not np.allclose(region, expected, rtol=0, atol=REGION_TOLERANCE * scale):
+        errors.append(f"region is not H applied to the image corners (expected {np.round(expected, 4).tolist()})")
+    implied = density_of(H, width, height)
+    if not abs(density - implied) <= DENSITY_TOLERANCE * implied:
+        errors.append(f"density is {density:.6g}, H implies {implied:.6g} pixels per full-body unit")
+    x0, y0 = expected.min(axis=0)
+    x1, y1 = expected.max(axis=0)
+    if min(x1, 1.0) - max(x0, 0.0) <= 0 or min(y1, 1.0) - max(y0, 0.0) <= 0:
+        errors.append(f"the image lies outside full-body space [0, 1]^2 (region bbox "
+                      f"[{x0:.3g}, {y0:.3g}, {x1:.3g}, {y1:.3g}])")
+    return errors
+
+
 def _region_defects(region: Any) -> list[str]:
     errors: list[str] = []
     if region is None:
         return ["region is missing"]
-    try:
-        arr = np.asarray(region, dtype=np.float64)
-    except (TypeError, ValueError):
-        return ["region is not a numeric polygon"]
-    if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < 3:
+    arr = _numbers(region, (None, 2), "region", errors)
+    if arr is None:
+        return errors
+    if arr.shape[0] < 3:
         return [f"region has shape {list(arr.shape)}, expected [N>=3, 2]"]
-    if not np.all(np.isfinite(arr)):
-        return ["region has non-finite values"]
     lo, hi = REGION_BOUNDS
     if arr.min() < lo or arr.max() > hi:
         errors.append(f"region leaves the sane bounds [{lo}, {hi}] of full-body space")
@@ -207,15 +291,7 @@ def _smpl_defects(smpl: Any) -> list[str]:
         return ["smpl is not an object"]
     errors: list[str] = []
     for name, n in SMPL_SIZES.items():
-        try:
-            arr = np.asarray(smpl.get(name), dtype=np.float64)
-        except (TypeError, ValueError):
-            errors.append(f"smpl.{name} is not a numeric array")
-            continue
-        if arr.shape != (n,):
-            errors.append(f"smpl.{name} has shape {list(arr.shape)}, expected [{n}]")
-        elif not np.all(np.isfinite(arr)):
-            errors.append(f"smpl.{name} has non-finite values")
+        _numbers(smpl.get(name), (n,), f"smpl.{name}", errors)
     return errors
 
 

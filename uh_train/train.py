@@ -65,6 +65,18 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast on GPU
     max_bad_steps: int = 20
     device: str = "auto"
+    allow_config_change: bool = False  # resume even if the settings differ from the checkpoint's (recorded)
+
+
+# Settings a resumed run may change freely: where and how long it runs, not what it learns.
+RESUME_FREE = ("out", "kimg", "snapshot_kimg", "workers", "device", "max_bad_steps", "allow_config_change")
+
+
+def config_changes(saved: dict[str, Any], current: TrainConfig) -> dict[str, list[Any]]:
+    """Settings that differ between a checkpoint's config and this run's: name -> [saved, now]."""
+    now = json.loads(json.dumps(asdict(current)))  # tuples as lists, as stored
+    return {k: [saved.get(k), now.get(k)] for k in sorted(set(saved) | set(now))
+            if k not in RESUME_FREE and saved.get(k) != now.get(k)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +332,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     np.random.seed(cfg.seed + d.rank)
     random.seed(cfg.seed + d.rank)
 
+    # A resumed run must train what its checkpoint trained: refuse other settings before any work.
+    resume = find_resume(out)
+    changes: dict[str, list[Any]] = {}
+    state: dict[str, Any] = {}
+    if resume is not None:
+        state = load_state(resume)
+        try:
+            saved = json.loads(state["config"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{resume} has no readable run configuration; use another --out") from None
+        changes = config_changes(saved, cfg)
+        if changes and not cfg.allow_config_change:
+            listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            raise ValueError(f"{out} holds a run with other settings ({listed}); resume it with its own settings, "
+                             f"choose another --out, or pass --allow-config-change to continue with the new ones "
+                             f"(recorded in run.json)")
+
     # Networks. Stage 2 starts from the stage-1 G, G_ema and D; the stage-1 G_ema is the frozen teacher.
     G, D = build_networks(cfg)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
@@ -339,9 +368,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + d.rank)
     prog = Progress()
 
-    resume = find_resume(out)
     if resume is not None:
-        state = load_state(resume)
         G.load_state_dict(state["G"])
         G_ema.load_state_dict(state["G_ema"])
         D.load_state_dict(state["D"])
@@ -354,8 +381,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         StreamState(consumed=dict(p["data"]["consumed"]), batches=dict(p["data"]["batches"])))
         if d.main:
             console.print(f"resuming from {resume.name} (step {prog.step}, {prog.nimg / 1000:.3f} kimg)")
+            if changes:
+                console.print("[yellow]note:[/yellow] settings changed on resume: " +
+                              ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
             _truncate_log(out / "log.jsonl", prog.step)
     else:
+        if d.main:
+            _truncate_log(out / "log.jsonl", 0)  # steps logged by a run killed before its first checkpoint
         broadcast_module(G, d)
         broadcast_module(D, d)
         if teacher is None:
@@ -371,7 +403,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if lpips_fn is None and cfg.lpips == "auto":
             pixel_note = "L1 only (LPIPS's AlexNet weights missing; --lpips auto fell back)"
     run_info = {"config": asdict(cfg), "start": start_note, "pixel_loss": pixel_note,
-                "ema_rampup": ema_rampup, "mirror": cfg.mirror}
+                "ema_rampup": ema_rampup, "mirror": cfg.mirror,
+                "config_changes": _previous_changes(out / "run.json") if resume is not None else []}
+    if changes:
+        run_info["config_changes"].append({"step": prog.step, "changes": changes})
     if d.main:
         atomic_write_text(out / "run.json", json.dumps(run_info, indent=2) + "\n")
         console.print(f"stage {cfg.stage}: {start_note}; pixel loss: {pixel_note}")
@@ -395,13 +430,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     fixed_z = torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(123)).to(device)
     start, start_nimg = time.time(), prog.nimg
     last: dict[str, float] = {}
+    skipped = 0
 
     while prog.nimg < total_nimg:
         terms: dict[str, float] = {}
         do_r1 = cfg.r1_gamma > 0 and prog.step % cfg.r1_interval == 0
         batches = [next(data_iter) for _ in range(rounds)]
+        step_skipped = 0
         for b in batches:
             prog.data.update(b["state"])
+            step_skipped += b["skipped"]
+        skipped += step_skipped
 
         # --- G step: fool both heads; match the teacher on the same region (Eq. 8)
         opt_G.zero_grad(set_to_none=True)
@@ -497,7 +536,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         prog.nimg += cfg.batch
         last = {k: v / rounds for k, v in terms.items()}
         if d.main:
-            log_file.write(json.dumps({"step": prog.step, "kimg": prog.nimg / 1000, **last}) + "\n")
+            extra = {"data/skipped": step_skipped} if step_skipped else {}
+            log_file.write(json.dumps({"step": prog.step, "kimg": prog.nimg / 1000, **last, **extra}) + "\n")
             log_file.flush()
             elapsed = time.time() - start
             rate = (prog.nimg - start_nimg) / 1000 / max(elapsed, 1e-9)
@@ -523,13 +563,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log_file.close()
     if tb is not None:
         tb.close()
+    if skipped and d.main:
+        console.print(f"[yellow]note:[/yellow] {skipped} unusable sample(s) skipped on this process "
+                      f"(see the warnings; `mst validate` lists them)")
     if d.world > 1:
         check_in_sync(G, d)
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
-    return {"steps": prog.step, "kimg": prog.nimg / 1000, "losses": last, "out": str(out)}
+    return {"steps": prog.step, "kimg": prog.nimg / 1000, "losses": last, "out": str(out), "skipped": skipped}
 
 
 SAMPLE_VIEWS = ((0.5, 0.5, 1.0), (0.5, 0.12, 4.0), (0.35, 0.5, 4.0), (0.5, 0.8, 2.0))
@@ -566,10 +609,28 @@ def _fmt(seconds: float) -> str:
 
 
 def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps 1..`step` (those the resumed checkpoint has seen), in order, once
+    each: drop steps a killed run logged after its checkpoint and a torn last line."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+    kept, last = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            s = json.loads(line)["step"]
+        except (ValueError, TypeError, KeyError):
+            continue  # torn by a kill mid-write
+        if isinstance(s, int) and last < s <= step:
+            kept.append(line)
+            last = s
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def _previous_changes(path: Path) -> list[Any]:
+    try:
+        changes = json.loads(path.read_text()).get("config_changes", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return changes if isinstance(changes, list) else []
 
 
 def _tensorboard(out: Path):
@@ -627,6 +688,9 @@ def run_cmd(
     workers: int = typer.Option(0, "--workers", help="Data loader worker processes."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     gamma: float = typer.Option(2.0, "--gamma", help="R1 weight."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change",
+                                             help="Resume even if settings differ from the checkpoint's "
+                                                  "(the changes are recorded in run.json)."),
 ) -> None:
     """Train (resumes automatically when OUT holds a checkpoint)."""
     if preset not in PRESET_DEFAULTS:
@@ -650,6 +714,7 @@ def run_cmd(
         preset=preset, res=res, kimg=kimg if kimg is not None else k, batch=batch or b, batch_gpu=batch_gpu,
         snapshot_kimg=snapshot_kimg or snap, lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers,
         device=device, r1_gamma=gamma, views=list(view), mirror=mirror_default if mirror is None else mirror,
+        allow_config_change=allow_config_change,
     )
     try:
         summary = train(cfg)
