@@ -237,6 +237,7 @@ def align(
     from mst_pipeline.body import load_body_model
     from mst_pipeline.detect import BackendUnavailable
     from mst_pipeline.prior import load_prior
+    from mst_pipeline.shards import ShardError
     from mst_pipeline.smplify import SmplifyConfig
     from mst_pipeline.space import default_space, load_space
     from uh_train.shardspec import sanitise_part
@@ -293,7 +294,8 @@ def align(
 
         try:
             summary = align_folder(dataset, out, src, fb_space, model, settings, prior=pose_prior, progress=progress)
-        except (BackendUnavailable, RuntimeError, ValueError) as e:  # incl. a detection worker that cannot start
+        except (BackendUnavailable, RuntimeError, ValueError, ShardError) as e:  # incl. a busy output, a worker
+            # that cannot start
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(1) from None
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
