@@ -142,14 +142,14 @@ def read_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]
                 base = member.name.rsplit("/", 1)
                 stem, _, ext = base[-1].partition(".")
                 key = f"{base[0]}/{stem}" if len(base) == 2 else stem
+                if key != current:  # the previous sample is complete before this member is read
+                    if current is not None:
+                        yield current, fields
+                    current, fields = key, {}
                 f = tar.extractfile(member)
                 data = f.read() if f is not None else b""
                 if len(data) != member.size:
                     raise ShardError(f"{path.name}: truncated inside member {member.name}")
-                if key != current:
-                    if current is not None:
-                        yield current, fields
-                    current, fields = key, {}
                 fields[ext] = data
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ShardError(f"{path.name}: truncated or corrupt tar ({e})") from None
