@@ -5,7 +5,8 @@ starts the body from them (or from PARE), fits SMPLify-P in batches, maps the im
 space with H(α_opt, ᾱ) and writes a `unitedhuman-shard/1` sample: the image, H, the region it
 covers, its density, the keypoints in full-body space and the fit. Images that fail (unreadable,
 no person, too few keypoints, diverged fit, an H outside full-body space) go to `rejects.jsonl`
-with their reason and the run continues. Re-runs skip keys already in complete shards, and
+with their reason and the run continues (so do files whose sample key another file already has:
+`a.png`/`a.jpg`). Re-runs skip keys already in complete shards, and
 `part=(k, n)` processes the k-th of n disjoint slices (a cluster job array).
 
 An *aligned* full-body set (`settings.aligned`, `mst align --aligned`: SHHQ-like photos, one
@@ -99,6 +100,25 @@ def stem_of(path: Path, root: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
 
 
+def key_collisions(files: list[Path], root: Path, source: str) -> dict[Path, Path]:
+    """{path: the path that keeps its key} for files whose sample key another file already has.
+
+    Keys map the relative path onto [A-Za-z0-9_-] (`dup.jpg`/`dup.png`, `a.b.png`/`a-b.png` and
+    `sub/x.png`/`sub_x.png` share one), so the first of each group in sorted order keeps the key and
+    the others are rejected by name. FILES must be the whole folder, not one --part slice: partners
+    may fall into different slices.
+    """
+    owner: dict[str, Path] = {}
+    lost = {}
+    for path in sorted(files):
+        key = make_key(source, stem_of(path, root))
+        if key in owner:
+            lost[path] = owner[key]
+        else:
+            owner[key] = path
+    return lost
+
+
 def infer_kind(targets: np.ndarray, visible: np.ndarray) -> str:
     """Which part of the body an image shows, from its visible fitting targets ([37, 2], [37])."""
     v = visible
@@ -176,17 +196,38 @@ class _Item:
     confidence: np.ndarray | None
 
 
+MAX_PIXELS = 1 << 27  # 134 M pixels (16384 x 8192): larger "images" are decompression bombs, not photos
+
+
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 [h, w, 3] with EXIF orientation applied; Rejected for unreadable files."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """RGB uint8 [h, w, 3] with EXIF orientation applied; Rejected for any file that cannot be read.
+
+    The size is checked from the header before any pixel is decoded; a corrupt EXIF block (which
+    Pillow may fail on with any exception type) only loses the rotation, never the image.
+    """
+    import warnings
+
+    from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise Rejected(f"unreadable image ({type(e).__name__}: {e})") from None
-    if arr.shape[0] < 8 or arr.shape[1] < 8:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below applies
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise Rejected(f"image too large ({w}x{h} pixels, at most {MAX_PIXELS} pixels)")
+                try:
+                    upright = ImageOps.exif_transpose(im)
+                except Exception:  # noqa: BLE001 - a corrupt EXIF block: keep the image as stored
+                    upright = im
+                arr = np.asarray(upright.convert("RGB"))
+    except Rejected:
+        raise
+    except Image.DecompressionBombError as e:
+        raise Rejected(f"image too large ({e})") from None
+    except Exception as e:  # noqa: BLE001 - any failure to decode one file is that file's reject reason
+        raise Rejected(f"unreadable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if arr.ndim != 3 or arr.shape[0] < 8 or arr.shape[1] < 8:
         raise Rejected(f"image too small ({arr.shape[1]}x{arr.shape[0]})")
     return arr
 
@@ -214,68 +255,77 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
         raise ValueError("fitted alignment needs a full-body space and a body model")
     if not settings.aligned and settings.detector == NO_DETECTOR:
         raise ValueError(f"detector {NO_DETECTOR!r} only applies to an aligned full-body set (fits need keypoints)")
-    files = list_images(root, settings.part)
-    if not files and not list_images(root):  # an empty slice of a full folder is fine, an empty folder is not
+    everything = list_images(root)
+    if not everything:  # an empty slice of a full folder is fine, an empty folder is not
         raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) under {root}")
+    files = list_images(root, settings.part)
+    collisions = key_collisions(everything, root, source)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     summary = AlignSummary()
     if detector is None and settings.workers == 1:
         detector = _make_detector(settings.detector, settings.keypoints_dir, root)
     pare = load_pare_checkpoint(settings.pare, settings.device, strict=True)[0] if settings.pare is not None else None
-    with ShardWriter(out, source, part=settings.part[0], max_count=settings.max_count,
-                     update_manifest=False) as writer:
-        todo = []
-        for path in files:
-            if writer.has(make_key(source, stem_of(path, root))):
-                summary.skipped += 1
-            else:
-                todo.append(path)
-        done = summary.skipped
-        if progress:
-            progress(done, len(files))
-        tasks = [(path, stem_of(path, root), make_key(source, stem_of(path, root)), settings.aligned)
-                 for path in todo]
-        with contextlib.closing(_detections(tasks, settings, detector, root)) as detections:
-            if settings.aligned:
-                done = _write_aligned(tasks, detections, writer, out, root, source, space, settings, summary,
-                                      done, len(files), progress)
-            else:
-                for batch in _batches(tasks, settings.batch_size):
-                    items = []
-                    for path, _, key, _ in batch:
-                        found = next(detections)
-                        if isinstance(found, Rejected):
-                            _reject(out, key, path.relative_to(root), str(found), summary)
-                        else:
-                            items.append(found)
-                    if items:
-                        targets = np.stack([i.targets for i in items])
-                        confidence = np.stack([i.confidence for i in items])
-                        init, from_pare = None, np.zeros(len(items), dtype=bool)
-                        if pare is not None:  # PARE's regression as the start (paper §3.1)
-                            init, from_pare = pare_start(pare, model, [i.image for i in items], targets, confidence,
-                                                         settings.smplify.confidence)
-                        fits = smplify_p(model, targets, confidence, prior=prior, mean_pitch=space.pitch,
-                                         config=settings.smplify, init=init, device=settings.device)
-                        for fit, used in zip(fits, from_pare, strict=True):
-                            fit.extra["init"] = "pare" if used else "keypoints"
-                        aligned = []
-                        for item, fit in zip(items, fits, strict=True):
-                            try:
-                                sample = build_sample(item, fit, root, source, space, settings)
-                                writer.write(sample)
-                                summary.written += 1
-                                summary.kinds[sample.meta["kind"]] += 1
-                                aligned.append((item, fit, sample.meta))
-                            except Rejected as e:
-                                _reject(out, item.key, item.path.relative_to(root), str(e), summary)
-                        if settings.overlay is not None and aligned:
-                            _write_overlays(settings.overlay, aligned, model, settings)
-                    done += len(batch)
-                    if progress:
-                        progress(done, len(files))
-    write_manifest(out)
+    try:
+        with ShardWriter(out, source, part=settings.part[0], max_count=settings.max_count,
+                         update_manifest=False) as writer:
+            todo = []
+            for path in files:
+                if path in collisions:
+                    _reject(out, make_key(source, stem_of(path, root)), path.relative_to(root),
+                            f"key collision (same sample key as {collisions[path].relative_to(root).as_posix()}; "
+                            "rename one of the two files)", summary)
+                elif writer.has(make_key(source, stem_of(path, root))):
+                    summary.skipped += 1
+                else:
+                    todo.append(path)
+            done = summary.skipped + summary.rejected
+            if progress:
+                progress(done, len(files))
+            tasks = [(path, stem_of(path, root), make_key(source, stem_of(path, root)), settings.aligned)
+                     for path in todo]
+            with contextlib.closing(_detections(tasks, settings, detector, root)) as detections:
+                if settings.aligned:
+                    done = _write_aligned(tasks, detections, writer, out, root, source, space, settings, summary,
+                                          done, len(files), progress)
+                else:
+                    for batch in _batches(tasks, settings.batch_size):
+                        items = []
+                        for path, _, key, _ in batch:
+                            found = next(detections)
+                            if isinstance(found, Rejected):
+                                _reject(out, key, path.relative_to(root), str(found), summary)
+                            else:
+                                items.append(found)
+                        if items:
+                            targets = np.stack([i.targets for i in items])
+                            confidence = np.stack([i.confidence for i in items])
+                            init, from_pare = None, np.zeros(len(items), dtype=bool)
+                            if pare is not None:  # PARE's regression as the start (paper §3.1)
+                                init, from_pare = pare_start(pare, model, [i.image for i in items], targets, confidence,
+                                                             settings.smplify.confidence)
+                            fits = smplify_p(model, targets, confidence, prior=prior, mean_pitch=space.pitch,
+                                             config=settings.smplify, init=init, device=settings.device)
+                            for fit, used in zip(fits, from_pare, strict=True):
+                                fit.extra["init"] = "pare" if used else "keypoints"
+                            aligned = []
+                            for item, fit in zip(items, fits, strict=True):
+                                try:
+                                    sample = build_sample(item, fit, root, source, space, settings)
+                                    if not writer.write(sample):
+                                        raise Rejected("duplicate key (already written)")
+                                    summary.written += 1
+                                    summary.kinds[sample.meta["kind"]] += 1
+                                    aligned.append((item, fit, sample.meta))
+                                except Rejected as e:
+                                    _reject(out, item.key, item.path.relative_to(root), str(e), summary)
+                            if settings.overlay is not None and aligned:
+                                _write_overlays(settings.overlay, aligned, model, settings)
+                        done += len(batch)
+                        if progress:
+                            progress(done, len(files))
+    finally:  # also after an error: the manifest lists every sample kept
+        write_manifest(out)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -289,7 +339,8 @@ def _write_aligned(tasks: list, detections: Iterator, writer: ShardWriter, out: 
         try:
             if isinstance(found, Rejected):
                 raise found
-            writer.write(build_aligned_sample(found, root, source, space, settings))
+            if not writer.write(build_aligned_sample(found, root, source, space, settings)):
+                raise Rejected("duplicate key (already written)")
         except Rejected as e:
             _reject(out, key, path.relative_to(root), str(e), summary)
         else:
@@ -466,9 +517,14 @@ def _detections(tasks: list[tuple[Path, str, str, bool]], settings: AlignSetting
     if settings.workers == 1:
         for path, stem, key, aligned in tasks:
             try:
-                yield _detect(path, stem, key, detector, aligned)
+                found: _Item | Rejected = _detect(path, stem, key, detector, aligned)
             except Rejected as e:
-                yield e
+                found = e
+            except BackendUnavailable:
+                raise
+            except Exception as e:  # noqa: BLE001 - as in a worker: this image's reason, the run goes on
+                found = Rejected(f"detection failed ({type(e).__name__}: {e})")
+            yield found
         return
     spec = detector if detector is not None else (settings.detector, settings.keypoints_dir, root)
     # Read ahead by two batches so the workers keep decoding while the main process fits.

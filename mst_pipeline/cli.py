@@ -13,6 +13,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from uh_train import cli_args
+
 app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
@@ -27,7 +29,8 @@ err = Console(stderr=True, soft_wrap=True)
 def validate(
     folder: Path = typer.Argument(..., help="Shard folder to check."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
-    max_defects: int = typer.Option(200, help="Show at most this many defects (all are counted)."),
+    max_defects: int = typer.Option(200, help="Show at most this many defects (all are counted).",
+                                    callback=cli_args.non_negative),
 ) -> None:
     """Check every shard of FOLDER against the shard spec and the manifest.
 
@@ -52,9 +55,10 @@ def validate(
 @app.command()
 def preview(
     folder: Path = typer.Argument(..., help="Shard folder."),
-    out: Path = typer.Option(Path("preview.png"), "--out", "-o", help="PNG contact sheet to write."),
-    n: int = typer.Option(64, "--n", help="Number of samples (spread over sources)."),
-    tile: int = typer.Option(192, help="Tile size in pixels."),
+    out: Path = typer.Option(Path("preview.png"), "--out", "-o", help="PNG contact sheet to write.",
+                             callback=cli_args.file_to_write),
+    n: int = typer.Option(64, "--n", help="Number of samples (spread over sources).", callback=cli_args.at_least_one),
+    tile: int = typer.Option(192, help="Tile size in pixels.", callback=cli_args.number(16, high=4096)),
     seed: int = typer.Option(0, help="Seed for picking samples."),
 ) -> None:
     """Contact sheet: every sample warped into the full-body canvas through its H.
@@ -69,7 +73,7 @@ def preview(
         raise typer.Exit(2)
     try:
         shown = make_contact_sheet(folder, out, n=n, tile=tile, seed=seed)
-    except ShardError as e:
+    except (ShardError, ValueError, OSError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
     err.print(f"wrote {out} ({shown} samples)")
@@ -77,9 +81,10 @@ def preview(
 
 @app.command()
 def synthetic(
-    out: Path = typer.Argument(..., help="Shard folder to write."),
-    n: int = typer.Option(32, "--n", help="Number of synthetic people."),
-    res: int = typer.Option(256, help="Full-body image resolution."),
+    out: Path = typer.Argument(..., help="Shard folder to write.", callback=cli_args.folder_to_write),
+    n: int = typer.Option(32, "--n", help="Number of synthetic people.", callback=cli_args.at_least_one),
+    res: int = typer.Option(256, help="Full-body image resolution (16 to 4096).",
+                            callback=cli_args.number(16, high=4096)),
     seed: int = typer.Option(0, help="Random seed (same seed -> same shards)."),
 ) -> None:
     """Write a small multi-source set of synthetic figures with exact homographies.
@@ -87,9 +92,14 @@ def synthetic(
     Sources: full-body images at RES, upper-body crops and face crops rendered at higher
     resolution. Useful to test the trainer and the tools without any dataset. Resumable.
     """
+    from mst_pipeline.shards import ShardError
     from mst_pipeline.synthetic import write_synthetic
 
-    counts = write_synthetic(out, n=n, res=res, seed=seed)
+    try:
+        counts = write_synthetic(out, n=n, res=res, seed=seed)
+    except (ShardError, ValueError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
     err.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
@@ -196,7 +206,7 @@ def fit_hands(
 @app.command("render-people")
 def render_people(
     out: Path = typer.Argument(..., help="Folder to write: full/, upper/, face/ images with OpenPose JSON, "
-                               "and truth.jsonl."),
+                               "and truth.jsonl.", callback=cli_args.folder_to_write),
     n: int = typer.Option(32, "--n", help="Number of people (indices 0..N-1)."),
     res: int = typer.Option(256, help="Full-body image size in pixels (square); the upper-body views are "
                             "about 3x and the face views 8x as dense."),
@@ -239,7 +249,8 @@ def _part(text: str) -> tuple[int, int]:
 @app.command()
 def align(
     dataset: Path = typer.Argument(..., help="Folder of images (jpg/png/webp, nested folders allowed)."),
-    out: Path = typer.Option(Path("shards"), "--out", "-o", help="Shard folder to write."),
+    out: Path = typer.Option(Path("shards"), "--out", "-o", help="Shard folder to write.",
+                             callback=cli_args.folder_to_write),
     source: str | None = typer.Option(None, help="Source name; default: the dataset folder's name."),
     kind: str | None = typer.Option(None, help="full|upper|lower|face|hand; default: inferred per image."),
     tier: str | None = typer.Option(None, help="LR|HR|SR; default: from the image's density vs the space."),
@@ -252,12 +263,13 @@ def align(
     pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt) to start SMPLify-P "
                                      "from; default: the keypoint start."),
     body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
-    device: str = typer.Option("cpu", help="Torch device for the fits (cpu, cuda, cuda:1)."),
-    batch_size: int = typer.Option(16, help="Images fitted together."),
-    iterations: int = typer.Option(200, help="SMPLify-P iterations per image."),
+    device: str = typer.Option("cpu", help="Torch device for the fits (cpu, cuda, cuda:1).",
+                               callback=cli_args.torch_device),
+    batch_size: int = typer.Option(16, help="Images fitted together.", callback=cli_args.at_least_one),
+    iterations: int = typer.Option(200, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
     optimizer: str = typer.Option("adam", help="adam | lbfgs."),
     part: str = typer.Option("0/1", help="k/n: process the k-th of n disjoint slices (job arrays)."),
-    max_count: int = typer.Option(1000, help="Samples per shard."),
+    max_count: int = typer.Option(1000, help="Samples per shard.", callback=cli_args.at_least_one),
     overlay: Path | None = typer.Option(None, help="Folder for a check picture per aligned image (DIR/<stem>.jpg): "
                                         "keypoints, fitted joints and body silhouette."),
     workers: int = typer.Option(1, min=1, help="Processes decoding images and detecting keypoints for the fits."),
@@ -280,6 +292,7 @@ def align(
     from mst_pipeline.body import load_body_model
     from mst_pipeline.detect import BackendUnavailable
     from mst_pipeline.prior import load_prior
+    from mst_pipeline.shards import ShardError
     from mst_pipeline.smplify import SmplifyConfig
     from mst_pipeline.space import default_space, load_space
     from uh_train.shardspec import sanitise_part
@@ -336,7 +349,8 @@ def align(
 
         try:
             summary = align_folder(dataset, out, src, fb_space, model, settings, prior=pose_prior, progress=progress)
-        except (BackendUnavailable, RuntimeError, ValueError) as e:  # incl. a detection worker that cannot start
+        except (BackendUnavailable, RuntimeError, ValueError, ShardError) as e:  # incl. a busy output, a worker
+            # that cannot start
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(1) from None
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
@@ -356,7 +370,8 @@ def derive_sr_cmd(
     hr: Path = typer.Argument(..., metavar="HR_SET", help="HR full-body shards (e.g. the folder that "
                               "`mst align shhq/ --aligned --tier HR` wrote; every 'full' sample is used) or a folder "
                               "of aligned full-body images."),
-    out: Path = typer.Option(..., "--out", "-o", help="Shard folder to write (may be the input shard folder)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Shard folder to write (may be the input shard folder).",
+                             callback=cli_args.folder_to_write),
     from_sources: list[str] | None = typer.Option(None, "--from", help="Shard input: use only this source's "
                                                   "samples (repeatable); default: every source's full-body samples."),
     source: str | None = typer.Option(None, help="Image-folder input: its source name; default: the folder's name."),
@@ -364,7 +379,7 @@ def derive_sr_cmd(
                                      "order); the paper derives 5K from 10K HR images."),
     resample: str = typer.Option("lanczos", help="Up-sampling filter: lanczos | bicubic."),
     image_format: str = typer.Option("png", "--format", help="png (the up-sampled pixels exactly) or jpg."),
-    max_count: int = typer.Option(1000, help="Samples per shard."),
+    max_count: int = typer.Option(1000, help="Samples per shard.", callback=cli_args.at_least_one),
 ) -> None:
     """Derive the SR lower-body source from an HR full-body set (paper Tab. 2, SHHQ^SR).
 
@@ -376,6 +391,7 @@ def derive_sr_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mst_pipeline.derive_sr import RESAMPLE, derive_sr
+    from mst_pipeline.shards import ShardError
 
     if resample not in RESAMPLE:
         err.print(f"[red]error:[/red] --resample must be one of {', '.join(RESAMPLE)}, not {resample!r}")
@@ -393,7 +409,7 @@ def derive_sr_cmd(
             summary = derive_sr(hr, out, sources=from_sources, source=source, limit=limit, resample=resample,
                                 image_format=image_format, max_count=max_count,
                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, ShardError) as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(1) from None
     sources = ", ".join(f"{k} {v}" for k, v in sorted(summary.sources.items())) or "none new"
@@ -412,13 +428,14 @@ def derive_sr_cmd(
 def fit_prior(
     poses: Path = typer.Argument(..., help="`mst space` output (space.json with its .npz) or an .npz with "
                                  "`pose` [N, 72] or [N, 63]."),
-    out: Path = typer.Option(Path("prior.ckpt"), "--out", "-o", help="Prior checkpoint (VPoser snapshot layout)."),
-    epochs: int = typer.Option(200, help="Training epochs."),
-    batch_size: int = typer.Option(256, help="Batch size."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    kl_weight: float = typer.Option(5e-3, help="Weight of the KL term."),
+    out: Path = typer.Option(Path("prior.ckpt"), "--out", "-o", help="Prior checkpoint (VPoser snapshot layout).",
+                             callback=cli_args.file_to_write),
+    epochs: int = typer.Option(200, help="Training epochs.", callback=cli_args.at_least_one),
+    batch_size: int = typer.Option(256, help="Batch size.", callback=cli_args.at_least_one),
+    lr: float = typer.Option(1e-3, help="Adam learning rate.", callback=cli_args.positive),
+    kl_weight: float = typer.Option(5e-3, help="Weight of the KL term.", callback=cli_args.non_negative),
     seed: int = typer.Option(0, help="Random seed."),
-    device: str = typer.Option("cpu", help="Torch device."),
+    device: str = typer.Option("cpu", help="Torch device.", callback=cli_args.torch_device),
     body_model: Path | None = typer.Option(None, help="SMPL-format model file whose vertices the reconstruction "
                                            "loss compares; default: the open model."),
     vertex_step: int = typer.Option(16, min=1, help="Compare every N-th vertex of the mesh (1: all; fewer is "
@@ -458,13 +475,14 @@ def fit_prior(
 @app.command("space")
 def space_cmd(
     dataset: Path = typer.Argument(..., help="Folder of full-body images."),
-    out: Path = typer.Option(Path("space.json"), "--out", "-o", help="Space file to write (+ .npz of poses)."),
+    out: Path = typer.Option(Path("space.json"), "--out", "-o", help="Space file to write (+ .npz of poses).",
+                             callback=cli_args.file_to_write),
     detector: str = typer.Option("mediapipe", help="Keypoints: mediapipe | openpose-json | mmpose."),
     keypoints_dir: Path | None = typer.Option(None, help="Folder of OpenPose JSON files (openpose-json)."),
     body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
-    device: str = typer.Option("cpu", help="Torch device for the fits."),
-    batch_size: int = typer.Option(16, help="Images fitted together."),
-    iterations: int = typer.Option(200, help="SMPLify-P iterations per image."),
+    device: str = typer.Option("cpu", help="Torch device for the fits.", callback=cli_args.torch_device),
+    batch_size: int = typer.Option(16, help="Images fitted together.", callback=cli_args.at_least_one),
+    iterations: int = typer.Option(200, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
     pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt): start the fits from "
                                      "PARE and take the mean pitch from its global orientations; default: the "
                                      "keypoint start and the pitch of the feet."),

@@ -181,10 +181,14 @@ def load_prior(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
         if not snaps:
             raise CheckpointError(f"{path} holds no snapshots/*.ckpt")
         path = snaps[-1]
+    if not path.is_file():
+        raise CheckpointError(f"prior checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unreadable or unsafe pickle: one clear message
-        raise CheckpointError(f"cannot read prior checkpoint {path}: {type(e).__name__}: {e}") from None
+        from uh_train.checkpoint import describe_load_error
+
+        raise CheckpointError(f"cannot read prior checkpoint {path}: {describe_load_error(e)}") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds no state dict")

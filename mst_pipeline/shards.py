@@ -3,6 +3,11 @@
 The writer is crash-safe and resumable:
 * a shard is written as `NAME.tar.tmp` and renamed to `NAME.tar` only when complete, so a killed run
   never leaves a truncated `.tar` behind; the next run deletes the `.tmp` and redoes its samples;
+* an exception inside the writer (an unexpected error in the caller, a full disk) closes the open
+  shard with the samples written completely so far (a half-written sample is cut off first), so
+  finished work is never thrown away;
+* one writer per (folder, source, part) at a time: a second one is refused (`WriterBusy`) instead
+  of deleting the first one's live temporary shard;
 * `ShardWriter.has(key)` tells a resumed run which keys complete shards already hold;
 * `manifest.parquet` is rebuilt from the complete shards and replaced atomically.
 """
@@ -35,6 +40,10 @@ TMP_SUFFIX = ".tmp"
 
 class ShardError(Exception):
     """A shard folder or file that cannot be used, with a one-line explanation."""
+
+
+class WriterBusy(ShardError):
+    """Another process (or writer) is writing the same source and part into the folder."""
 
 
 @dataclass
@@ -133,14 +142,14 @@ def read_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]
                 base = member.name.rsplit("/", 1)
                 stem, _, ext = base[-1].partition(".")
                 key = f"{base[0]}/{stem}" if len(base) == 2 else stem
+                if key != current:  # the previous sample is complete before this member is read
+                    if current is not None:
+                        yield current, fields
+                    current, fields = key, {}
                 f = tar.extractfile(member)
                 data = f.read() if f is not None else b""
                 if len(data) != member.size:
                     raise ShardError(f"{path.name}: truncated inside member {member.name}")
-                if key != current:
-                    if current is not None:
-                        yield current, fields
-                    current, fields = key, {}
                 fields[ext] = data
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ShardError(f"{path.name}: truncated or corrupt tar ({e})") from None
@@ -157,6 +166,8 @@ class ShardWriter:
 
     Use as a context manager. `part` separates concurrent writers of the same source.
     """
+
+    _lock = None  # the writer's lock file, once acquired
 
     def __init__(
         self,
@@ -180,6 +191,7 @@ class ShardWriter:
         self._tmp_path: Path | None = None
         self._count = 0
         self._pending: set[str] = set()
+        self._lock = _writer_lock(self.folder, source, part)
         prefix = f"{source}-{part:03d}-"
         for stale in self.folder.glob(f"{prefix}*.tar{TMP_SUFFIX}"):
             stale.unlink()  # half-written by a killed run: discard, its samples are redone
@@ -209,10 +221,19 @@ class ShardWriter:
             self._open()
         assert self._tar is not None and self._tmp_path is not None
         mtime = time.time()
-        _add_member(self._tar, f"{sample.key}.img.{sample.image_ext}", sample.image, mtime)
-        if sample.mask is not None:
-            _add_member(self._tar, f"{sample.key}.mask.png", sample.mask, mtime)
-        _add_member(self._tar, f"{sample.key}.meta.json", shardspec.dumps_meta(sample.meta), mtime)
+        tar, start, members = self._tar, self._tar.offset, len(self._tar.members)
+        try:
+            _add_member(tar, f"{sample.key}.img.{sample.image_ext}", sample.image, mtime)
+            if sample.mask is not None:
+                _add_member(tar, f"{sample.key}.mask.png", sample.mask, mtime)
+            _add_member(tar, f"{sample.key}.meta.json", shardspec.dumps_meta(sample.meta), mtime)
+        except BaseException:
+            # Cut the half-written sample off, so the shard can still be closed with the complete ones.
+            tar.fileobj.seek(start)
+            tar.fileobj.truncate()
+            tar.offset = start
+            del tar.members[members:]
+            raise
         self._pending.add(sample.key)
         self._count += 1
         self.written += 1
@@ -242,25 +263,52 @@ class ShardWriter:
         self._tar, self._tmp_path = None, None
 
     def close(self) -> None:
-        self._finish()
-        if self.update_manifest:
-            write_manifest(self.folder)
+        """Close the open shard with the samples written so far, update the manifest, release the lock."""
+        try:
+            self._finish()
+            if self.update_manifest:
+                write_manifest(self.folder)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases its flock
+            self._lock = None
 
     def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None or exc_type is KeyboardInterrupt:
-            # On Ctrl-C the samples written so far are complete: keep them for the resumed run.
+        # Ctrl-C or an error: every sample written so far is complete (a half-written one was cut
+        # off in `write`), so the open shard is closed and kept for the resumed run.
+        if exc_type is None:
             self.close()
-        else:
-            # An unexpected error: keep completed shards, drop the partial one.
-            if self._tar is not None and self._tmp_path is not None:
-                self._tar.close()
-                self._tmp_path.unlink(missing_ok=True)
-                self._tar = None
-            if self.update_manifest:
-                write_manifest(self.folder)
+            return
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            self._release()
+
+    def __del__(self) -> None:
+        self._release()
+
+
+def _writer_lock(folder: Path, source: str, part: int):
+    """An exclusive, non-blocking lock on FOLDER/.{source}-{part}.lock held while the writer lives.
+
+    A second writer of the same source and part would delete the first one's live temporary shard
+    (it looks like one left by a killed run) and number its shards the same: it is refused instead.
+    The lock belongs to the open file, so a killed writer's lock goes with it.
+    """
+    handle = open(folder / f".{source}-{part:03d}.lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise WriterBusy(f"another run is writing source {source!r} part {part} into {folder}; wait for it "
+                         "to finish, or give this run another --part or --out") from None
+    return handle
 
 
 # ---------------------------------------------------------------------------------------------

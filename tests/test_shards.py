@@ -129,13 +129,14 @@ def test_resume_after_kill_mid_shard_discards_partial_shard_and_redoes_its_sampl
     assert validate_folder(folder).ok
 
 
-def test_exception_inside_writer_keeps_complete_shards_and_drops_the_partial_one(tmp_path):
+def test_exception_inside_writer_keeps_every_sample_written_before_it(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardWriter(tmp_path, "s", max_count=2) as w:
             for i in range(3):
                 w.write(valid_sample("s", f"k{i}", seed=i))
             raise RuntimeError("boom")
-    assert [p.name for p in complete_shards(tmp_path)] == ["s-000-000000.tar"]
+    assert [p.name for p in complete_shards(tmp_path)] == ["s-000-000000.tar", "s-000-000001.tar"]
+    assert [k for s in complete_shards(tmp_path) for k, _ in read_shard(s)] == ["s/k0", "s/k1", "s/k2"]
     assert not list(tmp_path.glob("*.tmp"))
     assert validate_folder(tmp_path).ok
 

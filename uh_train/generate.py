@@ -18,6 +18,7 @@ from pathlib import Path
 
 import typer
 
+from uh_train import cli_args
 from uh_train.atomic import atomic_write_bytes
 
 app = typer.Typer(
@@ -95,14 +96,18 @@ def render(
     which: str | None = typer.Option(None, help="Network in the checkpoint (default G_ema, else G)."),
     seeds: str = typer.Option("0-7", help="Seeds, e.g. 0-7 or 1,4,9-12."),
     size: int | None = typer.Option(
-        None, help="Output size in px, a multiple of the patch resolution r (default 4r, or r with --patch)."),
-    truncation: float = typer.Option(1.0, help="Truncation psi (1 = none)."),
-    out: Path | None = typer.Option(None, help="Output folder for seedNNNN.png and grid.png."),
+        None, help="Output size in px, a multiple of the patch resolution r (default 4r, or r with --patch).",
+        callback=cli_args.at_least_one),
+    truncation: float = typer.Option(1.0, help="Truncation psi (1 = none).", callback=cli_args.number()),
+    out: Path | None = typer.Option(None, help="Output folder for seedNNNN.png and grid.png.",
+                                    callback=cli_args.folder_to_write),
     mode: str = typer.Option("stitched", help="stitched: r x r patches at s = size/r; single: one pass."),
     patch: str | None = typer.Option(None, help="VX,VY: render only the square of side 1/--scale around it."),
-    scale: float = typer.Option(1.0, help="With --patch: zoom; the region's side is 1/scale of the image."),
-    max_gib: float = typer.Option(4.0, help="Memory for one single-mode pass; larger images go in blocks."),
-    device: str = typer.Option("cpu", help="torch device."),
+    scale: float = typer.Option(1.0, help="With --patch: zoom; the region's side is 1/scale of the image.",
+                                callback=cli_args.positive),
+    max_gib: float = typer.Option(4.0, help="Memory for one single-mode pass; larger images go in blocks.",
+                                  callback=cli_args.positive),
+    device: str = typer.Option("cpu", help="torch device.", callback=cli_args.torch_device),
 ) -> None:
     """Render images (or one zoomed region) for a list of seeds."""
     if ctx.invoked_subcommand is not None:
@@ -115,24 +120,35 @@ def render(
         raise typer.BadParameter("--out is required", param_hint="--out")
     if mode not in MODES:
         raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
+    center = parse_point(patch) if patch else (0.5, 0.5)
+    if not all(0 <= v <= 1 for v in center):
+        raise typer.BadParameter(f"{patch} is not a point of full-body space [0,1]^2", param_hint="--patch")
+    seed_list = parse_seeds(seeds)
     if init == "random":
+        from .networks import PRESETS
+
+        if preset not in PRESETS:
+            raise typer.BadParameter(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}",
+                                     param_hint="--preset")
         G = random_generator(preset, 0, device)
     elif init == "checkpoint":
         if ckpt is None or not ckpt.is_file():
             raise typer.BadParameter(f"checkpoint {ckpt} not found; pass --ckpt FILE or --init random",
                                      param_hint="--ckpt")
-        from .checkpoint import load_generator
+        from .checkpoint import CheckpointError, load_generator
 
-        G = load_generator(ckpt, device=device, which=which)
+        try:
+            G = load_generator(ckpt, device=device, which=which)
+        except CheckpointError as e:
+            typer.secho(f"uh-generate: error: {e}", fg="red", err=True)
+            raise typer.Exit(1) from None
     else:
         raise typer.BadParameter("use 'checkpoint' or 'random'", param_hint="--init")
     r = G.img_resolution
-    center = parse_point(patch) if patch else (0.5, 0.5)
     region_scale = scale if patch else 1.0
     size = size or (r if patch else 4 * r)
     if size % r:
         raise typer.BadParameter(f"{size} is not a multiple of the patch resolution {r}", param_hint="--size")
-    seed_list = parse_seeds(seeds)
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
@@ -157,14 +173,18 @@ def render(
 @app.command("import-snapshot")
 def import_snapshot_cmd(
     pkl: Path = typer.Argument(..., exists=True, dir_okay=False, help="network-snapshot-*.pkl"),
-    out: Path = typer.Argument(..., help="Output .safetensors checkpoint."),
+    out: Path = typer.Argument(..., help="Output .safetensors checkpoint.", callback=cli_args.file_to_write),
     which: str = typer.Option("G_ema", help="Network to convert."),
 ) -> None:
     """Convert a StyleGAN3 / AnyRes / UnitedHuman snapshot's generator to our checkpoint format,
     without executing the code embedded in the pickle."""
-    from .checkpoint import import_snapshot
+    from .checkpoint import CheckpointError, import_snapshot
 
-    cfg = import_snapshot(pkl, out, which=which)
+    try:
+        cfg = import_snapshot(pkl, out, which=which)
+    except CheckpointError as e:
+        typer.secho(f"uh-generate: error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"wrote {out} (r={cfg.img_resolution}, {cfg.num_layers} layers, scale conditioning {cfg.scale_norm})")
 
 

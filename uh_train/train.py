@@ -25,7 +25,7 @@ import torch
 import typer
 from rich.console import Console
 
-from uh_train import losses
+from uh_train import cli_args, losses
 from uh_train.atomic import atomic_path, atomic_write_text
 from uh_train.data import PatchBatches, PatchConfig, StreamState, ViewSettings, parse_view
 from uh_train.train_state import load_state, save_state
@@ -662,21 +662,28 @@ def _parse_mix(items: list[str]) -> dict[str, float]:
             out[name] = float(w)
         except ValueError:
             raise typer.BadParameter(f"--mix expects SOURCE=WEIGHT, got {item!r}") from None
+        if not name or not math.isfinite(out[name]) or out[name] < 0:
+            raise typer.BadParameter(f"--mix expects SOURCE=WEIGHT with a finite weight >= 0, got {item!r}")
     return out
 
 
 @app.command("run")
 def run_cmd(
     shards: list[Path] = typer.Option(..., "--shards", help="Shard folder(s); repeat for several sources."),
-    out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, samples, log, TensorBoard)."),
+    out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, samples, log, TensorBoard).",
+                             callback=cli_args.folder_to_write),
     stage: int = typer.Option(1, "--stage", min=1, max=2, help="1: full-body images; 2: multi-source patches."),
     teacher: Path | None = typer.Option(None, "--teacher", help="Stage-1 generator (stage 2's teacher and start)."),
     preset: str = typer.Option("tiny", "--preset", help="paper | small | tiny (network size and defaults)."),
-    res: int | None = typer.Option(None, "--res", help="Patch resolution r (default: the preset's)."),
-    kimg: float | None = typer.Option(None, "--kimg", help="Training length in thousands of real images."),
-    batch: int | None = typer.Option(None, "--batch", help="Global batch size."),
-    batch_gpu: int | None = typer.Option(None, "--batch-gpu", help="Per-process batch (accumulates gradients)."),
-    snapshot_kimg: float | None = typer.Option(None, "--snapshot-kimg", help="Checkpoint interval in kimg."),
+    res: int | None = typer.Option(None, "--res", help="Patch resolution r (default: the preset's).",
+                                   callback=cli_args.power_of_two),
+    kimg: float | None = typer.Option(None, "--kimg", help="Training length in thousands of real images.",
+                                      callback=cli_args.positive),
+    batch: int | None = typer.Option(None, "--batch", help="Global batch size.", callback=cli_args.at_least_one),
+    batch_gpu: int | None = typer.Option(None, "--batch-gpu", help="Per-process batch (accumulates gradients).",
+                                         callback=cli_args.at_least_one),
+    snapshot_kimg: float | None = typer.Option(None, "--snapshot-kimg", help="Checkpoint interval in kimg.",
+                                               callback=cli_args.positive),
     lpips: str = typer.Option("auto", "--lpips", help="auto | on | off: LPIPS in the teacher pixel loss."),
     mix: list[str] = typer.Option([], "--mix", help="Per-source mixing weight SOURCE=W (repeatable)."),
     view: list[str] = typer.Option([], "--view", help="Per-source patch sampling (stage 2), repeatable: "
@@ -685,9 +692,9 @@ def run_cmd(
     mirror: bool | None = typer.Option(None, "--mirror/--no-mirror",
                                        help="x-flip half of the samples (default: on for paper, off otherwise)."),
     seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(0, "--workers", help="Data loader worker processes."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    gamma: float = typer.Option(2.0, "--gamma", help="R1 weight."),
+    workers: int = typer.Option(0, "--workers", help="Data loader worker processes.", callback=cli_args.non_negative),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda", callback=cli_args.torch_device_or_auto),
+    gamma: float = typer.Option(2.0, "--gamma", help="R1 weight.", callback=cli_args.non_negative),
     allow_config_change: bool = typer.Option(False, "--allow-config-change",
                                              help="Resume even if settings differ from the checkpoint's "
                                                   "(the changes are recorded in run.json)."),

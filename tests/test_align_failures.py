@@ -1,0 +1,218 @@
+"""`mst align` with hostile inputs: a bad image is one reject in any worker count, an error never
+throws away finished samples, colliding names are rejected by name, two runs on one output refuse
+to share a source and part."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from test_align import write_dataset
+from typer.testing import CliRunner
+
+import mst_pipeline.align as align_module
+import mst_pipeline.shards as shards_module
+from mst_pipeline.align import AlignSettings, Rejected, align_folder, key_collisions, read_image, read_rejects
+from mst_pipeline.cli import app
+from mst_pipeline.shards import ShardWriter, WriterBusy, complete_shards, read_shard
+from mst_pipeline.smplify import SmplifyConfig
+from mst_pipeline.space import default_space
+from mst_pipeline.validate import validate_folder
+
+from shard_helpers import valid_sample
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG file whose header declares WIDTH x HEIGHT pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _keys(out: Path) -> list[str]:
+    return sorted(k for s in complete_shards(out) for k, _ in read_shard(s))
+
+
+def _portraits(folder: Path, names: list[str]) -> None:
+    for i, name in enumerate(names):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 64), (10 * i, 100, 50)).save(path)
+
+
+ALIGNED = AlignSettings(aligned=True, detector="none")
+
+
+# ---------------------------------------------------------------------------------------------
+# A bad image is a reject, never the end of the run
+
+
+def test_a_decompression_bomb_is_rejected_before_decoding(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(bomb_png())
+    with pytest.raises(Rejected, match="too large"):
+        read_image(tmp_path / "bomb.png")
+    (tmp_path / "big.png").write_bytes(bomb_png(12000, 12000))  # under Pillow's own error limit, over ours
+    with pytest.raises(Rejected, match="too large"):
+        read_image(tmp_path / "big.png")
+
+
+def test_a_corrupt_exif_block_keeps_the_image_unrotated(tmp_path, monkeypatch):
+    Image.new("RGB", (16, 32), (1, 2, 3)).save(tmp_path / "a.jpg")
+
+    def broken_exif(image, **kwargs):
+        raise struct.error("unpack requires a buffer of 12 bytes")
+
+    monkeypatch.setattr("PIL.ImageOps.exif_transpose", broken_exif)
+    assert read_image(tmp_path / "a.jpg").shape == (32, 16, 3)
+
+
+def test_any_decoder_error_is_a_reject_with_its_reason(tmp_path, monkeypatch):
+    Image.new("RGB", (16, 32)).save(tmp_path / "a.png")
+
+    def explode(*args, **kwargs):
+        raise SyntaxError("not a PNG file")
+
+    monkeypatch.setattr("PIL.Image.open", explode)
+    with pytest.raises(Rejected, match="unreadable image \\(SyntaxError: not a PNG file\\)"):
+        read_image(tmp_path / "a.png")
+
+
+def test_a_bomb_among_fitted_images_is_rejected_and_the_fitted_ones_are_kept(tmp_path, toy):
+    space = default_space(toy)
+    data = tmp_path / "data"
+    truth = write_dataset(data, toy, space, n=1)
+    (data / "crops" / "zz_bomb.png").write_bytes(bomb_png())
+    out = tmp_path / "shards"
+    settings = AlignSettings(detector="openpose-json", batch_size=8, smplify=SmplifyConfig(iterations=200))
+    summary = align_folder(data, out, "synth", space, toy, settings)
+    assert summary.written == len(truth) and summary.rejected == 1
+    assert len(_keys(out)) == len(truth)
+    (reject,) = read_rejects(out)
+    assert reject["path"] == "crops/zz_bomb.png" and "too large" in reject["reason"]
+
+
+def test_an_error_mid_run_keeps_every_sample_written_before_it(tmp_path):
+    data = tmp_path / "data"
+    _portraits(data, [f"p{i}.png" for i in range(5)])
+    real = align_module.build_aligned_sample
+    calls = []
+
+    def fail_on_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    out = tmp_path / "shards"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(align_module, "build_aligned_sample", fail_on_fourth)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            align_folder(data, out, "shhq", None, None, ALIGNED)
+    assert _keys(out) == ["shhq/p0", "shhq/p1", "shhq/p2"] and validate_folder(out).ok
+    summary = align_folder(data, out, "shhq", None, None, ALIGNED)  # the re-run does only the rest
+    assert (summary.skipped, summary.written) == (3, 2) and len(_keys(out)) == 5
+
+
+def test_a_sample_cut_off_mid_write_leaves_the_shard_readable(tmp_path, monkeypatch):
+    real = shards_module._add_member
+
+    def disk_full(tar, name, data, mtime):
+        if name == "s/k2.meta.json":
+            real(tar, name, data[: len(data) // 2], mtime)  # part of it reached the file
+            raise OSError(28, "No space left on device")
+        real(tar, name, data, mtime)
+
+    monkeypatch.setattr(shards_module, "_add_member", disk_full)
+    with pytest.raises(OSError, match="No space"), ShardWriter(tmp_path, "s", max_count=10) as w:
+        for i in range(4):
+            w.write(valid_sample("s", f"k{i}", seed=i))
+    assert _keys(tmp_path) == ["s/k0", "s/k1"] and not list(tmp_path.glob("*.tmp"))
+    assert validate_folder(tmp_path).ok
+
+
+# ---------------------------------------------------------------------------------------------
+# Names that map to one key
+
+
+def test_colliding_names_are_rejected_by_name_and_the_summary_counts_the_written(tmp_path):
+    data = tmp_path / "data"
+    names = ["dup.jpg", "dup.png", "a.b.png", "a-b.png", "sub/x.png", "sub_x.png", "solo.png"]
+    _portraits(data, names)
+    files = [data / n for n in names]
+    lost = key_collisions(files, data, "s")
+    assert {p.relative_to(data).as_posix(): w.relative_to(data).as_posix() for p, w in lost.items()} == {
+        "dup.png": "dup.jpg", "a.b.png": "a-b.png", "sub_x.png": "sub/x.png"}
+    out = tmp_path / "shards"
+    res = CliRunner().invoke(app, ["align", str(data), "--out", str(out), "--aligned", "--detector", "none",
+                                   "--source", "s"])
+    assert res.exit_code == 0, res.output
+    assert "4 aligned" in res.output and "3 rejected" in res.output and "key collision" in res.output
+    assert _keys(out) == ["s/a-b", "s/dup", "s/solo", "s/sub_x"]
+    reasons = {r["path"]: r["reason"] for r in read_rejects(out)}
+    assert "same sample key as dup.jpg" in reasons["dup.png"] and set(reasons) == {"dup.png", "a.b.png", "sub_x.png"}
+
+
+def test_collisions_are_found_across_parts(tmp_path):
+    data = tmp_path / "data"
+    _portraits(data, [f"n{i}.png" for i in range(6)] + [f"n{i}.jpg" for i in range(6)])
+    out = tmp_path / "shards"
+    written = 0
+    for k in range(3):
+        written += align_folder(data, out, "s", None, None, AlignSettings(aligned=True, detector="none",
+                                                                           part=(k, 3))).written
+    assert written == 6 and len(_keys(out)) == 6 and validate_folder(out).ok
+    assert all(r["path"].endswith(".png") for r in read_rejects(out))  # n*.jpg sort first and keep the keys
+
+
+# ---------------------------------------------------------------------------------------------
+# Two writers on one output
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from mst_pipeline.shards import ShardWriter
+    w = ShardWriter(sys.argv[1], "s", part=0)
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_second_writer_of_a_source_and_part_is_refused_while_the_first_lives(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (tmp_path / "s-000-000000.tar.tmp").write_bytes(b"the live shard of the other run")
+        with pytest.raises(WriterBusy, match="another run is writing source 's' part 0"):
+            ShardWriter(tmp_path, "s", part=0)
+        assert (tmp_path / "s-000-000000.tar.tmp").exists()  # the other run's shard is untouched
+        ShardWriter(tmp_path, "s", part=1).close()  # another part is fine
+        data = tmp_path / "data"
+        _portraits(data, ["p.png"])
+        res = CliRunner().invoke(app, ["align", str(data), "--out", str(tmp_path), "--aligned", "--detector",
+                                       "none", "--source", "s"])
+        assert res.exit_code == 1 and "another run is writing" in res.output
+        assert len(res.output.strip().splitlines()) <= 3
+    finally:
+        holder.kill()
+        holder.wait()
+    with ShardWriter(tmp_path, "s", part=0) as w:  # the lock went with the killed process
+        w.write(valid_sample("s", "k"))
+    assert _keys(tmp_path) == ["s/k"]
+
+
+def test_a_closed_writer_releases_its_lock(tmp_path):
+    with ShardWriter(tmp_path, "s") as w:
+        w.write(valid_sample("s", "a"))
+    with ShardWriter(tmp_path, "s") as w:
+        w.write(valid_sample("s", "b", seed=1))
+    assert _keys(tmp_path) == ["s/a", "s/b"]
+

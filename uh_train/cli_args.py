@@ -1,0 +1,72 @@
+"""Argument checks shared by the command lines (`mst`, `uh-train`, `uh-generate`, `uh-eval`).
+
+Each check is a Typer callback: a bad value ends the command with a usage error that names the
+option and what it accepts (exit code 2), before any work or import of torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+
+
+def number(low: float | None = None, *, above: bool = False, high: float | None = None) -> Callable:
+    """A callback accepting finite numbers >= LOW (> LOW with `above`) and <= HIGH; None passes."""
+
+    def check(value):
+        if value is None:
+            return value
+        ok = math.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if above else value >= low
+        if ok and high is not None:
+            ok = value <= high
+        if not ok:
+            parts = [f"{'>' if above else '>='} {low:g}"] if low is not None else []
+            parts += [f"<= {high:g}"] if high is not None else []
+            raise typer.BadParameter(f"{value} is not a finite number{' ' + ' and '.join(parts) if parts else ''}")
+        return value
+
+    return check
+
+
+positive = number(0, above=True)
+non_negative = number(0)
+at_least_one = number(1)
+
+
+def folder_to_write(value: Path | None) -> Path | None:
+    """An output folder: it may not exist yet, but it must not be a file."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file; give a folder to write into")
+    return value
+
+
+def file_to_write(value: Path | None) -> Path | None:
+    """An output file: it may not exist yet, but it must not be a folder."""
+    if value is not None and value.is_dir():
+        raise typer.BadParameter(f"{value} is a folder; give the file to write")
+    return value
+
+
+def power_of_two(value: int | None) -> int | None:
+    """A patch resolution r: a power of two from 8 to 4096 (the networks halve it down to 4 px)."""
+    if value is not None and not (8 <= value <= 4096 and value & (value - 1) == 0):
+        raise typer.BadParameter(f"{value} is not a power of two from 8 to 4096 (e.g. 64, 256)")
+    return value
+
+
+def torch_device(value: str) -> str:
+    """'cpu', 'cuda', 'cuda:N', 'mps' (checked by name; availability is checked where it is used)."""
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
+        raise typer.BadParameter(f"{value!r} is not a device (cpu, cuda, cuda:1, mps)")
+    return value
+
+
+def torch_device_or_auto(value: str) -> str:
+    """As `torch_device`, or 'auto' (a GPU when there is one)."""
+    return value if value == "auto" else torch_device(value)
