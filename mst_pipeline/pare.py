@@ -50,7 +50,7 @@ from mst_pipeline.smplify import (
 )
 from mst_pipeline.space import normalised_to_pixels
 from mst_pipeline.state_keys import KeyReport, compare_state
-from uh_train.checkpoint import RestrictedUnpickler
+from uh_train.checkpoint import RestrictedUnpickler, describe_load_error
 from uh_train.spatial import bilinear_sample
 
 IMG_RES = 224
@@ -487,11 +487,11 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError:
         pass  # weights_only refused a global: read again with foreign names stubbed
     except Exception as e:  # noqa: BLE001 - not a torch file at all: one clear message
-        raise PareCheckpointError(f"cannot read {path} as a torch checkpoint ({type(e).__name__}: {e})") from None
+        raise PareCheckpointError(f"cannot read {path} as a torch checkpoint: {describe_load_error(e)}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stubbing_pickle_module)
     except Exception as e:  # noqa: BLE001
-        raise PareCheckpointError(f"cannot read {path} safely ({type(e).__name__}: {e})") from None
+        raise PareCheckpointError(f"cannot read {path} safely: {describe_load_error(e)}") from None
 
 
 def network_state(ckpt: Any, name: str = "checkpoint") -> tuple[dict[str, Tensor], int]:

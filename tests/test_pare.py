@@ -197,8 +197,9 @@ def test_stripped_state_dict_loads_and_defects_are_reported_by_name(net, tmp_pat
 def test_wrong_files_give_clear_errors(tmp_path):
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint")
-    with pytest.raises(PareCheckpointError, match="cannot read"):
+    with pytest.raises(PareCheckpointError, match="cannot read") as unreadable:
         load_pare_checkpoint(text)
+    assert "weights_only" not in str(unreadable.value) and "\n" not in str(unreadable.value)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"vp_model.encoder_net.1.weight": torch.zeros(3)}}, other)
     with pytest.raises(PareCheckpointError, match=r"not a PARE checkpoint.*vp_model\.encoder_net\.1\.weight"):
@@ -214,9 +215,10 @@ def test_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(net, tm
     marker = tmp_path / "marker"
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"model.head.cam_mlp.bias": torch.zeros(3)}, "callbacks": RunsCode(marker)}, path)
-    with pytest.raises(PareCheckpointError, match=r"refusing to call (builtins|io)\.open"):
+    with pytest.raises(PareCheckpointError, match=r"refusing to call (builtins|io)\.open") as refused:
         load_pare_checkpoint(path)
     assert not marker.exists()
+    assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value)  # no advice to load unsafely
 
 
 # ---------------------------------------------------------------------------------------------
