@@ -522,6 +522,17 @@ def composite(rgba: np.ndarray, background: np.ndarray,
 # Blender workers
 
 
+SCRATCH_PREFIX = ".render-hands-"
+
+
+def scratch_folder(out: Path) -> Path:
+    """A fresh folder for Blender's frames inside OUT. Called while holding the writer's lock on the
+    hands source, so any older scratch folder there is a killed run's leftover and is removed."""
+    for stale in out.glob(SCRATCH_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=out))
+
+
 def blender_command(blender: str | None = None) -> list[str]:
     """How to start a render worker: the `bpy` module in this Python, or a Blender executable."""
     if blender:
@@ -769,7 +780,7 @@ def render_hands(
     lock = threading.Lock()
     local = threading.local()
     all_workers: list[BlenderWorker] = []
-    tmp = Path(tempfile.mkdtemp(prefix="render-hands-"))
+    tmp = scratch_folder(out)
 
     def worker() -> BlenderWorker:
         if not hasattr(local, "worker"):

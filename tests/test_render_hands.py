@@ -416,11 +416,12 @@ def test_resume_after_an_interrupted_run(toy_model_file, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the whole run, render workers included
     proc.wait()
     assert sorted(samples(out)) == ["hands/hand000000", "hands/hand000001"]
+    assert len(list(out.glob(".render-hands-*"))) == 1  # the killed run's scratch folder stays inside OUT
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "rendered 2, skipped 2" in resumed.stderr
     assert sorted(samples(out)) == [f"hands/hand{i:06d}" for i in range(4)]
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".render-hands-*"))  # the re-run removed it
     assert validate_folder(out).ok
 
 
