@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from uh_train.losses import (
     consistency_loss,
     cutmix,
+    cutmix_mask,
     nonsaturating_d_loss,
     nonsaturating_g_loss,
     pixel_loss,
@@ -159,3 +160,15 @@ def test_detail_finer_than_the_teachers_pixels_is_not_penalised_in_a_mixed_batch
     with_detail, _ = pixel_loss_per_patch(detail, teacher.expand(3, -1, -1, -1), Ts)
     assert abs(float(with_detail[0] - base[0])) < 1e-3  # at the batch's mean scale: +0.05
     assert float(base.max()) < 0.03
+
+
+def test_cutmix_target_never_calls_missing_pixels_real():
+    """A whole aligned image whose side quarters are padding (coverage 0 there) is box-mixed, but
+    its padding stays a fake target; a partial patch is mixed along its coverage."""
+    coverage = torch.zeros(2, 1, 8, 8)
+    coverage[:, :, :, 2:6] = 1  # the central strip
+    box = torch.ones(2, 1, 8, 8)
+    box[:, :, :4, :4] = 0
+    m = cutmix_mask(coverage, torch.tensor([True, False]), box)
+    assert m[0, :, :, :2].max() == 0 and m[0, :, :, 6:].max() == 0  # padding: never real
+    assert torch.equal(m[0], box[0] * coverage[0]) and torch.equal(m[1], coverage[1])

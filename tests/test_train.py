@@ -231,3 +231,11 @@ def test_resume_with_other_settings_is_refused_unless_allowed_and_recorded(shard
     run = json.loads((out / "run.json").read_text())
     assert run["config_changes"] == [{"step": 1, "changes": {"batch": [4, 8]}}]
     assert [r["step"] for r in read_log(out)] == [1, 2]
+
+
+def test_mirror_is_on_by_default_for_the_paper_preset_only():
+    base = dict(shards=["s"], out="o")
+    assert tr.resolve_mirror(tr.TrainConfig(**base, preset="paper")) is True
+    assert tr.resolve_mirror(tr.TrainConfig(**base, preset="tiny")) is False
+    assert tr.resolve_mirror(tr.TrainConfig(**base, preset="paper", mirror=False)) is False
+    assert tr.resolve_mirror(tr.TrainConfig(**base, preset="small", mirror=True)) is True

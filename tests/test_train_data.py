@@ -81,7 +81,10 @@ def test_scale_never_exceeds_the_source_density(shards):
             assert 1.0 <= s <= max(1.0, record.density / cfg.res) + 1e-9
             x0, y0 = record.region.min(axis=0)
             x1, y1 = record.region.max(axis=0)
-            assert x0 - 1e-9 <= v[0] <= x1 + 1e-9 and y0 - 1e-9 <= v[1] <= y1 + 1e-9
+            half = 0.5 / s
+            # the patch shows part of the source and stays within a quarter side of the square
+            assert v[0] - half <= x1 and v[0] + half >= x0 and v[1] - half <= y1 and v[1] + half >= y0
+            assert np.all(v - half >= -0.25 - 1e-9) and np.all(v + half <= 1.25 + 1e-9)
 
 
 def test_stage_one_feeds_whole_full_body_images(shards):
@@ -157,6 +160,19 @@ def test_stage_one_reads_an_aligned_image_without_resampling(shard_res):
     assert p.mask[0, :, r // 4: 3 * r // 4].min() == 1
     assert p.mask[0, :, : r // 4].max() == 0 and p.mask[0, :, 3 * r // 4:].max() == 0
     assert p.whole  # the global head still judges the full-body view as the set presents it
+
+
+def test_only_the_aligned_full_body_set_shows_its_padding_to_the_global_head():
+    """An aligned image (padded-identity H) is a whole view, padding included; a full-body photo
+    placed by a fitted H that leaves part of the square uncovered is not."""
+    aligned = aligned_record(16, 32)
+    assert make_patch(aligned, PatchConfig(res=32, stage=1), np.random.default_rng(0)).whole
+    fitted = figure_record(40, (0.2, 0.1, 0.8, 0.9))[1]
+    from dataclasses import replace
+
+    fitted = replace(fitted, kind="full")
+    p = make_patch(fitted, PatchConfig(res=32, stage=1), np.random.default_rng(0))
+    assert 0.3 < p.mask.mean() < 0.9 and not p.whole
 
 
 def test_a_face_source_is_seen_from_the_whole_square_to_its_density_limit():

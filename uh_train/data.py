@@ -32,7 +32,7 @@ from PIL import Image
 
 from uh_train import shard_reader
 from uh_train.shardspec import SHARD_NAME, ShardRecord
-from uh_train.spatial import apply_homography, bilinear_sample, patch_transform
+from uh_train.spatial import apply_homography, bilinear_sample, full_image_homography, patch_transform
 
 # Padding colour of full-body space outside a source image (SHHQ portraits are padded with white).
 PAD_VALUE = 1.0
@@ -157,9 +157,10 @@ def sample_view(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator)
         v = centres[rng.integers(len(centres))] + rng.normal(0.0, view.jitter / s, size=2)
     else:
         v = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
-    # Keep the patch centre inside the source's region, and the patch inside a margin of the square.
+    # The centre inside the source's region, then the patch within a quarter side of the square (this
+    # moves the centre only so far that the patch still contains the region point it came from).
     half = 0.5 / s
-    v = np.clip(v, [max(x0, half - 0.25), max(y0, half - 0.25)], [min(x1, 1.25 - half), min(y1, 1.25 - half)])
+    v = np.clip(np.clip(v, [x0, y0], [x1, y1]), half - 0.25, 1.25 - half)
     if s == 1.0:
         v = np.array([0.5, 0.5])
     return v, s
@@ -247,6 +248,16 @@ def resample_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tu
     return rgb, m
 
 
+def is_aligned_full_body(record: ShardRecord) -> bool:
+    """A sample of the aligned full-body set: kind full, entered as it is (the padded-identity H).
+    Full-body photos fitted by SMPLify-P are not: where their H leaves the square uncovered, the
+    white there is not what the set shows."""
+    if record.kind != "full":
+        return False
+    h, w = record.image.shape[:2]
+    return bool(np.allclose(record.H, full_image_homography(w, h), rtol=0, atol=1e-9))
+
+
 def make_patch(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator) -> Patch:
     """A real patch. Its mask is the source's true coverage: wherever the sample has no pixels
     (outside the image, outside its own mask) no pixel counts as real, whatever its kind.
@@ -260,7 +271,7 @@ def make_patch(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator) 
     rgb, m = resample_patch(record, v, s, cfg.res)
     half = 0.5 / s
     inside_square = bool(np.all(v - half >= -1e-9) and np.all(v + half <= 1 + 1e-9))
-    whole = bool(m.mean() > 0.999) or (record.kind == "full" and inside_square)
+    whole = bool(m.mean() > 0.999) or (is_aligned_full_body(record) and inside_square)
     return Patch(
         image=np.ascontiguousarray((rgb * 2 - 1).transpose(2, 0, 1), dtype=np.float32),
         mask=m[None].astype(np.float32),

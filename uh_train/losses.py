@@ -38,6 +38,13 @@ def cutmix(real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor) -> torch.
     return mask * real + (1 - mask) * fake
 
 
+def cutmix_mask(coverage: torch.Tensor, whole: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """M of Eq. 6 per real patch [N, 1, r, r]: a partial patch is mixed along its coverage (the rest
+    is generated); a whole one along a random box (U-Net GAN), and never where it has no pixels
+    (an aligned image's padding), so no pixel a sample does not have is ever a real target."""
+    return torch.where(whole.view(-1, 1, 1, 1) > 0, box * coverage, coverage)
+
+
 def random_box_mask(n: int, res: int, generator: torch.Generator | None = None,
                     device: torch.device | str = "cpu") -> torch.Tensor:
     """U-Net GAN style CutMix boxes for fully covered reals: area ratio ~ U(0,1), [n, 1, r, r]."""

@@ -58,7 +58,7 @@ class TrainConfig:
     keypoint_prob: float = 0.5
     mix: dict[str, float] = field(default_factory=dict)
     views: list[str] = field(default_factory=list)  # per-source patch sampling, "SOURCE:key=value,..."
-    mirror: bool = False  # x-flip augmentation, as StyleGAN3's --mirror
+    mirror: bool | None = None  # x-flip augmentation, as StyleGAN3's --mirror; None: the preset's default
     snapshot_kimg: float = 1.0
     seed: int = 0
     workers: int = 0
@@ -190,6 +190,11 @@ def make_lpips(mode: str, device: torch.device, preset: str = "tiny"):
         raise RuntimeError(msg if mode == "on" else f"the {preset} preset trains with LPIPS (Eq. 8); {msg}")
     console.print(f"[yellow]note:[/yellow] {msg} Continuing with the L1 part of the pixel loss only.")
     return None
+
+
+def resolve_mirror(cfg: TrainConfig) -> bool:
+    """--mirror as given, else the preset's default (on for `paper`, as the paper's StyleGAN3 runs)."""
+    return PRESET_DEFAULTS[cfg.preset][3] if cfg.mirror is None else cfg.mirror
 
 
 def parse_views(items: list[str], keypoint_prob: float) -> dict[str, ViewSettings]:
@@ -396,6 +401,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             broadcast_module(G_ema, d)
 
     lpips_fn = make_lpips(cfg.lpips, device, cfg.preset) if (teacher is not None and cfg.lambda_p > 0) else None
+    mirror = resolve_mirror(cfg)
     if teacher is None or cfg.lambda_p == 0:
         pixel_note = "no teacher pixel loss"
     else:
@@ -403,7 +409,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if lpips_fn is None and cfg.lpips == "auto":
             pixel_note = "L1 only (LPIPS's AlexNet weights missing; --lpips auto fell back)"
     run_info = {"config": asdict(cfg), "start": start_note, "pixel_loss": pixel_note,
-                "ema_rampup": ema_rampup, "mirror": cfg.mirror,
+                "ema_rampup": ema_rampup, "mirror": mirror,
                 "config_changes": _previous_changes(out / "run.json") if resume is not None else []}
     if changes:
         run_info["config_changes"].append({"step": prog.step, "changes": changes})
@@ -414,7 +420,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     batch_gpu = cfg.batch_gpu or cfg.batch // d.world
     rounds = max(1, cfg.batch // (batch_gpu * d.world))
     patch_cfg = PatchConfig(res=res, stage=cfg.stage, scale_max=cfg.scale_max, keypoint_prob=cfg.keypoint_prob,
-                            mirror=cfg.mirror, views=parse_views(cfg.views, cfg.keypoint_prob))
+                            mirror=mirror, views=parse_views(cfg.views, cfg.keypoint_prob))
     dataset = PatchBatches(cfg.shards, batch=batch_gpu, cfg=patch_cfg, seed=cfg.seed, weights=cfg.mix or None,
                            state=prog.data)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
@@ -478,7 +484,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             z = torch.randn(n, G.z_dim, generator=gen).to(device)
             whole = b["whole"].to(device).float()
             box = losses.random_box_mask(n, res, generator=gen, device=device)
-            mix_mask = torch.where(whole.view(n, 1, 1, 1) > 0, box, mask)
+            mix_mask = losses.cutmix_mask(mask, whole, box)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 with torch.no_grad():
                     fake = G(z, T, update_emas=True)
@@ -711,7 +717,7 @@ def run_cmd(
     if teacher is not None and not teacher.exists():
         console.print(f"[red]error:[/red] teacher checkpoint {teacher} does not exist")
         raise typer.Exit(2)
-    b, k, snap, mirror_default = PRESET_DEFAULTS[preset]
+    b, k, snap, _ = PRESET_DEFAULTS[preset]
     try:
         parse_views(view, 0.5)
     except ValueError as e:
@@ -720,7 +726,7 @@ def run_cmd(
         shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
         preset=preset, res=res, kimg=kimg if kimg is not None else k, batch=batch or b, batch_gpu=batch_gpu,
         snapshot_kimg=snapshot_kimg or snap, lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers,
-        device=device, r1_gamma=gamma, views=list(view), mirror=mirror_default if mirror is None else mirror,
+        device=device, r1_gamma=gamma, views=list(view), mirror=mirror,
         allow_config_change=allow_config_change,
     )
     try:
