@@ -182,13 +182,17 @@ def test_paper_kfid_downsamples_the_fake_to_a_sparse_real_patch_instead_of_magni
     assert tuple(fake.shape[2:]) == (20, 20) and all(c.shape[0] == len(T) for c in gen.calls)
     assert np.abs(fake.numpy().astype(float) - np.stack([p.image for p in sparse]).astype(float)).mean() < 3.0
 
+    # The paper protocol's kFID takes its reals from the HR full-body set only (as FID and pFID).
+    hr = list(patches.keypoint_patches([shards], R, 6, seed=1, min_density=128, native=True, kinds=("full",)))
+    assert hr and {p.key.split("/")[0] for p in hr} == {"hr_full"}
     feats = Recording()
     result = evaluate(RenderingPattern(), [shards], cfg, feats)
     groups = result["kfid"]["groups"].values()
-    assert sum(g["fake_downsampled"] for g in groups) == sum(p.size < R for p in real)
-    assert min(g["size_min"] for g in groups) == 8 and sum(g["real_upsampled"] for g in groups) == 0
+    assert sum(g["n"] for g in groups) == len(hr)
+    assert sum(g["fake_downsampled"] for g in groups) == sum(p.size < R for p in hr) == len(hr)
+    assert min(g["size_min"] for g in groups) == 16 and sum(g["real_upsampled"] for g in groups) == 0
     # Each real patch and its fake reach the features at the real's size.
-    assert sorted(feats.sizes) == sorted([(p.size, p.size) for p in real] * 2)
+    assert sorted(feats.sizes) == sorted([(p.size, p.size) for p in hr] * 2)
     assert all(np.allclose(t[:, 0, 0], 1 / 8) for t in gen.calls)
     bad = evaluate(RenderingPattern(shift=0.04), [shards], cfg, PoolFeatures())
     assert result["kfid"]["mean"] < 0.05 * bad["kfid"]["mean"]
@@ -332,3 +336,23 @@ def test_cli_paper_protocol_writes_protocol_sizes_and_features(shards, tmp_path)
     assert bad.exit_code == 2 and "uh-eval: error: --fid-res cannot be set with --protocol paper" in bad.output
     unknown = CliRunner().invoke(app, [str(a) for a in [*args, "--protocol", "fast", "--out", tmp_path / "y"]])
     assert unknown.exit_code == 2 and "unknown protocol" in unknown.output
+
+
+def test_paper_pfid_centres_stay_on_the_image_of_an_aligned_portrait(tmp_path):
+    """A 1:2 portrait covers only the strip x in [0.25, 0.75]: no s = 8 patch lies in the padding."""
+    side_h, side_w = 256, 128
+    H = scale_translate(1 / side_h, 1 / side_h, 0.25, 0.0)
+    image = render_pattern(H, side_w, side_h)
+    region = image_region(H, side_w, side_h)
+    with ShardWriter(tmp_path, "shhq", update_manifest=False) as writer:
+        for i in range(3):
+            fields = {"kind": "full", "tier": "HR", "H": H, "region": region,
+                      "density": density(H, side_w, side_h), "keypoints": None, "smpl": None, "fit": None,
+                      "orig": {"path": f"shhq/{i}.png", "sha256": hashlib.sha256(bytes([i])).hexdigest(),
+                               "width": side_w, "height": side_h}}
+            writer.write(encode_sample("shhq", f"s{i}", image, fields, ext="png"))
+    write_manifest(tmp_path)
+    real = list(patches.uniform_patches([tmp_path], R, 60, seed=0, scale=8.0, min_density=128))
+    x = np.array([p.transform[0, 2] + 0.5 for p in real])
+    assert x.min() >= 0.25 + 1 / 16 - 1e-9 and x.max() <= 0.75 - 1 / 16 + 1e-9
+    assert x.min() < 0.35 and x.max() > 0.65  # spread over the strip

@@ -87,6 +87,13 @@ def known_box(record: ShardRecord) -> np.ndarray:
     return np.concatenate([lo, hi])
 
 
+def region_box(record: ShardRecord) -> np.ndarray:
+    """(x0, y0, x1, y1): the bounding box of the record's region within the unit square."""
+    lo = np.maximum(record.region.min(axis=0), 0.0)
+    hi = np.minimum(record.region.max(axis=0), 1.0)
+    return np.concatenate([lo, hi])
+
+
 def fit_inside(v: np.ndarray, s: float, box: np.ndarray) -> np.ndarray:
     """Move the centre v the least so that the patch of side 1/s lies inside box (centred when the
     box is smaller than the patch)."""
@@ -130,9 +137,10 @@ def full_images(folders: Sequence[str | Path], size: int, n: int, seed: int = 0,
 
 def uniform_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 0, scale: float = KFID_SCALE,
                     min_density: float = 0.0) -> Iterator[RealPatch]:
-    """n patches at s = `scale` with centres uniform over full-body space (the patch inside the unit
-    square), from full-body images at least `min_density` dense, each at its native size (at most
-    r px); cycles through the shards (new centres each pass) until n patches are found."""
+    """n patches at s = `scale` with centres uniform over each image's region (the patch inside it,
+    so an aligned 1:2 portrait never gives a patch of pure padding), from full-body images at least
+    `min_density` dense, each at its native size (at most r px); cycles through the shards (new
+    centres each pass) until n patches are found."""
     half = 0.5 / scale
     found = 0
     for epoch in itertools.count():
@@ -142,7 +150,9 @@ def uniform_patches(folders: Sequence[str | Path], res: int, n: int, seed: int =
                 return
             if record.kind != "full" or not dense_enough(record, min_density):
                 continue
-            v = np.random.default_rng([seed, epoch, i]).uniform(half, 1 - half, size=2)
+            box = region_box(record)
+            v = fit_inside(np.random.default_rng([seed, epoch, i]).uniform(box[:2] + half, box[2:] - half),
+                           scale, box)
             size = native_size(record.density, scale, res)
             image, _ = take_patch(record, v, scale, size)
             found += 1
@@ -190,10 +200,12 @@ def keypoint_candidates(record: ShardRecord, scale: float = KFID_SCALE) -> list[
 
 
 def keypoint_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 0, scale: float = KFID_SCALE,
-                     min_density: float = 0.0, native: bool = False) -> Iterator[RealPatch]:
+                     min_density: float = 0.0, native: bool = False,
+                     kinds: Sequence[str] | None = None) -> Iterator[RealPatch]:
     """Up to n patches per kFID group, at s = `scale` centred on the group's keypoints, from sources
-    at least `min_density` dense; r px each, or (native=True) at most r px, never magnified. One pass
-    over the shards: a group gets fewer than n when the shards hold fewer such keypoints."""
+    at least `min_density` dense (and of the given kinds, when given); r px each, or (native=True)
+    at most r px, never magnified. One pass over the shards: a group gets fewer than n when the
+    shards hold fewer such keypoints."""
     counts = [0] * len(KFID_GROUPS)
     any_keypoints = False
     for record in _records(folders, seed):
@@ -201,7 +213,7 @@ def keypoint_patches(folders: Sequence[str | Path], res: int, n: int, seed: int 
             return
         if record.keypoints is not None:
             any_keypoints = True
-        if record.density < min_density:
+        if not dense_enough(record, min_density) or (kinds is not None and record.kind not in kinds):
             continue
         for g, v in keypoint_candidates(record, scale):
             if counts[g] >= n:

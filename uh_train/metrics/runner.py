@@ -267,13 +267,18 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
         start = time.perf_counter()
         groups = list(patches.KFID_GROUPS)
         config = {"set": "kfid", "protocol": cfg.protocol, "n": cfg.n, "res": r, "scale": cfg.kfid_scale,
-                  "seed": cfg.seed, "min_density": cfg.kfid_min_density, "groups": patches.KFID_GROUPS,
+                  "seed": cfg.seed, "groups": patches.KFID_GROUPS,
+                  "min_density": paper.hr_min_density if paper else cfg.kfid_min_density,
+                  "kinds": ["full"] if paper else None,
                   "min_coverage": patches.MIN_COVERAGE, "inception": features.describe()["sha256"]}
         key = stats_key(manifests, config)
         real = cache.load("kfid", key)
         if real is None:
-            items = patches.keypoint_patches(folders, r, cfg.n, cfg.seed, cfg.kfid_scale, cfg.kfid_min_density,
-                                             native=paper is not None)
+            if paper:  # the paper's real set: keypoints of the HR full-body set
+                items = patches.keypoint_patches(folders, r, cfg.n, cfg.seed, paper.patch_scale, paper.hr_min_density,
+                                                 native=True, kinds=("full",))
+            else:
+                items = patches.keypoint_patches(folders, r, cfg.n, cfg.seed, cfg.kfid_scale, cfg.kfid_min_density)
             real = _real_patch_stats(items, len(groups), cfg, features,
                                      on_task(f"real keypoint patches (s={cfg.kfid_scale:g})", cfg.n * len(groups)))
             cache.save("kfid", key, real)
