@@ -14,7 +14,7 @@ from PIL import Image
 from mst_pipeline import hands
 from mst_pipeline.shards import complete_shards, read_shard
 from mst_pipeline.validate import validate_folder
-from uh_train.spatial import apply_homography
+from uh_train.format.geometry import apply_homography
 
 RUNS = ((64, 8), (128, 16))  # (resolution, number of hands)
 

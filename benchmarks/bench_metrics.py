@@ -25,8 +25,8 @@ def run() -> str:
 
     from mst_pipeline.synthetic import random_figure, render, write_synthetic
     from uh_train.evaluate import app
+    from uh_train.format.geometry import scale_translate
     from uh_train.metrics import InceptionFeatures, fid_from_features, frechet_distance, precision_recall
-    from uh_train.spatial import scale_translate
 
     started = time.perf_counter()
     rows = []

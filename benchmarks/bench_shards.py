@@ -10,8 +10,8 @@ import numpy as np
 
 from mst_pipeline.shards import ShardWriter, encode_image, encode_sample
 from mst_pipeline.validate import validate_folder
+from uh_train.format.geometry import density, full_image_homography, image_region
 from uh_train.shard_reader import shard_pipeline
-from uh_train.spatial import density, full_image_homography, image_region
 
 N, W, H = 512, 256, 512
 

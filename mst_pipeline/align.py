@@ -12,7 +12,7 @@ with their reason and the run continues (so do files whose sample key another fi
 An *aligned* full-body set (`settings.aligned`, `mst align --aligned`: SHHQ-like photos, one
 person centred from head to feet) is full-body space itself (paper §3.1: only partial images are
 transformed). Its images enter as they are: the padded-identity H
-(`uh_train.spatial.full_image_homography`), no fit, no resampling, the original file's bytes
+(`uh_train.format.geometry.full_image_homography`), no fit, no resampling, the original file's bytes
 stored when they decode to the same pixels; keypoints are still detected (for keypoint-centred
 patches) and an image without them is kept.
 """
@@ -42,8 +42,8 @@ from mst_pipeline.pare import load_pare_checkpoint, pare_start
 from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
 from mst_pipeline.smplify import FitResult, SmplifyConfig, smplify_p
 from mst_pipeline.space import DEFAULT_DENSITY, FullBodySpace, pixels_to_normalised, region_and_density
-from uh_train.shardspec import make_key, sha256_file
-from uh_train.spatial import apply_homography, full_image_homography
+from uh_train.format.geometry import apply_homography, full_image_homography
+from uh_train.format.spec import make_key, sha256_file
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 KINDS = ("full", "upper", "lower", "face", "hand")

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from uh_train import cli_args
+from uh_train.format import cli_args
 
 app = typer.Typer(
     add_completion=False,
@@ -295,7 +295,7 @@ def align(
     from mst_pipeline.shards import ShardError
     from mst_pipeline.smplify import SmplifyConfig
     from mst_pipeline.space import default_space, load_space
-    from uh_train.shardspec import sanitise_part
+    from uh_train.format.spec import sanitise_part
 
     if not dataset.is_dir():
         err.print(f"[red]error:[/red] {dataset} is not a folder of images")

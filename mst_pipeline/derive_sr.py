@@ -37,12 +37,12 @@ from mst_pipeline.shards import (
     ShardWriter,
     complete_shards,
     encode_sample,
-    read_manifest,
     read_shard,
     write_manifest,
 )
-from uh_train.shardspec import make_key, region_bbox, sanitise_part, sha256_file
-from uh_train.spatial import density, full_image_homography, image_region, scale_translate
+from uh_train.format.geometry import density, full_image_homography, image_region, scale_translate
+from uh_train.format.manifest import read_manifest
+from uh_train.format.spec import make_key, region_bbox, sanitise_part, sha256_file
 
 SR_FACTOR = 2  # paper Tab. 2: lower halves up-sampled 2×
 RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}

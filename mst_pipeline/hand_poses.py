@@ -26,7 +26,7 @@ import numpy as np
 
 from mst_pipeline.body.fingers import NUM_FINGER_JOINTS, NUM_HAND_KEYPOINTS, fit_finger_poses
 from mst_pipeline.shards import complete_shards
-from uh_train.atomic import atomic_write
+from uh_train.format.atomic import atomic_write
 
 FORMAT = "unitedhuman-hand-poses/1"
 SIDES = ("left", "right")

@@ -41,7 +41,7 @@ from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS
 from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
 from mst_pipeline.space import FullBodySpace, default_space
 from mst_pipeline.space import load_space as read_space_file
-from uh_train.spatial import density, image_region, scale_translate
+from uh_train.format.geometry import density, image_region, scale_translate
 
 SOURCE = "hands"
 ROOT = Path(__file__).resolve().parent.parent

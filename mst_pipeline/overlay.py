@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mst_pipeline.people import rasterise
 from mst_pipeline.smplify import fitting_joints, project
 from mst_pipeline.space import normalised_to_pixels
-from uh_train.atomic import atomic_write_bytes
+from uh_train.format.atomic import atomic_write_bytes
 
 # OpenPose BODY_25 limbs (pairs of keypoint indices) and the 21-point hand: wrist to each finger.
 BODY25_LIMBS = (

@@ -19,8 +19,9 @@ Lightning checkpoint (`pare_checkpoint.ckpt`, `pare_w_3dpw_checkpoint.ckpt`) loa
   `space.upright_orientation("front")` and SMPLify-P use. It is passed on unchanged.
 
 `load_pare_checkpoint` reads tensors only: `torch.load(weights_only=True)`, and where that refuses
-the Lightning file's pickled `hyper_parameters` (a yacs CfgNode), uh_train's restricted unpickler
-with every other name replaced by an inert stub that can hold state but never be called.
+the Lightning file's pickled `hyper_parameters` (a yacs CfgNode), the project's allow-list
+unpickler (`uh_train.format.unpickle`: tensors, numpy arrays, containers) with every other name
+replaced by an inert stub that can hold state but never be called.
 `pare_start` turns a batch of predictions into SMPLify-P's `FitInit`.
 """
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +50,14 @@ from mst_pipeline.smplify import (
 )
 from mst_pipeline.space import normalised_to_pixels
 from mst_pipeline.state_keys import KeyReport, compare_state
-from uh_train.checkpoint import RestrictedUnpickler, describe_load_error
-from uh_train.spatial import bilinear_sample
+from uh_train.format.geometry import bilinear_sample
+from uh_train.format.unpickle import (
+    NUMPY_ARRAYS,
+    TORCH_SAVE_CONTAINERS,
+    AllowListUnpickler,
+    describe_load_error,
+    torch_pickle_module,
+)
 
 IMG_RES = 224
 FOCAL_LENGTH = 5000.0  # PARE's training focal length (pixels of the 224 crop)
@@ -459,21 +465,20 @@ class _InertDict(_Inert, dict):
     """Inert stand-in that also takes the items of a pickled dict subclass."""
 
 
-class _StubbingUnpickler(RestrictedUnpickler):
-    """uh_train's allow-list (tensors, numpy arrays, containers); any other name becomes inert."""
+class _StubbingUnpickler(AllowListUnpickler):
+    """Tensors, numpy arrays and containers are rebuilt; any other name becomes inert."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return super().find_class(module, name)
-        except pickle.UnpicklingError:
-            return type(name, (_InertDict,), {"origin": f"{module}.{name}", "__module__": __name__})
+    allowed = {
+        **NUMPY_ARRAYS,
+        **TORCH_SAVE_CONTAINERS,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    }
+
+    def unknown_global(self, module: str, name: str) -> Any:
+        return type(name, (_InertDict,), {"origin": f"{module}.{name}", "__module__": __name__})
 
 
-_stubbing_pickle_module = types.SimpleNamespace(
-    __name__="mst_pare_restricted_pickle",
-    Unpickler=_StubbingUnpickler,
-    load=lambda f, **kw: _StubbingUnpickler(f, **kw).load(),
-)
+_stubbing_pickle_module = torch_pickle_module(_StubbingUnpickler, "mst_pare_restricted_pickle")
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:

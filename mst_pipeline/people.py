@@ -42,8 +42,8 @@ from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS, SMPL_J
 from mst_pipeline.hands import ARM_JOINTS, FINGERTIPS, OPENPOSE_HAND_SLOTS, load_pose_set, load_space, prior_pose
 from mst_pipeline.shards import encode_image
 from mst_pipeline.space import FullBodySpace, upright_orientation
-from uh_train.atomic import atomic_write_bytes, atomic_write_text
-from uh_train.spatial import apply_homography, scale_translate
+from uh_train.format.atomic import atomic_write_bytes, atomic_write_text
+from uh_train.format.geometry import apply_homography, scale_translate
 
 VIEWS = ("full", "upper", "face")
 UPPER_SIDE = 0.55  # the upper-body square covers this much of full-body space (head to hips)

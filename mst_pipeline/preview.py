@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mst_pipeline.shards import ShardError, complete_shards, read_shard
-from uh_train.atomic import atomic_path
-from uh_train.spatial import warp_to_canvas
+from uh_train.format.atomic import atomic_path
+from uh_train.format.geometry import warp_to_canvas
 
 LABEL_HEIGHT = 14
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mst_pipeline.state_keys import compare_state
-from uh_train.atomic import atomic_path
+from uh_train.format.atomic import atomic_path
 
 NUM_BODY_JOINTS = 21
 LATENT_DIM = 32
@@ -186,7 +186,7 @@ def load_prior(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unreadable or unsafe pickle: one clear message
-        from uh_train.checkpoint import describe_load_error
+        from uh_train.format.unpickle import describe_load_error
 
         raise CheckpointError(f"cannot read prior checkpoint {path}: {describe_load_error(e)}") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None

@@ -31,10 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from uh_train import shardspec
-from uh_train.shardspec import FORMAT, SHARD_NAME
+from uh_train.format import spec as shardspec
+from uh_train.format.manifest import MANIFEST, MANIFEST_SCHEMA, manifest_row, read_manifest
+from uh_train.format.spec import FORMAT, SHARD_NAME
 
-MANIFEST = "manifest.parquet"
 TMP_SUFFIX = ".tmp"
 
 
@@ -312,52 +312,7 @@ def _writer_lock(folder: Path, source: str, part: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# Manifest
-
-MANIFEST_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("shard", pa.string()),
-    ("source", pa.string()),
-    ("kind", pa.string()),
-    ("tier", pa.string()),
-    ("image", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("H", pa.list_(pa.float64(), 9)),
-    ("bbox_x0", pa.float64()),
-    ("bbox_y0", pa.float64()),
-    ("bbox_x1", pa.float64()),
-    ("bbox_y1", pa.float64()),
-    ("density", pa.float64()),
-    ("has_mask", pa.bool_()),
-    ("fit_loss", pa.float64()),
-    ("fit_visible", pa.int32()),
-    ("fit_iterations", pa.int32()),
-    ("shard_bytes", pa.int64()),
-])
-
-
-def manifest_row(meta: dict[str, Any], shard: str, shard_bytes: int) -> dict[str, Any]:
-    x0, y0, x1, y1 = shardspec.region_bbox(meta["region"])
-    fit = meta.get("fit") or {}
-    losses = fit.get("losses") or {}
-    return {
-        "key": meta["key"], "shard": shard, "source": meta["source"], "kind": meta["kind"],
-        "tier": meta["tier"], "image": meta["image"], "width": meta["width"], "height": meta["height"],
-        "H": [float(v) for v in np.asarray(meta["H"], dtype=np.float64).reshape(9)],
-        "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1,
-        "density": float(meta["density"]), "has_mask": bool(meta.get("has_mask", False)),
-        "fit_loss": float(sum(losses.values())) if losses else None,
-        "fit_visible": fit.get("visible"), "fit_iterations": fit.get("iterations"),
-        "shard_bytes": shard_bytes,
-    }
-
-
-def read_manifest(folder: str | os.PathLike) -> pa.Table | None:
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        return None
-    return pq.read_table(path)
+# Manifest (schema and rows: uh_train.format.manifest)
 
 
 @contextmanager

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from uh_train.atomic import atomic_write, atomic_write_text
-from uh_train.spatial import apply_homography, density, image_region, scale_translate
+from uh_train.format.atomic import atomic_write, atomic_write_text
+from uh_train.format.geometry import apply_homography, density, image_region, scale_translate
 
 # SHHQ layout of the built-in space: head top and feet of the mean body, in full-body y.
 DEFAULT_HEAD_TOP, DEFAULT_FEET = 0.04, 0.96

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from rich.progress import Progress
 
 from mst_pipeline.shards import ShardWriter, encode_image, encode_sample
-from uh_train.spatial import apply_homography, density, full_image_homography, image_region, scale_translate
+from uh_train.format.geometry import apply_homography, density, full_image_homography, image_region, scale_translate
 
 SUPERSAMPLE = 3
 

@@ -14,10 +14,11 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from mst_pipeline.shards import MANIFEST, TMP_SUFFIX, ShardError, read_manifest, read_shard
-from uh_train import shardspec
-from uh_train.shard_reader import SampleDefect, open_image
-from uh_train.shardspec import SHARD_NAME
+from mst_pipeline.shards import TMP_SUFFIX, ShardError, read_shard
+from uh_train.format import spec as shardspec
+from uh_train.format.image import SampleDefect, open_image
+from uh_train.format.manifest import MANIFEST, read_manifest
+from uh_train.format.spec import SHARD_NAME
 
 _ALLOWED_FIELDS = {"img.jpg", "img.png", "mask.png", "meta.json"}
 

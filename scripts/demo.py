@@ -108,7 +108,7 @@ def mst_vs_truth(render: Path, shards: Path, out: Path) -> None:
     import numpy as np
 
     from mst_pipeline.people import read_truth, truth_errors
-    from mst_pipeline.shards import read_manifest
+    from uh_train.format.manifest import read_manifest
 
     truth = read_truth(render / "truth.jsonl")
     manifest = read_manifest(shards)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
-from uh_train.spatial import apply_homography, density, image_region, scale_translate
+from uh_train.format.geometry import apply_homography, density, image_region, scale_translate
 
 
 def pattern(points: np.ndarray) -> np.ndarray:

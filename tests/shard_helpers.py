@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.shards import encode_image, encode_sample, write_manifest
-from uh_train.shardspec import FORMAT, KEYPOINT_GROUPS
-from uh_train.spatial import density, full_image_homography, image_region
+from uh_train.format.geometry import density, full_image_homography, image_region
+from uh_train.format.spec import FORMAT, KEYPOINT_GROUPS
 
 
 def sample_fields(w: int = 16, h: int = 32, seed: int = 0, kind: str = "full") -> dict[str, Any]:

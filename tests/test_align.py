@@ -20,11 +20,12 @@ from typer.testing import CliRunner
 from mst_pipeline.align import AlignSettings, align_folder, list_images, read_rejects
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
-from mst_pipeline.shards import complete_shards, read_manifest, read_shard
+from mst_pipeline.shards import complete_shards, read_shard
 from mst_pipeline.smplify import SmplifyConfig
 from mst_pipeline.space import default_space, normalised_to_pixels
 from mst_pipeline.validate import validate_folder
-from uh_train.spatial import image_region
+from uh_train.format.geometry import image_region
+from uh_train.format.manifest import read_manifest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batched fits: one thread is faster
 
@@ -369,7 +370,7 @@ def _no_fit(*args, **kwargs):
 
 def test_an_aligned_portrait_enters_full_body_space_as_it_is(tmp_path, monkeypatch):
     import mst_pipeline.align as align_module
-    from uh_train.spatial import full_image_homography
+    from uh_train.format.geometry import full_image_homography
 
     monkeypatch.setattr(align_module, "smplify_p", _no_fit)
     data = tmp_path / "shhq"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from uh_train.atomic import atomic_path, atomic_write, atomic_write_text
+from uh_train.format.atomic import atomic_path, atomic_write, atomic_write_text
 
 
 def test_a_failed_write_keeps_the_old_content_and_leaves_no_temporary(tmp_path):

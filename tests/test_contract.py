@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from mst_pipeline.cli import app
 from mst_pipeline.preview import make_contact_sheet
 from mst_pipeline.synthetic import random_figure, render, views, write_synthetic
+from uh_train.format.geometry import apply_homography, warp_to_canvas
 from uh_train.shard_reader import read_manifests, shard_pipeline
-from uh_train.spatial import apply_homography, warp_to_canvas
 
 
 def test_shards_written_by_mst_are_read_by_the_trainer(tmp_path):
@@ -35,7 +35,7 @@ def test_shards_written_by_mst_are_read_by_the_trainer(tmp_path):
 
 
 def test_uh_train_never_imports_mst_pipeline():
-    code = ("import sys, uh_train.shard_reader, uh_train.spatial, uh_train.shardspec; "
+    code = ("import sys, uh_train.shard_reader, uh_train.format.geometry, uh_train.format.spec; "
             "sys.exit(1 if any(m.startswith('mst_pipeline') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

@@ -18,7 +18,7 @@ from mst_pipeline.detect import BackendUnavailable, DetectionError, make_detecto
 from mst_pipeline.detect.openpose_json import OpenPoseJsonDetector, parse_openpose
 from mst_pipeline.smplify import SmplifyConfig, smplify_p
 from mst_pipeline.space import default_space
-from uh_train.spatial import apply_homography
+from uh_train.format.geometry import apply_homography
 
 
 def test_openpose_json_picks_the_most_confident_person_and_reads_all_groups():

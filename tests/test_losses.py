@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from uh_train.format.geometry import patch_transform
 from uh_train.losses import (
     consistency_loss,
     cutmix,
@@ -19,7 +20,6 @@ from uh_train.losses import (
     teacher_footprint,
     teacher_region,
 )
-from uh_train.spatial import patch_transform
 
 
 def test_cutmix_takes_real_where_covered_and_fake_elsewhere():

@@ -24,7 +24,7 @@ def inception():
 def figures() -> np.ndarray:
     """Five synthetic full-body figures at 64 px, uint8 [5, 64, 64, 3]."""
     from mst_pipeline.synthetic import random_figure, render
-    from uh_train.spatial import scale_translate
+    from uh_train.format.geometry import scale_translate
 
     H = scale_translate(1 / 64, 1 / 64, 0, 0)
     return np.stack([render(random_figure(np.random.default_rng([7, i])), H, 64, 64) for i in range(5)])

@@ -7,10 +7,10 @@ import pytest
 import torch
 from metrics_helpers import PatternGenerator, PoolFeatures, render_pattern, write_pattern_shards
 
+from uh_train.format.geometry import scale_translate
 from uh_train.metrics import EvalConfig, MetricsError, evaluate, fakes, patches
 from uh_train.metrics.fid import fid_from_features
 from uh_train.metrics.stats import StatsCache
-from uh_train.spatial import scale_translate
 
 
 @pytest.fixture(scope="module")

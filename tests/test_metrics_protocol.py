@@ -15,9 +15,9 @@ from metrics_helpers import PatternGenerator, PoolFeatures, body_keypoints, rend
 from typer.testing import CliRunner
 
 from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
+from uh_train.format.geometry import density, image_region, scale_translate
 from uh_train.metrics import EvalConfig, MetricsError, evaluate, fakes, patches
 from uh_train.metrics.protocol import native_size, paper_sizes
-from uh_train.spatial import density, image_region, scale_translate
 
 R = 32  # the tiny preset's patch resolution
 # source -> (kind, density in px per full-body unit, image side). With r = 32 the paper protocol

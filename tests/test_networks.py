@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from uh_train.format.geometry import patch_transform
 from uh_train.networks import Discriminator, Generator, get_preset, patch_transforms, synthesis_schedule
 from uh_train.networks.generator import GeneratorConfig
 from uh_train.networks.ops import lowpass_filter, modulated_conv2d, upfirdn2d
 from uh_train.render import psnr
-from uh_train.spatial import patch_transform
 
 
 def _generator(preset: str = "tiny", seed: int = 0, **overrides) -> Generator:

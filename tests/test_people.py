@@ -23,7 +23,7 @@ from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
 from mst_pipeline.detect.openpose_json import OpenPoseJsonDetector
 from mst_pipeline.space import DEFAULT_FEET, DEFAULT_HEAD_TOP, default_space
-from uh_train.spatial import apply_homography, bilinear_sample, density, scale_translate
+from uh_train.format.geometry import apply_homography, bilinear_sample, density, scale_translate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RES = 96
@@ -268,8 +268,8 @@ def test_command_writes_the_folder_and_rejects_bad_input(tmp_path):
 
 def test_mst_align_on_the_renders_recovers_their_true_H(body, rendered, tmp_path):
     from mst_pipeline.align import AlignSettings, align_folder
-    from mst_pipeline.shards import read_manifest
     from mst_pipeline.smplify import SmplifyConfig
+    from uh_train.format.manifest import read_manifest
 
     space = default_space(body)
     settings = AlignSettings(detector="openpose-json", batch_size=8, smplify=SmplifyConfig(iterations=100))
@@ -287,7 +287,8 @@ def test_full_renders_are_an_aligned_set_and_enter_with_their_true_H(rendered, t
     """The full renders are square views of the whole of full-body space: `mst align --aligned`
     stores them as they are, with exactly the H they were rendered with."""
     from mst_pipeline.align import AlignSettings, align_folder
-    from mst_pipeline.shards import complete_shards, read_manifest, read_shard
+    from mst_pipeline.shards import complete_shards, read_shard
+    from uh_train.format.manifest import read_manifest
 
     summary = align_folder(rendered / "full", tmp_path, "people-full", None, None,
                            AlignSettings(detector="openpose-json", aligned=True))

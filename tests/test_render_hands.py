@@ -30,7 +30,7 @@ from mst_pipeline.body.model import BodyModel
 from mst_pipeline.body.smpl_file import BodyModelData, write_model_npz
 from mst_pipeline.shards import complete_shards, read_shard
 from mst_pipeline.validate import validate_folder
-from uh_train.spatial import apply_homography
+from uh_train.format.geometry import apply_homography
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -471,7 +471,7 @@ def test_composite_over_a_real_patch_puts_the_whole_patch_in_the_mask():
 def upper_shard(folder: Path, w: int = 256, h: int = 200, dens: float = 800.0) -> Path:
     """One aligned upper-body sample: red = its x coordinate, a mask with 20-px stripes of padding."""
     from mst_pipeline.shards import ShardWriter, encode_sample
-    from uh_train.spatial import image_region, scale_translate
+    from uh_train.format.geometry import image_region, scale_translate
 
     from shard_helpers import sample_fields
 

@@ -26,7 +26,7 @@ from mst_pipeline.space import (
     pixels_to_normalised,
     region_and_density,
 )
-from uh_train.spatial import apply_homography, full_image_homography, image_region, scale_translate
+from uh_train.format.geometry import apply_homography, full_image_homography, image_region, scale_translate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batched fits: one thread is faster
 

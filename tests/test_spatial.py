@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from uh_train.spatial import (
+from uh_train.format.geometry import (
     apply_homography,
     density,
     full_image_homography,

@@ -17,7 +17,8 @@ import uh_train.train as tr
 from mst_pipeline.shards import ShardWriter, encode_image, encode_sample
 from uh_train import shard_reader
 from uh_train.data import PatchBatches, PatchConfig, source_stream
-from uh_train.shard_reader import SampleDefect, SkipLog, decode_sample
+from uh_train.format.image import SampleDefect
+from uh_train.shard_reader import SkipLog, decode_sample
 
 from shard_helpers import random_image, raw_folder, raw_sample, sample_fields, valid_meta, valid_sample
 

@@ -16,9 +16,9 @@ from uh_train.data import (
     resample_patch,
     sample_view,
 )
+from uh_train.format.geometry import density, full_image_homography, image_region, patch_transform, scale_translate
+from uh_train.format.spec import ShardRecord
 from uh_train.shard_reader import shard_pipeline
-from uh_train.shardspec import ShardRecord
-from uh_train.spatial import density, full_image_homography, image_region, patch_transform, scale_translate
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from mst_pipeline.cli import app
 from mst_pipeline.shards import ShardWriter, encode_image, write_manifest
-from uh_train.shardspec import meta_defects
-from uh_train.spatial import density, image_region, scale_translate
+from uh_train.format.geometry import density, image_region, scale_translate
+from uh_train.format.spec import meta_defects
 
 from shard_helpers import raw_folder, raw_sample, valid_meta, valid_sample
 

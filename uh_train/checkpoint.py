@@ -8,11 +8,12 @@ name in the same folder and renamed, so a reader never sees a partial file.
 
 Snapshot pickles (`network-snapshot-*.pkl`) hold network objects whose class source code travels
 inside the pickle (`torch_utils.persistence` records with a `module_src` string). They are read by a
-restricted unpickler that resolves only an allow-list of globals (tensor and numpy rebuilders,
-OrderedDict, a dict stand-in for EasyDict) and turns each persistence record into a `Record` holding
-the object's state -- `module_src` is kept as text and never executed. The generator's tensors are
-then mapped by name onto our `Generator` (same layer names; AnyRes's `scale_mapping.*` moves to
-`synthesis.scale_mapping.*`), after checking that our schedule reproduces the snapshot's filters.
+restricted unpickler (`uh_train.format.unpickle`) that resolves only an allow-list of globals
+(tensor and numpy rebuilders, OrderedDict, a dict stand-in for EasyDict) and turns each persistence
+record into a `Record` holding the object's state -- `module_src` is kept as text and never
+executed. The generator's tensors are then mapped by name onto our `Generator` (same layer names;
+AnyRes's `scale_mapping.*` moves to `synthesis.scale_mapping.*`), after checking that our schedule
+reproduces the snapshot's filters.
 
 API:
 
@@ -27,7 +28,6 @@ API:
 
 from __future__ import annotations
 
-import codecs
 import collections
 import dataclasses
 import hashlib
@@ -35,8 +35,6 @@ import io
 import json
 import os
 import pickle
-import re
-import types
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,7 +45,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from uh_train.atomic import atomic_path
+from uh_train.format.atomic import atomic_path
+from uh_train.format.unpickle import (
+    NUMPY_ARRAYS,
+    TORCH_SAVE_CONTAINERS,
+    AllowListUnpickler,
+    one_line,
+    torch_pickle_module,
+)
 
 from .networks.discriminator import Discriminator, DiscriminatorConfig
 from .networks.generator import Generator, GeneratorConfig
@@ -140,27 +145,6 @@ class RefusedPickle(CheckpointError, pickle.UnpicklingError):
     """A snapshot pickle that names a global outside the allow-list (nothing in it was executed)."""
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """`Type: first line of the message`, at most LIMIT characters (library errors can span pages)."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    first = first if len(first) <= limit else first[:limit - 3] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-def describe_load_error(exc: BaseException) -> str:
-    """Why `torch.load(..., weights_only=True)` refused or failed, in one line and without torch's
-    advice to retry unsafely (loading a file that holds code is never the way out)."""
-    text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError) and "weights_only" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        what = f" ({found.group(1)})" if found else ""
-        return f"refused: it holds Python objects{what}, not only tensors; nothing in it was run"
-    if "PytorchStreamReader" in text or isinstance(exc, EOFError):
-        return f"truncated or corrupt file ({one_line(exc, 120)})"
-    return one_line(exc)
-
-
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", which: str | None = None) -> Generator:
     """Our checkpoint or a StyleGAN3/AnyRes/UnitedHuman snapshot pickle -> Generator in eval mode.
 
@@ -225,57 +209,29 @@ class _AttrDict(dict):
     """Stand-in for dnnlib.util.EasyDict: a plain dict subclass."""
 
 
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
-    return data
-
-
 def _load_storage_blob(blob: bytes):
     # Each storage is a complete legacy torch.save blob; weights_only refuses anything but storages.
     return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
 
 
-def _numpy_multiarray():
-    return np.core.multiarray if hasattr(np, "core") else np._core.multiarray
+class SnapshotUnpickler(AllowListUnpickler):
+    """Resolves only the globals a network snapshot needs; anything else is refused."""
+
+    allowed = {
+        **NUMPY_ARRAYS,
+        **TORCH_SAVE_CONTAINERS,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch.storage", "_load_from_bytes"): _load_storage_blob,
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+        ("dnnlib.util", "EasyDict"): _AttrDict,
+    }
+
+    def unknown_global(self, module: str, name: str):
+        raise RefusedPickle(f"refusing to load global {module}.{name} from a snapshot pickle")
 
 
-_ALLOWED = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): lambda: _reconstruct_persistent_obj,
-    ("collections", "OrderedDict"): lambda: collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): lambda: torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): lambda: _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): lambda: _rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): lambda: _load_storage_blob,
-    ("dnnlib.util", "EasyDict"): lambda: _AttrDict,
-    # Protocol 2 (torch.save's default) has no set opcode and names the builtins module as Python 2 did.
-    ("__builtin__", "set"): lambda: set,
-    ("builtins", "set"): lambda: set,
-    ("_codecs", "encode"): lambda: codecs.encode,  # protocol 2 writes bytes as encode(str, 'latin1')
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_multiarray()._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_multiarray()._reconstruct,
-    ("numpy.core.multiarray", "scalar"): lambda: _numpy_multiarray().scalar,
-    ("numpy._core.multiarray", "scalar"): lambda: _numpy_multiarray().scalar,
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals a network snapshot needs; anything else is an error."""
-
-    def find_class(self, module: str, name: str):
-        factory = _ALLOWED.get((module, name))
-        if factory is None:
-            raise RefusedPickle(f"refusing to load global {module}.{name} from a snapshot pickle")
-        return factory()
-
-
-# Passed to torch.load for snapshots saved as torch zip files: torch's own unpickler subclasses ours,
-# so every global still goes through RestrictedUnpickler.find_class.
-_restricted_pickle_module = types.SimpleNamespace(
-    __name__="uh_restricted_pickle",
-    Unpickler=RestrictedUnpickler,
-    load=lambda f, **kw: RestrictedUnpickler(f, **kw).load(),
-)
+# Passed to torch.load for snapshots saved as torch zip files.
+_restricted_pickle_module = torch_pickle_module(SnapshotUnpickler, "uh_restricted_pickle")
 
 
 def read_snapshot(path: str | os.PathLike) -> dict:
@@ -286,7 +242,7 @@ def read_snapshot(path: str | os.PathLike) -> dict:
             data = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module)
         else:
             with open(path, "rb") as f:
-                data = RestrictedUnpickler(f).load()
+                data = SnapshotUnpickler(f).load()
     except RefusedPickle as e:
         raise RefusedPickle(f"{path}: refused, nothing in it was run: {e}") from None
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line naming it

@@ -31,8 +31,14 @@ import torch
 from PIL import Image
 
 from uh_train import shard_reader
-from uh_train.shardspec import SHARD_NAME, ShardRecord
-from uh_train.spatial import apply_homography, bilinear_sample, full_image_homography, patch_transform
+from uh_train.format.geometry import (
+    SCALE_MAX,
+    apply_homography,
+    bilinear_sample,
+    full_image_homography,
+    patch_transform,
+)
+from uh_train.format.spec import SHARD_NAME, ShardRecord
 
 # Padding colour of full-body space outside a source image (SHHQ portraits are padded with white).
 PAD_VALUE = 1.0
@@ -95,7 +101,7 @@ def parse_view(text: str, base: ViewSettings | None = None) -> tuple[str, ViewSe
 class PatchConfig:
     res: int = 64  # r: patch size in pixels
     stage: int = 2
-    scale_max: float = 8.0  # largest s
+    scale_max: float = SCALE_MAX  # largest s
     keypoint_prob: float = 0.5  # default probability of a keypoint-based centre (else uniform)
     jitter: float = 0.25  # default keypoint jitter, in patch sides (1/s)
     min_confidence: float = 0.3

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import typer
 
-from uh_train import cli_args
+from uh_train.format import cli_args
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich",
                   help="Compute FID, patch-FID, keypoint-FID and precision/recall of a generator.")
@@ -153,7 +153,7 @@ def run(
                            "init": init, "preset": preset if init == "random" else None,
                            "truncation_psi": truncation}
     if init == "checkpoint" and ckpt is not None:
-        from .shardspec import sha256_file
+        from .format.spec import sha256_file
 
         result["generator"]["sha256"] = sha256_file(ckpt)
     json_path, md_path = write_report(out, result, label)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import typer
 
-from uh_train import cli_args
-from uh_train.atomic import atomic_write_bytes
+from uh_train.format import cli_args
+from uh_train.format.atomic import atomic_write_bytes
 
 app = typer.Typer(
     add_completion=False,

@@ -11,12 +11,10 @@ looping forever.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import random
 import re
-import warnings
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -24,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
-from uh_train import shardspec
-from uh_train.shardspec import SHARD_NAME, ShardRecord
+from uh_train.format import spec
+from uh_train.format.image import SampleDefect, open_image
+from uh_train.format.manifest import MANIFEST, read_manifest
+from uh_train.format.spec import SHARD_NAME, ShardRecord
 
 log = logging.getLogger(__name__)
 
@@ -51,44 +50,15 @@ def read_manifests(folders: Sequence[str | Path]) -> pa.Table:
     """Concatenated manifests of the folders (statistics, mixing weights)."""
     tables = []
     for folder in folders:
-        path = Path(folder) / "manifest.parquet"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing; run `mst validate {folder}` to see why")
-        tables.append(pq.read_table(path))
+        table = read_manifest(folder)
+        if table is None:
+            raise FileNotFoundError(f"{Path(folder) / MANIFEST} is missing; run `mst validate {folder}` to see why")
+        tables.append(table)
     return pa.concat_tables(tables)
-
-
-class SampleDefect(ValueError):
-    """A sample the trainer cannot use; `reasons` are the defects, without the key."""
-
-    def __init__(self, key: Any, reasons: list[str]) -> None:
-        super().__init__(f"{key}: " + "; ".join(reasons))
-        self.key, self.reasons = key, reasons
 
 
 class NoSamples(RuntimeError):
     """A shard list that, read whole, yielded no sample at all."""
-
-
-def open_image(data: bytes, what: str, width: Any, height: Any) -> Image.Image:
-    """Open an image file's header and check its size against the declared one (and the spec's
-    pixel bound) before any pixel is decoded, so a huge image declared small costs nothing."""
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Exception as e:  # PIL raises many types for corrupt data
-        raise SampleDefect("-", [f"{what} does not decode ({type(e).__name__}: {e})"]) from None
-    w, h = img.size
-    if (w, h) != (width, height):
-        raise SampleDefect("-", [f"{what} is {w}x{h}, meta records {width}x{height}"])
-    if w * h > shardspec.MAX_IMAGE_PIXELS:
-        raise SampleDefect("-", [f"{what} has {w * h} pixels, more than {shardspec.MAX_IMAGE_PIXELS}"])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.load()
-    except Exception as e:
-        raise SampleDefect("-", [f"{what} does not decode ({type(e).__name__}: {e})"]) from None
-    return img
 
 
 _GREY16 = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -135,7 +105,7 @@ def decode_sample(sample: dict[str, Any]) -> ShardRecord:
         raise SampleDefect(key, ["no meta.json"]) from None
     except (ValueError, RecursionError) as e:  # bad UTF-8 / JSON, or nesting deeper than Python's stack
         raise SampleDefect(key, [f"meta.json is not valid JSON ({type(e).__name__})"]) from None
-    defects = shardspec.meta_defects(meta)
+    defects = spec.meta_defects(meta)
     if defects:
         raise SampleDefect(key, defects)
     data = sample.get("img.jpg") or sample.get("img.png")

@@ -25,9 +25,11 @@ import torch
 import typer
 from rich.console import Console
 
-from uh_train import cli_args, losses
-from uh_train.atomic import atomic_path, atomic_write_text
+from uh_train import losses
 from uh_train.data import PatchBatches, PatchConfig, StreamState, ViewSettings, parse_view
+from uh_train.format import cli_args
+from uh_train.format.atomic import atomic_path, atomic_write_text
+from uh_train.format.geometry import SCALE_MAX
 from uh_train.train_state import load_state, save_state
 
 console = Console(stderr=True, soft_wrap=True)
@@ -54,7 +56,7 @@ class TrainConfig:
     lambda_cr: float = 1.0  # consistency, Eq. 9
     lambda_p: float = 5.0  # teacher pixel loss, Eq. 8
     lpips: str = "auto"  # auto | on | off; auto falls back to L1 only for the CPU presets
-    scale_max: float = 8.0
+    scale_max: float = SCALE_MAX
     keypoint_prob: float = 0.5
     mix: dict[str, float] = field(default_factory=dict)
     views: list[str] = field(default_factory=list)  # per-source patch sampling, "SOURCE:key=value,..."
@@ -589,7 +591,7 @@ def sample_grid(G, z: torch.Tensor, path: Path) -> np.ndarray:
     """Fixed z (rows) at several (v, s) (columns): the whole image, the face, a hand, the legs."""
     from PIL import Image
 
-    from uh_train.spatial import patch_transform
+    from uh_train.format.geometry import patch_transform
 
     cols = []
     for vx, vy, s in SAMPLE_VIEWS:

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from uh_train.atomic import atomic_path
+from uh_train.format.atomic import atomic_path
 
 _TENSOR = "__tensor__"
 

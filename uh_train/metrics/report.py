@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from uh_train.atomic import atomic_write_text
+from uh_train.format.atomic import atomic_write_text
 
 from .patches import KFID_GROUPS
 

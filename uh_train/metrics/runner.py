@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from uh_train.data import PatchConfig
+from uh_train.format.geometry import SCALE_MAX
 
 from . import fakes, patches
 from .fid import FeatureStats, fid_between
@@ -66,7 +66,7 @@ class EvalConfig:
     fid_res: int | None = None  # quick: full-image resolution for FID and P&R; None: the patch resolution r
     seed: int = 0
     batch: int = 16
-    scale_max: float = PatchConfig.scale_max  # largest s of quick pFID patches: the trainer's
+    scale_max: float = SCALE_MAX  # largest s of quick pFID patches: the trainer's
     kfid_scale: float = patches.KFID_SCALE
     kfid_min_density: float = 0.0
     k: int = DEFAULT_K

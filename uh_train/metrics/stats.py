@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from uh_train.atomic import atomic_write
+from uh_train.format.atomic import atomic_write
 
 from .inception import MetricsError
 

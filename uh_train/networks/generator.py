@@ -9,7 +9,7 @@ Public API (all tensors float32; images are in about [-1, 1]):
 * `G.synthesis(ws, transform=None, canvas=1, update_emas=False) -> images [N, 3, canvas*r,
   canvas*r]`.
 
-`transform` is the paper's T(v,s) (Eq. 4, `uh_train.spatial.patch_transform`): it maps patch
+`transform` is the paper's T(v,s) (Eq. 4, `uh_train.format.geometry.patch_transform`): it maps patch
 coordinates (unit side, centred at 0) to full-body space (centred at 0); None means identity, the
 whole image. The Fourier input evaluates its features at T(x) -- frequencies by the 2x2 part, phases
 by the translation -- and damps frequencies the input grid cannot represent. The scale conditioning
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..spatial import patch_transform
+from ..format.geometry import SCALE_MAX, patch_transform
 from .ops import FullyConnected, filtered_lrelu, lowpass_filter, modulated_conv2d, normalize_2nd_moment
 
 SCALE_NORMS = ("none", "log", "anyres-positive", "anyres-zerocentered")
@@ -74,7 +74,7 @@ class GeneratorConfig:
     scale_norm: str = "log"
     scale_dim: int = 128
     scale_min: float = 1.0
-    scale_max: float = 8.0
+    scale_max: float = SCALE_MAX
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
@@ -348,7 +348,7 @@ class Generator(nn.Module):
 
 def patch_transforms(centers, scales, device=None) -> torch.Tensor:
     """T(v,s) of Eq. 4 for a batch: centers [N, 2] in [0,1]^2 and scales [N] (or one scale) ->
-    float32 [N, 3, 3], built with `uh_train.spatial.patch_transform`."""
+    float32 [N, 3, 3], built with `uh_train.format.geometry.patch_transform`."""
     centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
     scales = np.broadcast_to(np.asarray(scales, dtype=np.float64), [len(centers)])
     t = np.stack([patch_transform(c, s) for c, s in zip(centers, scales, strict=True)])

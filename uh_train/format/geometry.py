@@ -1,4 +1,4 @@
-"""Full-body image space geometry (DESIGN §3), numpy only.
+"""Full-body image space geometry, numpy only (the shard format's geometry: `shards/README.md`).
 
 Full-body space is the unit square [0,1]^2, x right, y down. A homography H maps a sample's image
 pixel coordinates (pixel centres at integer + 0.5) to full-body space. `patch_transform` is the
@@ -8,6 +8,10 @@ paper's T(v,s) (Eq. 4).
 from __future__ import annotations
 
 import numpy as np
+
+# Largest patch scale s of T(v,s): a patch shows at least 1/8 of full-body space's side. The trainer's
+# patch sampler, the generator's scale normalisation and the patch metrics all take it from here.
+SCALE_MAX = 8.0
 
 
 def patch_transform(v: tuple[float, float] | np.ndarray, s: float) -> np.ndarray:

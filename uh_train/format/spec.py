@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from uh_train.spatial import density as density_of
-from uh_train.spatial import image_region
+from uh_train.format.geometry import density as density_of
+from uh_train.format.geometry import image_region
 
 FORMAT = "unitedhuman-shard/1"
 KINDS = ("full", "upper", "lower", "face", "hand")
