@@ -54,7 +54,7 @@ def lower_half_sr(image: np.ndarray, H: np.ndarray, factor: int = SR_FACTOR, res
     """The lower half of IMAGE [h, w, 3] (rows h//2 .. h) up-sampled FACTOR×, and its exact H.
 
     An SR pixel coordinate p is the crop coordinate p / factor (the resize keeps the image's outer
-    edges), i.e. the source coordinate (x, y + h//2)/factor; so H_sr = H · translate(0, h//2) ·
+    edges), i.e. the source coordinate (x / factor, y / factor + h//2); so H_sr = H · translate(0, h//2) ·
     scale(1/factor). Returns (image [factor·(h − h//2), factor·w, 3], H_sr [3, 3], mask or None;
     the mask is resized by nearest neighbour).
     """
