@@ -9,7 +9,7 @@ Lightning checkpoint (`pare_checkpoint.ckpt`, `pare_w_3dpw_checkpoint.ckpt`) loa
           ─▶ HRNet-W32 [480, 56, 56] ─▶ part attention (24 parts) ─▶ rot6d per joint, betas, camera
 
 * Rotations: 6-D (Zhou et al.) read as a 3×2 matrix, Gram–Schmidt, columns (b1, b2, b1×b2) —
-  `prior.rot6d_to_rotmat`, the same convention as PARE's.
+  `body.rotations.rot6d_to_rotmat`, the same convention as PARE's.
 * Camera: weak perspective (s, tx, ty) in the crop's normalised [-1, 1] coordinates; PARE's
   perspective translation is (tx, ty, 2f/(224 s)) with f = 5000, whose projection divided by
   112 px is u = s·(X_xy + t), the project's camera (DESIGN §3). `crop_cam_to_full_image` moves it to
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mst_pipeline.prior import rot6d_to_rotmat, rotmat_to_axis_angle
+from mst_pipeline.body.rotations import rot6d_to_rotmat, rotmat_to_axis_angle
 from mst_pipeline.smplify import (
     FitInit,
     facing_from_keypoints,
