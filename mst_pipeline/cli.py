@@ -494,7 +494,7 @@ def space_cmd(
     """
     from mst_pipeline.body import load_body_model
     from mst_pipeline.smplify import SmplifyConfig
-    from mst_pipeline.space import build_space
+    from mst_pipeline.space_fit import build_space
 
     if not dataset.is_dir():
         err.print(f"[red]error:[/red] {dataset} is not a folder of images")
