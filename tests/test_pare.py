@@ -13,6 +13,7 @@ import torch
 from test_align import write_dataset
 from typer.testing import CliRunner
 
+from mst_pipeline.body.rotations import axis_angle_to_rotmat, rot6d_to_rotmat
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
 from mst_pipeline.pare import (
@@ -30,7 +31,6 @@ from mst_pipeline.pare import (
     pare_start,
     part_attention,
 )
-from mst_pipeline.prior import axis_angle_to_rotmat, rot6d_to_rotmat
 from mst_pipeline.shards import complete_shards, read_shard
 from mst_pipeline.smplify import fitting_joints, project
 from mst_pipeline.space import normalised_to_pixels
