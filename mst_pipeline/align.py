@@ -239,12 +239,12 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
     return summary
 
 
-def _write_aligned(tasks: list, detections: Iterator, writer: ShardWriter, out: Path, root: Path, source: str,
+def _write_aligned(tasks: list, detected: Iterator, writer: ShardWriter, out: Path, root: Path, source: str,
                    space: FullBodySpace | None, settings: AlignSettings, summary: AlignSummary, done: int,
                    total: int, progress: Callable[[int, int], None] | None) -> int:
     """Write the aligned full-body images of TASKS as they are (no fit); returns the new `done`."""
     for path, _, key, _ in tasks:
-        found = next(detections)
+        found = next(detected)
         try:
             if isinstance(found, Rejected):
                 raise found

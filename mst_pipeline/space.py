@@ -1,4 +1,4 @@
-"""Full-body image space of the MST (paper §3.1, Eq. 2; DESIGN §3).
+"""Full-body image space of the MST (paper §3.1, Eq. 2; docs/mst.md, "Geometry"): pure geometry.
 
 A sample's image is described by a weak-perspective camera α = (s, tx, ty) in its *normalised*
 coordinates: the square of side L = max(width, height) centred on the image, mapped to [-1, 1]²
@@ -44,7 +44,7 @@ def normalisation(width: int | float, height: int | float) -> np.ndarray:
     """3×3 map from image pixels to the image's normalised coordinates.
 
     The square of side L = max(width, height) centred on the image becomes [-1, 1]²:
-    u = (p − (w/2, h/2)) · 2/L. Pixel centres sit at integer + 0.5 (DESIGN §3).
+    u = (p − (w/2, h/2)) · 2/L. Pixel centres sit at integer + 0.5 (docs/mst.md, "Geometry").
     """
     L = float(max(width, height))
     return scale_translate(2.0 / L, 2.0 / L, -float(width) / L, -float(height) / L)
@@ -55,7 +55,7 @@ FULL_FROM_NORMALISED = scale_translate(0.5, 0.5, 0.5, 0.5)
 
 
 def camera_transfer(cam: np.ndarray, cam_bar: np.ndarray) -> np.ndarray:
-    """3×3 map u_full = (s̄/s) · u + s̄ · (t̄ − t) between normalised coordinates (DESIGN §3).
+    """3×3 map u_full = (s̄/s) · u + s̄ · (t̄ − t) between normalised coordinates (Eq. 2).
 
     cam, cam_bar: [3] as (s, tx, ty).
     """

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mst_pipeline.detect.pool import detect_image
+from mst_pipeline.detect.pool import batches, detect_image
 from mst_pipeline.images import Rejected, list_images, stem_of
 from mst_pipeline.space import FullBodySpace, pitch_of_rotation
 
@@ -157,7 +157,7 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
 
         net = load_pare_checkpoint(pare, device, strict=True)[0]
     # Pass 1: keypoints (and PARE's start) of every image, and its pitch.
-    batches, pitches = [], []
+    detected, pitches = [], []
     rejected = 0
     for batch in batches(list_images(root), batch_size):
         items = []
@@ -178,12 +178,12 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
         else:
             pitches.append(feet_pitch(model, targets, confidence, cfg.confidence, device))
         dens = np.array([float(max(i.image.shape[:2])) for i in items])
-        batches.append((targets, confidence, init, dens))
+        detected.append((targets, confidence, init, dens))
     pitch, spread = mean_pitch(np.concatenate(pitches) if pitches else np.zeros(0),
                                "pare" if net is not None else "feet")
     # Pass 2: Eq. 1 with ô as measured.
     cams, poses, betas, dens_ok = [], [], [], []
-    for targets, confidence, init, dens in batches:
+    for targets, confidence, init, dens in detected:
         start = None if init is None else FitInit(*(t.detach() for t in (init.cam, init.global_orient,
                                                                           init.body_pose, init.betas)))
         fits = smplify_p(model, targets, confidence, prior=prior, mean_pitch=pitch, config=cfg, init=start,

@@ -94,7 +94,7 @@ def test_state_dict_has_the_released_checkpoint_layout(net):
     backbone = [k for k in sd if k.startswith("backbone.")]
     head = [k for k in sd if k.startswith("head.")]
     assert (len(backbone), len(head), len(sd)) == (1868, 37, 1905)
-    expected = {  # CHECKPOINT-LAYOUTS §5.3 / §5.4
+    expected = {  # the released PARE checkpoint's shapes (docs/mst.md, "PARE start")
         "backbone.conv1.weight": [64, 3, 3, 3], "backbone.layer1.0.downsample.0.weight": [256, 64, 1, 1],
         "backbone.layer1.3.conv3.weight": [256, 64, 1, 1],
         "backbone.transition1.0.0.weight": [32, 256, 3, 3], "backbone.transition1.1.0.0.weight": [64, 256, 3, 3],

@@ -1,4 +1,4 @@
-"""Full-body image space geometry (DESIGN §3), numpy only.
+"""Full-body image space geometry (docs/mst.md, "Geometry"), numpy only.
 
 Full-body space is the unit square [0,1]^2, x right, y down. A homography H maps a sample's image
 pixel coordinates (pixel centres at integer + 0.5) to full-body space. `patch_transform` is the
