@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mst_pipeline import hands
+from mst_pipeline import hand_geometry, hands
 from mst_pipeline.shards import complete_shards, read_shard
+from mst_pipeline.space import default_space
 from mst_pipeline.validate import validate_folder
 from uh_train.format.geometry import apply_homography
 
@@ -27,7 +28,7 @@ def _model():
 
 def run() -> str:
     model, model_name = _model()
-    space = hands.default_space(model)
+    space = default_space(model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for res, n in RUNS:
@@ -44,8 +45,8 @@ def run() -> str:
                     mask = np.asarray(Image.open(io.BytesIO(fields["mask.png"]))) > 127
                     ys, xs = np.nonzero(mask)
                     c = apply_homography(np.asarray(meta["H"]), np.array([[xs.mean() + 0.5, ys.mean() + 0.5]]))[0]
-                    plan = hands.plan_hand(int(key[-6:]), 0, model.num_betas, space.pitch)
-                    wrist = hands.pose_hand(model, plan, space).wrist
+                    plan = hand_geometry.plan_hand(int(key[-6:]), 0, model.num_betas, space.pitch)
+                    wrist = hand_geometry.pose_hand(model, plan, space).wrist
                     coverage.append(mask.mean())
                     dist.append(np.linalg.norm(c - wrist))
             rows.append(f"| {res} | {n} | {wall:.1f} | {np.mean(summary.render_seconds):.2f} | "

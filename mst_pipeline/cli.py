@@ -294,7 +294,8 @@ def align(
     from mst_pipeline.prior import load_prior
     from mst_pipeline.shards import ShardError
     from mst_pipeline.smplify import SmplifyConfig
-    from mst_pipeline.space import default_space, load_space
+    from mst_pipeline.space import load_space
+    from uh_train.format import spec as shardspec
     from uh_train.format.spec import sanitise_part
 
     if not dataset.is_dir():
@@ -303,8 +304,8 @@ def align(
     if pare is not None and not pare.is_file():
         err.print(f"[red]error:[/red] --pare {pare} is not a file (the PARE .ckpt)")
         raise typer.Exit(2)
-    for name, value, allowed in (("kind", kind, ("full", "upper", "lower", "face", "hand")),
-                                 ("tier", tier, ("LR", "HR", "SR")), ("optimizer", optimizer, ("adam", "lbfgs"))):
+    for name, value, allowed in (("kind", kind, shardspec.KINDS), ("tier", tier, shardspec.TIERS),
+                                 ("optimizer", optimizer, ("adam", "lbfgs"))):
         if value is not None and value not in allowed:
             err.print(f"[red]error:[/red] --{name} must be one of {', '.join(allowed)}, not {value!r}")
             raise typer.Exit(2)
@@ -326,7 +327,7 @@ def align(
             fb_space = load_space(space) if space else None
         else:
             model = load_body_model(body_model).to(device)
-            fb_space = load_space(space) if space else default_space(model)
+            fb_space = load_space(space, model)
             pose_prior = load_prior(prior, device) if prior else None
     except (ValueError, RuntimeError, OSError) as e:
         err.print(f"[red]error:[/red] {e}")
@@ -494,7 +495,7 @@ def space_cmd(
     """
     from mst_pipeline.body import load_body_model
     from mst_pipeline.smplify import SmplifyConfig
-    from mst_pipeline.space import build_space
+    from mst_pipeline.space_fit import build_space
 
     if not dataset.is_dir():
         err.print(f"[red]error:[/red] {dataset} is not a folder of images")

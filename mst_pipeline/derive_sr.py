@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mst_pipeline.align import Rejected, _reject, aligned_shape_defect, list_images, read_image, stem_of
+from mst_pipeline.images import Rejected, aligned_shape_defect, list_images, read_image, stem_of
+from mst_pipeline.rejects import reject_file
 from mst_pipeline.shards import (
     ShardError,
     ShardWriter,
@@ -231,7 +232,7 @@ def derive_sr(inp: str | os.PathLike, out: str | os.PathLike, *, sources: list[s
                     summary.written += 1
                     summary.sources[name] += 1
                 except Rejected as e:
-                    _reject(out, key, Path(hr.ref), str(e), summary)
+                    reject_file(out, key, Path(hr.ref), str(e), summary)
             done += 1
             if progress:
                 progress(done, total)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mst_pipeline.people import rasterise
+from mst_pipeline.rasterise import rasterise
 from mst_pipeline.smplify import fitting_joints, project
 from mst_pipeline.space import normalised_to_pixels
 from uh_train.format.atomic import atomic_write_bytes

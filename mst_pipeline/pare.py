@@ -9,10 +9,10 @@ Lightning checkpoint (`pare_checkpoint.ckpt`, `pare_w_3dpw_checkpoint.ckpt`) loa
           ─▶ HRNet-W32 [480, 56, 56] ─▶ part attention (24 parts) ─▶ rot6d per joint, betas, camera
 
 * Rotations: 6-D (Zhou et al.) read as a 3×2 matrix, Gram–Schmidt, columns (b1, b2, b1×b2) —
-  `prior.rot6d_to_rotmat`, the same convention as PARE's.
+  `body.rotations.rot6d_to_rotmat`, the same convention as PARE's.
 * Camera: weak perspective (s, tx, ty) in the crop's normalised [-1, 1] coordinates; PARE's
   perspective translation is (tx, ty, 2f/(224 s)) with f = 5000, whose projection divided by
-  112 px is u = s·(X_xy + t), the project's camera (DESIGN §3). `crop_cam_to_full_image` moves it to
+  112 px is u = s·(X_xy + t), the project's camera (docs/mst.md, "Geometry"). `crop_cam_to_full_image` moves it to
   the whole image's normalised coordinates.
 * Body frame: PARE's global orientation maps SMPL's frame (Y up, facing +Z) to the camera's
   (y down), so an upright person facing the camera has a 180° turn about X — the orientation
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mst_pipeline.prior import rot6d_to_rotmat, rotmat_to_axis_angle
+from mst_pipeline.body.rotations import rot6d_to_rotmat, rotmat_to_axis_angle
 from mst_pipeline.smplify import (
     FitInit,
     facing_from_keypoints,
@@ -347,7 +347,7 @@ def crop_person(image: np.ndarray, bbox: np.ndarray, res: int = IMG_RES) -> Tens
 
 def crop_cam_to_full_image(cam: np.ndarray, bbox: np.ndarray, image_size: tuple[int, int] | np.ndarray) -> np.ndarray:
     """Weak-perspective camera of a crop -> the same camera in the whole image's normalised
-    coordinates (the square of side L = max(w, h) centred on the image is [-1, 1]²; DESIGN §3).
+    coordinates (the square of side L = max(w, h) centred on the image is [-1, 1]²; docs/mst.md, "Geometry").
 
     The crop (cx, cy, side) covers pixels c ± side/2, so a crop point u_c lands at p = c + u_c·side/2
     and at u = (p − (w/2, h/2))·2/L. With u_c = s·(X + t):

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS, SMPL_JOINT_NAMES
-from mst_pipeline.prior import PosePrior, axis_angle_to_rotmat
+from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, HAND_SLOTS, NUM_SMPL_JOINTS, NUM_TARGETS, SMPL_JOINT_NAMES
+from mst_pipeline.body.rotations import axis_angle_to_rotmat
+from mst_pipeline.prior import PosePrior
 from mst_pipeline.space import pitch_of_rotation, upright_orientation
 
-# Fitting targets: BODY_25, then wrist + 5 fingertips of the left and the right hand.
-HAND_SLOTS = (0, 4, 8, 12, 16, 20)  # OpenPose hand keypoints with a body-model joint
-NUM_TARGETS = 25 + 2 * len(HAND_SLOTS)
+# Fitting targets (`layout.NUM_TARGETS`): BODY_25, then wrist + 5 fingertips (`layout.HAND_SLOTS`)
+# of the left and the right hand.
 LHAND = slice(25, 25 + len(HAND_SLOTS))
 RHAND = slice(25 + len(HAND_SLOTS), NUM_TARGETS)
 

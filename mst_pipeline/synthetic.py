@@ -1,6 +1,6 @@
 """A small multi-source set of synthetic figures with exact homographies (`mst synthetic`).
 
-Each figure is defined once in full-body space (the unit square, DESIGN §3) and rasterised into
+Each figure is defined once in full-body space (the unit square, docs/mst.md, "Geometry") and rasterised into
 several views: a full-body portrait at the base resolution, an upper-body crop and a face crop at
 higher pixel density. Because a view is an exact scale+translation of full-body space, every
 sample's H is known exactly, which makes the set a ground truth for the shard tools, the

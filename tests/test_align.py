@@ -17,9 +17,11 @@ from PIL import Image
 from test_space import make_crops
 from typer.testing import CliRunner
 
-from mst_pipeline.align import AlignSettings, align_folder, list_images, read_rejects
+from mst_pipeline.align import AlignSettings, align_folder
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
+from mst_pipeline.images import list_images
+from mst_pipeline.rejects import read_rejects
 from mst_pipeline.shards import complete_shards, read_shard
 from mst_pipeline.smplify import SmplifyConfig
 from mst_pipeline.space import default_space, normalised_to_pixels
@@ -192,9 +194,9 @@ def _cube():
 
 
 def test_front_faces_are_those_towards_the_camera_and_cover_the_silhouette():
+    from mst_pipeline.body.rotations import axis_angle_to_rotmat
     from mst_pipeline.overlay import front_faces, silhouette_mask
-    from mst_pipeline.people import rasterise
-    from mst_pipeline.prior import axis_angle_to_rotmat
+    from mst_pipeline.rasterise import rasterise
     from mst_pipeline.space import upright_orientation
 
     v, faces = _cube()
@@ -459,7 +461,7 @@ def test_mst_space_and_align_aligned_read_the_same_folder(tmp_path, toy, monkeyp
     `mst align --aligned` stores the same folder with the exact padded-identity H, which the
     space's own fits reproduce to within fit noise."""
     import mst_pipeline.align as align_module
-    from mst_pipeline.space import build_space
+    from mst_pipeline.space_fit import build_space
 
     data = tmp_path / "data"
     truth = {stem: t for stem, t in write_dataset(data, toy, default_space(toy), n=3).items() if t[0] == "full"}

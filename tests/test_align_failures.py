@@ -18,8 +18,10 @@ from typer.testing import CliRunner
 
 import mst_pipeline.align as align_module
 import mst_pipeline.shards as shards_module
-from mst_pipeline.align import AlignSettings, Rejected, align_folder, key_collisions, read_image, read_rejects
+from mst_pipeline.align import AlignSettings, align_folder, key_collisions
 from mst_pipeline.cli import app
+from mst_pipeline.images import Rejected, read_image
+from mst_pipeline.rejects import read_rejects
 from mst_pipeline.shards import ShardWriter, WriterBusy, complete_shards, read_shard
 from mst_pipeline.smplify import SmplifyConfig
 from mst_pipeline.space import default_space

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mst_pipeline.align import Rejected, read_image
+from mst_pipeline.images import Rejected, read_image
 from mst_pipeline.shards import ShardError, ShardWriter, complete_shards, encode_sample, read_shard, write_manifest
 from mst_pipeline.validate import check_sample, validate_folder
 from uh_train.shard_reader import decode_sample, shard_pipeline

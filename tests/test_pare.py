@@ -13,6 +13,7 @@ import torch
 from test_align import write_dataset
 from typer.testing import CliRunner
 
+from mst_pipeline.body.rotations import axis_angle_to_rotmat, rot6d_to_rotmat
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
 from mst_pipeline.pare import (
@@ -30,7 +31,6 @@ from mst_pipeline.pare import (
     pare_start,
     part_attention,
 )
-from mst_pipeline.prior import axis_angle_to_rotmat, rot6d_to_rotmat
 from mst_pipeline.shards import complete_shards, read_shard
 from mst_pipeline.smplify import fitting_joints, project
 from mst_pipeline.space import normalised_to_pixels
@@ -94,7 +94,7 @@ def test_state_dict_has_the_released_checkpoint_layout(net):
     backbone = [k for k in sd if k.startswith("backbone.")]
     head = [k for k in sd if k.startswith("head.")]
     assert (len(backbone), len(head), len(sd)) == (1868, 37, 1905)
-    expected = {  # CHECKPOINT-LAYOUTS §5.3 / §5.4
+    expected = {  # the released PARE checkpoint's shapes (docs/mst.md, "PARE start")
         "backbone.conv1.weight": [64, 3, 3, 3], "backbone.layer1.0.downsample.0.weight": [256, 64, 1, 1],
         "backbone.layer1.3.conv3.weight": [256, 64, 1, 1],
         "backbone.transition1.0.0.weight": [32, 256, 3, 3], "backbone.transition1.1.0.0.weight": [64, 256, 3, 3],

@@ -16,12 +16,13 @@ from PIL import Image
 from test_render_hands import toy_model_data
 from typer.testing import CliRunner
 
-from mst_pipeline import people
+from mst_pipeline import people, people_plan, people_truth, rasterise
 from mst_pipeline.body.layout import SMPL_JOINT_NAMES
 from mst_pipeline.body.model import BodyModel
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
 from mst_pipeline.detect.openpose_json import OpenPoseJsonDetector
+from mst_pipeline.poses import load_pose_set
 from mst_pipeline.space import DEFAULT_FEET, DEFAULT_HEAD_TOP, default_space
 from uh_train.format.geometry import apply_homography, bilinear_sample, density, scale_translate
 
@@ -43,9 +44,9 @@ def rendered(body, tmp_path_factory) -> Path:
 
 def person(body, index: int, seed: int = 0):
     space = default_space(body)
-    plan = people.plan_person(index, seed, body.num_betas, space.pitch)
-    geom = people.pose_person(body, plan, space)
-    return plan, geom, people.views(geom, plan, RES)
+    plan = people_plan.plan_person(index, seed, body.num_betas, space.pitch)
+    geom = people_plan.pose_person(body, plan, space)
+    return plan, geom, people_plan.views(geom, plan, RES)
 
 
 def coverage_of(body, plan, geom, view) -> np.ndarray:
@@ -67,7 +68,7 @@ def test_rasteriser_fills_pixel_centres_inside_a_triangle_and_keeps_the_nearest_
 
     points = np.concatenate([square(0, 8, 5.0), square(2, 6, 1.0)])
     faces = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
-    fid, bary = people.rasterise(points, faces, 10, 10)
+    fid, bary = rasterise.rasterise(points, faces, 10, 10)
     assert (fid[:8, :8] >= 0).all() and (fid[8:, :] == -1).all() and (fid[:, 8:] == -1).all()
     assert set(np.unique(fid[2:6, 2:6])) <= {2, 3}  # the near square wins where both cover
     assert set(np.unique(fid[:2, :8])) <= {0, 1}
@@ -95,7 +96,7 @@ def test_every_person_spans_the_mean_bodys_rows_whatever_their_height(body):
     space = default_space(body)
     upright = torch.tensor([[np.pi, 0.0, 0.0]])
     for size in (-3.0, 0.0, 3.0):  # beta 0 scales the capsule body by 3 % per unit
-        cam = people.person_camera(body, [size], space)
+        cam = people_plan.person_camera(body, [size], space)
         with torch.no_grad():
             v = body(betas=torch.tensor([[size]]), global_orient=upright).vertices[0].numpy()
         fb = cam.to_full_body(v)
@@ -145,11 +146,11 @@ def test_partial_view_H_puts_the_body_where_the_full_image_shows_it(body, view_i
 
 
 def test_keypoint_files_are_what_openpose_json_reads_and_agree_through_H(rendered):
-    truth = people.read_truth(rendered / "truth.jsonl")
+    truth = people_truth.read_truth(rendered / "truth.jsonl")
     assert len(truth) == 9
     detect = OpenPoseJsonDetector()
     points = {}
-    for view in people.VIEWS:
+    for view in people_plan.VIEWS:
         path = rendered / view / "person000000.png"
         image = read_rgb(path)
         rec = truth[f"{view}/person000000.png"]
@@ -202,9 +203,9 @@ def test_poses_come_from_the_pose_set_when_given(body, tmp_path):
     np.savez(tmp_path / "poses.npz", pose=poses)
     out = tmp_path / "out"
     people.render_people(out, n=2, res=48, model=body, poses_file=tmp_path / "poses.npz", progress=False)
-    pose_set = people.load_pose_set(tmp_path / "poses.npz")
+    pose_set = load_pose_set(tmp_path / "poses.npz")
     for i in range(2):
-        plan = people.plan_person(i, 0, body.num_betas, 0.0, pose_set)
+        plan = people_plan.plan_person(i, 0, body.num_betas, 0.0, pose_set)
         assert min(np.abs(np.asarray(plan.pose) - p).max() for p in poses) < 1e-12
 
 
@@ -215,7 +216,7 @@ def test_poses_come_from_the_pose_set_when_given(body, tmp_path):
 def test_same_seed_same_bytes_other_seed_other_people(body, rendered, tmp_path):
     people.render_people(tmp_path / "a", n=1, res=RES, model=body, progress=False)
     people.render_people(tmp_path / "b", n=1, res=RES, model=body, seed=7, progress=False)
-    for view in people.VIEWS:
+    for view in people_plan.VIEWS:
         name = f"{view}/person000000.png"
         assert (tmp_path / "a" / name).read_bytes() == (rendered / name).read_bytes()
         assert (tmp_path / "b" / name).read_bytes() != (rendered / name).read_bytes()
@@ -231,20 +232,20 @@ def test_rerun_renders_only_what_is_missing(body, tmp_path):
     again = people.render_people(out, n=3, res=48, model=body, progress=False)
     assert (again.rendered, again.skipped) == (1 + 3, 5)
     assert kept.stat().st_mtime_ns == stamp
-    assert len(people.read_truth(out / "truth.jsonl")) == 9
+    assert len(people_truth.read_truth(out / "truth.jsonl")) == 9
     assert not list(out.rglob("*.tmp"))
 
 
 def test_corner_error_measures_how_far_an_H_puts_the_image(tmp_path):
     H = scale_translate(0.01, 0.01, 0.2, 0.1)
-    assert people.corner_error(H, H, 50, 50) == 0.0
-    assert people.corner_error(scale_translate(0.01, 0.01, 0.23, 0.1), H, 50, 50) == pytest.approx(0.03)
+    assert people_truth.corner_error(H, H, 50, 50) == 0.0
+    assert people_truth.corner_error(scale_translate(0.01, 0.01, 0.23, 0.1), H, 50, 50) == pytest.approx(0.03)
     # 10 % too large: the far corner moves by 0.1 * the image's diagonal extent.
-    assert people.corner_error(scale_translate(0.011, 0.011, 0.2, 0.1), H, 50, 50) == pytest.approx(0.05 * 2**0.5)
+    assert people_truth.corner_error(scale_translate(0.011, 0.011, 0.2, 0.1), H, 50, 50) == pytest.approx(0.05 * 2**0.5)
     truth = {"full/person000000.png": {"H": H, "width": 50, "height": 50}}
     rows = [{"key": "pf/person000000", "source": "pf", "H": scale_translate(0.01, 0.01, 0.2, 0.12).reshape(9)},
             {"key": "other/x", "source": "other", "H": H.reshape(9)}]
-    errors = people.truth_errors(truth, rows, {"pf": "full"})
+    errors = people_truth.truth_errors(truth, rows, {"pf": "full"})
     assert errors == {"pf": [pytest.approx(0.02)]}
 
 
@@ -255,7 +256,7 @@ def test_command_writes_the_folder_and_rejects_bad_input(tmp_path):
     result = runner.invoke(app, ["render-people", str(out), "--n", "1", "--res", "40", "--body-model", str(model)])
     assert result.exit_code == 0, result.output
     assert "rendered 3 images" in result.output
-    for view in people.VIEWS:
+    for view in people_plan.VIEWS:
         assert json.loads((out / view / "person000000_keypoints.json").read_text())["people"]
     result = runner.invoke(app, ["render-people", str(out), "--n", "0", "--body-model", str(model)])
     assert result.exit_code == 1 and "--n must be at least 1" in result.output
@@ -273,12 +274,12 @@ def test_mst_align_on_the_renders_recovers_their_true_H(body, rendered, tmp_path
 
     space = default_space(body)
     settings = AlignSettings(detector="openpose-json", batch_size=8, smplify=SmplifyConfig(iterations=100))
-    for view in people.VIEWS:
+    for view in people_plan.VIEWS:
         summary = align_folder(rendered / view, tmp_path, f"people-{view}", space, body, settings)
         assert summary.written == 3, summary.reasons
     rows = read_manifest(tmp_path).to_pylist()
-    errors = people.truth_errors(people.read_truth(rendered / "truth.jsonl"), rows,
-                                 {f"people-{view}": view for view in people.VIEWS})
+    errors = people_truth.truth_errors(people_truth.read_truth(rendered / "truth.jsonl"), rows,
+                                 {f"people-{view}": view for view in people_plan.VIEWS})
     for source, values in errors.items():
         assert len(values) == 3 and max(values) < 0.05, (source, values)  # shape/camera ambiguity: a few %
 
@@ -293,8 +294,8 @@ def test_full_renders_are_an_aligned_set_and_enter_with_their_true_H(rendered, t
     summary = align_folder(rendered / "full", tmp_path, "people-full", None, None,
                            AlignSettings(detector="openpose-json", aligned=True))
     assert summary.written == 3 and summary.without_keypoints == 0
-    errors = people.truth_errors(people.read_truth(rendered / "truth.jsonl"), read_manifest(tmp_path).to_pylist(),
-                                 {"people-full": "full"})
+    truth = people_truth.read_truth(rendered / "truth.jsonl")
+    errors = people_truth.truth_errors(truth, read_manifest(tmp_path).to_pylist(), {"people-full": "full"})
     assert len(errors["people-full"]) == 3 and max(errors["people-full"]) < 1e-8  # truth.jsonl rounds H
     for key, fields in (kv for shard in complete_shards(tmp_path) for kv in read_shard(shard)):
         assert fields["img.png"] == (rendered / "full" / f"{key.split('/')[1]}.png").read_bytes()

@@ -8,19 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from mst_pipeline.body.rotations import axis_angle_to_rotmat, rot6d_to_rotmat, rotmat_to_axis_angle
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
-from mst_pipeline.prior import (
-    CheckpointError,
-    PosePrior,
-    VertexLoss,
-    axis_angle_to_rotmat,
-    load_prior,
-    rot6d_to_rotmat,
-    rotmat_to_axis_angle,
-    save_prior,
-    train_prior,
-)
+from mst_pipeline.prior import CheckpointError, PosePrior, VertexLoss, load_prior, save_prior, train_prior
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small batches: one thread is faster
 

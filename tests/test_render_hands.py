@@ -23,11 +23,14 @@ import torch
 import trimesh
 from PIL import Image, ImageDraw
 
-from mst_pipeline import hands
+from mst_pipeline import backgrounds, blender, hand_geometry, hands
 from mst_pipeline import space as space_defaults
+from mst_pipeline.body import layout
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, SMPL_JOINT_NAMES, SMPL_PARENTS
 from mst_pipeline.body.model import BodyModel
 from mst_pipeline.body.smpl_file import BodyModelData, write_model_npz
+from mst_pipeline.poses import load_pose_set
+from mst_pipeline.rejects import read_rejects
 from mst_pipeline.shards import complete_shards, read_shard
 from mst_pipeline.validate import validate_folder
 from uh_train.format.geometry import apply_homography
@@ -149,7 +152,7 @@ def samples(folder: Path) -> dict[str, dict[str, bytes]]:
 
 
 def test_default_space_puts_the_mean_body_in_the_shhq_layout(toy_model):
-    space = hands.default_space(toy_model)
+    space = space_defaults.default_space(toy_model)
     out = toy_model(global_orient=torch.tensor([[np.pi, 0.0, 0.0]]))
     fb = space.to_full_body(out.vertices[0].numpy())
     assert fb[:, 1].min() == pytest.approx(space_defaults.DEFAULT_HEAD_TOP, abs=1e-4)
@@ -163,8 +166,8 @@ def test_default_space_puts_the_mean_body_in_the_shhq_layout(toy_model):
 def test_crop_camera_reproduces_the_crop_through_the_design_homography():
     cam_bar = (1.1, 0.02, -0.3)
     x0, y0, side = 0.61, 0.42, 0.13
-    s, tx, ty = hands.crop_camera(cam_bar, x0, y0, side)
-    # DESIGN §3: u_full = (s̄/s) u_part + s̄ (t̄ − t); u in [-1, 1], p = (u + 1) / 2
+    s, tx, ty = space_defaults.crop_camera(cam_bar, x0, y0, side)
+    # paper Eq. 2: u_full = (s̄/s) u_part + s̄ (t̄ − t); u in [-1, 1], p = (u + 1) / 2
     for u_part in (np.array([-1.0, -1.0]), np.array([1.0, 1.0]), np.array([0.3, -0.7])):
         u_full = (cam_bar[0] / s) * u_part + cam_bar[0] * (np.array(cam_bar[1:]) - [tx, ty])
         p = (u_full + 1) / 2
@@ -177,9 +180,9 @@ def test_curl_moves_fingertips_towards_the_palm_and_leaves_the_palm(toy_model):
     hand_w = data.weights[:, 22]
     tips = V[data.extra_vertex_ids[[11, 12, 13, 14, 15]]]
     hand_joint = np.array(J["left_hand"])
-    unchanged = hands.curl_fingers(V, hand_w, hand_joint, tips, "left", [0.0] * 5)
+    unchanged = hand_geometry.curl_fingers(V, hand_w, hand_joint, tips, "left", [0.0] * 5)
     assert np.array_equal(unchanged, V)
-    curled = hands.curl_fingers(V, hand_w, hand_joint, tips, "left", [1.0] * 5)
+    curled = hand_geometry.curl_fingers(V, hand_w, hand_joint, tips, "left", [1.0] * 5)
     moved = np.linalg.norm(curled - V, axis=1)
     assert moved[data.weights[:, 20] == 1].max() == 0  # the palm (wrist joint) stays
     assert moved[data.weights[:, 0] == 1].max() == 0  # the rest of the body too
@@ -189,70 +192,71 @@ def test_curl_moves_fingertips_towards_the_palm_and_leaves_the_palm(toy_model):
     assert np.linalg.norm(curled[middle_tip] - hand_joint) < np.linalg.norm(V[middle_tip] - hand_joint)
     # the right hand (mirrored: fingers along -x) also folds towards its palm
     right_tips = V[data.extra_vertex_ids[[16, 17, 18, 19, 20]]]
-    right = hands.curl_fingers(V, data.weights[:, 23], np.array(J["right_hand"]), right_tips, "right", [1.0] * 5)
+    right = hand_geometry.curl_fingers(V, data.weights[:, 23], np.array(J["right_hand"]), right_tips, "right",
+                                       [1.0] * 5)
     tip = data.extra_vertex_ids[18]
     assert right[tip, 1] < V[tip, 1] - 0.03 and right[tip, 0] > V[tip, 0]
     # only the curled finger moves
-    one = hands.curl_fingers(V, hand_w, hand_joint, tips, "left", [0, 0, 1, 0, 0])
+    one = hand_geometry.curl_fingers(V, hand_w, hand_joint, tips, "left", [0, 0, 1, 0, 0])
     assert np.linalg.norm(one[data.extra_vertex_ids[13]] - V[data.extra_vertex_ids[13]]) > 0.03
     for other in (11, 12, 14, 15):
         assert np.array_equal(one[data.extra_vertex_ids[other]], V[data.extra_vertex_ids[other]])
 
 
 def test_plan_is_deterministic_per_seed_and_index():
-    a = hands.plan_hand(3, 7, 10, 0.0)
-    b = hands.plan_hand(3, 7, 10, 0.0)
-    c = hands.plan_hand(4, 7, 10, 0.0)
-    d = hands.plan_hand(3, 8, 10, 0.0)
+    a = hand_geometry.plan_hand(3, 7, 10, 0.0)
+    b = hand_geometry.plan_hand(3, 7, 10, 0.0)
+    c = hand_geometry.plan_hand(4, 7, 10, 0.0)
+    d = hand_geometry.plan_hand(3, 8, 10, 0.0)
     assert a == b
     assert a.pose != c.pose and a.pose != d.pose
 
 
 def test_posed_hand_lies_at_the_wrist_and_the_crop_contains_it(toy_model):
-    space = hands.default_space(toy_model)
+    space = space_defaults.default_space(toy_model)
     for index in range(6):
-        plan = hands.plan_hand(index, 0, toy_model.num_betas, space.pitch)
-        geom = hands.pose_hand(toy_model, plan, space)
+        plan = hand_geometry.plan_hand(index, 0, toy_model.num_betas, space.pitch)
+        geom = hand_geometry.pose_hand(toy_model, plan, space)
         # the cut-out is the forearm + hand only: every vertex within forearm + hand length of the wrist
         assert np.linalg.norm(geom.vertices[:, :2] - geom.wrist, axis=1).max() < 0.2
         # the wrist agrees with the full body's BODY_25 wrist (slot 7 = LWrist, 4 = RWrist)
         slot = 7 if plan.side == "left" else 4
         assert geom.body25[slot] == pytest.approx(geom.wrist, abs=1e-6)
-        x0, y0, side = hands.hand_crop(geom, plan)
+        x0, y0, side = hand_geometry.hand_crop(geom, plan)
         inside = ((geom.hand_points >= [x0, y0]) & (geom.hand_points <= [x0 + side, y0 + side])).all(axis=1)
         assert inside.mean() > 0.9
 
 
 def test_space_file_and_pose_set_are_used(toy_model, tmp_path):
     (tmp_path / "space.json").write_text(json.dumps({"cam_bar": [1.2, 0.01, 0.3], "pitch": 0.1}))
-    space = hands.load_space(tmp_path / "space.json", toy_model)
+    space = space_defaults.load_space(tmp_path / "space.json", toy_model)
     assert space.cam_bar == (1.2, 0.01, 0.3) and space.pitch == 0.1
     rng = np.random.default_rng(0)
     pose_set = rng.normal(0, 0.2, (3, 72))
     np.savez(tmp_path / "poses.npz", global_orient=pose_set[:, :3], body_pose=pose_set[:, 3:],
              betas=rng.normal(size=(3, 10)))
-    poses = hands.load_pose_set(tmp_path / "poses.npz")
-    plan = hands.plan_hand(0, 0, 10, space.pitch, poses)
+    poses = load_pose_set(tmp_path / "poses.npz")
+    plan = hand_geometry.plan_hand(0, 0, 10, space.pitch, poses)
     k = int(np.argmin(np.abs(pose_set[:, :3] - np.asarray(plan.pose)[:3]).sum(axis=1)))
-    wrist = hands.ARM_JOINTS[plan.side]["wrist"]
+    wrist = layout.ARM_JOINTS[plan.side]["wrist"]
     others = np.ones(72, bool)
     others[3 * wrist: 3 * wrist + 3] = False
     assert np.allclose(np.asarray(plan.pose)[others], pose_set[k][others])  # only the wrist is varied
     assert np.allclose(plan.betas, poses["betas"][k])
     np.savez(tmp_path / "bad.npz", pose=np.zeros((2, 69)))
     with pytest.raises(ValueError, match="72"):
-        hands.load_pose_set(tmp_path / "bad.npz")
+        load_pose_set(tmp_path / "bad.npz")
     with pytest.raises(ValueError, match="does not exist"):
-        hands.load_pose_set(tmp_path / "missing.npz")
+        load_pose_set(tmp_path / "missing.npz")
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(ValueError, match="not a readable .npz"):
-        hands.load_pose_set(tmp_path / "corrupt.npz")
+        load_pose_set(tmp_path / "corrupt.npz")
 
 
 def test_fabric_backgrounds_are_deterministic_and_varied():
-    a = hands.fabric_background(64, np.random.default_rng(1))
-    b = hands.fabric_background(64, np.random.default_rng(1))
-    c = hands.fabric_background(64, np.random.default_rng(2))
+    a = backgrounds.fabric_background(64, np.random.default_rng(1))
+    b = backgrounds.fabric_background(64, np.random.default_rng(1))
+    c = backgrounds.fabric_background(64, np.random.default_rng(2))
     assert a.shape == (64, 64, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert a.std() > 2  # texture, not a flat colour
@@ -264,7 +268,7 @@ def test_composite_uses_the_alpha_as_mask():
     rgba[1:3, 1:3, 3] = 255
     rgba[0, 0, 3] = 128
     bg = np.full((4, 4, 3), 10, np.uint8)
-    img, mask = hands.composite(rgba, bg)
+    img, mask = backgrounds.composite(rgba, bg)
     assert np.array_equal(mask, rgba[..., 3])
     assert img[1, 1].tolist() == [200, 0, 0] and img[3, 3].tolist() == [10, 10, 10]
     assert img[0, 0, 0] == round(200 * 128 / 255 + 10 * 127 / 255)
@@ -297,15 +301,15 @@ def test_render_writes_valid_shards_with_visible_hands(rendered):
 
 def test_hand_centroid_maps_through_H_next_to_the_posed_wrist(rendered, toy_model):
     out, _ = rendered
-    space = hands.default_space(toy_model)
+    space = space_defaults.default_space(toy_model)
     for key, fields in samples(out).items():
         _, mask, meta = decode(fields)
         H = np.asarray(meta["H"])
         ys, xs = np.nonzero(mask > 127)
         centroid = apply_homography(H, np.array([[xs.mean() + 0.5, ys.mean() + 0.5]]))[0]
         index = int(key.split("hand")[-1])
-        plan = hands.plan_hand(index, 0, toy_model.num_betas, space.pitch)
-        geom = hands.pose_hand(toy_model, plan, space)
+        plan = hand_geometry.plan_hand(index, 0, toy_model.num_betas, space.pitch)
+        geom = hand_geometry.pose_hand(toy_model, plan, space)
         side = meta["render"]["side"]
         wrist = np.asarray(meta["keypoints"]["lhand" if side == "left" else "rhand"])[0, :2]
         assert wrist == pytest.approx(geom.wrist, abs=1e-9)
@@ -345,7 +349,7 @@ def test_a_crashing_render_goes_to_rejects_and_the_run_goes_on(toy_model, tmp_pa
     wrapper = tmp_path / "wrapper.py"
     wrapper.write_text(textwrap.dedent(f"""
         import json, os, subprocess, sys
-        real = subprocess.Popen([sys.executable, {str(hands.SCRIPT)!r}, "--serve"],
+        real = subprocess.Popen([sys.executable, {str(blender.SCRIPT)!r}, "--serve"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         for line in sys.stdin:
             if json.loads(line)["mesh"].endswith("hand000001.npz"):
@@ -360,7 +364,7 @@ def test_a_crashing_render_goes_to_rejects_and_the_run_goes_on(toy_model, tmp_pa
     summary = hands.render_hands(out, n=3, seed=0, settings=SETTINGS, model=toy_model, progress=False,
                                  worker_command=[sys.executable, str(wrapper)])
     assert summary.rendered == 2 and summary.rejected == 1
-    rejects = hands.read_rejects(out)
+    rejects = read_rejects(out)
     assert [r["key"] for r in rejects] == ["hands/hand000001"]
     assert "exited with code 139" in rejects[0]["error"]
     assert sorted(samples(out)) == ["hands/hand000000", "hands/hand000002"]
@@ -372,15 +376,15 @@ def test_an_unreadable_texture_rejects_only_the_hands_that_use_it(toy_model, tmp
     textures.mkdir()
     Image.fromarray(np.full((16, 16, 3), (200, 150, 120), np.uint8)).save(textures / "good.png")
     (textures / "broken.png").write_bytes(b"not a png")
-    files = hands.list_images(textures)
-    plans = [hands.plan_hand(i, 0, toy_model.num_betas, 0.0, textures=files) for i in range(4)]
+    files = backgrounds.list_photos(textures)
+    plans = [hand_geometry.plan_hand(i, 0, toy_model.num_betas, 0.0, textures=files) for i in range(4)]
     broken = {f"hands/hand{p.index:06d}" for p in plans if p.texture.endswith("broken.png")}
     assert 0 < len(broken) < 4  # this seed picks both files
     out = tmp_path / "out"
     summary = hands.render_hands(out, n=4, seed=0, settings=SETTINGS, model=toy_model, progress=False,
                                  textures=textures)
-    assert {r["key"] for r in hands.read_rejects(out)} == broken
-    assert all("cannot read image" in r["error"] for r in hands.read_rejects(out))
+    assert {r["key"] for r in read_rejects(out)} == broken
+    assert all("cannot read image" in r["error"] for r in read_rejects(out))
     assert set(samples(out)) == {f"hands/hand{i:06d}" for i in range(4)} - broken
     assert summary.rendered == 4 - len(broken)
 
@@ -392,7 +396,7 @@ def test_resume_after_an_interrupted_run(toy_model_file, tmp_path):
     hanging.write_text(f"#!{sys.executable}\n" + textwrap.dedent(f"""
         import json, subprocess, sys, time
         assert sys.argv[1:3] == ["-b", "--factory-startup"] and sys.argv[-2:] == ["--", "--serve"]
-        real = subprocess.Popen([sys.executable, {str(hands.SCRIPT)!r}, "--serve"],
+        real = subprocess.Popen([sys.executable, {str(blender.SCRIPT)!r}, "--serve"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         for line in sys.stdin:
             if json.loads(line)["mesh"].endswith("hand000002.npz"):
@@ -429,7 +433,7 @@ def test_open_default_model_hands_land_at_the_wrist(tmp_path, open_model):
     """The same checks on the project's open default body model, its fingers posed from a hand
     pose set (half-curled fingers)."""
     model = open_model
-    space = hands.default_space(model)
+    space = space_defaults.default_space(model)
     out = tmp_path / "open"
     poses = tmp_path / "hand_poses.npz"
     angles = np.zeros((1, 15, 3), np.float32)
@@ -437,7 +441,7 @@ def test_open_default_model_hands_land_at_the_wrist(tmp_path, open_model):
     np.savez(poses, format=np.array("unitedhuman-hand-poses/1"), angles=angles)
     summary = hands.render_hands(out, n=2, seed=0, settings=SETTINGS, model=model, hand_poses_file=poses,
                                  progress=False)
-    assert summary.rendered == 2, hands.read_rejects(out)
+    assert summary.rendered == 2, read_rejects(out)
     assert validate_folder(out).ok
     for key, fields in samples(out).items():
         _, mask, meta = decode(fields)
@@ -447,7 +451,8 @@ def test_open_default_model_hands_land_at_the_wrist(tmp_path, open_model):
         assert 0.02 < (mask > 127).mean() < 0.9
         ys, xs = np.nonzero(mask > 127)
         centroid = apply_homography(np.asarray(meta["H"]), np.array([[xs.mean() + 0.5, ys.mean() + 0.5]]))[0]
-        geom = hands.pose_hand(model, hands.plan_hand(int(key[-6:]), 0, model.num_betas, space.pitch), space)
+        plan = hand_geometry.plan_hand(int(key[-6:]), 0, model.num_betas, space.pitch)
+        geom = hand_geometry.pose_hand(model, plan, space)
         assert np.linalg.norm(centroid - geom.wrist) < 0.06, key
 
 
@@ -461,7 +466,7 @@ def test_composite_over_a_real_patch_puts_the_whole_patch_in_the_mask():
     bg = np.full((4, 4, 3), 10, np.uint8)
     real = np.full((4, 4), 255, np.uint8)
     real[3, 3] = 0  # e.g. a shard sample's padding: not real, no hand over it
-    img, mask = hands.composite(rgba, bg, real)
+    img, mask = backgrounds.composite(rgba, bg, real)
     background = rgba[..., 3] == 0
     assert np.all(img[background] == 10)
     assert np.all(mask[background & (real == 255)] == 255)  # the background's pixels are real data
@@ -488,7 +493,7 @@ def upper_shard(folder: Path, w: int = 256, h: int = 200, dens: float = 800.0) -
 
 
 def test_shard_backgrounds_are_cut_at_the_hands_scale_and_keep_the_sample_mask(tmp_path):
-    bgs = hands.find_backgrounds(upper_shard(tmp_path / "df"))
+    bgs = backgrounds.find_backgrounds(upper_shard(tmp_path / "df"))
     assert len(bgs.items) == 1
     rgb, real = bgs.patch(bgs.items[0], side=0.1, res=64, rng=np.random.default_rng(0))
     assert rgb.shape == (64, 64, 3) and real.shape == (64, 64)
@@ -502,7 +507,7 @@ def test_shard_backgrounds_are_cut_at_the_hands_scale_and_keep_the_sample_mask(t
 
         with ShardWriter(tmp_path / "full", "src", max_count=10) as writer:
             writer.write(valid_sample())
-        hands.find_backgrounds(tmp_path / "full")
+        backgrounds.find_backgrounds(tmp_path / "full")
 
 
 def test_render_onto_photos_masks_the_whole_composite(toy_model, tmp_path):
@@ -512,7 +517,7 @@ def test_render_onto_photos_masks_the_whole_composite(toy_model, tmp_path):
     out = tmp_path / "out"
     summary = hands.render_hands(out, n=2, seed=0, settings=SETTINGS, model=toy_model, backgrounds=photos,
                                  progress=False)
-    assert summary.rendered == 2, hands.read_rejects(out)
+    assert summary.rendered == 2, read_rejects(out)
     assert validate_folder(out).ok
     for key, fields in samples(out).items():
         img, mask, meta = decode(fields)
@@ -571,13 +576,13 @@ def test_fit_hands_poses_the_rendered_fingers(open_model, tmp_path):
     assert angles.shape == (1, 15, 3)
     assert angles[0, 3:15, 0].mean() > 0.5  # curled fingers were fitted as flexed
     # render-hands' geometry: the plan carries the fitted angles; all 21 keypoints are posed
-    space = hands.default_space(open_model)
-    plan = hands.plan_hand(0, 0, open_model.num_betas, space.pitch, hand_poses=angles)
+    space = space_defaults.default_space(open_model)
+    plan = hand_geometry.plan_hand(0, 0, open_model.num_betas, space.pitch, hand_poses=angles)
     assert plan.fingers is not None and plan.finger_source == 0
-    geom = hands.pose_hand(open_model, plan, space, rigs)
+    geom = hand_geometry.pose_hand(open_model, plan, space, rigs)
     assert geom.hand_slots == tuple(range(21)) and geom.hand_keypoints.shape == (21, 2)
-    straight_plan = hands.HandPlan(**{**plan.__dict__, "fingers": [0.0] * 45})
-    straight = hands.pose_hand(open_model, straight_plan, space, rigs)
+    straight_plan = hand_geometry.HandPlan(**{**plan.__dict__, "fingers": [0.0] * 45})
+    straight = hand_geometry.pose_hand(open_model, straight_plan, space, rigs)
     hand_len = np.linalg.norm(straight.hand_keypoints[12] - straight.hand_keypoints[0])
     # curled fingertips end nearer the wrist than straight ones
     tip_dist = np.linalg.norm(geom.hand_keypoints[[8, 12, 16, 20]] - geom.hand_keypoints[0], axis=1)

@@ -13,12 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, SMPL_PARENTS
+from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, HAND_SLOTS, NUM_TARGETS, SMPL_PARENTS
 from mst_pipeline.body.model import BodyModel
 from mst_pipeline.body.smpl_file import BodyModelData
 from mst_pipeline.smplify import (
-    HAND_SLOTS,
-    NUM_TARGETS,
     SmplifyConfig,
     facing_from_keypoints,
     fitting_joints,

@@ -15,11 +15,11 @@ import pytest
 import torch
 from test_smplify import fitting_joints, random_pose
 
-from mst_pipeline.hands import crop_camera
-from mst_pipeline.smplify import NUM_TARGETS, SmplifyConfig, project, smplify_p
+from mst_pipeline.body.layout import NUM_TARGETS
+from mst_pipeline.smplify import SmplifyConfig, project, smplify_p
 from mst_pipeline.space import (
     FullBodySpace,
-    camera_of_homography,
+    crop_camera,
     default_space,
     homography,
     load_space,
@@ -46,11 +46,27 @@ def test_half_the_scale_means_twice_the_coverage():
     assert dens == pytest.approx(1024.0)
 
 
-def test_camera_of_homography_inverts_homography():
+def test_crop_camera_inverts_homography_of_a_non_square_image():
     cam_bar = np.array([1.2, -0.05, 0.1])
     cam = np.array([3.7, 0.21, 0.44])
     H = homography(cam, cam_bar, 300, 500)
-    np.testing.assert_allclose(camera_of_homography(H, cam_bar, 300, 500), cam, rtol=1e-12)
+    # The image's normalised square (side 500, centred on the 300 px wide image) in full-body space.
+    x0, y0 = apply_homography(H, np.array([[-100.0, 0.0]]))[0]
+    side = apply_homography(H, np.array([[400.0, 500.0]]))[0, 0] - x0
+    np.testing.assert_allclose(crop_camera(cam_bar, x0, y0, side), cam, rtol=1e-12)
+
+
+def test_load_space_reads_json_npz_or_gives_the_default(tmp_path, toy):
+    """One reader for every way a step names its space: `mst space`'s JSON, an .npz with cam_bar and
+    pitch, or none (the model's built-in space)."""
+    FullBodySpace(cam_bar=(1.5, 0.01, -0.2), pitch=0.04, source="x").save(tmp_path / "space.json")
+    assert load_space(tmp_path / "space.json").cam_bar == (1.5, 0.01, -0.2)
+    np.savez(tmp_path / "cam.npz", cam_bar=np.array([1.25, 0.0, -0.3]), pitch=np.array(0.07))
+    from_npz = load_space(tmp_path / "cam.npz")
+    assert from_npz.cam_bar == (1.25, 0.0, -0.3) and from_npz.pitch == pytest.approx(0.07)
+    assert load_space(None, toy).cam_bar == default_space(toy).cam_bar
+    with pytest.raises(ValueError, match="body model"):
+        load_space(None)
 
 
 def test_crop_camera_of_render_hands_agrees_with_homography():
@@ -174,7 +190,7 @@ def test_wrong_camera_would_fail_the_corner_check(toy):
     space = default_space(toy)
     W, Hh = 512, 1024
     H_true = full_image_homography(W, Hh)
-    cam = camera_of_homography(H_true, np.asarray(space.cam_bar), W, Hh)
+    cam = np.array(crop_camera(space.cam_bar, 0.0, 0.0, 1.0))  # the padded portrait is all of full-body space
     H_off = space.homography(cam * np.array([1.05, 1, 1]), W, Hh)
     err = np.linalg.norm(image_region(H_off, W, Hh) - image_region(H_true, W, Hh), axis=1).max()
     assert err > 0.02
@@ -187,8 +203,8 @@ def test_wrong_camera_would_fail_the_corner_check(toy):
 def test_pitch_sign_convention_is_shared_by_the_renders_and_eq1(open_model):
     """A body turned by the renders' pitch o has `pitch_of_rotation` o, and Eq. 1's pitch term is
     zero there when ô = o (one convention for `mst render-people`, `mst space` and SMPLify-P)."""
-    from mst_pipeline.people import plan_person
-    from mst_pipeline.prior import axis_angle_to_rotmat_np
+    from mst_pipeline.body.rotations import axis_angle_to_rotmat_np
+    from mst_pipeline.people_plan import plan_person
     from mst_pipeline.smplify import pitch_regulariser
     from mst_pipeline.space import pitch_of_rotation
 
@@ -208,9 +224,10 @@ def test_feet_pitch_measures_each_standing_persons_pitch(open_model):
     """The feet of rendered standing people (exact keypoints, varied shapes and legs) give each
     person's global pitch within 2° and the set's mean within 0.75° (the mean shape stands in for
     each person's: their feet differ a little)."""
-    from mst_pipeline.people import plan_person, pose_person
-    from mst_pipeline.prior import axis_angle_to_rotmat_np
-    from mst_pipeline.space import feet_pitch, pitch_of_rotation
+    from mst_pipeline.body.rotations import axis_angle_to_rotmat_np
+    from mst_pipeline.people_plan import plan_person, pose_person
+    from mst_pipeline.space import pitch_of_rotation
+    from mst_pipeline.space_fit import feet_pitch
 
     space = default_space(open_model)
     targets, truth = [], []
@@ -262,7 +279,7 @@ def test_mst_space_recovers_the_camera_pitch_of_rendered_people(tmp_path, open_m
 
 
 def pitch_of_fits(poses: np.ndarray) -> np.ndarray:
-    from mst_pipeline.prior import axis_angle_to_rotmat_np
+    from mst_pipeline.body.rotations import axis_angle_to_rotmat_np
     from mst_pipeline.space import pitch_of_rotation
 
     return pitch_of_rotation(axis_angle_to_rotmat_np(poses[:, :3]))
@@ -276,7 +293,7 @@ def test_mst_space_with_pare_takes_the_mean_pitch_from_pares_global_orientation(
     from test_smplify import random_pose
 
     from mst_pipeline.pare import Pare
-    from mst_pipeline.space import build_space
+    from mst_pipeline.space_fit import build_space
 
     pose = random_pose(np.random.default_rng(5), 1, spread=0.12)[0]  # write_dataset's person
     pose[66:] = 0

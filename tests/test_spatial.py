@@ -1,4 +1,4 @@
-"""Full-body space geometry (DESIGN §3)."""
+"""Full-body space geometry (docs/mst.md, "Geometry")."""
 
 import numpy as np
 

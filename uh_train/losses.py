@@ -1,9 +1,10 @@
-"""Losses of the two training stages (paper §3.2, Eq. 6-10; DESIGN §7). Pure functions of tensors.
+"""Loss terms of the two training stages (paper §3.2, Eq. 6-10; docs/training.md, "Losses"). Pure functions.
 
 The U-Net discriminator returns (global logits [N, 1], pixel logits [N, 1, r, r]); both heads get
 the non-saturating loss. Real partial patches are completed by CutMix with the fake patch of the
 same T(v, s) through their coverage mask M (Eq. 6), and the decoder's per-pixel output on the mix
-must equal the mix of its outputs (consistency, Eq. 9).
+must equal the mix of its outputs (consistency, Eq. 9). The stage-1 loss (Eq. 7) and the total G and D
+losses (Eq. 10) are sums of these terms, formed in the training loop (`uh_train.train.train`).
 """
 
 from __future__ import annotations

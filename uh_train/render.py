@@ -2,7 +2,7 @@
 
 A square region of full-body space (centre v, side 1/scale) is rendered at `size` = K * r pixels as
 K x K tiles of r pixels, each the patch T(v_tile, s = K * scale) (paper §3.2: 64 patches for a
-2048 px image at r = 256). Two modes, which agree (DESIGN §7):
+2048 px image at r = 256). Two modes, which agree (docs/networks.md, "Rendering at any size"):
 
 * `stitched`: one generator pass per tile (the paper's method).
 * `single`: the whole region in one pass on a K-times larger grid (`G.synthesis(..., canvas=K)`),

@@ -450,7 +450,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             step_skipped += b["skipped"]
         skipped += step_skipped
 
-        # --- G step: fool both heads; match the teacher on the same region (Eq. 8)
+        # --- G step, L_G of Eq. 10: fool both heads (stage 1: that alone, Eq. 7); match the teacher on the
+        # same region (Eq. 8, weighted λ_p)
         opt_G.zero_grad(set_to_none=True)
         G.requires_grad_(True)
         D.requires_grad_(False)
@@ -474,7 +475,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             (loss / rounds).backward()
         average_gradients(G, d)
 
-        # --- D step: both heads, CutMix of real partial patches with fakes (Eq. 6), consistency (Eq. 9), R1
+        # --- D step, L_D of Eq. 10 (stage 1: Eq. 7): both heads, CutMix of real partial patches with fakes
+        # (Eq. 6), consistency (Eq. 9, weighted λ_cr), R1
         G.requires_grad_(False)
         D.requires_grad_(True)
         opt_D.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mst_pipeline.body.layout import BODY25_NAMES
+from mst_pipeline.body.layout import BODY25_NAMES, HAND_SLOTS, NUM_TARGETS
 
 
 class KeypointLayoutError(ValueError):
@@ -44,8 +44,6 @@ class PersonKeypoints:
 
     def targets(self) -> np.ndarray:
         """The fitting targets [37, 3]: BODY_25, then wrist + fingertips of each hand."""
-        from mst_pipeline.smplify import HAND_SLOTS, NUM_TARGETS  # smplify needs torch; keep this module numpy-only
-
         out = np.concatenate([self.body, self.lhand[list(HAND_SLOTS)], self.rhand[list(HAND_SLOTS)]])
         assert out.shape == (NUM_TARGETS, 3)
         return out

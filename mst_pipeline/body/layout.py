@@ -55,3 +55,19 @@ SMPL_TO_BODY25: tuple[int, ...] = tuple(
         "LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel",
     )
 )  # fmt: skip
+
+# OpenPose hand keypoints that are model joints: 0 = wrist, 4/8/12/16/20 = fingertips thumb..pinky.
+HAND_SLOTS: tuple[int, ...] = (0, 4, 8, 12, 16, 20)
+# SMPLify-P's fitting targets (J' of paper Eq. 1): BODY_25, then HAND_SLOTS of the left and the right hand.
+NUM_TARGETS = len(BODY25_NAMES) + 2 * len(HAND_SLOTS)
+
+# SMPL joint indices of each arm.
+ARM_JOINTS: dict[str, dict[str, int]] = {
+    side: {part: SMPL_JOINT_NAMES.index(f"{side}_{part}") for part in ("shoulder", "elbow", "wrist", "hand")}
+    for side in ("left", "right")
+}
+# Fingertip joints among the 45 model joints, thumb..pinky, per side.
+FINGERTIPS: dict[str, tuple[int, ...]] = {
+    side: tuple(_joint(f"{side[0]}{finger}") for finger in ("thumb", "index", "middle", "ring", "pinky"))
+    for side in ("left", "right")
+}

@@ -11,22 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mst_pipeline.body.rotations import axis_angle_to_rotmat
 
-def batch_rodrigues(axis_angle: Tensor, eps: float = 1e-8) -> Tensor:
-    """Rotation matrices from axis-angle vectors (Rodrigues' formula).
-
-    axis_angle: [N, 3] (direction = axis, norm = angle in radians) -> [N, 3, 3].
-    The zero vector maps to the identity; gradients stay finite there.
-    """
-    angle = torch.sqrt((axis_angle * axis_angle).sum(-1, keepdim=True) + eps)  # [N, 1]
-    axis = axis_angle / angle
-    cos = torch.cos(angle)[..., None]  # [N, 1, 1]
-    sin = torch.sin(angle)[..., None]
-    x, y, z = axis.unbind(-1)
-    zero = torch.zeros_like(x)
-    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).view(-1, 3, 3)
-    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device)[None]
-    return eye + sin * skew + (1.0 - cos) * (skew @ skew)
+RODRIGUES_EPS = 1e-8  # SMPL's (and smplx's) epsilon under the angle's square root
 
 
 def blend_shapes(betas: Tensor, shapedirs: Tensor) -> Tensor:
@@ -96,7 +83,7 @@ def lbs(
     J = pose.shape[1]
     v_shaped = v_template[None] + blend_shapes(betas, shapedirs)
     rest_joints = vertices2joints(J_regressor, v_shaped)
-    rot_mats = batch_rodrigues(pose.reshape(-1, 3)).view(B, J, 3, 3)
+    rot_mats = axis_angle_to_rotmat(pose.reshape(-1, 3), RODRIGUES_EPS).view(B, J, 3, 3)
     eye = torch.eye(3, dtype=pose.dtype, device=pose.device)
     pose_feature = (rot_mats[:, 1:] - eye).reshape(B, -1)  # [B, P]
     v_posed = v_shaped + (pose_feature @ posedirs).view(B, -1, 3)

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, NUM_SMPL_JOINTS, SMPL_JOINT_NAMES, SMPL_PARENTS
+from mst_pipeline.body.rotations import axis_angle_to_rotmat_np
 from mst_pipeline.body.smpl_file import BodyModelData, BodyModelError, read_model_file, write_model_npz
-from mst_pipeline.prior import axis_angle_to_rotmat_np
 
 OPEN_MODEL_VERSION = 1
 NUM_BETAS = 10

@@ -13,26 +13,12 @@ Backends:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-
-from mst_pipeline.body.keypoints import PersonKeypoints  # re-exported: backends and callers import it from here
+from mst_pipeline.body.keypoints import PersonKeypoints  # re-exported for callers
+from mst_pipeline.detect.base import BackendUnavailable, DetectionError, Detector  # re-exported for callers
 
 BACKENDS = ("mediapipe", "openpose-json", "mmpose")
-
-
-class DetectionError(ValueError):
-    """No usable keypoints for an image (no person, malformed file); the image is rejected."""
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend whose package or model is not installed; the message says how to get it."""
-
-
-class Detector(Protocol):
-    def __call__(self, image: np.ndarray, path: Path) -> PersonKeypoints:
-        """image: RGB uint8 [h, w, 3]; path: the image file (backends reading side files use it)."""
+__all__ = ["BACKENDS", "BackendUnavailable", "DetectionError", "Detector", "PersonKeypoints", "make_detector"]
 
 
 def make_detector(name: str, keypoints_dir: str | Path | None = None, root: str | Path | None = None) -> Detector:

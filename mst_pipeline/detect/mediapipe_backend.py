@@ -22,11 +22,12 @@ import numpy as np
 
 from mst_pipeline.body.keypoints import (
     KeypointLayoutError,
+    PersonKeypoints,
     from_mediapipe_face468,
     from_mediapipe_hand21,
     from_mediapipe_pose33,
 )
-from mst_pipeline.detect import BackendUnavailable, DetectionError, PersonKeypoints
+from mst_pipeline.detect.base import BackendUnavailable, DetectionError
 
 _POSE_HEAD = slice(0, 11)  # mediapipe pose landmarks on the head: nose, eyes, ears, mouth
 _HEAD_SEEN = 0.5  # pose visibility above which the head is taken to be in the image

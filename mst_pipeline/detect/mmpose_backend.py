@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mst_pipeline.body.keypoints import KeypointLayoutError, from_coco17, from_coco_wholebody133
-from mst_pipeline.detect import BackendUnavailable, DetectionError, PersonKeypoints
+from mst_pipeline.body.keypoints import KeypointLayoutError, PersonKeypoints, from_coco17, from_coco_wholebody133
+from mst_pipeline.detect.base import BackendUnavailable, DetectionError
 
 _CONVERTERS = {133: from_coco_wholebody133, 17: from_coco17}
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mst_pipeline.detect import DetectionError, PersonKeypoints
+from mst_pipeline.body.keypoints import PersonKeypoints
+from mst_pipeline.detect.base import DetectionError
 
 _ARRAYS = {"pose_keypoints_2d": 25, "hand_left_keypoints_2d": 21, "hand_right_keypoints_2d": 21,
            "face_keypoints_2d": 70}

@@ -11,7 +11,7 @@ Public API (all tensors float32; images are in about [-1, 1]):
 
 `transform` is the paper's T(v,s) (Eq. 4, `uh_train.format.geometry.patch_transform`): it maps patch
 coordinates (unit side, centred at 0) to full-body space (centred at 0); None means identity, the
-whole image. The Fourier input evaluates its features at T(x) -- frequencies by the 2x2 part, phases
+whole image. The Fourier input evaluates its features at T(x) (Eq. 5) -- frequencies by the 2x2 part, phases
 by the translation -- and damps frequencies the input grid cannot represent. The scale conditioning
 input is derived from the transform: s = 1 / T[0, 0] (pixel density relative to the r-pixel full
 image).
@@ -179,7 +179,7 @@ class MappingNetwork(nn.Module):
 
 
 class SynthesisInput(nn.Module):
-    """Fourier features sin(2pi (f . T(x) + phi)) on the layer-0 grid (Eq. 4), then a learned
+    """The transformed Fourier input of Eq. 5: sin(2pi (f . T(x) + phi)) on the layer-0 grid, then a learned
     channel mix. ws[0] adds a learned rotation and translation after T."""
 
     def __init__(self, w_dim: int, channels: int, size: int, sampling_rate: float, bandwidth: float, margin: int):
@@ -342,6 +342,7 @@ class Generator(nn.Module):
         truncation_cutoff: int | None = None,
         update_emas: bool = False,
     ) -> torch.Tensor:
+        # G(z, T) of Eq. 3: the patch T(v, s) of the person drawn from z
         ws = self.mapping(z, truncation_psi, truncation_cutoff, update_emas=update_emas)
         return self.synthesis(ws, transform, update_emas=update_emas)
 

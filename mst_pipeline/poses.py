@@ -1,0 +1,74 @@
+"""Body poses for the renders: a fitted pose set from a file, or the built-in standing prior.
+
+`mst render-hands` and `mst render-people` draw each sample's pose from a pose set (`load_pose_set`,
+e.g. the poses `mst space` fitted) or from `prior_pose`: standing, facing the camera at the mean
+pitch, with varied arms.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mst_pipeline.body.layout import ARM_JOINTS
+
+
+def load_pose_set(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Fitted poses (e.g. from `mst space`): .npz with `pose` [N, 72] (or `global_orient` [N, 3]
+    and `body_pose` [N, 69]) and optionally `betas` [N, K]."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"pose set {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - zip/npy errors of a corrupt file: one clear message
+        raise ValueError(f"pose set {path} is not a readable .npz ({type(e).__name__}: {e})") from None
+    if "pose" not in data:
+        if "global_orient" in data and "body_pose" in data:
+            data["pose"] = np.concatenate([data["global_orient"], data["body_pose"]], axis=1)
+        else:
+            raise ValueError(f"{path} has neither 'pose' [N, 72] nor 'global_orient' + 'body_pose'")
+    pose = np.asarray(data["pose"], dtype=np.float64).reshape(len(data["pose"]), -1)
+    if pose.shape[1] != 72 or len(pose) == 0:
+        raise ValueError(f"{path}: pose has shape {list(pose.shape)}, expected [N>0, 72]")
+    out = {"pose": pose}
+    if "betas" in data:
+        out["betas"] = np.asarray(data["betas"], dtype=np.float64).reshape(len(pose), -1)
+    return out
+
+
+def _axis_angle(R: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_matrix(R).as_rotvec()
+
+
+def _rot(axis: str, angle: float) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_euler(axis, angle).as_matrix()
+
+
+def prior_pose(rng: np.random.Generator, pitch: float) -> np.ndarray:
+    """A standing pose with varied arms (the built-in pose prior), [72] axis-angle.
+
+    Global orientation: turned 180° about x to face the camera (y down), at the mean pitch with a
+    little noise and yaw. Shoulders lower the arms from the T-pose by 45-85°, elbows flex 0-90°
+    forward, wrists and forearms twist; spine and neck get small noise.
+    """
+    pose = np.zeros((24, 3))
+    R = _rot("x", np.pi - pitch + rng.normal(0, 0.03)) @ _rot("y", rng.normal(0, 0.2))  # space.pitch_of_rotation
+    pose[0] = _axis_angle(R)
+    for j in (3, 6, 9, 12, 15):
+        pose[j] = rng.normal(0, 0.05, 3)
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        j = ARM_JOINTS[side]
+        down = rng.uniform(0.8, 1.45)  # full-body photos mostly show arms hanging or slightly raised
+        forward = rng.uniform(-0.2, 0.5)
+        pose[j["shoulder"]] = _axis_angle(_rot("z", -sign * down) @ _rot("y", -sign * forward))
+        pose[j["elbow"]] = _axis_angle(_rot("y", -sign * rng.uniform(0.0, 1.6)) @ _rot("x", rng.normal(0, 0.4)))
+        pose[j["wrist"]] = rng.normal(0, 0.25, 3)
+    return pose.reshape(72)
