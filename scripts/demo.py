@@ -50,7 +50,7 @@ class Size:
     eval_n: int = 32
 
 
-SMALL = Size(people=5, res=64, iterations=100, prior_epochs=10, hands=2, hand_res=64, kimg1=0.04, kimg2=0.02,
+SMALL = Size(people=5, res=64, iterations=100, prior_epochs=100, hands=2, hand_res=64, kimg1=0.04, kimg2=0.02,
              batch=4, seeds="0-1", eval_n=8)
 
 # Render views and the shard source each is aligned into.
