@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.body.fingers import NUM_FINGER_JOINTS, NUM_HAND_KEYPOINTS, fit_finger_poses
+from mst_pipeline.poses import read_npz
 from mst_pipeline.shards import complete_shards
 from uh_train.format.atomic import atomic_write
 
@@ -128,14 +129,7 @@ def fit_hand_poses(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
 
 def load_hand_poses(path: str | os.PathLike) -> np.ndarray:
     """The finger angles [N, 15, 3] of a pose set written by `mst fit-hands`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"hand pose set {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001 - zip/npy errors of a corrupt file: one clear message
-        raise ValueError(f"hand pose set {path} is not a readable .npz ({type(e).__name__}: {e})") from None
+    data = read_npz(path, "hand pose set")
     if str(data.get("format", "")) != FORMAT or "angles" not in data:
         raise ValueError(f"{path} is not a hand pose set ({FORMAT}, written by `mst fit-hands`)")
     angles = np.asarray(data["angles"], dtype=np.float64)

@@ -15,17 +15,22 @@ import numpy as np
 from mst_pipeline.body.layout import ARM_JOINTS
 
 
+def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles); a missing or corrupt file is one ValueError naming `what`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - zip/npy errors of a corrupt file: one clear message
+        raise ValueError(f"{what} {path} is not a readable .npz ({type(e).__name__}: {e})") from None
+
+
 def load_pose_set(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Fitted poses (e.g. from `mst space`): .npz with `pose` [N, 72] (or `global_orient` [N, 3]
     and `body_pose` [N, 69]) and optionally `betas` [N, K]."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"pose set {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001 - zip/npy errors of a corrupt file: one clear message
-        raise ValueError(f"pose set {path} is not a readable .npz ({type(e).__name__}: {e})") from None
+    data = read_npz(path, "pose set")
     if "pose" not in data:
         if "global_orient" in data and "body_pose" in data:
             data["pose"] = np.concatenate([data["global_orient"], data["body_pose"]], axis=1)

@@ -79,17 +79,8 @@ class InceptionFeatures:
     def describe(self) -> dict:
         return {"network": "inception", "file": self.path.name, "sha256": self.sha256, "kind": self.kind}
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(images)
-        if x.ndim != 4 or x.shape[1] != 3 or x.dtype != torch.uint8:
-            raise ValueError(f"expected uint8 images [N, 3, H, W], got {x.dtype} {list(x.shape)}")
-        out = [self._forward(x[i : i + self.batch].to(self.device)) for i in range(0, len(x), self.batch)]
-        feats = torch.cat(out) if out else torch.zeros(0, FEATURE_DIM)
-        if feats.ndim != 2 or feats.shape[1] != FEATURE_DIM:
-            raise MetricsError(f"{self.path.name} returned features of shape {list(feats.shape)}, "
-                               f"expected [N, {FEATURE_DIM}]")
-        return feats.double().cpu().numpy()
+        return batched_features(self._forward, images, self.batch, self.device, FEATURE_DIM, self.path.name)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "nvidia":
@@ -98,3 +89,17 @@ class InceptionFeatures:
         if tuple(x.shape[2:]) != (INCEPTION_SIZE, INCEPTION_SIZE):
             x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
         return self.net(x / 128.0 - 1.0).flatten(1)
+
+
+@torch.no_grad()
+def batched_features(forward, images: torch.Tensor | np.ndarray, batch: int, device, dim: int,
+                     name: str) -> np.ndarray:
+    """Run a feature network `forward` over uint8 images [N, 3, H, W] in batches -> float64 [N, dim]."""
+    x = torch.as_tensor(images)
+    if x.ndim != 4 or x.shape[1] != 3 or x.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images [N, 3, H, W], got {x.dtype} {list(x.shape)}")
+    out = [forward(x[i : i + batch].to(device)) for i in range(0, len(x), batch)]
+    feats = torch.cat(out) if out else torch.zeros(0, dim)
+    if feats.ndim != 2 or feats.shape[1] != dim:
+        raise MetricsError(f"{name} returned features of shape {list(feats.shape)}, expected [N, {dim}]")
+    return feats.double().cpu().numpy()

@@ -82,9 +82,7 @@ def known_box(record: ShardRecord) -> np.ndarray:
     full-body image (padding included), else its region's bounding box within the unit square."""
     if record.kind == "full":
         return np.array([0.0, 0.0, 1.0, 1.0])
-    lo = np.maximum(record.region.min(axis=0), 0.0)
-    hi = np.minimum(record.region.max(axis=0), 1.0)
-    return np.concatenate([lo, hi])
+    return region_box(record)
 
 
 def region_box(record: ShardRecord) -> np.ndarray:

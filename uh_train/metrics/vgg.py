@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from uh_train.format.spec import sha256_file
 
-from .inception import MetricsError
+from .inception import MetricsError, batched_features
 
 FEATURE_DIM = 4096
 INPUT_SIZE = 224
@@ -104,17 +104,8 @@ class VGG16Features:
     def describe(self) -> dict:
         return {"network": "vgg16", "file": self.path.name, "sha256": self.sha256, "kind": self.kind}
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(images)
-        if x.ndim != 4 or x.shape[1] != 3 or x.dtype != torch.uint8:
-            raise ValueError(f"expected uint8 images [N, 3, H, W], got {x.dtype} {list(x.shape)}")
-        out = [self._forward(x[i : i + self.batch].to(self.device)) for i in range(0, len(x), self.batch)]
-        feats = torch.cat(out) if out else torch.zeros(0, FEATURE_DIM)
-        if feats.ndim != 2 or feats.shape[1] != FEATURE_DIM:
-            raise MetricsError(f"{self.path.name} returned features of shape {list(feats.shape)}, "
-                               f"expected [N, {FEATURE_DIM}]")
-        return feats.double().cpu().numpy()
+        return batched_features(self._forward, images, self.batch, self.device, FEATURE_DIM, self.path.name)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "nvidia-vgg16":
