@@ -75,7 +75,9 @@ def collect_hand_keypoints(folders: Iterable[str | os.PathLike], min_points: int
     except those of synthetic hands (source "hands")."""
     keys, sides, kps = [], [], []
     for folder in folders:
-        if not Path(folder).is_dir() or not complete_shards(folder):
+        if not Path(folder).is_dir():
+            raise ValueError(f"{folder} is not a folder")
+        if not complete_shards(folder):
             raise ValueError(f"{folder} holds no shards (write them with `mst align`)")
         for key, meta in iter_shard_metas(folder):
             if meta.get("source") == SYNTHETIC_SOURCE:

@@ -588,3 +588,12 @@ def test_fit_hands_poses_the_rendered_fingers(open_model, tmp_path):
     tip_dist = np.linalg.norm(geom.hand_keypoints[[8, 12, 16, 20]] - geom.hand_keypoints[0], axis=1)
     assert np.all(tip_dist < 0.9 * hand_len), (tip_dist, hand_len)
     assert np.allclose(geom.wrist, straight.wrist, atol=1e-4)  # the fingers bend beyond the wrist
+
+
+def test_fit_hands_names_a_missing_folder_and_one_without_shards(tmp_path):
+    from mst_pipeline.hand_poses import collect_hand_keypoints
+
+    with pytest.raises(ValueError, match="is not a folder"):
+        collect_hand_keypoints([tmp_path / "missing"])
+    with pytest.raises(ValueError, match="holds no shards"):
+        collect_hand_keypoints([tmp_path])
