@@ -4,7 +4,7 @@ On the input image: the fitted body's silhouette (its mesh projected with the fi
 rasterised, semi-transparent), the detected keypoints (dots coloured by confidence, BODY_25 and
 hand skeletons), the fitted model's projected joints with a line from each visible keypoint to its
 joint (the reprojection error), and a legend with kind, tier, visible keypoints and fit loss.
-The silhouette goes through `people.rasterise` (the renderer's numpy rasteriser); drawing uses PIL.
+The silhouette is rasterised by pyrender (`mst_pipeline.mesh_render`, as `mst render-people`); drawing uses PIL.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mst_pipeline.rasterise import rasterise
+from mst_pipeline.mesh_render import triangle_ids
 from mst_pipeline.smplify import fitting_joints, project
 from mst_pipeline.space import normalised_to_pixels
 from uh_train.format.atomic import atomic_write_bytes
@@ -69,10 +69,9 @@ def front_faces(vertices_px: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def silhouette_mask(vertices_px: np.ndarray, faces: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Pixels whose centre the mesh covers: bool [height, width] (the renderer's rasteriser)."""
+    """Pixels whose centre the mesh covers: bool [height, width] (rasterised by pyrender)."""
     points = np.concatenate([vertices_px, np.zeros((len(vertices_px), 1))], axis=1)  # depth is moot
-    triangle, _ = rasterise(points, front_faces(vertices_px, faces), width, height)
-    return triangle >= 0
+    return triangle_ids(points, front_faces(vertices_px, faces), width, height) >= 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ keypoints in OpenPose's JSON layout (`mst align --detector openpose-json` reads 
 ``truth.jsonl`` holds every image's exact H (image pixels -> full-body space), against which the
 MST's fitted H can be checked (`mst_pipeline.people_truth`).
 
-The renderer is our own z-buffer rasteriser in numpy (no OpenGL, identical bytes on every
-machine): Lambert shading of smooth normals, colours by each vertex's dominant skinning joint
+pyrender rasterises which triangle each pixel sees (`mst_pipeline.mesh_render`, headless OpenGL:
+identical bytes for the same seed on the same machine) and numpy shades it: Lambert shading of smooth normals, colours by each vertex's dominant skinning joint
 (shirt on the torso and upper arms, trousers on the legs, skin on head, hands and forearms, hair on
 the top of the head) and fine shirt stripes laid out on the rest-pose surface, so that only the
 denser views resolve them, as with real high-resolution crops.
@@ -40,7 +40,7 @@ from mst_pipeline.body import load_body_model
 from mst_pipeline.body.layout import HAND_SLOTS, NUM_SMPL_JOINTS
 from mst_pipeline.people_plan import JOINT, VIEWS, PersonGeometry, PersonPlan, View, plan_person, pose_person, views
 from mst_pipeline.poses import load_pose_set
-from mst_pipeline.rasterise import rasterise
+from mst_pipeline.mesh_render import barycentrics, triangle_ids
 from mst_pipeline.shards import encode_image
 from mst_pipeline.space import load_space
 from uh_train.format.atomic import atomic_write_bytes, atomic_write_text
@@ -113,7 +113,8 @@ def render_view(geom: PersonGeometry, faces: np.ndarray, plan: PersonPlan, view:
     pts = np.empty_like(geom.vertices)
     pts[:, :2] = apply_homography(to_px, geom.vertices[:, :2])
     pts[:, 2] = geom.vertices[:, 2]
-    fid, bary = rasterise(pts, faces, W, Hh)
+    fid = triangle_ids(pts, faces, W, Hh)
+    bary = barycentrics(pts, faces, fid)
     # Background: a wall above the floor line, both defined in full-body space so crops agree.
     gy, gx = np.mgrid[0:Hh, 0:W] + 0.5
     fb = apply_homography(H_ss, np.stack([gx, gy], axis=-1))

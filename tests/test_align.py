@@ -196,7 +196,7 @@ def _cube():
 def test_front_faces_are_those_towards_the_camera_and_cover_the_silhouette():
     from mst_pipeline.body.rotations import axis_angle_to_rotmat
     from mst_pipeline.overlay import front_faces, silhouette_mask
-    from mst_pipeline.rasterise import rasterise
+    from mst_pipeline.mesh_render import triangle_ids
     from mst_pipeline.space import upright_orientation
 
     v, faces = _cube()
@@ -208,7 +208,7 @@ def test_front_faces_are_those_towards_the_camera_and_cover_the_silhouette():
     assert len(front) == 6  # three of the six sides are seen
     assert all(tuple(f) in front for f in faces if np.all(v[f][:, 2] == 1))  # the model's +z: its front
     assert not any(tuple(f) in front for f in faces if np.all(v[f][:, 2] == -1))
-    every_face, _ = rasterise(np.concatenate([px, np.zeros((8, 1))], 1), faces, 40, 40)
+    every_face = triangle_ids(np.concatenate([px, np.zeros((8, 1))], 1), faces, 40, 40)
     assert silhouette_mask(px, faces, 40, 40).sum() > 100
     assert np.array_equal(silhouette_mask(px, faces, 40, 40), every_face >= 0)
 

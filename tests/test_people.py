@@ -16,7 +16,7 @@ from PIL import Image
 from test_render_hands import toy_model_data
 from typer.testing import CliRunner
 
-from mst_pipeline import people, people_plan, people_truth, rasterise
+from mst_pipeline import people, people_plan, people_truth
 from mst_pipeline.body.layout import SMPL_JOINT_NAMES
 from mst_pipeline.body.model import BodyModel
 from mst_pipeline.body.smpl_file import write_model_npz
@@ -55,27 +55,6 @@ def coverage_of(body, plan, geom, view) -> np.ndarray:
 
 def read_rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
-
-
-# ---------------------------------------------------------------------------------------------
-# The rasteriser
-
-
-def test_rasteriser_fills_pixel_centres_inside_a_triangle_and_keeps_the_nearest_surface():
-    # Two squares (two triangles each): the far one covers 0..8, the near one 2..6 (x and y).
-    def square(lo, hi, z):
-        return np.array([[lo, lo, z], [hi, lo, z], [hi, hi, z], [lo, hi, z]], dtype=np.float64)
-
-    points = np.concatenate([square(0, 8, 5.0), square(2, 6, 1.0)])
-    faces = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
-    fid, bary = rasterise.rasterise(points, faces, 10, 10)
-    assert (fid[:8, :8] >= 0).all() and (fid[8:, :] == -1).all() and (fid[:, 8:] == -1).all()
-    assert set(np.unique(fid[2:6, 2:6])) <= {2, 3}  # the near square wins where both cover
-    assert set(np.unique(fid[:2, :8])) <= {0, 1}
-    np.testing.assert_allclose(bary.sum(-1)[fid >= 0], 1.0)
-    # Barycentrics interpolate position: pixel centre (4.5, 3.5) is reproduced from the corners.
-    f = fid[3, 4]
-    np.testing.assert_allclose(bary[3, 4] @ points[faces[f], :2], [4.5, 3.5])
 
 
 # ---------------------------------------------------------------------------------------------
