@@ -280,3 +280,32 @@ def test_joint_model_gives_the_same_joints_from_far_fewer_vertices(open_model):
     full, small = open_model(**kw), reduced(**kw)
     np.testing.assert_allclose(small.joints.numpy(), full.joints.numpy(), atol=1e-5)
     np.testing.assert_allclose(small.body25.numpy(), full.body25.numpy(), atol=1e-5)
+
+
+def test_skinning_is_smplx_lbs_on_the_models_arrays():
+    """The body model's forward pass is smplx's `lbs` (no skinning code of our own): bit for bit
+    the same vertices and joints as a direct call on the same arrays, rest joints included."""
+    import smplx.lbs
+
+    from mst_pipeline.body import lbs as ours
+
+    assert ours.blend_shapes is smplx.lbs.blend_shapes and ours.vertices2joints is smplx.lbs.vertices2joints
+    assert ours.batch_rodrigues is smplx.lbs.batch_rodrigues
+    from test_render_hands import toy_model_data
+
+    model = BodyModel(toy_model_data())
+    g = torch.Generator().manual_seed(1)
+    betas = torch.randn(3, model.num_betas, generator=g)
+    orient, pose = torch.randn(3, 3, generator=g), torch.randn(3, 69, generator=g)
+    out = model(betas=betas, global_orient=orient, body_pose=pose)
+    parents = torch.as_tensor(model.parents, dtype=torch.long)
+    verts, joints = smplx.lbs.lbs(betas, torch.cat([orient, pose], 1), model.v_template, model.shapedirs,
+                                  model.posedirs, model.J_regressor, parents, model.lbs_weights)
+    assert torch.equal(out.vertices, verts) and torch.equal(out.joints[:, :24], joints)
+    rest = smplx.lbs.vertices2joints(model.J_regressor,
+                                     model.v_template + smplx.lbs.blend_shapes(betas, model.shapedirs))
+    assert torch.equal(out.rest_joints, rest)
+    posed, transforms = ours.batch_rigid_transform(smplx.lbs.batch_rodrigues(torch.cat([orient, pose], 1).view(-1, 3))
+                                                   .view(3, 24, 3, 3), rest, model.parents)
+    assert torch.equal(posed, joints) and transforms.shape == (3, 24, 4, 4)
+

@@ -97,14 +97,13 @@ def joint_axes(joints: Any, tips: Any, sign: float) -> Any:
 
 def local_rotations(angles: Any, axes: Any) -> Any:
     """[..., 15, 3, 3] rotations R = R_flex · R_abd · R_twist from angles [..., 15, 3]."""
-    from mst_pipeline.body.lbs import RODRIGUES_EPS
-    from mst_pipeline.body.rotations import axis_angle_to_rotmat
+    from mst_pipeline.body.lbs import batch_rodrigues
 
     shape = angles.shape[:-1]
     R = None
     for k in range(3):
         aa = (axes[..., k, :] * angles[..., k:k + 1]).reshape(-1, 3)
-        Rk = axis_angle_to_rotmat(aa, RODRIGUES_EPS).view(*shape, 3, 3)
+        Rk = batch_rodrigues(aa).view(*shape, 3, 3)
         R = Rk if R is None else R @ Rk
     return R
 
@@ -191,10 +190,9 @@ class FingerFit:
 
 def project(points: Any, rotation: Any, log_scale: Any, translation: Any) -> Any:
     """Orthographic view from +Z with image y down: u = s · (R X)_x, −s · (R X)_y + t."""
-    from mst_pipeline.body.lbs import RODRIGUES_EPS
-    from mst_pipeline.body.rotations import axis_angle_to_rotmat
+    from mst_pipeline.body.lbs import batch_rodrigues
 
-    R = axis_angle_to_rotmat(rotation, RODRIGUES_EPS)
+    R = batch_rodrigues(rotation)
     X = (R[:, None] @ points[..., None])[..., 0]
     s = log_scale.exp()[:, None, None]
     return s * X[..., :2] * X.new_tensor([1.0, -1.0]) + translation[:, None]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, SMPL_TO_BODY25
-from mst_pipeline.body.lbs import lbs
+from mst_pipeline.body.lbs import blend_shapes, lbs, vertices2joints
 from mst_pipeline.body.smpl_file import BodyModelData, BodyModelError, read_model_file
 
 
@@ -118,10 +118,7 @@ class BodyModel(nn.Module):
             betas, pose, self.v_template, self.shapedirs, self.posedirs,
             self.J_regressor, self.parents, self.lbs_weights,
         )  # fmt: skip
-        rest_joints = torch.einsum("jv,bvd->bjd", self.J_regressor, self.v_template + 0 * vertices[:1, :1])
-        rest_joints = rest_joints + torch.einsum(
-            "jv,bvd->bjd", self.J_regressor, torch.einsum("bk,vdk->bvd", betas, self.shapedirs)
-        )
+        rest_joints = vertices2joints(self.J_regressor, self.v_template + blend_shapes(betas, self.shapedirs))
         joints = torch.cat([joints, vertices[:, self.extra_vertex_ids]], dim=1)
         vertices = vertices + transl[:, None]
         joints = joints + transl[:, None]

@@ -31,7 +31,8 @@ def axis_angle_to_rotmat(aa: Tensor, eps: float = 1e-12) -> Tensor:
     """Rodrigues' formula: [..., 3] axis-angle (direction = axis, norm = angle in radians) -> [..., 3, 3].
 
     EPS is added to the squared angle, so the zero vector maps to the identity with finite
-    gradients (skinning passes SMPL's 1e-8, `lbs.RODRIGUES_EPS`).
+    gradients. Skinning uses smplx's `batch_rodrigues` (`mst_pipeline.body.lbs`); this one takes any
+    leading shape and leaves small rotations unbiased (smplx adds 1e-8 to each component).
     """
     angle = torch.sqrt((aa * aa).sum(-1, keepdim=True) + eps)
     axis = aa / angle
