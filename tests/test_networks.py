@@ -29,11 +29,40 @@ def _generator(preset: str = "tiny", seed: int = 0, **overrides) -> Generator:
 
 
 @pytest.mark.parametrize("numtaps,cutoff,width,fs", [(12, 2.0, 6.6, 32.0), (24, 11.3, 9.0, 128.0), (12, 128, 90, 512)])
-def test_lowpass_filter_matches_scipy_firwin(numtaps, cutoff, width, fs):
-    scipy_signal = pytest.importorskip("scipy.signal")
-    expected = scipy_signal.firwin(numtaps=numtaps, cutoff=cutoff, width=width, fs=fs)
-    np.testing.assert_allclose(lowpass_filter(numtaps, cutoff, width, fs).numpy(), expected, atol=1e-7)
+def test_lowpass_filter_is_scipy_firwin(numtaps, cutoff, width, fs):
+    import scipy.signal
+
+    expected = scipy.signal.firwin(numtaps=numtaps, cutoff=cutoff, width=width, fs=fs).astype(np.float32)
+    assert np.array_equal(lowpass_filter(numtaps, cutoff, width, fs).numpy(), expected)
     assert lowpass_filter(1, cutoff, width, fs) is None
+
+
+def test_every_layers_filters_are_designed_by_firwin_with_stylegan3s_arguments(monkeypatch):
+    """Up filter: the input's cutoff and twice its half-width; down filter: the output's; both at
+    the layer's temporary (upsampled) rate, as StyleGAN3's synthesis layers call scipy's firwin."""
+    import scipy.signal
+
+    calls = []
+    firwin = scipy.signal.firwin
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return firwin(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.signal, "firwin", spy)
+    cfg = get_preset("tiny").generator
+    G = Generator(cfg)
+    expected = []
+    for layer in (m for m in G.modules() if hasattr(m, "up_filter") and hasattr(m, "spec")):
+        spec = layer.spec
+        rate = max(spec.in_sampling_rate, spec.out_sampling_rate) * (1 if spec.is_torgb else cfg.lrelu_upsampling)
+        for f, cutoff, half_width in ((layer.up_filter, spec.in_cutoff, spec.in_half_width),
+                                      (layer.down_filter, spec.out_cutoff, spec.out_half_width)):
+            if f is not None:
+                args = {"numtaps": len(f), "cutoff": cutoff, "width": half_width * 2, "fs": rate}
+                expected.append(args)
+                assert np.array_equal(f.numpy(), firwin(**args).astype(np.float32))
+    assert len(expected) >= 4 and calls == expected
 
 
 @pytest.mark.parametrize("up,down,padding", [(2, 3, (2, 1, 3, -1)), (4, 1, (-3, -4, 5, 2)), (1, 2, (1, 2, 0, 3))])

@@ -3,8 +3,8 @@
 All filters are separable 1-D low-pass filters, applied along x and then y. Shapes use
 N (batch), C (channels), H, W (height, width).
 
-* `lowpass_filter(numtaps, cutoff, width, fs)` -- windowed-sinc (Kaiser) FIR design, the same
-  response as `scipy.signal.firwin(numtaps, cutoff, width=width, fs=fs)`.
+* `lowpass_filter(numtaps, cutoff, width, fs)` -- windowed-sinc (Kaiser) FIR design by
+  `scipy.signal.firwin`, as StyleGAN3.
 * `upfirdn2d(x, f, up, down, padding, gain)` -- zero-insertion upsampling, padding (negative
   values crop), FIR filtering and decimation.
 * `filtered_lrelu(x, fu, fd, bias, up, down, padding, gain, slope, clamp)` -- the alias-suppressed
@@ -19,31 +19,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.signal
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float) -> torch.Tensor | None:
-    """Kaiser-windowed sinc low-pass filter [numtaps] with unit DC gain, or None for numtaps == 1.
+    """Kaiser-windowed sinc low-pass filter [numtaps] (float32, unit DC gain), or None for numtaps == 1.
 
-    cutoff and width (transition band) are in the same units as the sampling rate fs."""
+    `scipy.signal.firwin(numtaps, cutoff, width=width, fs=fs)`, as StyleGAN3 designs its separable
+    filters: cutoff and width (the transition band, which sets the Kaiser window's beta) are in the
+    units of the sampling rate fs."""
     if numtaps == 1:
         return None
-    nyquist = fs / 2
-    c, w = cutoff / nyquist, width / nyquist
-    # Kaiser's empirical formulas for the stopband attenuation and the window shape parameter.
-    atten = 2.285 * (numtaps - 1) * math.pi * w + 7.95
-    if atten > 50:
-        beta = 0.1102 * (atten - 8.7)
-    elif atten > 21:
-        beta = 0.5842 * (atten - 21) ** 0.4 + 0.07886 * (atten - 21)
-    else:
-        beta = 0.0
-    m = np.arange(numtaps) - (numtaps - 1) / 2
-    h = c * np.sinc(c * m) * np.kaiser(numtaps, beta)
-    h /= h.sum()
-    return torch.as_tensor(h, dtype=torch.float32)
+    return torch.as_tensor(scipy.signal.firwin(numtaps=numtaps, cutoff=cutoff, width=width, fs=fs), dtype=torch.float32)
 
 
 def upfirdn2d(
