@@ -252,6 +252,11 @@ def _get_worker() -> _Worker:
         return _worker
 
 
+def start() -> None:
+    """Start the worker now (it imports pyrender and opens its context while the caller sets up)."""
+    _get_worker()
+
+
 def triangle_ids(points: np.ndarray, faces: np.ndarray, width: int, height: int) -> np.ndarray:
     """The nearest triangle at each pixel centre: int64 [height, width], -1 where none.
 

@@ -19,7 +19,8 @@ keypoints in OpenPose's JSON layout (`mst align --detector openpose-json` reads 
 MST's fitted H can be checked (`mst_pipeline.people_truth`).
 
 pyrender rasterises which triangle each pixel sees (`mst_pipeline.mesh_render`, headless OpenGL:
-identical bytes for the same seed on the same machine) and numpy shades it: Lambert shading of smooth normals, colours by each vertex's dominant skinning joint
+identical bytes for the same seed on the same machine) and numpy shades it: Lambert shading of
+smooth normals, colours by each vertex's dominant skinning joint
 (shirt on the torso and upper arms, trousers on the legs, skin on head, hands and forearms, hair on
 the top of the head) and fine shirt stripes laid out on the rest-pose surface, so that only the
 denser views resolve them, as with real high-resolution crops.
@@ -36,11 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from mst_pipeline import mesh_render
 from mst_pipeline.body import load_body_model
 from mst_pipeline.body.layout import HAND_SLOTS, NUM_SMPL_JOINTS
+from mst_pipeline.mesh_render import barycentrics, triangle_ids
 from mst_pipeline.people_plan import JOINT, VIEWS, PersonGeometry, PersonPlan, View, plan_person, pose_person, views
 from mst_pipeline.poses import load_pose_set
-from mst_pipeline.mesh_render import barycentrics, triangle_ids
 from mst_pipeline.shards import encode_image
 from mst_pipeline.space import load_space
 from uh_train.format.atomic import atomic_write_bytes, atomic_write_text
@@ -231,6 +233,7 @@ def render_people(out: str | os.PathLike, n: int, res: int = 256, seed: int = 0,
     if res < 32:
         raise ValueError(f"--res must be at least 32 pixels, got {res}")
     start = time.perf_counter()
+    mesh_render.start()  # the renderer starts while the body model loads
     out = Path(out)
     for name in VIEWS:
         (out / name).mkdir(parents=True, exist_ok=True)

@@ -195,8 +195,8 @@ def _cube():
 
 def test_front_faces_are_those_towards_the_camera_and_cover_the_silhouette():
     from mst_pipeline.body.rotations import axis_angle_to_rotmat
-    from mst_pipeline.overlay import front_faces, silhouette_mask
     from mst_pipeline.mesh_render import triangle_ids
+    from mst_pipeline.overlay import front_faces, silhouette_mask
     from mst_pipeline.space import upright_orientation
 
     v, faces = _cube()
