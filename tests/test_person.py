@@ -212,3 +212,16 @@ def test_align_keeps_library_logs_off_the_terminal_unless_verbose(tmp_path, toy)
     loud = run(tmp_path / "loud", "--verbose")
     assert any(m in loud for m in library) and "wrote" in loud
     assert not (tmp_path / "loud" / "logs").exists()
+
+
+def test_a_pose_found_with_the_others_greyed_out_is_new_only_with_a_torso_outside_them():
+    from mst_pipeline.detect.mediapipe_backend import seen_box, stands_apart
+
+    lm = np.zeros((33, 3))
+    lm[[0, 11, 12, 23, 24]] = [[100, 40, 0.9], [80, 80, 0.9], [120, 80, 0.9], [85, 160, 0.9], [115, 160, 0.9]]
+    lm[27] = (100, 400, 0.2)  # an ankle guessed outside the image: not part of the box
+    assert seen_box(lm, 300, 300) == (76, 28, 124, 172)  # the seen points grown by 10 %
+    assert stands_apart(lm, [(200, 0, 300, 300)])
+    assert not stands_apart(lm, [(50, 50, 150, 200)])  # its torso lies in someone already found
+    lm[[11, 12, 24], 2] = 0.1
+    assert not stands_apart(lm, [])  # one torso point: a head-like thing, not a person

@@ -8,9 +8,10 @@ not ship). The layouts are converted by `mst_pipeline.body.keypoints`:
 * pose: mediapipe's visibility is the confidence. The pose model finds one person per input;
   further people are found through their faces: each face the face detector finds (full-range
   model) whose place no pose so far explains gets the pose model run on a crop below it
-  (`body_crop`), kept when that pose's nose lies in the face. People whose faces are hidden or
-  too small for the face detector (about 20 px) stay unseen; people who overlap may be found as
-  one;
+  (`body_crop`), kept when that pose's nose lies in the face; then the pose model runs on the
+  whole image with everyone found greyed out, while it finds a torso outside them whose head
+  crop shows a face (`stands_apart`, `_has_face`). People with no visible face, very small or
+  overlapping another stay unseen or are found as one;
 * hands: each detected hand is assigned to the person with the nearer pose wrist, and there to
   that wrist (mediapipe's handedness label assumes a mirrored selfie); when a pose sees a
   person, a hand far from all visible wrists is dropped (`hand_is_attached`: in portraits the
@@ -44,6 +45,7 @@ _MESH_SCORE = 0.9  # the face mesh has no per-point confidence
 _FACE_SCORE = 0.6  # face detector score that starts a search for a further person
 _BODY_CROP = (3.0, 1.0, 8.0)  # see body_crop
 _MAX_HANDS = 4  # two people's hands
+_MAX_PEOPLE = 4  # greyed-out passes stop here
 # BODY_25 slot <- OpenPose face point, for filling the body's face points from the mesh.
 _BODY_FROM_FACE = {0: 30, 15: 68, 16: 69}  # Nose <- nose tip, REye/LEye <- pupils
 
@@ -87,7 +89,7 @@ class MediaPipeDetector:
             raise DetectionError(f"mediapipe output: {e}") from None
         people = [p for p in people if any(g[:, 2].max() > 0 for g in p.groups().values())]
         if not people:
-            raise DetectionError("no person found (mediapipe found no pose, hand or face)")
+            raise DetectionError("no person (mediapipe found no pose, hand or face)")
         return people
 
     def _pose(self, img: np.ndarray, box: tuple[int, int, int, int], hide: tuple = ()) -> np.ndarray | None:
@@ -106,8 +108,11 @@ class MediaPipeDetector:
 
     def _poses(self, img: np.ndarray) -> list[np.ndarray]:
         """Pose landmarks of each person: mediapipe's pose model sees one person per input, so the
-        whole image gives one, and each face the face detector finds that no pose so far explains
-        gives one more, from the pose model run on a body-sized crop below that face."""
+        whole image gives one; each face the face detector finds that no pose so far explains
+        gives one more, from the pose model run on a body-sized crop below that face; then the
+        whole image again with everyone found so far greyed out, while that finds someone new (a
+        person whose face the whole-image face search misses: small, in profile) whose head crop
+        shows a face."""
         h, w = img.shape[:2]
         first = self._pose(img, (0, 0, w, h))
         poses = [first] if first is not None else []
@@ -120,7 +125,24 @@ class MediaPipeDetector:
             lm = self._pose(img, body_crop(face, w, h), hide=heads)
             if lm is not None and head_in(lm, face) and not any(same_person(lm, other) for other in poses):
                 poses.append(lm)
+        while len(poses) < _MAX_PEOPLE:
+            boxes = [seen_box(p, w, h) for p in poses]
+            lm = self._pose(img, (0, 0, w, h), hide=boxes)
+            if lm is None or not stands_apart(lm, boxes) or any(same_person(lm, other) for other in poses):
+                break
+            if not self._has_face(img, lm):  # a head-like thing (a helmet, a ball) the pose model took for one
+                break
+            poses.append(lm)
         return poses
+
+    def _has_face(self, img: np.ndarray, lm: np.ndarray) -> bool:
+        """Whether the face detector finds a face in the head crop of pose landmarks [33, 3] (a
+        face too small or too turned for the whole-image search is found at this zoom)."""
+        box = head_crop(lm, img.shape[1], img.shape[0])
+        if box is None:
+            return False
+        x0, y0, x1, y1 = box
+        return bool(self.faces.process(np.ascontiguousarray(img[y0:y1, x0:x1])).detections)
 
     def _faces(self, img: np.ndarray) -> list[tuple[float, float, float, float]]:
         """Face boxes (x0, y0, x1, y1) in image pixels, from the full-range face detector."""
@@ -212,6 +234,32 @@ def same_person(a: np.ndarray, b: np.ndarray, tolerance: float = 0.25) -> bool:
         return False
     width = max(np.linalg.norm(a[11, :2] - a[12, :2]), np.linalg.norm(b[11, :2] - b[12, :2]), 1.0)
     return bool(np.linalg.norm(a[idx, :2] - b[idx, :2], axis=1).max() <= tolerance * width)
+
+
+_TORSO33 = (11, 12, 23, 24)  # mediapipe pose shoulders and hips
+
+
+def seen_box(lm: np.ndarray, width: int, height: int, grow: float = 0.1) -> tuple[int, int, int, int]:
+    """Box (x0, y0, x1, y1) around the landmarks [33, 3] seen (visibility ≥ 0.5), grown by GROW of
+    its size on each side and clipped to the image."""
+    pts = lm[lm[:, 2] >= _HEAD_SEEN, :2]
+    if not len(pts):
+        return 0, 0, 0, 0
+    lo, hi = pts.min(0), pts.max(0)
+    pad = grow * (hi - lo)
+    return (max(int(lo[0] - pad[0]), 0), max(int(lo[1] - pad[1]), 0),
+            min(int(np.ceil(hi[0] + pad[0])), width), min(int(np.ceil(hi[1] + pad[1])), height))
+
+
+def stands_apart(lm: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> bool:
+    """Whether pose landmarks [33, 3] show a torso (two shoulders or hips seen) whose centre lies
+    outside every one of BOXES (the people already found): a new person, not a trace of the grey."""
+    torso = lm[list(_TORSO33)]
+    seen = torso[torso[:, 2] >= _HEAD_SEEN, :2]
+    if len(seen) < 2:
+        return False
+    x, y = seen.mean(0)
+    return not any(x0 <= x <= x1 and y0 <= y <= y1 for x0, y0, x1, y1 in boxes)
 
 
 def body_crop(face: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
