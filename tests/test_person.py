@@ -225,3 +225,17 @@ def test_a_pose_found_with_the_others_greyed_out_is_new_only_with_a_torso_outsid
     assert not stands_apart(lm, [(50, 50, 150, 200)])  # its torso lies in someone already found
     lm[[11, 12, 24], 2] = 0.1
     assert not stands_apart(lm, [])  # one torso point: a head-like thing, not a person
+
+
+def test_cli_person_choice_is_checked_and_refused_for_an_aligned_set(tmp_path):
+    from typer.testing import CliRunner
+
+    from mst_pipeline.cli import app
+
+    (tmp_path / "d").mkdir()
+    Image.new("RGB", (64, 128)).save(tmp_path / "d" / "a.png")
+    res = CliRunner().invoke(app, ["align", str(tmp_path / "d"), "--person", "many"])
+    assert res.exit_code == 2 and "--person must be one of best, all" in res.output
+    res = CliRunner().invoke(app, ["align", str(tmp_path / "d"), "--aligned", "--detector", "none", "--person", "all"])
+    assert res.exit_code == 2 and "one person per image" in res.output
+    assert not (tmp_path / "shards").exists()
