@@ -239,3 +239,27 @@ def test_cli_person_choice_is_checked_and_refused_for_an_aligned_set(tmp_path):
     res = CliRunner().invoke(app, ["align", str(tmp_path / "d"), "--aligned", "--detector", "none", "--person", "all"])
     assert res.exit_code == 2 and "one person per image" in res.output
     assert not (tmp_path / "shards").exists()
+
+
+def test_diverted_stderr_keeps_descriptor_2_in_the_log_and_leaves_no_trace_when_quiet(tmp_path):
+    from mst_pipeline.detect.quiet import DivertedStderr
+
+    code = """
+import os, sys
+from pathlib import Path
+from mst_pipeline.detect.quiet import DivertedStderr
+with DivertedStderr(Path(sys.argv[1])) as terminal:
+    os.write(2, b"W0000 from C++\\n")
+    print("ours", file=terminal)
+    os.system("echo child-process >&2")
+os.write(2, b"after\\n")
+"""
+    log = tmp_path / "out" / "logs" / "align.log"
+    res = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.stderr == "ours\nafter\n"
+    assert log.read_text().splitlines()[1:] == ["W0000 from C++", "child-process"]
+    quiet = DivertedStderr(tmp_path / "none" / "logs" / "align.log")
+    with quiet:
+        pass
+    assert quiet.kept == 0 and not (tmp_path / "none").exists()
