@@ -40,7 +40,7 @@ class MMPoseDetector:
         result = next(self.inferencer(image[..., ::-1].copy()))  # mmpose reads BGR
         people = result.get("predictions", [[]])[0]
         if not people:
-            raise DetectionError("no person found")
+            raise DetectionError("no person (mmpose found nobody)")
         return [mmpose_to_internal(np.concatenate([np.asarray(p["keypoints"]),
                                                    np.asarray(p["keypoint_scores"])[:, None]], 1))
                 for p in people]
