@@ -522,6 +522,8 @@ def space_cmd(
     pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt): start the fits from "
                                      "PARE and take the mean pitch from its global orientations; default: the "
                                      "keypoint start and the pitch of the feet."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' own messages (mediapipe, "
+                                 "TFLite, absl) on the terminal; by default they go to OUT with suffix .log."),
 ) -> None:
     """Fit a full-body dataset and store its average camera ᾱ, mean pitch and fitted poses.
 
@@ -538,14 +540,21 @@ def space_cmd(
     if pare is not None and not pare.is_file():
         err.print(f"[red]error:[/red] --pare {pare} is not a file (the PARE .ckpt)")
         raise typer.Exit(2)
-    try:
-        model = load_body_model(body_model).to(device)
-        result, rejected = build_space(dataset, model, detector=detector, keypoints_dir=keypoints_dir,
-                                       device=device, batch_size=batch_size,
-                                       config=SmplifyConfig(iterations=iterations), pare=pare)
-    except (ValueError, RuntimeError, OSError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+    diverted = None if verbose else DivertedStderr(out.with_suffix(".log"))
+    with contextlib.ExitStack() as stack:
+        if diverted is not None:  # as `mst align`: the keypoint models' C++ messages go to the log
+            err.file = stack.enter_context(diverted)
+            stack.callback(setattr, err, "file", None)
+        try:
+            model = load_body_model(body_model).to(device)
+            result, rejected = build_space(dataset, model, detector=detector, keypoints_dir=keypoints_dir,
+                                           device=device, batch_size=batch_size,
+                                           config=SmplifyConfig(iterations=iterations), pare=pare)
+        except (ValueError, RuntimeError, OSError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            for line in diverted.captured()[-20:] if diverted is not None else []:
+                err.print(f"  | {line}", markup=False, highlight=False)
+            raise typer.Exit(1) from None
     result.save(out)
     s, tx, ty = result.cam_bar
     spread = result.pitch_spread or {}
@@ -554,6 +563,9 @@ def space_cmd(
         how += f", std {spread['std']:.4f}"
     err.print(f"wrote {out}: {result.count} images fitted ({rejected} rejected), cam_bar ({s:.4f}, {tx:.4f}, "
               f"{ty:.4f}), mean pitch {result.pitch:.4f} rad ({how}), density {result.density:.0f}")
+    if diverted is not None and diverted.kept:
+        err.print(f"{diverted.kept} lines of messages from the libraries (the keypoint models) in "
+                  f"{out.with_suffix('.log')}; --verbose shows them")
 
 
 body_model_app = typer.Typer(
