@@ -75,7 +75,7 @@ class MediaPipeDetector:
             people = [from_mediapipe_pose33(lm) for lm in poses] or [PersonKeypoints.empty()]
             heads = [head_crop(lm, img.shape[1], img.shape[0]) for lm in poses] or [None]
             self._add_hands(img, people)
-            for k, (person, box) in enumerate(zip(people, heads, strict=True)):
+            for person, box in zip(people, heads, strict=True):
                 # Without a head box the whole image is searched: only when it holds one person.
                 mesh = self._mesh(img, box, whole=len(people) == 1)
                 if mesh is None:
@@ -84,7 +84,6 @@ class MediaPipeDetector:
                 for slot, point in _BODY_FROM_FACE.items():
                     if person.body[slot, 2] < _HEAD_SEEN:
                         person.body[slot] = person.face[point]
-                people[k] = person
         except KeypointLayoutError as e:
             raise DetectionError(f"mediapipe output: {e}") from None
         people = [p for p in people if any(g[:, 2].max() > 0 for g in p.groups().values())]
