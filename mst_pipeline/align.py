@@ -9,6 +9,11 @@ with their reason and the run continues (so do files whose sample key another fi
 `a.png`/`a.jpg`). Re-runs skip keys already in complete shards, and
 `part=(k, n)` processes the k-th of n disjoint slices (a cluster job array).
 
+An image is fitted for the person most fully visible in it (`mst_pipeline.detect.persons`); its
+sample names that person (`person`) and the others (`other_people`: boxes and visible keypoints).
+With `settings.person == "all"` each person becomes a sample of its own: the most visible keeps
+the image's key, the k-th (k ≥ 1, in the same order) gets the stem `<stem>-p<k>`.
+
 An *aligned* full-body set (`settings.aligned`, `mst align --aligned`: SHHQ-like photos, one
 person centred from head to feet) is full-body space itself (paper §3.1: only partial images are
 transformed). Its images enter as they are: the padded-identity H
@@ -43,6 +48,7 @@ from uh_train.format.geometry import apply_homography, full_image_homography
 from uh_train.format.spec import make_key, sha256_file
 
 HR_FACTOR = 1.5  # an image denser than this many times the full-body set's density is HR
+PERSON_CHOICES = ("best", "all")
 
 
 @dataclass
@@ -60,6 +66,7 @@ class AlignSettings:
     workers: int = 1  # detection processes feeding the batched fits (1: detect inline)
     pare: Path | None = None  # PARE checkpoint to start SMPLify-P from; None: the keypoint start
     aligned: bool = False  # an aligned full-body set: padded-identity H, no fit (see the module docstring)
+    person: str = "best"  # best: the most fully visible person of each image; all: every person (module docstring)
 
 
 @dataclass
@@ -156,6 +163,10 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
         raise ValueError(f"workers must be at least 1, got {settings.workers}")
     if settings.aligned and (settings.kind or "full") != "full":
         raise ValueError(f"an aligned full-body set holds kind 'full', not {settings.kind!r}")
+    if settings.person not in PERSON_CHOICES:
+        raise ValueError(f"person must be one of {', '.join(PERSON_CHOICES)}, not {settings.person!r}")
+    if settings.aligned and settings.person != "best":
+        raise ValueError("an aligned full-body set shows one person per image: every person ('all') does not apply")
     if settings.aligned and (settings.overlay is not None or settings.pare is not None):
         raise ValueError("an aligned full-body set is not fitted: overlays and a PARE start do not apply")
     if not settings.aligned and (space is None or model is None):
@@ -182,7 +193,7 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                     reject_file(out, make_key(source, stem_of(path, root)), path.relative_to(root),
                                 f"key collision (same sample key as {collisions[path].relative_to(root).as_posix()}; "
                                 "rename one of the two files)", summary)
-                elif writer.has(make_key(source, stem_of(path, root))):
+                elif settings.person == "best" and writer.has(make_key(source, stem_of(path, root))):
                     summary.skipped += 1
                 else:
                     todo.append(path)
@@ -204,6 +215,8 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                             found = next(detected)
                             if isinstance(found, Rejected):
                                 reject_file(out, key, path.relative_to(root), str(found), summary)
+                            elif settings.person == "all":
+                                items += _every_person(found, source, root, writer, out, summary)
                             else:
                                 items.append(found)
                         if items:
@@ -237,6 +250,24 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
         write_manifest(out)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _every_person(found: DetectedImage, source: str, root: Path, writer: ShardWriter, out: Path,
+                  summary: AlignSummary) -> list[DetectedImage]:
+    """One item per person of FOUND (`--person all`) whose sample is not written yet; a person with
+    too few keypoints is rejected under its own key."""
+    items = []
+    for k in range(max(1, len(found.people))):
+        stem = found.stem if k == 0 else f"{found.stem}-p{k}"
+        key = make_key(source, stem)
+        if writer.has(key):
+            summary.skipped += 1
+            continue
+        try:
+            items.append(found if k == 0 else found.as_person(k, stem, key))
+        except Rejected as e:
+            reject_file(out, key, found.path.relative_to(root), str(e), summary)
+    return items
 
 
 def _write_aligned(tasks: list, detected: Iterator, writer: ShardWriter, out: Path, root: Path, source: str,
@@ -306,6 +337,7 @@ def build_aligned_sample(item: DetectedImage, root: Path, source: str, space: Fu
         "orig": {"path": item.path.relative_to(root).as_posix(), "sha256": sha256_file(item.path),
                  "width": w, "height": h},
         "detector": settings.detector,
+        **item.people_meta(),
     }
     try:
         return encode_sample(source, item.stem, item.image, fields, ext=ext, encoded=encoded)
@@ -335,6 +367,7 @@ def build_sample(item: DetectedImage, fit: FitResult, root: Path, source: str, s
         "orig": {"path": item.path.relative_to(root).as_posix(), "sha256": sha256_file(item.path),
                  "width": w, "height": h},
         "detector": settings.detector,
+        **item.people_meta(),
     }
     try:
         return encode_sample(source, item.stem, item.image, fields, ext=ext)

@@ -6,6 +6,7 @@ import their heavy dependencies (torch, mediapipe, bpy) lazily so `mst --help` s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from mst_pipeline.detect.quiet import DivertedStderr
 from uh_train.format import cli_args
 
 app = typer.Typer(
@@ -278,23 +280,21 @@ def align(
                                  "H = the image padded to a square (a 512x1024 portrait covers x 0.25-0.75, "
                                  "y 0-1), no fit, no resampling, the original file's bytes kept; keypoints are "
                                  "still detected (--detector none: skip them). Landscape images are rejected."),
+    person: str = typer.Option("best", help="best: fit the most fully visible person of each image (the others "
+                               "are named in its meta.json, other_people); all: every person as a sample of its "
+                               "own (the k-th most visible gets the key <stem>-p<k>)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' own messages (mediapipe, "
+                                 "TFLite, absl) on the terminal; by default they go to OUT/logs/align.log."),
 ) -> None:
     """Align a dataset into full-body space and write shards (paper §3.1).
 
     Detects keypoints, fits SMPLify-P in batches, maps each image with H(α, ᾱ) and writes
     samples; failures go to OUT/rejects.jsonl and the run continues; re-runs skip done images.
+    An image without a torso or a face (only a hand, only feet) is rejected as "no person".
     With [bold]--aligned[/bold] the folder is an aligned full-body set, which defines full-body
     space: its images are stored as they are, without fitting.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from mst_pipeline.align import AlignSettings, align_folder
-    from mst_pipeline.body import load_body_model
-    from mst_pipeline.detect import BackendUnavailable
-    from mst_pipeline.prior import load_prior
-    from mst_pipeline.shards import ShardError
-    from mst_pipeline.smplify import SmplifyConfig
-    from mst_pipeline.space import load_space
+    from mst_pipeline.align import PERSON_CHOICES
     from uh_train.format import spec as shardspec
     from uh_train.format.spec import sanitise_part
 
@@ -305,7 +305,7 @@ def align(
         err.print(f"[red]error:[/red] --pare {pare} is not a file (the PARE .ckpt)")
         raise typer.Exit(2)
     for name, value, allowed in (("kind", kind, shardspec.KINDS), ("tier", tier, shardspec.TIERS),
-                                 ("optimizer", optimizer, ("adam", "lbfgs"))):
+                                 ("optimizer", optimizer, ("adam", "lbfgs")), ("person", person, PERSON_CHOICES)):
         if value is not None and value not in allowed:
             err.print(f"[red]error:[/red] --{name} must be one of {', '.join(allowed)}, not {value!r}")
             raise typer.Exit(2)
@@ -317,10 +317,57 @@ def align(
         if kind not in (None, "full"):
             err.print(f"[red]error:[/red] an aligned full-body set holds kind 'full', not --kind {kind}")
             raise typer.Exit(2)
+        if person != "best":
+            err.print("[red]error:[/red] --person all: an aligned full-body set shows one person per image")
+            raise typer.Exit(2)
     elif detector == "none":
         err.print("[red]error:[/red] --detector none needs --aligned (the fits need keypoints)")
         raise typer.Exit(2)
     src = sanitise_part(source or dataset.resolve().name)
+    log = out / "logs" / "align.log"
+    diverted = None if verbose else DivertedStderr(log)
+    with contextlib.ExitStack() as stack:
+        if diverted is not None:  # third-party C++ writes to descriptor 2: keep it off the terminal
+            err.file = stack.enter_context(diverted)
+            stack.callback(setattr, err, "file", None)
+        summary = _align_run(dataset, out, src, kind, tier, space, detector, keypoints_dir, prior, pare, body_model,
+                             device, batch_size, iterations, optimizer, part, max_count, overlay, workers, aligned,
+                             person, diverted)
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
+    err.print(f"wrote {out}: {summary.written} aligned ({kinds}), {summary.skipped} already done, "
+              f"{summary.rejected} rejected in {summary.seconds:.0f} s")
+    if summary.without_keypoints:
+        err.print(f"  {summary.without_keypoints} kept without keypoints (none detected; patch centres there "
+                  "are drawn uniformly)")
+    for reason, count in summary.reasons.most_common():
+        err.print(f"  rejected {count}: {reason}")
+    if summary.rejected:
+        err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+    if diverted is not None and diverted.kept:
+        err.print(f"{diverted.kept} lines of messages from the libraries (the keypoint models) in {log}; "
+                  "--verbose shows them")
+
+
+def _align_run(dataset, out, src, kind, tier, space, detector, keypoints_dir, prior, pare, body_model, device,
+               batch_size, iterations, optimizer, part, max_count, overlay, workers, aligned, person, diverted):
+    """`mst align`'s work after its arguments are checked; exits 1 with the error (and the last lines
+    of the libraries' output when DIVERTED, a `DivertedStderr`, holds it) when the run cannot go on."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mst_pipeline.align import AlignSettings, align_folder
+    from mst_pipeline.body import load_body_model
+    from mst_pipeline.detect import BackendUnavailable
+    from mst_pipeline.prior import load_prior
+    from mst_pipeline.shards import ShardError
+    from mst_pipeline.smplify import SmplifyConfig
+    from mst_pipeline.space import load_space
+
+    def fail(e: Exception) -> typer.Exit:
+        err.print(f"[red]error:[/red] {e}")
+        for line in diverted.captured()[-20:] if diverted is not None else []:
+            err.print(f"  | {line}", markup=False, highlight=False)
+        return typer.Exit(1)
+
     try:
         if aligned:  # nothing is fitted: no body model; the space only sets the tier
             model, pose_prior = None, None
@@ -330,12 +377,11 @@ def align(
             fb_space = load_space(space, model)
             pose_prior = load_prior(prior, device) if prior else None
     except (ValueError, RuntimeError, OSError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     settings = AlignSettings(kind=kind, tier=tier, detector=detector, keypoints_dir=keypoints_dir,
                              batch_size=batch_size, device=device, part=_part(part), max_count=max_count,
                              smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer), pare=pare,
-                             overlay=overlay, workers=workers, aligned=aligned)
+                             overlay=overlay, workers=workers, aligned=aligned, person=person)
     columns = (TextColumn("align"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:
@@ -349,21 +395,10 @@ def align(
             bar.update(task, completed=done, total=total, rate=f"{rate:.2f} img/s")
 
         try:
-            summary = align_folder(dataset, out, src, fb_space, model, settings, prior=pose_prior, progress=progress)
+            return align_folder(dataset, out, src, fb_space, model, settings, prior=pose_prior, progress=progress)
         except (BackendUnavailable, RuntimeError, ValueError, ShardError) as e:  # incl. a busy output, a worker
             # that cannot start
-            err.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from None
-    kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
-    err.print(f"wrote {out}: {summary.written} aligned ({kinds}), {summary.skipped} already done, "
-              f"{summary.rejected} rejected in {summary.seconds:.0f} s")
-    if summary.without_keypoints:
-        err.print(f"  {summary.without_keypoints} kept without keypoints (none detected; patch centres there "
-                  "are drawn uniformly)")
-    for reason, count in summary.reasons.most_common():
-        err.print(f"  rejected {count}: {reason}")
-    if summary.rejected:
-        err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+            raise fail(e) from None
 
 
 @app.command("derive-sr")
@@ -487,6 +522,8 @@ def space_cmd(
     pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt): start the fits from "
                                      "PARE and take the mean pitch from its global orientations; default: the "
                                      "keypoint start and the pitch of the feet."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' own messages (mediapipe, "
+                                 "TFLite, absl) on the terminal; by default they go to OUT with suffix .log."),
 ) -> None:
     """Fit a full-body dataset and store its average camera ᾱ, mean pitch and fitted poses.
 
@@ -503,14 +540,21 @@ def space_cmd(
     if pare is not None and not pare.is_file():
         err.print(f"[red]error:[/red] --pare {pare} is not a file (the PARE .ckpt)")
         raise typer.Exit(2)
-    try:
-        model = load_body_model(body_model).to(device)
-        result, rejected = build_space(dataset, model, detector=detector, keypoints_dir=keypoints_dir,
-                                       device=device, batch_size=batch_size,
-                                       config=SmplifyConfig(iterations=iterations), pare=pare)
-    except (ValueError, RuntimeError, OSError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+    diverted = None if verbose else DivertedStderr(out.with_suffix(".log"))
+    with contextlib.ExitStack() as stack:
+        if diverted is not None:  # as `mst align`: the keypoint models' C++ messages go to the log
+            err.file = stack.enter_context(diverted)
+            stack.callback(setattr, err, "file", None)
+        try:
+            model = load_body_model(body_model).to(device)
+            result, rejected = build_space(dataset, model, detector=detector, keypoints_dir=keypoints_dir,
+                                           device=device, batch_size=batch_size,
+                                           config=SmplifyConfig(iterations=iterations), pare=pare)
+        except (ValueError, RuntimeError, OSError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            for line in diverted.captured()[-20:] if diverted is not None else []:
+                err.print(f"  | {line}", markup=False, highlight=False)
+            raise typer.Exit(1) from None
     result.save(out)
     s, tx, ty = result.cam_bar
     spread = result.pitch_spread or {}
@@ -519,6 +563,9 @@ def space_cmd(
         how += f", std {spread['std']:.4f}"
     err.print(f"wrote {out}: {result.count} images fitted ({rejected} rejected), cam_bar ({s:.4f}, {tx:.4f}, "
               f"{ty:.4f}), mean pitch {result.pitch:.4f} rad ({how}), density {result.density:.0f}")
+    if diverted is not None and diverted.kept:
+        err.print(f"{diverted.kept} lines of messages from the libraries (the keypoint models) in "
+                  f"{out.with_suffix('.log')}; --verbose shows them")
 
 
 body_model_app = typer.Typer(

@@ -3,7 +3,9 @@
 On the input image: the fitted body's silhouette (its mesh projected with the fit's camera and
 rasterised, semi-transparent), the detected keypoints (dots coloured by confidence, BODY_25 and
 hand skeletons), the fitted model's projected joints with a line from each visible keypoint to its
-joint (the reprojection error), and a legend with kind, tier, visible keypoints and fit loss.
+joint (the residual of Eq. 1's data term, coloured green → yellow → red by its size,
+`draw_residuals`), and a legend with kind, tier, visible keypoints, fit loss and the joints that
+fit worst, so a failed joint can be named.
 The silhouette is rasterised by pyrender (`mst_pipeline.mesh_render`, as `mst render-people`); drawing uses PIL.
 """
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from mst_pipeline.body.layout import BODY25_NAMES
 from mst_pipeline.mesh_render import triangle_ids
 from mst_pipeline.smplify import fitting_joints, project
 from mst_pipeline.space import normalised_to_pixels
@@ -33,6 +36,12 @@ SILHOUETTE_RGB = (60, 200, 120)
 SILHOUETTE_ALPHA = 0.35
 JOINT_RGB = (40, 90, 230)  # the fitted model's projected joints (and their error lines)
 LIMB_RGBA = (255, 255, 255, 170)
+# Names of the 37 fitting targets: BODY_25, then wrist and fingertips of the left and right hand.
+TARGET_NAMES: tuple[str, ...] = BODY25_NAMES + tuple(
+    f"{side}{point}" for side in "LR"
+    for point in ("HandWrist", "ThumbTip", "IndexTip", "MiddleTip", "RingTip", "PinkyTip"))
+RESIDUAL_RED = 0.05  # a residual of this fraction of the image's longer side is drawn red (half of it yellow)
+WORST_NAMED = 3  # joints named in the legend
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,6 +93,33 @@ def confidence_colour(c: float) -> tuple[int, int, int]:
     return (int(230 * min(1.0, 2 - 2 * c)), int(200 * min(1.0, 2 * c)), 40)
 
 
+def residual_colour(residual: float, size: float) -> tuple[int, int, int]:
+    """Green (no residual) through yellow (RESIDUAL_RED / 2 of SIZE, the image's longer side) to
+    red (RESIDUAL_RED of it and more)."""
+    return confidence_colour(1.0 - float(residual) / (RESIDUAL_RED * size))
+
+
+def residuals(targets_px: np.ndarray, joints_px: np.ndarray, visible: np.ndarray) -> list[tuple[int, float]]:
+    """(target index, residual in pixels) of each visible target, largest first (ties: lower index).
+    targets_px, joints_px [37, 2]; visible [37] bool."""
+    r = np.linalg.norm(np.asarray(targets_px, np.float64) - np.asarray(joints_px, np.float64), axis=1)
+    return sorted(((int(i), float(r[i])) for i in np.flatnonzero(visible)), key=lambda t: (-t[1], t[0]))
+
+
+def draw_residuals(draw: ImageDraw.ImageDraw, targets_px: np.ndarray, joints_px: np.ndarray, visible: np.ndarray,
+                   size: float, width: int) -> str:
+    """Draw a line from each visible keypoint to its projected joint, coloured by its length
+    (`residual_colour`), the longest on top and thicker; returns the legend line naming the
+    WORST_NAMED worst joints, e.g. "worst: RElbow 41 px, LWrist 18 px, Nose 6 px"."""
+    found = residuals(targets_px, joints_px, visible)
+    for rank, (i, r) in reversed(list(enumerate(found))):
+        thick = 2 * width if rank < WORST_NAMED else width
+        draw.line([tuple(targets_px[i]), tuple(joints_px[i])], fill=residual_colour(r, size) + (255,), width=thick)
+    if not found:
+        return "worst: none visible"
+    return "worst: " + ", ".join(f"{TARGET_NAMES[i]} {r:.0f} px" for i, r in found[:WORST_NAMED])
+
+
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
@@ -120,8 +156,7 @@ def draw_overlay(image: np.ndarray, keypoints: dict[str, np.ndarray], joints_px:
         for i, j in limbs:
             if arr[i, 2] > 0 and arr[j, 2] > 0:
                 d.line([tuple(arr[i, :2]), tuple(arr[j, :2])], fill=LIMB_RGBA, width=width)
-    for i in np.flatnonzero(visible):
-        d.line([tuple(targets_px[i]), tuple(joints_px[i])], fill=JOINT_RGB + (255,), width=width)
+    legend = f"{legend}\n{draw_residuals(d, targets_px, joints_px, visible, L, width)}"
     for name, arr in keypoints.items():
         for x, y, c in arr:
             if c > 0:

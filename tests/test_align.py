@@ -381,7 +381,7 @@ def test_an_aligned_portrait_enters_full_body_space_as_it_is(tmp_path, monkeypat
     portrait = rng.integers(0, 256, (1024, 512, 3), dtype=np.uint8)  # W×H = 512×1024
     Image.fromarray(portrait).save(data / "a.png")
     Image.fromarray(portrait[::2, ::2]).save(data / "b.jpg", quality=90)  # 256×512, stored bytes as they are
-    _openpose_json(data / "a.png", {0: (256.0, 64.0), 11: (200.0, 1000.0)})  # nose, right ankle
+    _openpose_json(data / "a.png", {0: (256.0, 64.0), 15: (240.0, 50.0), 11: (200.0, 1000.0)})  # nose, eye, ankle
     Image.fromarray(portrait[:900, :600 - 88]).save(data / "c.png")  # 512×900: any portrait aspect
     Image.fromarray(portrait[:512, :512]).save(data / "wide.png")  # square: the whole square
     Image.fromarray(portrait[:400, :512]).save(data / "landscape.png")

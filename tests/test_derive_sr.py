@@ -34,14 +34,15 @@ def _upsampled_lower_half(image):
 
 
 def _aligned_set(folder, n=3):
-    """N aligned 64×128 (W×H) full-body portraits; the first has OpenPose JSON (nose, right ankle)."""
+    """N aligned 64×128 (W×H) full-body portraits; the first has OpenPose JSON (nose, right eye, right
+    ankle: a face, so a person)."""
     folder.mkdir(parents=True)
     images = {}
     for i in range(n):
         images[f"p{i}"] = _portrait(i)
         Image.fromarray(images[f"p{i}"]).save(folder / f"p{i}.png")
     body = np.zeros((25, 3))
-    body[0], body[11] = (32, 10, 1), (30, 120, 1)
+    body[0], body[15], body[11] = (32, 10, 1), (30, 8, 1), (30, 120, 1)
     (folder / "p0_keypoints.json").write_text(json.dumps({"people": [{"pose_keypoints_2d": body.ravel().tolist()}]}))
     return images
 

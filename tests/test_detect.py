@@ -16,6 +16,7 @@ from mst_pipeline.align import infer_kind
 from mst_pipeline.body.keypoints import from_coco_wholebody133, from_mediapipe_pose33
 from mst_pipeline.detect import BackendUnavailable, DetectionError, make_detector
 from mst_pipeline.detect.openpose_json import OpenPoseJsonDetector, parse_openpose
+from mst_pipeline.detect.persons import rank_people
 from mst_pipeline.detect.pool import fitting_input
 from mst_pipeline.images import read_image
 from mst_pipeline.smplify import SmplifyConfig, smplify_p
@@ -23,11 +24,14 @@ from mst_pipeline.space import default_space
 from uh_train.format.geometry import apply_homography
 
 
-def test_openpose_json_picks_the_most_confident_person_and_reads_all_groups():
+def test_openpose_json_gives_every_person_and_the_confident_one_is_fitted():
     weak = {"pose_keypoints_2d": [1, 2, 0.1] * 25}
     strong = {"pose_keypoints_2d": [float(i) for i in range(75)], "hand_left_keypoints_2d": [5, 6, 0.9] * 21,
               "hand_right_keypoints_2d": [], "face_keypoints_2d": [1, 1, 2.0] * 70}
-    kp = parse_openpose({"version": 1.3, "people": [weak, strong]})
+    both = parse_openpose({"version": 1.3, "people": [weak, strong]})
+    assert len(both) == 2 and both[0].body[0, 2] == pytest.approx(0.1)  # file order
+    (kp,) = [p.keypoints for p in rank_people(both, 1000, 1000)]  # the weak one is no person: nothing seen
+    assert kp is both[1]
     np.testing.assert_array_equal(kp.body[1], [3, 4, 1.0])  # confidence clipped to [0, 1]
     assert kp.lhand[20].tolist() == [5, 6, 0.9] and kp.rhand.sum() == 0 and kp.face[69, 2] == 1.0
 
@@ -47,7 +51,8 @@ def test_openpose_json_found_in_a_mirrored_keypoints_folder(tmp_path):
     (tmp_path / "kp" / "a").mkdir(parents=True)
     (tmp_path / "kp" / "a" / "x_keypoints.json").write_text(json.dumps({"people": [{"pose_keypoints_2d": [1] * 75}]}))
     det = OpenPoseJsonDetector(keypoints_dir=tmp_path / "kp", root=tmp_path / "img")
-    assert det(np.zeros((4, 4, 3), np.uint8), tmp_path / "img" / "a" / "x.jpg").body.shape == (25, 3)
+    (kp,) = det(np.zeros((4, 4, 3), np.uint8), tmp_path / "img" / "a" / "x.jpg")
+    assert kp.body.shape == (25, 3)
 
 
 def test_wholebody_converter_maps_named_points():
@@ -87,11 +92,11 @@ def test_real_portrait_and_its_face_crop_land_on_the_head():
     model = toy_body_model()
     space = default_space(model)
     h, w = photo.shape[:2]
-    kp = det(photo, Path("portrait.jpg"))
+    (kp,) = det(photo, Path("portrait.jpg"))
     nose = kp.body[0, :2].copy()
     x0, y0 = int(nose[0] - 110), int(nose[1] - 130)
     face = np.ascontiguousarray(photo[y0:y0 + 240, x0:x0 + 220])
-    kp_face = det(face, Path("face.jpg"))
+    (kp_face,) = det(face, Path("face.jpg"))
     items = [(kp, w, h), (kp_face, face.shape[1], face.shape[0])]
     targets, conf = zip(*(fitting_input(k, ww, hh) for k, ww, hh in items), strict=True)
     fits = smplify_p(model, np.stack(targets), np.stack(conf), config=SmplifyConfig(iterations=150))
@@ -134,6 +139,6 @@ def test_mirrored_portrait_finds_no_hand_where_the_person_has_none():
     photo = read_image(_sample_photo())
     det = make_detector("mediapipe")
     for image in (photo, np.ascontiguousarray(photo[:, ::-1])):
-        kp = det(image, Path("portrait.jpg"))
+        (kp,) = det(image, Path("portrait.jpg"))
         assert kp.body[[2, 5], 2].min() > 0.5  # both shoulders seen
         assert kp.lhand[:, 2].max() == 0 and kp.rhand[:, 2].max() == 0

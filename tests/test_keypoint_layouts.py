@@ -212,7 +212,7 @@ def detector():
 
 @needs_mediapipe
 def test_face_points_on_a_real_portrait_are_in_anatomical_order(detector):
-    kp = detector(_portrait(), Path("portrait.jpg"))
+    (kp,) = detector(_portrait(), Path("portrait.jpg"))
     f = kp.face
     assert np.all(f[:, 2] > 0)
     y = f[:, 1]
@@ -241,7 +241,7 @@ def test_small_face_in_a_large_image_is_found_through_the_head_crop(detector):
     canvas[:small.shape[0], x0:x0 + small.shape[1]] = small
     whole = np.ascontiguousarray(canvas)
     assert detector.face.process(whole).multi_face_landmarks is None
-    kp = detector(canvas, Path("small.jpg"))
+    (kp,) = detector(canvas, Path("small.jpg"))
     f = kp.face
     assert np.all(f[:, 2] > 0)
     assert np.all((f[:, 0] > x0) & (f[:, 0] < x0 + small.shape[1]) & (f[:, 1] < small.shape[0]))

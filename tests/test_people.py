@@ -134,7 +134,7 @@ def test_keypoint_files_are_what_openpose_json_reads_and_agree_through_H(rendere
         image = read_rgb(path)
         rec = truth[f"{view}/person000000.png"]
         assert image.shape == (rec["height"], rec["width"], 3)
-        kp = detect(image, path)
+        (kp,) = detect(image, path)
         inside = kp.body[:, 2] > 0
         assert (kp.body[inside, :2] >= 0).all() and (kp.body[inside, :2] <= image.shape[0]).all()
         points[view] = (apply_homography(rec["H"], kp.body[:, :2]), inside)

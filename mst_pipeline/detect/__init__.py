@@ -1,13 +1,19 @@
 """2-D keypoint backends behind one interface (paper §3.1: J' of Eq. 1).
 
-Every backend returns a `PersonKeypoints` in the internal layout — OpenPose BODY_25, 2 × 21 hand
-keypoints (OpenPose hand order) and 70 face keypoints — in image pixels (x right, y down) with a
-confidence in [0, 1], 0 where unknown; the layout converters are in `mst_pipeline.body.keypoints`.
+Every backend returns a list of `PersonKeypoints`, one per detection, in the internal layout —
+OpenPose BODY_25, 2 × 21 hand keypoints (OpenPose hand order) and 70 face keypoints — in image
+pixels (x right, y down) with a confidence in [0, 1], 0 where unknown; the layout converters are
+in `mst_pipeline.body.keypoints`.
 Backends:
 
-* `mediapipe` (default): mediapipe 0.10.21's bundled pose, hand and face-mesh models, offline;
-* `openpose-json`: precomputed OpenPose `--write_json` files next to the images or in a folder;
-* `mmpose`: COCO-WholeBody-133 through mmpose, an optional extra imported only when chosen.
+* `mediapipe` (default): mediapipe 0.10.21's bundled pose, hand, face-detection and face-mesh
+  models, offline; its pose model sees one person, so further people are found by their faces;
+* `openpose-json`: precomputed OpenPose `--write_json` files next to the images or in a folder
+  (every entry of `people`);
+* `mmpose`: COCO-WholeBody-133 through mmpose, an optional extra imported only when chosen (every
+  person its detector finds).
+
+Which detections are people and which one is fitted: `mst_pipeline.detect.persons`.
 """
 
 from __future__ import annotations

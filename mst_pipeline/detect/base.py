@@ -23,5 +23,9 @@ class BackendUnavailable(RuntimeError):
 
 
 class Detector(Protocol):
-    def __call__(self, image: np.ndarray, path: Path) -> PersonKeypoints:
-        """image: RGB uint8 [h, w, 3]; path: the image file (backends reading side files use it)."""
+    def __call__(self, image: np.ndarray, path: Path) -> list[PersonKeypoints]:
+        """Every detection of the image (one per person found, in no particular order; which of them
+        are people and which is fitted is decided by `mst_pipeline.detect.persons`).
+
+        image: RGB uint8 [h, w, 3]; path: the image file (backends reading side files use it).
+        DetectionError when nothing at all is found."""

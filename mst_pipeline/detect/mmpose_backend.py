@@ -36,11 +36,11 @@ class MMPoseDetector:
                 "mediapipe (offline default) or openpose-json instead") from None
         self.inferencer = MMPoseInferencer(model)
 
-    def __call__(self, image: np.ndarray, path: Path) -> PersonKeypoints:
+    def __call__(self, image: np.ndarray, path: Path) -> list[PersonKeypoints]:
         result = next(self.inferencer(image[..., ::-1].copy()))  # mmpose reads BGR
         people = result.get("predictions", [[]])[0]
         if not people:
-            raise DetectionError("no person found")
-        best = max(people, key=lambda p: float(np.sum(p["keypoint_scores"])))
-        kp = np.concatenate([np.asarray(best["keypoints"]), np.asarray(best["keypoint_scores"])[:, None]], 1)
-        return mmpose_to_internal(kp)
+            raise DetectionError("no person (mmpose found nobody)")
+        return [mmpose_to_internal(np.concatenate([np.asarray(p["keypoints"]),
+                                                   np.asarray(p["keypoint_scores"])[:, None]], 1))
+                for p in people]

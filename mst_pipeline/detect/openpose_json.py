@@ -1,7 +1,8 @@
 """OpenPose `--write_json` files as a keypoint backend (the input smplify-x reads).
 
 Each image `DIR/a/b.jpg` has a file `b_keypoints.json` (or `b.json`) either next to it or under
-`keypoints_dir/a/`. The person with the largest summed body confidence is used. Arrays are flat
+`keypoints_dir/a/`. Every entry of `people` is a detection (`mst_pipeline.detect.persons` picks
+the person to fit and names the others). Arrays are flat
 (x, y, c) triples: 25 body, 21 per hand, 70 face points; empty hand/face lists mean "not run".
 """
 
@@ -19,8 +20,9 @@ _ARRAYS = {"pose_keypoints_2d": 25, "hand_left_keypoints_2d": 21, "hand_right_ke
            "face_keypoints_2d": 70}
 
 
-def parse_openpose(data: object, source: str = "keypoint file") -> PersonKeypoints:
-    """The best person of a parsed OpenPose JSON document; DetectionError when malformed or empty."""
+def parse_openpose(data: object, source: str = "keypoint file") -> list[PersonKeypoints]:
+    """Every person of a parsed OpenPose JSON document, in file order; DetectionError when malformed
+    or empty."""
     if not isinstance(data, dict) or not isinstance(data.get("people"), list):
         raise DetectionError(f"{source}: not an OpenPose JSON document (no 'people' list)")
     people = []
@@ -47,7 +49,7 @@ def parse_openpose(data: object, source: str = "keypoint file") -> PersonKeypoin
                                       arrays["hand_right_keypoints_2d"], arrays["face_keypoints_2d"]))
     if not people:
         raise DetectionError(f"{source}: no person")
-    return max(people, key=lambda p: float(p.body[:, 2].sum() + 0.1 * (p.lhand[:, 2].sum() + p.rhand[:, 2].sum())))
+    return people
 
 
 class OpenPoseJsonDetector:
@@ -67,7 +69,7 @@ class OpenPoseJsonDetector:
         raise DetectionError(f"no OpenPose JSON for {path.name} ({path.stem}_keypoints.json) in "
                              + ", ".join(str(f) for f in folders))
 
-    def __call__(self, image: np.ndarray, path: Path) -> PersonKeypoints:
+    def __call__(self, image: np.ndarray, path: Path) -> list[PersonKeypoints]:
         file = self.find(Path(path))
         try:
             data = json.loads(file.read_text())

@@ -1,6 +1,7 @@
 """Keypoints of input images, inline or in a pool of detection processes (`--workers N`).
 
-`detect_image` reads one image and detects its person (`mst_pipeline.detect`); `detections`
+`detect_image` reads one image and detects its people (`mst_pipeline.detect`), the most fully
+visible first (`mst_pipeline.detect.persons`); `detections`
 yields the result of each image in order, a `DetectedImage` or the `Rejected` reason, whether
 detection runs inline or in worker processes. Used by `mst align` and `mst space`.
 """
@@ -22,13 +23,15 @@ import numpy as np
 
 from mst_pipeline.body.keypoints import PersonKeypoints
 from mst_pipeline.detect import BackendUnavailable, DetectionError, make_detector
+from mst_pipeline.detect.persons import SEEN, SeenPerson, rank_people, why_no_person
 from mst_pipeline.images import Rejected, aligned_shape_defect, read_image
 from mst_pipeline.space import pixels_to_normalised
 
 
 @dataclass
 class DetectedImage:
-    """One input image after detection: its pixels, keypoints and fitting targets."""
+    """One input image after detection: its pixels, and the keypoints and fitting targets of the
+    person it is fitted for, `people[person]`."""
 
     path: Path
     stem: str
@@ -37,6 +40,24 @@ class DetectedImage:
     keypoints: PersonKeypoints | None  # None: an aligned image where none were found
     targets: np.ndarray | None  # fitting targets (None for aligned images: nothing is fitted)
     confidence: np.ndarray | None
+    people: list[SeenPerson] = field(default_factory=list)  # every person seen, most fully visible first
+    person: int = 0
+
+    def people_meta(self) -> dict:
+        """The sample's `person` (this one) and `other_people` (the rest) records; {} without people."""
+        if not self.people:
+            return {}
+        return {"person": self.people[self.person].record(self.person),
+                "other_people": [p.record(i) for i, p in enumerate(self.people) if i != self.person]}
+
+    def as_person(self, index: int, stem: str, key: str) -> DetectedImage:
+        """This image as the sample of its INDEX-th person (`mst align --person all`); Rejected when
+        that person has too few keypoints to fit."""
+        h, w = self.image.shape[:2]
+        kp = self.people[index].keypoints
+        targets, conf = fitting_input(kp, w, h)
+        _check_enough(conf)
+        return DetectedImage(self.path, stem, key, self.image, kp, targets, conf, self.people, index)
 
 
 
@@ -62,23 +83,39 @@ def image_detector(name: str, keypoints_dir: Path | None, root: Path):
     return None if name == NO_DETECTOR else make_detector(name, keypoints_dir, root)
 
 
-def detect_image(path: Path, stem: str, key: str, detector, aligned: bool = False) -> DetectedImage:
-    if aligned:
-        return read_aligned(path, stem, key, detector)
-    image = read_image(path)
+def _check_enough(conf: np.ndarray) -> None:
+    if (conf >= SEEN).sum() < 3:
+        raise Rejected(f"too few keypoints ({int((conf >= SEEN).sum())} visible, need 3)")
+
+
+def people_in(detector, image: np.ndarray, path: Path) -> list[SeenPerson]:
+    """The people DETECTOR finds in IMAGE, most fully visible first; Rejected when there are none
+    ("no person": nothing found, or only hands or feet)."""
     h, w = image.shape[:2]
     try:
-        kp = detector(image, path)
+        found = detector(image, path)
     except DetectionError as e:
         raise Rejected(str(e)) from None
     except BackendUnavailable:
         raise
     except Exception as e:  # noqa: BLE001 - a detector crash on one image must not end the run
         raise Rejected(f"keypoint detection failed ({type(e).__name__}: {e})") from None
-    targets, conf = fitting_input(kp, w, h)
-    if (conf >= 0.3).sum() < 3:
-        raise Rejected(f"too few keypoints ({int((conf >= 0.3).sum())} visible, need 3)")
-    return DetectedImage(path, stem, key, image, kp, targets, conf)
+    people = rank_people(found, w, h)
+    if not people:
+        raise Rejected(why_no_person(found))
+    return people
+
+
+def detect_image(path: Path, stem: str, key: str, detector, aligned: bool = False) -> DetectedImage:
+    """IMAGE read and its people found; the result is fitted for the most fully visible one."""
+    if aligned:
+        return read_aligned(path, stem, key, detector)
+    image = read_image(path)
+    h, w = image.shape[:2]
+    people = people_in(detector, image, path)
+    targets, conf = fitting_input(people[0].keypoints, w, h)
+    _check_enough(conf)
+    return DetectedImage(path, stem, key, image, people[0].keypoints, targets, conf, people)
 
 
 
@@ -89,15 +126,16 @@ def read_aligned(path: Path, stem: str, key: str, detector) -> DetectedImage:
     h, w = image.shape[:2]
     if (defect := aligned_shape_defect(w, h)) is not None:
         raise Rejected(defect)
-    kp = None
+    people = []
     if detector is not None:
         try:
-            kp = detector(image, path)
+            people = people_in(detector, image, path)
         except BackendUnavailable:
             raise
-        except Exception:  # noqa: BLE001 - no person found, a malformed JSON: the image is kept without keypoints
-            kp = None
-    return DetectedImage(path, stem, key, image, kp, None, None)
+        except Rejected:  # no person found, a malformed JSON: the image is kept without keypoints
+            people = []
+    kp = people[0].keypoints if people else None
+    return DetectedImage(path, stem, key, image, kp, None, None, people)
 
 
 WORKER_QUEUE = 2  # tasks queued per worker, so it never waits for the next one
