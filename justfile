@@ -27,6 +27,11 @@ test-demo: setup
 demo: setup
     bash scripts/demo.sh
 
+# Open demo/report.html in headless Chromium: every image loads, every figure captioned; screenshot next to it.
+# Skipped, saying what to install, when no Chromium is found (Debian: apt-get install chromium).
+report-check: setup
+    {{py}} scripts/report_check.py demo/report.html
+
 # Lint with ruff.
 lint: setup
     {{venv}}/bin/ruff check mst_pipeline uh_train blender_scripts tests scripts
