@@ -723,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             write_report(demo, all_stages[: len(results)], results, size.eval_n)
             return 1
     out = write_report(demo, all_stages, results, size.eval_n)
-    print(f"==> report: {shown(out)}")
+    print(f"==> report: {shown(out)} (open it in a browser; `just report-check` checks it in headless Chromium)")
     return 0
 
 
