@@ -26,7 +26,7 @@ pip_status() {  # LOG: one line saying what pip is doing, read from its output s
   fi
   downloading=$(grep -E '^ *Downloading ' "$log" | tail -n 1 | sed -E 's/^ *Downloading //; s|.*/||' || true)
   if [[ -n "$downloading" ]]; then
-    echo "resolving: $collected packages so far; downloading $downloading"
+    echo "resolving: $collected packages so far; latest download: $downloading"
   else
     echo "resolving: $collected packages so far"
   fi

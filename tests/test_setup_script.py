@@ -56,7 +56,7 @@ def test_setup_prints_each_step_with_elapsed_time_and_what_pip_is_doing(tmp_path
     for step in ("upgrading pip", "installing the project and its dependencies", "upgrading PyOpenGL"):
         assert f"] {step}" in out, out
     # While pip runs, a line every tick says what it is doing (here: downloading torch, 2 collected).
-    assert "... resolving: 2 packages so far; downloading torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl " \
+    assert "... resolving: 2 packages so far; latest download: torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl " \
            "(865.2 MB)" in out, out
     assert out.count("done in") == 3 and "(3 packages installed or upgraded)" in out
     assert all(re.match(r"\[\d+:\d\d\] ", line) for line in out.splitlines()[1:]), out  # every line: [m:ss]
@@ -89,5 +89,5 @@ def test_pip_status_reads_the_phase_from_the_log(tmp_path):
 
     assert status("") == "resolving: 0 packages so far"
     assert status("Collecting a\nCollecting b\nCollecting c\n") == "resolving: 3 packages so far"
-    assert status(PIP_LOG).startswith("resolving: 2 packages so far; downloading torch-2.14.1")
+    assert status(PIP_LOG).startswith("resolving: 2 packages so far; latest download: torch-2.14.1")
     assert status(PIP_LOG + PIP_DONE) == "unpacking 3 packages into the environment"
