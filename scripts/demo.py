@@ -589,8 +589,12 @@ def can_and_cannot_html(numbers: dict, total_s: float) -> str:
     params = numbers["g_params"]
     share = kimg / PAPER_KIMG
     gpu_min = PAPER_GPU_DAYS * 24 * 60
-    param_text = (f"a generator of {params / 1e6:.2f} M parameters (the paper's has 28 M)" if params else
-                  "the tiny preset's generator (the paper's has 28 M parameters)")
+    if params:
+        count = f"{params / 1e6:.1f} M" if params >= 1e6 else f"{params / 1e3:.0f} thousand"
+        param_text = (f"a generator of about {count} weights (the paper's has 28 M parameters, "
+                      f"{PAPER_G_PARAMS / params:,.0f} times as many)")
+    else:
+        param_text = "the tiny preset's generator (the paper's has 28 M parameters)"
     text = f"""<h2 id="can-and-cannot">What this run can and cannot show</h2>
 <p>This demo took {total_s / 60:.1f} minutes on this machine's CPU, {train_s / 60:.1f} of them training:
 {kimg:.1f} thousand images (kimg) in two stages at batch {numbers['batch'] or '?'}, 32 × 32 px patches,

@@ -53,6 +53,10 @@ def report(tmp_path_factory):
             json.dumps({"step": s, "kimg": kimg * s / 4, "loss/G": 1.0 / s, "loss/D": 0.5 + s}) + "\n"
             for s in range(1, 5)))
         (runs / stage / "done").write_text("60.0\n")
+    from safetensors.numpy import save_file
+
+    save_file({"G_ema.a": np.zeros((20, 100), np.float32), "G_ema.b": np.zeros(1000, np.float32),
+               "D.c": np.zeros(50_000, np.float32)}, str(runs / "stage2" / "network-latest.safetensors"))
     stages = demo.stages(out, demo.SMALL)
     for stage in stages:
         for view in demo.VIEW_SOURCES:
@@ -121,6 +125,8 @@ def test_the_report_says_what_the_run_can_and_cannot_show_with_numbers(report):
     assert f"This demo took {minutes:.1f} minutes on this machine's CPU, 2.0 of them training: 4.0 thousand " \
            "images (kimg)" in section  # 60 s per training stage (from its done file); 3 + 1 kimg
     assert "43 GPU-days (about 61,920 GPU-minutes" in section
+    assert "a generator of about 3 thousand weights (the paper's has 28 M parameters, 9,333 times as many)" \
+        in section  # G_ema's 3,000 values, not D's
     assert "50,000 kimg in all" in section and "0.0080% of those images (1 in 12,500)" in section
     assert "<b>It can show</b>" in section and "<b>It cannot show</b>" in section
     assert "metrics (on 8 generated and real images)" in section
