@@ -74,6 +74,7 @@ class Figure:
     shows: str
     look_for: str
     height: int | None = None  # display height of each image in px; None: enlarged to about the page's width
+    per_row: int | None = None  # start a new row after this many images
     newest_in: Path | None = None  # show the newest samples-*.png of this run folder instead of `paths`
 
 
@@ -180,7 +181,7 @@ def stages(demo: Path, size: Size) -> list[Stage]:
                               "(left to right). The upper and face views are separate renders at higher pixel "
                               "density, not crops of the full view.",
                               "one person per triple, the same clothes and skin in all three views; the face view "
-                              "sharper than the face in the full view.", height=192)]),
+                              "sharper than the face in the full view.", height=192, per_row=len(VIEW_SOURCES))]),
     ]
     if found:
         out.append(Stage("photos", "Copy the real photographs of people that ship inside installed packages "
@@ -194,9 +195,8 @@ def stages(demo: Path, size: Size) -> list[Stage]:
               "average the fits into the average camera ᾱ, the mean pitch and the pose set.",
               [mst, "space", str(render / "full"), "--detector", "openpose-json", "--out", str(space), *fit],
               [space, space.with_suffix(".npz")],
-              look_for="a scale near 1 and translations near 0 (the renders are centred and fill the square "
-              "from head to feet), a pitch ô near 0 with a small spread (standing people seen from the front), "
-              "the density equal to the render size."),
+              look_for="a pitch ô near 0 with a small spread (the renders are standing people seen from the "
+              "front), a density equal to the render size, every image fitted."),
         Stage("pose prior", "mst fit-prior: train the VPoser-architecture pose prior on the fitted poses.",
               [mst, "fit-prior", str(space), "--out", str(prior), "--epochs", str(size.prior_epochs)], [prior],
               look_for="only that it finishes: the prior's effect shows in the alignment errors below."),
@@ -419,8 +419,8 @@ def space_html(record: dict) -> str:
     pitch = float(record.get("pitch", float("nan")))
     spread = record.get("pitch_spread") or {}
     rows = [
-        ["ᾱ: scale s", f"{cam[0]:.4f}", "weak-perspective scale of the average camera (the body's height in the "
-         "square, in the model's units)"],
+        ["ᾱ: scale s", f"{cam[0]:.4f}", "scale of the average weak-perspective camera: how large the average "
+         "body appears in the square"],
         ["ᾱ: translation (tx, ty)", f"({cam[1]:+.4f}, {cam[2]:+.4f})", "where the average camera places the body"],
         ["ô: mean pitch", f"{pitch:+.4f} rad ({math.degrees(pitch):+.2f}°)",
          "forward tilt of the body that SMPLify-P is pulled towards (λr term)"],
@@ -442,11 +442,16 @@ def png_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
-def figure_html(number: int, images: list[tuple[str, int, int]], shows: str, look_for: str, made_by: list[str],
-                rows: str = "") -> str:
-    """One captioned figure: images as (src, display width, display height), or pre-built ROWS of HTML."""
-    imgs = "".join(f'<img src="{html.escape(src)}" width="{w}" height="{h}" alt="{html.escape(src)}" '
-                   f'title="{html.escape(src)}">' for src, w, h in images)
+def figure_html(number: int, images: list[tuple[str, int, int, bool]], shows: str, look_for: str,
+                made_by: list[str], rows: str = "", per_row: int | None = None) -> str:
+    """One captioned figure: images as (src, display width, display height, enlarged), or pre-built ROWS of
+    HTML. Enlarged images keep their pixels square and sharp."""
+    imgs = ""
+    for i, (src, w, h, enlarged) in enumerate(images):
+        if per_row and i and i % per_row == 0:
+            imgs += "<br>"
+        imgs += (f'<img src="{html.escape(src)}" width="{w}" height="{h}" alt="{html.escape(src)}" '
+                 f'title="{html.escape(src)}"{" class=enlarged" if enlarged else ""}>')
     cmds = "<br>".join(f"<code>{html.escape(c)}</code>" for c in made_by)
     return (f'<figure><div class="imgs">{imgs}{rows}</div><figcaption><b>Figure {number}.</b> {html.escape(shows)} '
             f"<b>Look for:</b> {html.escape(look_for)}<br><b>Made by:</b> {cmds}</figcaption></figure>")
@@ -635,18 +640,28 @@ def write_report(demo: Path, all_stages: list[Stage], results: list[dict], eval_
             paths = fig.paths
             if fig.newest_in is not None:
                 paths = sorted(fig.newest_in.glob("samples-*.png"))[-1:]
-            images = [(rel(p, demo), *display_size(p, fig.height)) for p in paths if p.exists()]
+            images = []
+            for p in paths:
+                if p.exists():
+                    w, h = display_size(p, fig.height)
+                    images.append((rel(p, demo), w, h, w > png_size(p)[0]))
             if images:
                 figure_no += 1
-                body += figure_html(figure_no, images, fig.shows, fig.look_for, [command_line(stage)])
+                body += figure_html(figure_no, images, fig.shows, fig.look_for, [command_line(stage)],
+                                    per_row=fig.per_row)
         for log in stage.logs:
             run = log.with_name("run.json")  # how the run started and which pixel loss it used
             if run.exists():
                 info = json.loads(run.read_text())
                 body += (f"<p>Started from: {html.escape(str(info.get('start')))}. Teacher pixel loss: "
                          f"{html.escape(str(info.get('pixel_loss')))}.</p>")
-            if log.exists():
-                body += loss_curves_svg(log)
+            curves = loss_curves_svg(log) if log.exists() else ""
+            if curves:
+                figure_no += 1
+                body += figure_html(figure_no, [], "The loss terms the trainer logged, one plot per term against "
+                                    "the step (title: first → last value, range).", stage.look_for or
+                                    "finite values.", [command_line(stage), f"its log: {rel(log, demo)}"],
+                                    rows=curves)
         for table in stage.tables:
             if table.exists():
                 body += markdown_table_html(table.read_text())
@@ -678,8 +693,10 @@ def write_report(demo: Path, all_stages: list[Stage], results: list[dict], eval_
 td,th{{padding:4px 10px;text-align:left;vertical-align:top}} table{{border-collapse:collapse;margin:0.5em 0}}
 tr:nth-child(even){{background:#f3f3f3}} th{{background:#e4e8ef}}
 figure{{margin:1em 0;padding:0.5em;border:1px solid #ddd;background:#fafafa}}
-figure img{{image-rendering:pixelated;margin:2px;vertical-align:top;max-width:100%;height:auto}}
-figcaption{{font-size:0.92em;margin-top:0.4em}} code{{font-size:0.85em;word-break:break-all}}
+figure img{{margin:2px;vertical-align:top;max-width:100%;height:auto}}
+img.enlarged,.zoomrow img{{image-rendering:pixelated}}
+figcaption{{font-size:0.92em;margin-top:0.4em}}
+code{{font-family:monospace,monospace;font-size:0.88em;word-break:break-all}}
 .zoomrow{{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin-bottom:8px;font-size:0.8em}}
 .zoomrow div{{max-width:260px}} section{{border-top:1px solid #ccc;margin-top:1.5em}}
 p.cmd{{color:#444}}</style></head><body>

@@ -97,6 +97,9 @@ def test_every_image_is_in_a_captioned_figure_at_an_inspectable_size(report):
     for src, width in re.findall(r'<img src="([^"]+)" width="(\d+)"', text):
         assert (out / src).is_file(), src
         assert int(width) >= 128, src  # 64 px renders and 32 px zooms are enlarged
+    people = next(f for f in figures if "rendered people" in f)
+    assert people.count("<img ") == 9 and people.count("<br><img") == 2  # one person's three views per row
+    assert sum("loss terms the trainer logged" in f and "<svg" in f for f in figures) == 2  # curves captioned
     # The 128 px-per-image grid (512 px wide) is enlarged 2x; the 1152 px preview fits the page.
     assert '<img src="gen128/grid.png" width="1024" height="512"' in text
     assert '<img src="preview.png" width="1040" height="347"' in text
