@@ -504,14 +504,14 @@ def zoom_figure(demo: Path, seeds_text: str, made_by: list[Stage], number: int =
                 diffs[name].append(float(np.abs(np.asarray(patch, float) - np.asarray(crop, float)).mean()))
         boxed_path = folder / f"seed{seed:04d}-boxes.png"
         save_png(boxed, boxed_path)
-        row = f'<div class="zoomrow"><div><img src="{rel(boxed_path, demo)}" width="256" height="256" ' \
+        row = f'<div class="zoomrow"><div class="full"><img src="{rel(boxed_path, demo)}" width="256" height="256" ' \
               f'alt="seed {seed}"><br>seed {seed}: 256 px, boxes drawn</div>'
         for name, crop_path, patch_path in cells:
             colour = "#{:02x}{:02x}{:02x}".format(*colours.get(name, (0, 0, 0)))
-            for what, path in ((f"{name}: box cut from the 256 px image", crop_path),
+            for what, path in ((f"{name}: the box, cut from the 256 px image", crop_path),
                                (f"{name}: rendered on its own", patch_path)):
                 if path.exists():
-                    row += (f'<div><img src="{rel(path, demo)}" width="128" height="128" '
+                    row += (f'<div class="patch"><img src="{rel(path, demo)}" width="128" height="128" '
                             f'style="border:2px solid {colour}" alt="{html.escape(what)}"><br>'
                             f"{html.escape(what)}</div>")
         rows.append(row + "</div>")
@@ -698,7 +698,7 @@ img.enlarged,.zoomrow img{{image-rendering:pixelated}}
 figcaption{{font-size:0.92em;margin-top:0.4em}}
 code{{font-family:monospace,monospace;font-size:0.88em;word-break:break-all}}
 .zoomrow{{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin-bottom:8px;font-size:0.8em}}
-.zoomrow div{{max-width:260px}} section{{border-top:1px solid #ccc;margin-top:1.5em}}
+.zoomrow .full{{width:260px}} .zoomrow .patch{{width:136px}} section{{border-top:1px solid #ccc;margin-top:1.5em}}
 p.cmd{{color:#444}}</style></head><body>
 <h1>UnitedHuman demo report</h1>
 <p>The pipeline run on data made on this machine: people rendered from the open body model, synthetic
