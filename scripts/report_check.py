@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH = 1280  # browser window width in px
-MAX_HEIGHT = 16000  # Chromium's screenshots are limited to about 16k px
+MAX_HEIGHT = 32000  # a taller page is shown down to here
 MIN_SHOWN = 96  # an image shown narrower than this cannot be inspected
 INSTALL_HINT = ("no Chromium found; install one to check the report in a browser: `apt-get install chromium` "
                 "(Debian; Ubuntu: chromium-browser), or `pip install playwright && playwright install chromium`, "
@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     png = args.png or args.report.with_name("report-screenshot.png")
     found, problems = check_report(args.report, png, binary)
+    cut = f" (its first {MAX_HEIGHT} px)" if found["height"] > MAX_HEIGHT else ""
     print(f"{args.report}: {found['images']} images, {found['figures']} figures, {found['tables']} tables, "
-          f"page {found['width']} x {found['height']} px; screenshot: {png}")
+          f"page {found['width']} x {found['height']} px; screenshot{cut}: {png}")
     for problem in problems:
         print(f"  problem: {problem}")
     print("report check: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
