@@ -8,7 +8,9 @@ two stages, and the renderer and the metrics run on the result.
 
 Each stage is a real CLI command (or a short step of this script, named as such in the report). A
 stage whose outputs already exist is reused, so re-running the demo only does what is missing.
-Stage timings and outputs go into one HTML page.
+The report (one HTML page, demo/report.html) gives each stage its command, what to look for, and
+its outputs as captioned figures and tables, with the raw JSON linked; it opens with what a run of
+a few CPU minutes can and cannot show. `scripts/report_check.py` checks it in headless Chromium.
 
     python scripts/demo.py [--out DIR] [--small]
 """
