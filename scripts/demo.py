@@ -382,7 +382,9 @@ def markdown_table_html(text: str) -> str:
     if len(lines) < 2:
         return f"<pre>{html.escape(text)}</pre>"
     cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines if not set(ln) <= set("|-: ")]
-    return html_table(cells[0], cells[1:])
+    notes = [ln.strip()[2:] for ln in text.splitlines() if ln.strip().startswith(("* ", "- "))]
+    listed = "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else ""
+    return html_table(cells[0], cells[1:]) + listed
 
 
 def html_table(head: list[str], body: list[list[str]]) -> str:
@@ -604,7 +606,7 @@ def can_and_cannot_html(numbers: dict, total_s: float) -> str:
         param_text = "the tiny preset's generator (the paper's has 28 M parameters)"
     text = f"""<h2 id="can-and-cannot">What this run can and cannot show</h2>
 <p>This demo took {total_s / 60:.1f} minutes on this machine's CPU, {train_s / 60:.1f} of them training:
-{kimg:.1f} thousand images (kimg) in two stages at batch {numbers['batch'] or '?'}, 32 × 32 px patches,
+{kimg:.3g} thousand images (kimg) in two stages at batch {numbers['batch'] or '?'}, 32 × 32 px patches,
 {param_text}. The paper trains for
 {PAPER_GPU_DAYS} GPU-days (about {gpu_min:,} GPU-minutes; batch 32 on 8 GPUs, 256 px in stage 1, evaluation at
 2048 px); this project's <code>paper</code> preset trains 25,000 kimg per stage, {PAPER_KIMG:,} kimg in all, so the demo
@@ -614,7 +616,7 @@ against the exact H of each render (the table under \u201cMST vs truth\u201d is 
 pass the spec, the losses of both stages are finite, the renderer composes images of any size from patches,
 and whether a zoomed patch rendered on its own agrees with the same region of the full image (measured under
 the zoom figure).
-<b>It cannot show</b> image quality: after {kimg:.1f} kimg the generated people are blurred figure-shaped blobs,
+<b>It cannot show</b> image quality: after {kimg:.3g} kimg the generated people are blurred figure-shaped blobs,
 faces and hands are not formed, and the metrics (on {{eval_n}} generated and real images) are large numbers that say
 nothing about the paper's FID 15.37, pFID 18.94 or kFID 19.56; nor the gain from each data source (the paper's
 ablation needs its datasets and its full training). For those, train the <code>paper</code> preset on real data on

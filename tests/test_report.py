@@ -46,6 +46,9 @@ def report(tmp_path_factory):
     png(out / "hand" / "seed0000.png", np.zeros((32, 32, 3)))
     png(out / "gen128" / "grid.png", rng.integers(0, 256, (256, 512, 3)))
     png(out / "preview.png", rng.integers(0, 256, (384, 1152, 3)))
+    (out / "eval").mkdir()
+    (out / "eval" / "metrics.md").write_text("# Evaluation\n\n| Method | FID ↓ |\n|---|---:|\n| net | 395.41 |\n\n"
+                                             "* n = 8 per metric\n")
     runs = out / "runs"
     for stage, kimg in (("stage1", 3.0), ("stage2", 1.0)):
         png(runs / stage / "samples-000008.png", rng.integers(0, 256, (64, 128, 3)))
@@ -82,6 +85,8 @@ def test_validate_and_space_are_tables_with_the_raw_json_behind_a_link(report):
     assert "<td>ᾱ: translation (tx, ty)</td><td>(+0.0021, +0.0900)</td>" in text
     assert "<td>ô: mean pitch</td><td>+0.0107 rad (+0.61°)</td>" in text
     assert "<td>density</td><td>128 px</td>" in text
+    # Markdown tables (the metrics) become tables, with their notes as a list.
+    assert "<tr><td>net</td><td>395.41</td></tr></table><ul><li>n = 8 per metric</li></ul>" in text
 
 
 def test_every_image_is_in_a_captioned_figure_at_an_inspectable_size(report):
@@ -125,7 +130,7 @@ def test_the_report_says_what_the_run_can_and_cannot_show_with_numbers(report):
     _, _, text = report
     section = text[text.index('id="can-and-cannot"'):text.index("<h2>Stages</h2>")]
     minutes = (2 * 60 + 6 * (len(report[0].stages(report[1], report[0].SMALL)) - 2)) / 60
-    assert f"This demo took {minutes:.1f} minutes on this machine's CPU, 2.0 of them training: 4.0 thousand " \
+    assert f"This demo took {minutes:.1f} minutes on this machine's CPU, 2.0 of them training: 4 thousand " \
            "images (kimg)" in section  # 60 s per training stage (from its done file); 3 + 1 kimg
     assert "43 GPU-days (about 61,920 GPU-minutes" in section
     assert "a generator of about 3 thousand weights (the paper's has 28 M parameters, 9,333 times as many)" \
