@@ -35,7 +35,8 @@ PROBE = """<script>window.addEventListener('load', () => {
   const figs = [...document.querySelectorAll('figure')];
   const r = {images: imgs.length,
     broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src')),
-    small: imgs.filter(i => i.getBoundingClientRect().width < MIN_SHOWN).map(i => i.getAttribute('src')),
+    small: imgs.filter(i => i.naturalWidth > 0 && i.getBoundingClientRect().width < MIN_SHOWN)
+      .map(i => i.getAttribute('src')),
     figures: figs.length, uncaptioned: figs.filter(f => !f.querySelector('figcaption')).length,
     tables: document.querySelectorAll('table').length,
     width: document.documentElement.scrollWidth, height: document.documentElement.scrollHeight};

@@ -154,3 +154,19 @@ def test_the_report_in_a_browser(report, tmp_path):
     assert problems == [], problems
     assert found["images"] >= 8 and found["broken"] == [] and found["uncaptioned"] == 0
     assert Image.open(shot).size[0] == report_check.WIDTH
+
+
+def test_the_browser_check_finds_a_missing_image_and_a_missing_caption(report, tmp_path):
+    spec = importlib.util.spec_from_file_location("report_check", ROOT / "scripts" / "report_check.py")
+    report_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_check)
+    binary = report_check.find_chromium()
+    if binary is None:
+        pytest.skip(report_check.INSTALL_HINT)
+    _, out, text = report
+    broken = text.replace('src="preview.png"', 'src="no-such.png"', 1).replace("<figcaption>", "<p>", 1)
+    page = out / "broken.html"
+    page.write_text(broken)
+    _, problems = report_check.check_report(page, tmp_path / "broken.png", binary)
+    assert "image does not load: no-such.png" in problems
+    assert "1 figure(s) without a caption" in problems
