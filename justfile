@@ -1,7 +1,8 @@
 # UnitedHuman task runner. Every recipe sets up .venv first (fast when already done).
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-py := ".venv/bin/python"
+venv := env_var_or_default("UNITEDHUMAN_VENV", ".venv")
+py := venv / "bin/python"
 export ANNY_CACHE_DIR := env_var_or_default("ANNY_CACHE_DIR", justfile_directory() / ".cache/anny")
 export UNITEDHUMAN_CACHE := env_var_or_default("UNITEDHUMAN_CACHE", justfile_directory() / ".cache/unitedhuman")
 
@@ -9,7 +10,7 @@ export UNITEDHUMAN_CACHE := env_var_or_default("UNITEDHUMAN_CACHE", justfile_dir
 default:
     @just --list
 
-# Create .venv with all extras and dev tools (idempotent).
+# Create .venv (or $UNITEDHUMAN_VENV) with all extras and dev tools (idempotent; prints each step).
 setup:
     @bash scripts/setup.sh
 
@@ -26,9 +27,14 @@ test-demo: setup
 demo: setup
     bash scripts/demo.sh
 
+# Open demo/report.html in headless Chromium: every image loads, every figure captioned; screenshot next to it.
+# Skipped, saying what to install, when no Chromium is found (Debian: apt-get install chromium).
+report-check: setup
+    {{py}} scripts/report_check.py demo/report.html
+
 # Lint with ruff.
 lint: setup
-    .venv/bin/ruff check mst_pipeline uh_train blender_scripts tests scripts
+    {{venv}}/bin/ruff check mst_pipeline uh_train blender_scripts tests scripts
 
 # Run the benchmarks (all, or those whose name contains NAME) and write docs/benchmarks.md.
 bench *NAME: setup

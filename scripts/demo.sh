@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python scripts/demo.py "$@"
+exec "${UNITEDHUMAN_VENV:-.venv}/bin/python" scripts/demo.py "$@"

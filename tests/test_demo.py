@@ -42,9 +42,9 @@ def test_small_demo_runs_every_stage_and_reports_it(tmp_path):
             "align face", "render hands", "validate", "MST vs truth", "alignment preview", "train stage 1",
             "train stage 2", "generate 4r", "evaluate"} <= set(names)
     for name in names:
-        row = re.search(rf"<tr><td>{re.escape(name)}</td><td>(\w+)</td>", report)
+        row = re.search(rf'<tr><td><a href="#[\w-]+">{re.escape(html.escape(name))}</a></td><td>(\w+)</td>', report)
         assert row is not None and row.group(1) in ("ok", "reused"), name
-        assert f"<h2>{html.escape(name)}</h2>" in report
+        assert re.search(rf'<h2 id="[\w-]+">{re.escape(html.escape(name))}</h2>', report), name
     # Every image the report shows exists next to it.
     for src in re.findall(r'<img src="([^"]+)"', report):
         assert (out / src).is_file(), src
@@ -56,6 +56,14 @@ def test_small_demo_runs_every_stage_and_reports_it(tmp_path):
         assert int(row.group(1)) == int(row.group(2)) == demo.SMALL.people
         assert float(row.group(3)) < 5.0
     assert "FID" in (out / "eval" / "metrics.md").read_text()
+    # The report as tables and captioned figures, with its limits; in a browser where there is one.
+    assert '<a href="validate.json">raw JSON' in report and "<td>ᾱ: scale s</td>" in report
+    assert report.count("<figcaption>") >= 8 and 'id="can-and-cannot"' in report
+    assert (out / "zoom" / "seed0000-boxes.png").is_file()
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "report_check.py"), str(out / "report.html")],
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "report check: ok" in check.stdout or "report check skipped: no Chromium found" in check.stdout
     # A second run reuses every stage.
     again = run_demo(out)
     assert again.returncode == 0, again.stderr[-3000:]
