@@ -69,11 +69,13 @@ class TrainConfig:
     max_bad_steps: int = 20
     device: str = "auto"
     allow_config_change: bool = False  # resume even if the settings differ from the checkpoint's (recorded)
+    compile: bool = False  # torch.compile the G and D forward passes (pays on GPUs; minutes to compile on CPU)
     share_fakes: bool = True  # the D step reuses the G step's fakes (one render per step); False: fresh z, as StyleGAN3
 
 
 # Settings a resumed run may change freely: where and how long it runs, not what it learns.
-RESUME_FREE = ("out", "kimg", "snapshot_kimg", "workers", "device", "max_bad_steps", "allow_config_change")
+RESUME_FREE = ("out", "kimg", "snapshot_kimg", "workers", "device", "max_bad_steps", "allow_config_change",
+               "compile")
 
 
 def config_changes(saved: dict[str, Any], current: TrainConfig) -> dict[str, list[Any]]:
@@ -484,6 +486,8 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
     last: dict[str, float] = {}
     skipped = 0
 
+    # Compiled forward passes share the modules' parameters; checkpoints keep using G and D.
+    G_run, D_run = (torch.compile(G), torch.compile(D)) if cfg.compile else (G, D)
     while prog.nimg < total_nimg:
         terms: dict[str, float] = {}
         do_r1 = cfg.r1_gamma > 0 and prog.step % cfg.r1_interval == 0
@@ -516,13 +520,13 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
             with clock.part("G forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 # One render serves both steps when shared (its EMA update is the D step's, as StyleGAN's);
                 # otherwise the D step renders its own fakes from fresh z, as StyleGAN3's loop does.
-                fake_g = G(zg.to(device), T, update_emas=cfg.share_fakes)
+                fake_g = G_run(zg.to(device), T, update_emas=cfg.share_fakes)
             if cfg.share_fakes:
                 fake_d = fake_g.detach()
             else:
                 with clock.part("G forward (D step)"), torch.no_grad(), \
                         torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    fake_d = G(zd.to(device), T, update_emas=True)
+                    fake_d = G_run(zd.to(device), T, update_emas=True)
 
             # --- D step, L_D of Eq. 10 (stage 1: Eq. 7): both heads, CutMix of real partial patches with
             # fakes (Eq. 6), consistency (Eq. 9, weighted λ_cr), R1
@@ -533,11 +537,11 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
                 mixed = losses.cutmix(real, fake_d, mix_mask)
                 if do_r1:  # the reals need their own graph for R1's gradient
                     real_in = real.detach().requires_grad_(True)
-                    r_g, r_p = D(real_in)
-                    fm_g, fm_p = D(torch.cat([fake_d, mixed]), chunks=2)
+                    r_g, r_p = D_run(real_in)
+                    fm_g, fm_p = D_run(torch.cat([fake_d, mixed]), chunks=2)
                     (f_g, _), (f_p, m_p) = fm_g.chunk(2), fm_p.chunk(2)
                 else:  # one pass over all three, minibatch statistics per chunk
-                    rfm_g, rfm_p = D(torch.cat([real, fake_d, mixed]), chunks=3)
+                    rfm_g, rfm_p = D_run(torch.cat([real, fake_d, mixed]), chunks=3)
                     (r_g, f_g, _), (r_p, f_p, m_p) = rfm_g.chunk(3), rfm_p.chunk(3)
                 # Global head: only whole views are real images (a patch its source covers, or a view
                 # of the full-body set inside the square); a partial patch completed by CutMix is
@@ -572,7 +576,7 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
             fake_in = fake_g.detach().requires_grad_(True)
             with clock.part("D forward/backward: fakes for G"), \
                     torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                g_logit, p_logit = D(fake_in)
+                g_logit, p_logit = D_run(fake_in)
                 loss = losses.nonsaturating_g_loss(g_logit) + losses.nonsaturating_g_loss(p_logit)
                 _add(terms, "G/adv", loss)
                 (loss / rounds).backward()
@@ -785,6 +789,8 @@ def run_cmd(
     share_fakes: bool = typer.Option(True, "--share-fakes/--no-share-fakes",
                                      help="D trains on the G step's fakes (one render per step), or renders its "
                                           "own from fresh z as StyleGAN3 does (slower)."),
+    compile_networks: bool = typer.Option(False, "--compile", help="torch.compile G and D (pays on a GPU; "
+                                          "compiling takes minutes on a CPU)."),
     allow_config_change: bool = typer.Option(False, "--allow-config-change",
                                              help="Resume even if settings differ from the checkpoint's "
                                                   "(the changes are recorded in run.json)."),
@@ -811,7 +817,7 @@ def run_cmd(
         preset=preset, res=res, kimg=kimg if kimg is not None else k, batch=batch or b, batch_gpu=batch_gpu,
         snapshot_kimg=snapshot_kimg or snap, lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers,
         device=device, r1_gamma=gamma, views=list(view), mirror=mirror,
-        allow_config_change=allow_config_change, share_fakes=share_fakes,
+        allow_config_change=allow_config_change, share_fakes=share_fakes, compile=compile_networks,
     )
     try:
         summary = train(cfg)
