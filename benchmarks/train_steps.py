@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                    help="another TrainConfig field (only where that version has it)")
     args = ap.parse_args()
 
     import torch
@@ -48,7 +50,8 @@ def main() -> None:
     tr.PatchBatches = Stamped
     cfg = tr.TrainConfig(shards=[args.shards], out=args.out, stage=args.stage, teacher=args.teacher,
                          preset=args.preset, batch=args.batch, kimg=args.batch * args.steps / 1000,
-                         snapshot_kimg=1e9, seed=args.seed, lpips="auto")
+                         snapshot_kimg=1e9, seed=args.seed, lpips="auto",
+                         **{k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)})
     tr.train(cfg)
     end = time.perf_counter()
     stamps.append(end)
