@@ -149,7 +149,9 @@ without R1; R1 runs every 16 steps and its own row is the median over the steps 
 CPU, synthetic shards. Stage 2 starts from the stage-1 run and includes the teacher and Eq. 8 with LPIPS
 (its AlexNet randomly initialised where the weights are absent: the same cost). "consistency" is the
 Eq. 9 term's forward, timed inside the D part; the G step's backward through D is in "D
-forward/backward: fakes for G", the rest of it in "G backward".
+forward/backward: fakes for G", the rest of it in "G backward". Absolute times depend on what else
+runs on the machine (on a shared 2-core machine they can be several times a quiet one's); compare
+parts within a column, and the trainers against each other only interleaved ("train_speedup").
 
 {parts_table(columns)}
 The generator's forward and backward dominate; the D step trains on the G step's fakes (one render per
