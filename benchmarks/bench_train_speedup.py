@@ -111,10 +111,13 @@ def run() -> str:
 `.venv/bin/python scripts/bench.py train_speedup` (`UH_BENCH_BASELINE=REV` picks the baseline)
 
 Both trainers ran the same script (`benchmarks/train_steps.py`) in fresh processes, alternating
-old and new ({REPEATS} repetitions each, median of the steps after the first; the first runs R1),
+old and new ({REPEATS} repetition(s) each, median of the steps after the first; the first runs R1),
 on the same synthetic shards and the same stage-1 state, L1-only pixel loss (no AlexNet weights here).
 The machine was shared with other jobs, so single numbers are noisy; the interleaving exposes both
-trainers to the same load. Took {time.time() - t0:.0f} s.
+trainers to the same load, but a single pair can still be off by the load changing between its two
+runs. What the restructuring can save follows from the part times ("Trainer"): one generator forward
+per step (and, in stage 2, nothing of the teacher) and the difference between three D passes and one;
+on a quiet machine that is about 1.2-1.5x, and ratios far above it are load. Took {time.time() - t0:.0f} s.
 
 {table}
 First losses for the same seed (`tiny`, batch 8). With `--no-share-fakes` the new loop draws the same

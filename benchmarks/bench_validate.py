@@ -18,7 +18,7 @@ def run() -> str:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "shards"
-        write_synthetic(folder, n=96, res=256, seed=0, max_count=8)  # 3 sources x 12 shards
+        write_synthetic(folder, n=400, res=256, seed=0, max_count=25)  # 3 sources x 16 shards
         rates: dict[int, list[float]] = {1: [], cores: []}
         reports = {}
         for rep in range(REPEATS):
