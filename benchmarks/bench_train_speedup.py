@@ -117,7 +117,7 @@ The machine was shared with other jobs, so single numbers are noisy; the interle
 trainers to the same load, but a single pair can still be off by the load changing between its two
 runs. What the restructuring can save follows from the part times ("Trainer"): one generator forward
 per step (and, in stage 2, nothing of the teacher) and the difference between three D passes and one;
-on a quiet machine that is about 1.2-1.5x, and ratios far above it are load. Took {time.time() - t0:.0f} s.
+by the part times measured here that is about 1.2x, and ratios far above it are load. Took {time.time() - t0:.0f} s.
 
 {table}
 First losses for the same seed (`tiny`, batch 8). With `--no-share-fakes` the new loop draws the same
