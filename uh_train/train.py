@@ -596,6 +596,7 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
             with clock.part("G backward"):
                 fake_g.backward(fake_in.grad)
         with clock.part("optimiser"):
+            D.requires_grad_(True)  # frozen for the G step; its gradients are those of the D step
             average_gradients(G, d)
             average_gradients(D, d)
 
