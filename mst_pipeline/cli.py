@@ -33,6 +33,8 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
     max_defects: int = typer.Option(200, help="Show at most this many defects (all are counted).",
                                     callback=cli_args.non_negative),
+    workers: int = typer.Option(0, "--workers", help="Processes checking shards (0: one per CPU core).",
+                                callback=cli_args.non_negative),
 ) -> None:
     """Check every shard of FOLDER against the shard spec and the manifest.
 
@@ -46,7 +48,7 @@ def validate(
     if not folder.is_dir():
         err.print(f"[red]error:[/red] {folder} is not a folder (give the folder that holds the .tar shards)")
         raise typer.Exit(2)
-    report = validate_folder(folder)
+    report = validate_folder(folder, workers=workers or None)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,7 +143,24 @@ def check_sample(key: str, fields: dict[str, bytes]) -> tuple[dict[str, Any] | N
     return (meta if not meta_problems else None), problems
 
 
-def validate_folder(folder: str | Path) -> Report:
+def check_shard(tar: Path) -> tuple[list[tuple[str, dict[str, Any] | None, list[str]]], str | None]:
+    """Every sample of one shard checked on its own: ([(key, meta or None, defects)] in shard order,
+    the shard's read error or None). Runs in a worker process; duplicates across shards and the
+    manifest are checked afterwards, in one place."""
+    rows = []
+    try:
+        for key, fields in read_shard(tar):
+            meta, problems = check_sample(key, fields)
+            rows.append((key, meta, problems))
+    except ShardError as e:
+        return rows, str(e)
+    return rows, None
+
+
+def validate_folder(folder: str | Path, workers: int | None = None) -> Report:
+    """Check every shard of `folder` and its manifest. Shards are checked in `workers` processes
+    (default: one per CPU core; 1: in this process); the report is the same, in the same order, for
+    any number of workers."""
     folder = Path(folder)
     report = Report(folder=str(folder))
     tars = sorted(folder.glob("*.tar"))
@@ -150,33 +169,42 @@ def validate_folder(folder: str | Path) -> Report:
     if not tars:
         report.add("-", "-", f"no shards (*.tar) in {folder}")
         return report
+    workers = min(workers or os.cpu_count() or 1, len(tars))
+    if workers > 1:
+        # Results come back in shard order (map keeps it), so the report does not depend on timing.
+        with ProcessPoolExecutor(workers) as pool:
+            results = pool.map(check_shard, tars)
+            _merge(report, tars, results)
+    else:
+        _merge(report, tars, map(check_shard, tars))
+    return report
+
+
+def _merge(report: Report, tars: list[Path], results) -> None:
+    """Fold the per-shard results into the report, in shard order: duplicate keys, per-source counts,
+    then the manifest."""
     seen: dict[str, str] = {}
     tar_rows: dict[str, tuple[str, dict[str, Any] | None]] = {}
-    for tar in tars:
+    for tar, (rows, error) in zip(tars, results, strict=True):
         if not SHARD_NAME.match(tar.name):
             report.add(tar.name, "-", "file name does not follow {source}-{part:03d}-{index:06d}.tar")
         report.shards += 1
-        before = report.samples
-        try:
-            for key, fields in read_shard(tar):
-                report.samples += 1
-                if key in seen:
-                    report.add(tar.name, key, f"duplicate key (also in {seen[key]})")
-                    continue
-                seen[key] = tar.name
-                meta, problems = check_sample(key, fields)
-                for p in problems:
-                    report.add(tar.name, key, p)
-                tar_rows[key] = (tar.name, meta)
-                if meta is not None:
-                    _count(report, tar.name, meta)
-        except ShardError as e:
-            report.add(tar.name, "-", str(e))
-            continue
-        if report.samples == before:
+        for key, meta, problems in rows:
+            report.samples += 1
+            if key in seen:
+                report.add(tar.name, key, f"duplicate key (also in {seen[key]})")
+                continue
+            seen[key] = tar.name
+            for p in problems:
+                report.add(tar.name, key, p)
+            tar_rows[key] = (tar.name, meta)
+            if meta is not None:
+                _count(report, tar.name, meta)
+        if error is not None:
+            report.add(tar.name, "-", error)
+        elif not rows:
             report.add(tar.name, "-", "shard holds no samples (the trainer refuses a source without usable samples)")
-    _check_manifest(folder, report, tar_rows)
-    return report
+    _check_manifest(Path(report.folder), report, tar_rows)
 
 
 def _count(report: Report, shard: str, meta: dict[str, Any]) -> None:

@@ -44,7 +44,10 @@ def main() -> int:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         start = time.time()
-        body = module.run().rstrip() + "\n"
+        body = module.run()
+        if body is None:  # the benchmark cannot run here (it said why); its section stays as it is
+            continue
+        body = body.rstrip() + "\n"
         stamp = f"run on {time.strftime('%Y-%m-%d')}, took {time.time() - start:.0f} s"
         sections[name] = body + f"\n_Machine: {machine()}; {stamp}._\n"
     text = "# Benchmarks\n\nWritten by `just bench` (`.venv/bin/python scripts/bench.py [NAME]`).\n\n"

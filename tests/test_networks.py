@@ -256,3 +256,20 @@ def test_discriminator_heads_and_pixel_head_batch_independence():
     assert not torch.allclose(py[:, :, :4, :4], p[:, :, :4, :4])
     g.sum().backward()  # both heads are differentiable w.r.t. the weights
     assert D.fromrgb.weight.grad is not None and math.isfinite(D.fromrgb.weight.grad.abs().sum().item())
+
+
+def test_one_discriminator_pass_over_chunks_equals_separate_passes():
+    """Reals, fakes and CutMix images in one D pass (chunks=3) give each chunk the logits of its own
+    pass: the minibatch standard deviation never mixes reals with fakes."""
+    torch.manual_seed(0)
+    D = Discriminator(get_preset("tiny").discriminator)
+    parts = [torch.randn(4, 3, 32, 32) + k for k in range(3)]
+    g, p = D(torch.cat(parts), chunks=3)
+    for k, x in enumerate(parts):
+        gk, pk = D(x)
+        torch.testing.assert_close(g[4 * k: 4 * k + 4], gk, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(p[4 * k: 4 * k + 4], pk, atol=1e-5, rtol=1e-5)
+    g_mixed, _ = D(torch.cat(parts))  # without chunks the statistics span reals and fakes
+    assert not torch.allclose(g_mixed[:4], D(parts[0])[0], atol=1e-4)
+    with pytest.raises(ValueError, match="equal chunks"):
+        D(torch.randn(5, 3, 32, 32), chunks=2)

@@ -239,3 +239,55 @@ def test_mirror_is_on_by_default_for_the_paper_preset_only():
     assert tr.resolve_mirror(tr.TrainConfig(**base, preset="tiny")) is False
     assert tr.resolve_mirror(tr.TrainConfig(**base, preset="paper", mirror=False)) is False
     assert tr.resolve_mirror(tr.TrainConfig(**base, preset="small", mirror=True)) is True
+
+
+def _count_calls(monkeypatch):
+    from uh_train.networks import Discriminator, Generator
+
+    calls = {"G": [], "D": []}
+    g_forward, d_forward = Generator.forward, Discriminator.forward
+
+    def g(self, z, transform=None, *args, **kwargs):
+        calls["G"].append((z.shape[0], kwargs.get("update_emas", False), torch.is_grad_enabled()))
+        return g_forward(self, z, transform, *args, **kwargs)
+
+    def d(self, img, chunks=1):
+        calls["D"].append((img.shape[0], chunks))
+        return d_forward(self, img, chunks)
+
+    monkeypatch.setattr(Generator, "forward", g)
+    monkeypatch.setattr(Discriminator, "forward", d)
+    return calls
+
+
+def test_a_step_renders_once_and_runs_d_once_over_reals_fakes_and_cutmix(shards, tmp_path, monkeypatch):
+    """Step 1 (R1): reals alone (R1 needs their own graph), fakes + CutMix in one pass, fakes for G.
+    Step 2: reals, fakes and CutMix in one pass (minibatch statistics per chunk), fakes for G. The
+    generator renders once per step, with the EMA update, for both the D and the G step."""
+    calls = _count_calls(monkeypatch)
+    clock = tr.StepClock()
+    tr.train(small_cfg(shards, tmp_path / "run", kimg=0.008, snapshot_kimg=1.0), clock=clock)
+    snapshot_renders = 4  # sample grid at the end: fixed z at 4 views
+    assert calls["G"][:-snapshot_renders] == [(4, True, True)] * 2
+    assert calls["D"] == [(4, 1), (8, 2), (4, 1), (12, 3), (4, 1)]
+    assert len(clock.steps) == 2 and "R1" in clock.steps[0] and "R1" not in clock.steps[1]
+    for part in ("data", "G forward", "D forward/backward: reals, fakes, CutMix", "consistency (Eq. 9)",
+                 "D forward/backward: fakes for G", "G backward", "optimiser", "EMA"):
+        assert clock.steps[1][part] >= 0
+    assert "teacher forward" not in clock.totals  # stage 1
+
+
+def test_no_share_fakes_renders_the_d_steps_fakes_from_fresh_z(shards, tmp_path, monkeypatch):
+    calls = _count_calls(monkeypatch)
+    tr.train(small_cfg(shards, tmp_path / "run", kimg=0.004, snapshot_kimg=1.0, share_fakes=False))
+    # the G step's render (no EMA update, with gradients), then the D step's (EMA update, no gradients)
+    assert calls["G"][:2] == [(4, False, True), (4, True, False)]
+
+
+def test_a_setting_newer_than_the_checkpoint_counts_as_unchanged_at_its_default(tmp_path):
+    cfg = tr.TrainConfig(shards=["s"], out=str(tmp_path))
+    saved = json.loads(json.dumps(tr.asdict(cfg)))
+    del saved["share_fakes"]  # a checkpoint written before the setting existed
+    assert tr.config_changes(saved, cfg) == {}
+    assert tr.config_changes(saved, tr.TrainConfig(shards=["s"], out=str(tmp_path), share_fakes=False)) == {
+        "share_fakes": [True, False]}

@@ -256,3 +256,17 @@ def test_mirrored_sample_is_the_x_flip_of_the_original_in_full_body_space():
     n_plain = sum(np.allclose(f, plain) for f in flips)
     assert n_flipped + n_plain == 40 and 10 < n_flipped < 30
     assert patch_transform((0.5, 0.5), 1.0).tolist() == np.eye(3).tolist()
+
+
+def test_uint8_bilinear_sampler_equals_the_float_reference_without_converting_the_image():
+    from uh_train.data import bilinear_sample_uint8
+    from uh_train.format.geometry import bilinear_sample
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    sx = rng.uniform(-2, 55, (16, 16))  # beyond both borders too (clamped)
+    sy = rng.uniform(-2, 39, (16, 16))
+    got = bilinear_sample_uint8(img, sx, sy)
+    ref = bilinear_sample(img.astype(np.float32) / 255.0, sx, sy)
+    assert got.dtype == np.float32 and got.shape == (16, 16, 3)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)

@@ -262,3 +262,28 @@ def test_empty_shard_is_a_defect(tmp_path):
     folder = raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample(), "empty-000-000000.tar": []})
     result = run_validate(folder)
     assert result.exit_code == 1 and "empty-000-000000.tar" in result.output and "no samples" in result.output
+
+
+def test_shards_are_checked_in_parallel_with_the_same_report_in_the_same_order(tmp_path, monkeypatch):
+    import mst_pipeline.validate as validate
+
+    shards = {f"src-000-{i:06d}.tar": raw_sample(key=f"src/s{i}") + raw_sample(key=f"src/t{i}") for i in range(4)}
+    shards["src-000-000004.tar"] = raw_sample(key="src/s1")  # a duplicate of a key in shard 1
+    shards["src-000-000005.tar"] = raw_sample(key="src/bad", meta={"key": "src/bad"})  # defective meta
+    folder = raw_folder(tmp_path / "f", shards)
+    pools = []
+
+    class CountingPool(validate.ProcessPoolExecutor):
+        def __init__(self, workers, *args, **kwargs):
+            pools.append(workers)
+            super().__init__(workers, *args, **kwargs)
+
+    monkeypatch.setattr(validate, "ProcessPoolExecutor", CountingPool)
+    serial = validate.validate_folder(folder, workers=1).to_dict()
+    assert pools == []
+    parallel = validate.validate_folder(folder, workers=3).to_dict()
+    assert pools == [3]
+    assert parallel == serial  # defects in the same order, whatever process finished first
+    assert serial["samples"] == 10 and "duplicate key (also in src-000-000001.tar)" in json.dumps(serial)
+    assert run_validate(folder, "--workers", "2").exit_code == 1
+    assert pools == [3, 2]

@@ -34,7 +34,6 @@ from uh_train import shard_reader
 from uh_train.format.geometry import (
     SCALE_MAX,
     apply_homography,
-    bilinear_sample,
     full_image_homography,
     patch_transform,
 )
@@ -209,6 +208,29 @@ def mirror_record(record: ShardRecord) -> ShardRecord:
                    H=H, region=region, keypoints=keypoints)
 
 
+def bilinear_sample_uint8(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """`bilinear_sample(img / 255, sx, sy)` for a uint8 img [h, w, C], without converting the whole
+    image to float: only the four neighbours of each sample point are read (flat indices), and
+    converted, so the cost follows the patch size, not the source's. Returns float32 [..., C]."""
+    h, w, c = img.shape
+    sx = np.clip(sx, 0, w - 1)
+    sy = np.clip(sy, 0, h - 1)
+    x0 = np.floor(sx).astype(np.intp)
+    y0 = np.floor(sy).astype(np.intp)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    fx = (sx - x0)[..., None].astype(np.float32)
+    fy = (sy - y0)[..., None].astype(np.float32)
+    flat = img.reshape(h * w, c)
+
+    def at(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        return np.take(flat, yy * w + xx, axis=0).astype(np.float32) / 255.0
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
+    bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
 def resample_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tuple[np.ndarray, np.ndarray]:
     """Resample the r x r patch T(v, s) from the source through H^-1, antialiased.
 
@@ -234,8 +256,10 @@ def resample_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tu
     T = patch_transform(v, s)
     centres = (np.arange(res, dtype=np.float64) + 0.5) / res - 0.5
     gx, gy = np.meshgrid(centres, centres)
-    full = apply_homography(T, np.stack([gx, gy], axis=-1)) + 0.5
-    src = apply_homography(np.linalg.inv(H), full) - 0.5
+    # patch coords -> full-body space (T, then +0.5) -> source pixel centres (H^-1, then -0.5), as one map
+    shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    to_source = np.linalg.inv(shift) @ np.linalg.inv(H) @ shift @ T
+    src = apply_homography(to_source, np.stack([gx, gy], axis=-1))
     h, w = image.shape[:2]
     sx, sy = src[..., 0], src[..., 1]
     inside = ((sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)).astype(np.float32)
@@ -246,10 +270,10 @@ def resample_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tu
         rgb = image[iy, ix].astype(np.float32) / 255.0
         m = inside if mask is None else inside * (mask[iy, ix].astype(np.float32) / 255.0)
     else:
-        rgb = bilinear_sample(image.astype(np.float32) / 255.0, sx, sy)
+        rgb = bilinear_sample_uint8(image, sx, sy)
         m = inside
         if mask is not None:
-            m = m * bilinear_sample(mask.astype(np.float32)[..., None] / 255.0, sx, sy)[..., 0]
+            m = m * bilinear_sample_uint8(mask[..., None], sx, sy)[..., 0]
     rgb = rgb * m[..., None] + PAD_VALUE * (1 - m[..., None])
     return rgb, m
 

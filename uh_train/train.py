@@ -10,13 +10,14 @@ averaged with one all-reduce per network (NCCL on GPU, gloo on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,21 @@ class TrainConfig:
     max_bad_steps: int = 20
     device: str = "auto"
     allow_config_change: bool = False  # resume even if the settings differ from the checkpoint's (recorded)
+    compile: bool = False  # torch.compile the G and D forward passes (pays on GPUs; minutes to compile on CPU)
+    share_fakes: bool = True  # the D step reuses the G step's fakes (one render per step); False: fresh z, as StyleGAN3
 
 
 # Settings a resumed run may change freely: where and how long it runs, not what it learns.
-RESUME_FREE = ("out", "kimg", "snapshot_kimg", "workers", "device", "max_bad_steps", "allow_config_change")
+RESUME_FREE = ("out", "kimg", "snapshot_kimg", "workers", "device", "max_bad_steps", "allow_config_change",
+               "compile")
 
 
 def config_changes(saved: dict[str, Any], current: TrainConfig) -> dict[str, list[Any]]:
     """Settings that differ between a checkpoint's config and this run's: name -> [saved, now]."""
     now = json.loads(json.dumps(asdict(current)))  # tuples as lists, as stored
+    # A setting newer than the checkpoint counts as unchanged when it has its default value.
+    defaults = json.loads(json.dumps({f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     return {k: [saved.get(k), now.get(k)] for k in sorted(set(saved) | set(now))
             if k not in RESUME_FREE and saved.get(k) != now.get(k)}
 
@@ -325,8 +332,47 @@ def find_resume(out: Path) -> Path | None:
     return out / json.loads(latest.read_text())["state"]
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run training; returns a summary (steps, kimg, final losses, bad steps)."""
+class StepClock:
+    """Wall time of each part of the training steps, summed by name (`bench train` reads it). On
+    CUDA each part synchronises the device, so only pass one when measuring."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.totals: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []
+        self._step: dict[str, float] = {}
+        self._sync = device is not None and device.type == "cuda"
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        if self._sync:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._sync:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            self._step[name] = self._step.get(name, 0.0) + dt
+            self.totals[name] = self.totals.get(name, 0.0) + dt
+
+    def step_done(self) -> None:
+        self.steps.append(self._step)
+        self._step = {}
+
+
+class _NoClock:
+    def part(self, name: str):
+        return contextlib.nullcontext()
+
+    def step_done(self) -> None:
+        pass
+
+
+def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
+    """Run training; returns a summary (steps, kimg, final losses, bad steps). `clock` records where
+    each step's time goes (nested parts are also counted in their enclosing part)."""
+    clock = clock or _NoClock()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     d = init_distributed(device.type)
     if device.type == "cuda":
@@ -440,62 +486,63 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     last: dict[str, float] = {}
     skipped = 0
 
+    # Compiled forward passes share the modules' parameters; checkpoints keep using G and D.
+    G_run, D_run = (torch.compile(G), torch.compile(D)) if cfg.compile else (G, D)
     while prog.nimg < total_nimg:
         terms: dict[str, float] = {}
         do_r1 = cfg.r1_gamma > 0 and prog.step % cfg.r1_interval == 0
-        batches = [next(data_iter) for _ in range(rounds)]
+        with clock.part("data"):
+            batches = [next(data_iter) for _ in range(rounds)]
         step_skipped = 0
         for b in batches:
             prog.data.update(b["state"])
             step_skipped += b["skipped"]
         skipped += step_skipped
+        # The step's random draws, in one fixed order: z of every round, then per round the D step's z
+        # (only when it renders its own fakes) and the CutMix box.
+        z_g = [torch.randn(b["transform"].shape[0], G.z_dim, generator=gen) for b in batches]
+        z_d, boxes = [], []
+        for b in batches:
+            n = b["transform"].shape[0]
+            z_d.append(None if cfg.share_fakes else torch.randn(n, G.z_dim, generator=gen))
+            boxes.append(losses.random_box_mask(n, res, generator=gen))
 
-        # --- G step, L_G of Eq. 10: fool both heads (stage 1: that alone, Eq. 7); match the teacher on the
-        # same region (Eq. 8, weighted λ_p)
         opt_G.zero_grad(set_to_none=True)
-        G.requires_grad_(True)
-        D.requires_grad_(False)
-        finite = True
-        for b in batches:
-            T = b["transform"].to(device)
-            z = torch.randn(T.shape[0], G.z_dim, generator=gen).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                fake = G(z, T)
-                g_logit, p_logit = D(fake)
-                loss = losses.nonsaturating_g_loss(g_logit) + losses.nonsaturating_g_loss(p_logit)
-                _add(terms, "G/adv", loss)
-                if teacher is not None and cfg.lambda_p > 0:
-                    with torch.no_grad():
-                        teacher_img = teacher(z, None)
-                    l1, lp = losses.pixel_loss(fake.float(), teacher_img.float(), T, lpips_fn)
-                    loss = loss + cfg.lambda_p * (l1 + lp)
-                    _add(terms, "G/pixel_l1", l1)
-                    _add(terms, "G/pixel_lpips", lp)
-            finite &= bool(torch.isfinite(loss))
-            (loss / rounds).backward()
-        average_gradients(G, d)
-
-        # --- D step, L_D of Eq. 10 (stage 1: Eq. 7): both heads, CutMix of real partial patches with fakes
-        # (Eq. 6), consistency (Eq. 9, weighted λ_cr), R1
-        G.requires_grad_(False)
-        D.requires_grad_(True)
         opt_D.zero_grad(set_to_none=True)
-        for b in batches:
+        finite = True
+        for b, zg, zd, box in zip(batches, z_g, z_d, boxes, strict=True):
             real = b["image"].to(device)
             mask = b["mask"].to(device)
             T = b["transform"].to(device)
-            n = real.shape[0]
-            z = torch.randn(n, G.z_dim, generator=gen).to(device)
             whole = b["whole"].to(device).float()
-            box = losses.random_box_mask(n, res, generator=gen, device=device)
-            mix_mask = losses.cutmix_mask(mask, whole, box)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                with torch.no_grad():
-                    fake = G(z, T, update_emas=True)
-                real_in = real.detach().requires_grad_(do_r1)
-                r_g, r_p = D(real_in)
-                f_g, f_p = D(fake)
-                m_g, m_p = D(losses.cutmix(real, fake, mix_mask))
+            n = real.shape[0]
+            G.requires_grad_(True)
+            with clock.part("G forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                # One render serves both steps when shared (its EMA update is the D step's, as StyleGAN's);
+                # otherwise the D step renders its own fakes from fresh z, as StyleGAN3's loop does.
+                fake_g = G_run(zg.to(device), T, update_emas=cfg.share_fakes)
+            if cfg.share_fakes:
+                fake_d = fake_g.detach()
+            else:
+                with clock.part("G forward (D step)"), torch.no_grad(), \
+                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    fake_d = G_run(zd.to(device), T, update_emas=True)
+
+            # --- D step, L_D of Eq. 10 (stage 1: Eq. 7): both heads, CutMix of real partial patches with
+            # fakes (Eq. 6), consistency (Eq. 9, weighted λ_cr), R1
+            D.requires_grad_(True)
+            mix_mask = losses.cutmix_mask(mask, whole, box.to(device))
+            with clock.part("D forward/backward: reals, fakes, CutMix"), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                mixed = losses.cutmix(real, fake_d, mix_mask)
+                if do_r1:  # the reals need their own graph for R1's gradient
+                    real_in = real.detach().requires_grad_(True)
+                    r_g, r_p = D_run(real_in)
+                    fm_g, fm_p = D_run(torch.cat([fake_d, mixed]), chunks=2)
+                    (f_g, _), (f_p, m_p) = fm_g.chunk(2), fm_p.chunk(2)
+                else:  # one pass over all three, minibatch statistics per chunk
+                    rfm_g, rfm_p = D_run(torch.cat([real, fake_d, mixed]), chunks=3)
+                    (r_g, f_g, _), (r_p, f_p, m_p) = rfm_g.chunk(3), rfm_p.chunk(3)
                 # Global head: only whole views are real images (a patch its source covers, or a view
                 # of the full-body set inside the square); a partial patch completed by CutMix is
                 # partly fake and reaches D through the per-pixel head (Eq. 6).
@@ -503,44 +550,79 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     + torch.nn.functional.softplus(f_g).mean()
                 loss_pixel = losses.nonsaturating_d_loss(r_p, f_p, real_weight=mask.expand_as(r_p))
                 loss_mix = losses.per_pixel_target_loss(m_p, mix_mask)
-                loss_cr = losses.consistency_loss(m_p, r_p.detach(), f_p.detach(), mix_mask)
+                with clock.part("consistency (Eq. 9)"):
+                    loss_cr = losses.consistency_loss(m_p, r_p.detach(), f_p.detach(), mix_mask)
                 loss = loss_global + loss_pixel + loss_mix + cfg.lambda_cr * loss_cr
                 _add(terms, "D/global", loss_global)
                 _add(terms, "D/pixel", loss_pixel)
                 _add(terms, "D/cutmix", loss_mix)
                 _add(terms, "D/consistency", loss_cr)
+                finite &= bool(torch.isfinite(loss))
+                (loss / rounds).backward(retain_graph=do_r1)  # R1 below differentiates the reals' pass again
             if do_r1:
-                # The pixel head enters as its per-image mean over covered pixels: summing r*r logits
-                # would make the penalty scale with the patch area and swamp the global head's.
-                pixel_mean = (r_p.float() * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1)
-                r1 = losses.r1_penalty(real_in, [r_g.float(), pixel_mean])
-                loss = loss + (cfg.r1_gamma / 2) * r1 * cfg.r1_interval
-                _add(terms, "D/r1", r1)
-            finite &= bool(torch.isfinite(loss))
-            (loss / rounds).backward()
-        average_gradients(D, d)
+                with clock.part("R1"):
+                    # The pixel head enters as its per-image mean over covered pixels: summing r*r logits
+                    # would make the penalty scale with the patch area and swamp the global head's.
+                    pixel_mean = (r_p.float() * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1)
+                    r1 = losses.r1_penalty(real_in, [r_g.float(), pixel_mean])
+                    r1_loss = (cfg.r1_gamma / 2) * r1 * cfg.r1_interval  # lazy: every r1_interval steps, scaled
+                    _add(terms, "D/r1", r1)
+                    finite &= bool(torch.isfinite(r1_loss))
+                    (r1_loss / rounds).backward()
 
-        # --- NaN/Inf guard: skip the update entirely, count, stop after too many in a row
-        if finite:
-            opt_G.step()
-            opt_D.step()
-            prog.bad_steps = 0
-        else:
-            prog.bad_steps += 1
-            console.print(f"[yellow]step {prog.step}: non-finite loss, update skipped "
-                          f"({prog.bad_steps}/{cfg.max_bad_steps} in a row)[/yellow]")
-            if prog.bad_steps >= cfg.max_bad_steps:
-                raise RuntimeError(f"{prog.bad_steps} non-finite steps in a row; stopping. "
-                                   f"The last good state is in {out}; lower the learning rates or check the data.")
-        ema_nimg = ema_kimg * 1000
-        if ema_rampup is not None:
-            ema_nimg = min(ema_nimg, (prog.nimg + cfg.batch) * ema_rampup)
-        ema_beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
-        with torch.no_grad():  # EMA of G
-            for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - ema_beta)
-            for b_ema, b_ in zip(G_ema.buffers(), G.buffers(), strict=True):
-                b_ema.copy_(b_)
+            # --- G step, L_G of Eq. 10: fool both heads (stage 1: that alone, Eq. 7); match the teacher on
+            # the same region (Eq. 8, weighted λ_p). The gradient reaches the image first, then G.
+            D.requires_grad_(False)
+            fake_in = fake_g.detach().requires_grad_(True)
+            with clock.part("D forward/backward: fakes for G"), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                g_logit, p_logit = D_run(fake_in)
+                loss = losses.nonsaturating_g_loss(g_logit) + losses.nonsaturating_g_loss(p_logit)
+                _add(terms, "G/adv", loss)
+                (loss / rounds).backward()
+            if teacher is not None and cfg.lambda_p > 0:
+                with clock.part("teacher forward"), torch.no_grad(), \
+                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    teacher_img = teacher(zg.to(device), None)
+                with clock.part("pixel loss: L1 + LPIPS (Eq. 8)"), \
+                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    l1, lp = losses.pixel_loss(fake_in.float(), teacher_img.float(), T, lpips_fn)
+                    pixel = cfg.lambda_p * (l1 + lp)
+                    (pixel / rounds).backward()
+                    loss = loss + pixel
+                    _add(terms, "G/pixel_l1", l1)
+                    _add(terms, "G/pixel_lpips", lp)
+            finite &= bool(torch.isfinite(loss))
+            with clock.part("G backward"):
+                fake_g.backward(fake_in.grad)
+        with clock.part("optimiser"):
+            D.requires_grad_(True)  # frozen for the G step; its gradients are those of the D step
+            average_gradients(G, d)
+            average_gradients(D, d)
+
+            # --- NaN/Inf guard: skip the update entirely, count, stop after too many in a row
+            if finite:
+                opt_G.step()
+                opt_D.step()
+                prog.bad_steps = 0
+            else:
+                prog.bad_steps += 1
+                console.print(f"[yellow]step {prog.step}: non-finite loss, update skipped "
+                              f"({prog.bad_steps}/{cfg.max_bad_steps} in a row)[/yellow]")
+                if prog.bad_steps >= cfg.max_bad_steps:
+                    raise RuntimeError(f"{prog.bad_steps} non-finite steps in a row; stopping. The last good "
+                                       f"state is in {out}; lower the learning rates or check the data.")
+        with clock.part("EMA"):
+            ema_nimg = ema_kimg * 1000
+            if ema_rampup is not None:
+                ema_nimg = min(ema_nimg, (prog.nimg + cfg.batch) * ema_rampup)
+            ema_beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
+            with torch.no_grad():  # EMA of G
+                for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+                    p_ema.lerp_(p, 1 - ema_beta)
+                for b_ema, b_ in zip(G_ema.buffers(), G.buffers(), strict=True):
+                    b_ema.copy_(b_)
+        clock.step_done()
 
         prog.step += 1
         prog.nimg += cfg.batch
@@ -705,6 +787,11 @@ def run_cmd(
     workers: int = typer.Option(0, "--workers", help="Data loader worker processes.", callback=cli_args.non_negative),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda", callback=cli_args.torch_device_or_auto),
     gamma: float = typer.Option(2.0, "--gamma", help="R1 weight.", callback=cli_args.non_negative),
+    share_fakes: bool = typer.Option(True, "--share-fakes/--no-share-fakes",
+                                     help="D trains on the G step's fakes (one render per step), or renders its "
+                                          "own from fresh z as StyleGAN3 does (slower)."),
+    compile_networks: bool = typer.Option(False, "--compile", help="torch.compile G and D (pays on a GPU; "
+                                          "compiling takes minutes on a CPU)."),
     allow_config_change: bool = typer.Option(False, "--allow-config-change",
                                              help="Resume even if settings differ from the checkpoint's "
                                                   "(the changes are recorded in run.json)."),
@@ -731,7 +818,7 @@ def run_cmd(
         preset=preset, res=res, kimg=kimg if kimg is not None else k, batch=batch or b, batch_gpu=batch_gpu,
         snapshot_kimg=snapshot_kimg or snap, lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers,
         device=device, r1_gamma=gamma, views=list(view), mirror=mirror,
-        allow_config_change=allow_config_change,
+        allow_config_change=allow_config_change, share_fakes=share_fakes, compile=compile_networks,
     )
     try:
         summary = train(cfg)

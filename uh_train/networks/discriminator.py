@@ -6,6 +6,8 @@ encoder that gives one logit per input pixel.
 
 The global head depends on the batch (minibatch standard deviation over groups of up to 4 samples);
 the per-pixel head does not (the decoder starts from the encoder's 4x4 features before that layer).
+`forward(img, chunks=k)` runs k equal batches (reals, fakes, CutMix images) in one pass with the
+minibatch statistics taken within each chunk, so each chunk's logits equal those of its own pass.
 Channels at resolution `res` are `min(channel_base // res, channel_max)` for encoder and decoder.
 """
 
@@ -129,14 +131,18 @@ class Discriminator(nn.Module):
         )
         self.pixel_out = Conv2d(ch[r], 1, 1, activation="linear")
 
-    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, img: torch.Tensor, chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        if img.shape[0] % chunks:
+            raise ValueError(f"a batch of {img.shape[0]} images does not split into {chunks} equal chunks")
         x = self.fromrgb(img)
         features = {}
         for res in self.resolutions:
             features[res] = x
             x = self.encoder[f"b{res}"](x)
         bottleneck = x  # [N, ch[4], 4, 4]
-        y = self.epilogue_conv(self.mbstd(x))
+        # Minibatch statistics within each chunk only: one pass over reals and fakes together must
+        # not let a real's global logit see the fakes.
+        y = self.epilogue_conv(torch.cat([self.mbstd(c) for c in x.chunk(chunks)]) if chunks > 1 else self.mbstd(x))
         global_logits = self.epilogue_out(self.epilogue_fc(y.flatten(1)))
         x = bottleneck
         for res in reversed(self.resolutions):
