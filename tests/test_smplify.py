@@ -20,6 +20,7 @@ from mst_pipeline.smplify import (
     SmplifyConfig,
     facing_from_keypoints,
     fitting_joints,
+    geman_mcclure,
     invisible_joints,
     keypoint_init,
     pitch_regulariser,
@@ -210,3 +211,34 @@ def test_too_few_keypoints_and_garbage_are_failures_not_crashes(toy):
     res = smplify_p(toy, u, conf, config=SmplifyConfig(iterations=40, camera_iterations=10, max_error=0.05))
     assert not res[0].ok and "too few" in res[0].failure
     assert not res[1].ok and "diverged" in res[1].failure
+
+
+def test_geman_mcclure_is_quadratic_near_zero_and_bounded_by_sigma_squared():
+    r = torch.tensor([0.001, -0.01, 0.1, 1.0, -100.0])
+    rho = geman_mcclure(r, 0.1)
+    torch.testing.assert_close(rho[:2], r[:2] ** 2, rtol=0.01, atol=0)
+    assert rho[2].item() == pytest.approx(0.5 * 0.01)
+    assert (rho < 0.01).all() and rho[4].item() > 0.0099
+
+
+def test_one_grossly_wrong_keypoint_moves_the_robust_fit_much_less_than_plain_squares(toy):
+    """A wrist detected far from the person (a second person's hand): with Geman-McClure the other
+    keypoints stay where the clean fit put them; with plain squared distances the fit bends to it."""
+    rng = np.random.default_rng(4)
+    pose = random_pose(rng, 2)
+    cam = np.array([[1.0, 0.0, 0.05], [0.9, 0.05, 0.0]])
+    clean = pose_targets(toy, pose, np.zeros((2, 10)), cam)
+    wrong = clean.copy()
+    wrong[:, 4] += np.array([0.45, -0.35])  # RWrist
+    conf = np.ones(clean.shape[:2])
+    others = np.arange(NUM_TARGETS) != 4
+
+    def drift(sigma):
+        res = smplify_p(toy, wrong, conf, config=SmplifyConfig(robust_sigma=sigma, iterations=300))
+        got = pose_targets(toy, np.stack([r.pose for r in res]), np.stack([r.betas for r in res]),
+                           np.stack([r.cam for r in res]))
+        return np.linalg.norm(got - clean, axis=-1)[:, others].mean()
+
+    robust, plain = drift(0.1), drift(None)
+    assert plain > 0.01, plain  # the outlier does pull a least-squares fit
+    assert robust < 0.25 * plain, (robust, plain)
