@@ -135,8 +135,26 @@ def test_invisible_joints_follow_the_keypoints_they_move():
              "right_foot neck left_collar right_collar head left_shoulder right_shoulder left_elbow right_elbow "
              "left_wrist right_wrist").split()
     invisible = {n for n, i in zip(names, inv.tolist(), strict=True) if i}
-    assert "right_shoulder" not in invisible and "spine1" not in invisible and "right_collar" not in invisible
+    assert "right_shoulder" not in invisible and "right_collar" not in invisible
     assert {"left_shoulder", "left_knee", "head", "right_elbow", "left_hip"} <= invisible
+    # Without the pelvis a spine bend cannot be told from the global orientation.
+    assert {"spine1", "spine2", "spine3"} <= invisible
+    vis[0, 8] = True  # MidHip
+    inv = dict(zip(names, invisible_joints(vis)[0].tolist(), strict=True))
+    assert not inv["spine1"] and not inv["spine3"]
+
+
+def test_a_face_crop_fits_the_head_and_leaves_the_neck_and_spine_to_the_prior():
+    """A face crop shows the nose, eyes, ears and the neck point: the head's rotation is seen
+    (face points against the neck), the neck's and the spine's are not (no shoulders, no pelvis)."""
+    vis = torch.zeros(1, NUM_TARGETS, dtype=torch.bool)
+    vis[0, [0, 15, 16, 17, 18, 1]] = True
+    names = [n for n in ("left_hip right_hip spine1 left_knee right_knee spine2 left_ankle right_ankle spine3 "
+                         "left_foot right_foot neck left_collar right_collar head left_shoulder right_shoulder "
+                         "left_elbow right_elbow left_wrist right_wrist").split()]
+    inv = dict(zip(names, invisible_joints(vis)[0].tolist(), strict=True))
+    assert not inv["head"]
+    assert inv["neck"] and inv["spine1"] and inv["spine2"] and inv["spine3"]
 
 
 def test_pitch_regulariser_is_zero_upright_and_grows_with_lean():
