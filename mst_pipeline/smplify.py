@@ -75,7 +75,9 @@ _JOINT_TARGETS: dict[str, tuple[int, ...]] = {
 }  # fmt: skip
 # A joint's rotation is relative to its parent's: it is seen only when keypoints on both sides of
 # it are, those it moves and one on the parent's side. Without the pelvis a spine bend is
-# indistinguishable from the global orientation; without the chest a neck bend from a spine bend.
+# indistinguishable from the global orientation; without the shoulders a neck bend from a spine
+# bend. The head is the exception: its face points alone fix its rotation, which the head joint
+# takes rather than the global orientation (that would swing the unseen body about the pelvis).
 _PELVIS = (_B["MidHip"], _B["RHip"], _B["LHip"])
 _CHEST = (_B["Neck"], _B["RShoulder"], _B["LShoulder"])
 _PARENT_TARGETS: dict[str, tuple[int, ...]] = {
@@ -83,7 +85,7 @@ _PARENT_TARGETS: dict[str, tuple[int, ...]] = {
     "left_knee": (_B["LHip"],), "right_knee": (_B["RHip"],),
     "left_ankle": (_B["LKnee"],), "right_ankle": (_B["RKnee"],),
     "left_foot": (_B["LAnkle"], _B["LHeel"]), "right_foot": (_B["RAnkle"], _B["RHeel"]),
-    "neck": (_B["RShoulder"], _B["LShoulder"]), "head": _CHEST,
+    "neck": (_B["RShoulder"], _B["LShoulder"]), "head": _CHEST + tuple(_B[n] for n in _HEAD),
     "left_collar": (_B["Neck"], _B["RShoulder"]), "right_collar": (_B["Neck"], _B["LShoulder"]),
     "left_shoulder": (_B["LShoulder"],), "right_shoulder": (_B["RShoulder"],),
     "left_elbow": (_B["LElbow"],), "right_elbow": (_B["RElbow"],),
@@ -198,6 +200,13 @@ def invisible_joints(visible: Tensor) -> Tensor:
 def pitch_regulariser(global_orient: Tensor, mean_pitch: float) -> Tensor:
     """(o − ô)² per image, o the pitch of global_orient [B,3] (Eq. 1's third term). -> [B]."""
     return (pitch_of_rotation(axis_angle_to_rotmat(global_orient)) - mean_pitch) ** 2
+
+
+def lean_regulariser(global_orient: Tensor) -> Tensor:
+    """Squared sideways lean of the body's up axis in the image plane, atan2(up_x, −up_y)², per
+    image. global_orient [B,3] -> [B]. Applied to images of a head alone (see `_fit`)."""
+    R = axis_angle_to_rotmat(global_orient)
+    return torch.atan2(R[:, 0, 1], -R[:, 1, 1]) ** 2
 
 
 def project(points: Tensor, cam: Tensor) -> Tensor:
@@ -352,6 +361,10 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
     visible = torch.as_tensor(vis, device=dev)
     w = visible.to(f32) * torch.as_tensor(np.clip(confidence, 0, 1), dtype=f32, device=dev)
     inv = invisible_joints(visible).to(f32)  # [B, 21]
+    # A head seen alone (no chest or pelvis keypoint) says nothing about the body's sideways lean:
+    # it is pulled to upright, as the pitch is to ô, so a tilted head is the head's own rotation
+    # rather than the whole unseen body swung about the pelvis.
+    head_only = (~visible[:, list(_PELVIS + _CHEST)].any(1)).to(f32)
     n_vis = visible.sum(1)
     if prior is not None:
         prior = prior.to(dev).eval()
@@ -393,7 +406,8 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
         ir = inv[rows]
         e_inv = (ir[..., None] * (theta - theta_hat) ** 2).sum((1, 2)) / (3 * ir.sum(1)).clamp_min(1)
         terms = {"keypoints": cfg.lambda_visible * e_vis, "prior": cfg.lambda_invisible * e_inv,
-                 "pitch": cfg.lambda_pitch * pitch_regulariser(go, mean_pitch),
+                 "pitch": cfg.lambda_pitch * (pitch_regulariser(go, mean_pitch)
+                                              + head_only[rows] * lean_regulariser(go)),
                  "shape": cfg.lambda_shape * (betas ** 2).mean(1)}
         return sum(terms.values()), terms, (r ** 2).sum(-1)
 
