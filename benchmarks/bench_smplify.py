@@ -131,8 +131,8 @@ def run() -> str:
         "(torch's L-BFGS, strong Wolfe, 20 camera-only iterations first). Reprojection error: mean "
         "distance of the visible keypoints in normalised units (1.0 = half the image side), on the "
         f"first {N_REF} images (the ones every solver fitted) and on the whole set. Eq. 1 with the "
-        "Geman-McClure keypoint term (σ = 0.1) for all. The runs are interleaved (every set at one "
-        "budget before the next budget); on this shared machine absolute times are noisy, ratios less so.",
+        "Geman-McClure keypoint term (σ = 0.1) for all. Solvers run one after another, each budget on "
+        "both sets; the seconds are only comparable when nothing else runs on the machine.",
         "",
     ]
     ref_solver, ref_it = REFERENCE
