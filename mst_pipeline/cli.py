@@ -270,8 +270,8 @@ def align(
     device: str = typer.Option("cpu", help="Torch device for the fits (cpu, cuda, cuda:1).",
                                callback=cli_args.torch_device),
     batch_size: int = typer.Option(16, help="Images fitted together.", callback=cli_args.at_least_one),
-    iterations: int = typer.Option(200, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
-    optimizer: str = typer.Option("adam", help="adam | lbfgs."),
+    iterations: int = typer.Option(400, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
+    optimizer: str = typer.Option("batched-lbfgs", help="batched-lbfgs | adam | lbfgs."),
     part: str = typer.Option("0/1", help="k/n: process the k-th of n disjoint slices (job arrays)."),
     max_count: int = typer.Option(1000, help="Samples per shard.", callback=cli_args.at_least_one),
     overlay: Path | None = typer.Option(None, help="Folder for a check picture per aligned image (DIR/<stem>.jpg): "
@@ -307,7 +307,8 @@ def align(
         err.print(f"[red]error:[/red] --pare {pare} is not a file (the PARE .ckpt)")
         raise typer.Exit(2)
     for name, value, allowed in (("kind", kind, shardspec.KINDS), ("tier", tier, shardspec.TIERS),
-                                 ("optimizer", optimizer, ("adam", "lbfgs")), ("person", person, PERSON_CHOICES)):
+                                 ("optimizer", optimizer, ("batched-lbfgs", "adam", "lbfgs")),
+                                 ("person", person, PERSON_CHOICES)):
         if value is not None and value not in allowed:
             err.print(f"[red]error:[/red] --{name} must be one of {', '.join(allowed)}, not {value!r}")
             raise typer.Exit(2)
@@ -520,7 +521,7 @@ def space_cmd(
     body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
     device: str = typer.Option("cpu", help="Torch device for the fits.", callback=cli_args.torch_device),
     batch_size: int = typer.Option(16, help="Images fitted together.", callback=cli_args.at_least_one),
-    iterations: int = typer.Option(200, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
+    iterations: int = typer.Option(400, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
     pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt): start the fits from "
                                      "PARE and take the mean pitch from its global orientations; default: the "
                                      "keypoint start and the pitch of the feet."),

@@ -1,7 +1,9 @@
 """Checking aligned renders against their truth: truth.jsonl of `mst render-people` vs fitted H.
 
 `read_truth` reads the exact H of every rendered image; `truth_errors` compares the H the MST
-fitted for each aligned sample with it (`corner_error`, in full-body units).
+fitted for each aligned sample with it (`corner_error`, in full-body units). `truth_views` gives
+the same people's views, exact H and keypoints without rendering a pixel (for fitting
+benchmarks and tests).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mst_pipeline.body.layout import HAND_SLOTS
 from uh_train.format.geometry import apply_homography
 
 
@@ -62,3 +65,31 @@ def truth_errors(truth: dict[str, dict[str, Any]], shards: Sequence[dict[str, An
         H = np.asarray(row["H"], dtype=np.float64).reshape(3, 3)
         errors[source].append(corner_error(H, rec["H"], rec["width"], rec["height"]))
     return errors
+
+
+def truth_views(model: Any, n: int, seed: int = 0, res: int = 128, space: Any = None,
+                kinds: Sequence[str] = ("full", "upper", "face")) -> list[dict[str, Any]]:
+    """The views `mst render-people --n N --res R --seed S` renders, without their pixels: one record
+    per view with index, view, width, height, H (image pixels -> full-body space) and the
+    keypoints its OpenPose JSON holds in the fit's layout: targets [37, 2] in the image's
+    normalised coordinates and confidence [37] (1 inside the image, 0 outside)."""
+    from mst_pipeline.people_plan import plan_person, pose_person, views
+    from mst_pipeline.space import default_space, pixels_to_normalised
+
+    space = space if space is not None else default_space(model)
+    out = []
+    for index in range(n):
+        plan = plan_person(index, seed, model.num_betas, space.pitch)
+        geom = pose_person(model, plan, space)
+        points = np.concatenate([geom.body25, geom.hands["left"], geom.hands["right"]])  # [25 + 2 * 6, 2]
+        assert len(points) == 25 + 2 * len(HAND_SLOTS)
+        for view in views(geom, plan, res):
+            if view.name not in kinds:
+                continue
+            px = apply_homography(np.linalg.inv(view.H), points)
+            inside = (px[:, 0] >= 0) & (px[:, 0] <= view.width) & (px[:, 1] >= 0) & (px[:, 1] <= view.height)
+            out.append({"index": index, "view": view.name, "width": view.width, "height": view.height,
+                        "H": view.H, "targets": np.where(inside[:, None], pixels_to_normalised(px, view.width,
+                                                                                               view.height), 0.0),
+                        "confidence": inside.astype(np.float64)})
+    return out
