@@ -42,7 +42,7 @@ class Size:
 
     people: int = 24
     res: int = 128
-    iterations: int = 150  # SMPLify-P iterations per image
+    iterations: int = 400  # SMPLify-P iterations per image (the default of `mst align`)
     prior_epochs: int = 100
     hands: int = 16
     hand_res: int = 128
