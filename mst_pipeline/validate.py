@@ -143,6 +143,9 @@ def check_sample(key: str, fields: dict[str, bytes]) -> tuple[dict[str, Any] | N
     return (meta if not meta_problems else None), problems
 
 
+MERGE_FIELDS = ("source", "kind", "tier", "density", "width", "height", "H")  # read by _count, _check_manifest
+
+
 def check_shard(tar: Path) -> tuple[list[tuple[str, dict[str, Any] | None, list[str]]], str | None]:
     """Every sample of one shard checked on its own: ([(key, meta or None, defects)] in shard order,
     the shard's read error or None). Runs in a worker process; duplicates across shards and the
@@ -151,7 +154,9 @@ def check_shard(tar: Path) -> tuple[list[tuple[str, dict[str, Any] | None, list[
     try:
         for key, fields in read_shard(tar):
             meta, problems = check_sample(key, fields)
-            rows.append((key, meta, problems))
+            # Only what the counts and the manifest check read goes back: whole metas (keypoints)
+            # made pickling between processes cost as much as the checks themselves.
+            rows.append((key, None if meta is None else {k: meta.get(k) for k in MERGE_FIELDS}, problems))
     except ShardError as e:
         return rows, str(e)
     return rows, None
