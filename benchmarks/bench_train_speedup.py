@@ -113,7 +113,7 @@ def run() -> str:
 Both trainers ran the same script (`benchmarks/train_steps.py`) in fresh processes, alternating
 old and new ({REPEATS} repetition(s) each, median of the steps after the first; the first runs R1),
 on the same synthetic shards and the same stage-1 state, L1-only pixel loss (no AlexNet weights here).
-The machine was shared with other jobs, so single numbers are noisy; the interleaving exposes both
+On a machine shared with other jobs single numbers are noisy; the interleaving exposes both
 trainers to the same load, but a single pair can still be off by the load changing between its two
 runs. What the restructuring can save follows from the part times ("Trainer"): one generator forward
 per step (and, in stage 2, nothing of the teacher) and the difference between three D passes and one;
