@@ -34,6 +34,7 @@ from uh_train import shard_reader
 from uh_train.format.geometry import (
     SCALE_MAX,
     apply_homography,
+    bilinear_sample,
     full_image_homography,
     patch_transform,
 )
@@ -213,22 +214,12 @@ def bilinear_sample_uint8(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np
     image to float: only the four neighbours of each sample point are read (flat indices), and
     converted, so the cost follows the patch size, not the source's. Returns float32 [..., C]."""
     h, w, c = img.shape
-    sx = np.clip(sx, 0, w - 1)
-    sy = np.clip(sy, 0, h - 1)
-    x0 = np.floor(sx).astype(np.intp)
-    y0 = np.floor(sy).astype(np.intp)
-    x1 = np.minimum(x0 + 1, w - 1)
-    y1 = np.minimum(y0 + 1, h - 1)
-    fx = (sx - x0)[..., None].astype(np.float32)
-    fy = (sy - y0)[..., None].astype(np.float32)
     flat = img.reshape(h * w, c)
 
-    def at(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    def read(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
         return np.take(flat, yy * w + xx, axis=0).astype(np.float32) / 255.0
 
-    top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
-    bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
-    return top * (1 - fy) + bottom * fy
+    return bilinear_sample(img, sx, sy, read)
 
 
 def resample_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tuple[np.ndarray, np.ndarray]:

@@ -88,17 +88,22 @@ def warp_to_canvas(
     return canvas, alpha
 
 
-def bilinear_sample(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
-    """Sample img [h, w, C] at pixel-index coordinates (sx, sy) (clamped at the border)."""
+def bilinear_sample(img: np.ndarray, sx: np.ndarray, sy: np.ndarray, read=None) -> np.ndarray:
+    """Sample img [h, w, C] at pixel-index coordinates (sx, sy) (clamped at the border).
+    `read(y, x)` returns the pixels at integer indices (default: `img[y, x]`); a caller can convert
+    only the pixels it reads instead of the whole image."""
     h, w = img.shape[:2]
+    if read is None:
+        def read(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+            return img[yy, xx]
     sx = np.clip(sx, 0, w - 1)
     sy = np.clip(sy, 0, h - 1)
-    x0 = np.floor(sx).astype(np.int64)
-    y0 = np.floor(sy).astype(np.int64)
+    x0 = np.floor(sx).astype(np.intp)
+    y0 = np.floor(sy).astype(np.intp)
     x1 = np.minimum(x0 + 1, w - 1)
     y1 = np.minimum(y0 + 1, h - 1)
     fx = (sx - x0)[..., None].astype(np.float32)
     fy = (sy - y0)[..., None].astype(np.float32)
-    top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
-    bottom = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+    top = read(y0, x0) * (1 - fx) + read(y0, x1) * fx
+    bottom = read(y1, x0) * (1 - fx) + read(y1, x1) * fx
     return top * (1 - fy) + bottom * fy
