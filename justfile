@@ -19,13 +19,18 @@ test *ARGS: setup
     {{py}} -m pytest {{ARGS}}
     bash scripts/ci_shards.sh
 
-# The slow end-to-end test: the demo's smallest setting into a temporary folder (CI runs it too).
+# The slow end-to-end tests: the demo's and `just learn`'s smallest settings into temporary folders (CI runs them).
 test-demo: setup
-    {{py}} -m pytest -m slow tests/test_demo.py
+    {{py}} -m pytest -m slow tests/test_demo.py tests/test_learn.py
 
 # Run the whole pipeline end to end on the embedded defaults and write demo/report.html.
 demo: setup
     bash scripts/demo.sh
+
+# Train long enough to see whether training learns people (about 2 h on 2 CPU cores; resumes): data, stage 1,
+# stage 2 and its full-body-only ablation, every snapshot evaluated; results into learn/ and docs/benchmarks.md.
+learn *ARGS: setup
+    {{py}} scripts/learn.py --docs {{ARGS}}
 
 # Open demo/report.html in headless Chromium: every image loads, every figure captioned; screenshot next to it.
 # Skipped, saying what to install, when no Chromium is found (Debian: apt-get install chromium).

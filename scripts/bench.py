@@ -31,10 +31,37 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
 
 
+def read_sections() -> dict[str, str]:
+    old = OUT.read_text() if OUT.exists() else ""
+    return dict(re.findall(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench -->\n", old, re.S))
+
+
+def write_sections(sections: dict[str, str]) -> None:
+    text = ("# Benchmarks\n\nWritten by `just bench` (`.venv/bin/python scripts/bench.py [NAME]`); the section "
+            "\"Does training learn people?\" by `just learn`.\n\n")
+    for name in sorted(sections):
+        text += f"<!-- bench:{name} -->\n{sections[name]}<!-- /bench -->\n\n"
+    OUT.parent.mkdir(exist_ok=True)
+    tmp = OUT.with_name(OUT.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, OUT)
+
+
+def stamped(body: str, seconds: float) -> str:
+    body = body.rstrip() + "\n"
+    return body + f"\n_Machine: {machine()}; run on {time.strftime('%Y-%m-%d')}, took {seconds:.0f} s._\n"
+
+
+def write_section(name: str, body: str, seconds: float) -> None:
+    """Replace (or add) one section of docs/benchmarks.md, keeping the others."""
+    sections = read_sections()
+    sections[name] = stamped(body, seconds)
+    write_sections(sections)
+
+
 def main() -> int:
     wanted = sys.argv[1] if len(sys.argv) > 1 else ""
-    old = OUT.read_text() if OUT.exists() else ""
-    sections = dict(re.findall(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench -->\n", old, re.S))
+    sections = read_sections()
     for path in sorted((ROOT / "benchmarks").glob("bench_*.py")):
         name = path.stem.removeprefix("bench_")
         if wanted and wanted not in name:
@@ -47,16 +74,8 @@ def main() -> int:
         body = module.run()
         if body is None:  # the benchmark cannot run here (it said why); its section stays as it is
             continue
-        body = body.rstrip() + "\n"
-        stamp = f"run on {time.strftime('%Y-%m-%d')}, took {time.time() - start:.0f} s"
-        sections[name] = body + f"\n_Machine: {machine()}; {stamp}._\n"
-    text = "# Benchmarks\n\nWritten by `just bench` (`.venv/bin/python scripts/bench.py [NAME]`).\n\n"
-    for name in sorted(sections):
-        text += f"<!-- bench:{name} -->\n{sections[name]}<!-- /bench -->\n\n"
-    OUT.parent.mkdir(exist_ok=True)
-    tmp = OUT.with_name(OUT.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, OUT)
+        sections[name] = stamped(body, time.time() - start)
+    write_sections(sections)
     print(f"wrote {OUT.relative_to(ROOT)}")
     return 0
 

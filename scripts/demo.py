@@ -63,6 +63,9 @@ TRAIN_SAMPLES = ("The trainer's own sample grid at its last snapshot: one row pe
 # Zoomed regions of full-body space shown next to the full image: name -> (centre v, scale s).
 ZOOMS = {"face": ((0.5, 0.1), 8.0), "hand": ((0.33, 0.42), 8.0)}
 
+# The generator `just learn` trained (shipped with the project; the demo renders it next to its own run).
+LEARNED = ROOT / "checkpoints" / "learned-tiny.safetensors"
+
 # Render views and the shard source each is aligned into.
 VIEW_SOURCES = {"full": "people-full", "upper": "people-upper", "face": "people-face"}
 
@@ -290,6 +293,8 @@ def stages(demo: Path, size: Size) -> list[Stage]:
                          [demo / name / "grid.png"]))
     out[-1].extra = lambda: zoom_figure(demo, size.seeds, [c for c in out if c.name.startswith(
         ("generate 8r", "zoom: "))])
+    if LEARNED.exists():
+        out += learned_stages(demo, size)
     out += [
         Stage("evaluate", "uh-eval with small counts: FID, patch FID, keypoint FID, precision/recall.",
               [ev, "--ckpt", str(s2 / "network-latest.safetensors"), "--shards", str(shards), "--metrics",
@@ -300,6 +305,48 @@ def stages(demo: Path, size: Size) -> list[Stage]:
               "paper's: see \u201cWhat this run can and cannot show\u201d."),
     ]
     return out
+
+
+def learned_stages(demo: Path, size: Size) -> list[Stage]:
+    """The shipped generator (`just learn`'s final network) rendered like the demo's own: the whole image
+    at 256 px and each zoom region on its own, then shown next to the demo's run."""
+    gen = str(BIN / "uh-generate")
+    ckpt = str(LEARNED.relative_to(ROOT))
+    out = [Stage("learned: generate 8r", "uh-generate with the shipped checkpoint (a longer CPU run of the same "
+                 "preset on the same kind of data, made by `just learn`): 256 px images in one pass.",
+                 [gen, "--ckpt", ckpt, "--seeds", size.seeds, "--size", "256", "--mode", "single", "--out",
+                  str(demo / "learned-gen256")], [demo / "learned-gen256" / "grid.png"])]
+    for name, ((vx, vy), scale) in ZOOMS.items():
+        out.append(Stage(f"learned: zoom {name}", f"uh-generate --patch with the shipped checkpoint: the {name} "
+                         f"region (centre ({vx}, {vy}), side 1/{scale:g}) rendered on its own.",
+                         [gen, "--ckpt", ckpt, "--seeds", size.seeds, "--patch", f"{vx},{vy}", "--scale",
+                          f"{scale:g}", "--out", str(demo / f"learned-{name}")],
+                         [demo / f"learned-{name}" / "grid.png"]))
+    out[-1].extra = lambda: learned_figures(demo, size.seeds, out)
+    return out
+
+
+def learned_provenance() -> dict:
+    from uh_train.checkpoint import load_checkpoint
+
+    return load_checkpoint(LEARNED).config.get("provenance") or {}
+
+
+def learned_figures(demo: Path, seeds_text: str, made_by: list[Stage]) -> str:
+    """The demo's own 256 px grid next to the shipped checkpoint's, its provenance, and its zooms."""
+    info = learned_provenance()
+    facts = ", ".join(f"{k.replace('_', ' ')}: {html.escape(str(v))}" for k, v in info.items()) or "not recorded"
+    pair = [demo / "gen256" / "grid.png", demo / "learned-gen256" / "grid.png"]
+    images = [(rel(p, demo), 480, 480, False) for p in pair if p.exists()]
+    text = f"<p>Provenance of {html.escape(LEARNED.name)} (from the file's metadata): {facts}.</p>"
+    text += figure_html(0, images, "Left: this demo's own short run (generate 8r above); right: the shipped "
+                        "checkpoint, the same seeds and the same 256 px single-pass render.",
+                        "people on the right (head, torso, arms, legs where a person's are) where the left shows "
+                        "blobs: the difference is training length alone.", [command_line(s) for s in made_by[:1]])
+    zoom = zoom_figure(demo, seeds_text, made_by, prefix="learned-", intro="The shipped checkpoint. ",
+                       look_for="the rendered patch agreeing with the box; how much face or hand the zoom shows "
+                                "at this training length (a 32 px network trained for about an hour on a CPU).")
+    return text + zoom
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,20 +520,22 @@ def display_size(path: Path, height: int | None, page: int = 1040, tall: int = 1
     return w * factor, h * factor
 
 
-def zoom_figure(demo: Path, seeds_text: str, made_by: list[Stage], number: int = 0) -> str:
+def zoom_figure(demo: Path, seeds_text: str, made_by: list[Stage], number: int = 0, prefix: str = "",
+                intro: str = "", look_for: str | None = None) -> str:
     """The 256 px images with each zoom region's box drawn on it, and per region: the box cut from the
-    image and the patch rendered on its own, enlarged alike. Writes the annotated images to demo/zoom/."""
+    image and the patch rendered on its own, enlarged alike. Reads demo/PREFIXgen256/ and
+    demo/PREFIXNAME/ per region; writes the annotated images to demo/PREFIXzoom/."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     from uh_train.generate import parse_seeds
 
     colours = {"face": (230, 30, 30), "hand": (20, 90, 230)}
-    folder = demo / "zoom"
+    folder = demo / f"{prefix}zoom"
     folder.mkdir(exist_ok=True)
     rows, diffs = [], {name: [] for name in ZOOMS}
     for seed in parse_seeds(seeds_text)[:4]:
-        full = demo / "gen256" / f"seed{seed:04d}.png"
+        full = demo / f"{prefix}gen256" / f"seed{seed:04d}.png"
         if not full.exists():
             continue
         image = Image.open(full).convert("RGB")
@@ -501,7 +550,7 @@ def zoom_figure(demo: Path, seeds_text: str, made_by: list[Stage], number: int =
             crop = image.crop(box)
             crop_path = folder / f"seed{seed:04d}-{name}-crop.png"
             save_png(crop, crop_path)
-            patch_path = demo / name / f"seed{seed:04d}.png"
+            patch_path = demo / f"{prefix}{name}" / f"seed{seed:04d}.png"
             cells.append((name, crop_path, patch_path))
             if patch_path.exists():
                 patch = Image.open(patch_path).convert("RGB").resize(crop.size, Image.LANCZOS)
@@ -523,13 +572,13 @@ def zoom_figure(demo: Path, seeds_text: str, made_by: list[Stage], number: int =
         return ""
     agreement = "; ".join(f"{name} {np.mean(d):.1f}" for name, d in diffs.items() if d)
     regions = ", ".join(f"{name} centre ({v[0]}, {v[1]}), side 1/{s:g}" for name, (v, s) in ZOOMS.items())
-    shows = (f"Zoomed patches next to the region of the full image they come from ({regions}; red: face, blue: "
+    shows = (f"{intro}Zoomed patches next to the region of the full image they come from ({regions}; red: face, blue: "
              "hand). For each seed: the 256 px image with the boxes drawn, then per region the box cut out of "
              "that image and the same region rendered by itself through T(v, s), both enlarged 4×. Mean absolute "
              f"difference between the two, in 0–255 grey levels: {agreement or '–'}.")
-    look_for = ("the rendered patch showing the same content as the box (the generator is one continuous "
-                "image, whatever the zoom); at this training length neither shows a face or a hand, only the "
-                "colours of that part of the figure.")
+    look_for = look_for or ("the rendered patch showing the same content as the box (the generator is one "
+                            "continuous image, whatever the zoom); at this training length neither shows a face or "
+                            "a hand, only the colours of that part of the figure.")
     return figure_html(number, [], shows, look_for, [command_line(s) for s in made_by] +
                        ["scripts/demo.py: zoom_figure (the boxes and cut-outs)"], rows="".join(rows))
 
@@ -685,9 +734,10 @@ def write_report(demo: Path, all_stages: list[Stage], results: list[dict], eval_
                 extra = stage.extra()
             except Exception as e:  # noqa: BLE001 - a figure that cannot be made is named, the report still written
                 extra = f"<p>(figure not made: {html.escape(type(e).__name__)}: {html.escape(str(e))})</p>"
-            if extra:
+            while "<b>Figure 0.</b>" in extra:  # number the stage's figures in order
                 figure_no += 1
-                body += extra.replace("<b>Figure 0.</b>", f"<b>Figure {figure_no}.</b>", 1)
+                extra = extra.replace("<b>Figure 0.</b>", f"<b>Figure {figure_no}.</b>", 1)
+            body += extra
         sections.append(f"<section>{body}</section>")
     total = sum(r["seconds"] if r["status"] != "reused" else (r.get("took") or 0.0) for r in results)
     numbers = training_numbers(demo, all_stages, results)

@@ -1,0 +1,483 @@
+"""`just learn`: does training learn people? A long CPU run on data the project makes, with its curves.
+
+Makes the data (rendered people in full, upper-body and face views, the partial views aligned by the
+MST; synthetic hands composited onto upper-body patches), trains stage 1 and then stage 2 of a preset,
+and, unless --no-ablation, a second stage 2 from the same stage-1 network on the full-body source
+alone (same teacher, same length). Every snapshot is evaluated (quick protocol: FID of whole images,
+kFID per keypoint group) and drawn as a fixed-seed grid (the whole body, a zoomed face, a zoomed
+hand). Writes OUT/learn.json (every number), OUT/learn.md (the tables), OUT/curves.png and the
+grids; --docs copies them into docs/benchmarks.md and docs/img/learn/, --ship writes the final
+generator with its provenance to checkpoints/.
+
+Every step resumes: data stages whose outputs exist are reused, training runs continue from their
+last snapshot, evaluated snapshots are not evaluated again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import demo  # noqa: E402  (the data stages are the demo's, at a larger size)
+
+BIN = Path(sys.executable).parent
+DATA_STAGES = ("body model", "render people", "full-body space", "pose prior", "align full", "align upper",
+               "align face", "fit hands", "render hands", "validate", "MST vs truth")
+PARTIAL_SOURCES = ("people-upper", "people-face", "hands")
+GRID_SEEDS = tuple(range(6))
+GRID_CELL = 96  # px per grid cell
+# The grid's columns: name -> (centre v, scale s) in full-body space.
+GRID_VIEWS = {"full body": ((0.5, 0.5), 1.0), **demo.ZOOMS}
+DEFAULT_SHIP = ROOT / "checkpoints" / "learned-tiny.safetensors"
+
+
+@dataclass(frozen=True)
+class Plan:
+    people: int = 200
+    hands: int = 96
+    res: int = 128
+    preset: str = "tiny"
+    batch: int = 8
+    minutes1: float = 50.0  # stage 1 wall budget (the pilot's minutes of the winner included)
+    minutes2: float = 12.0  # per stage-2 run
+    pilot_minutes: float = 6.0  # per candidate; 0: no pilot, train `preset` at `batch`
+    candidates: str = "tiny:8,tiny:16,small:8"
+    kimg1: float | None = None  # default: from the pilot's measured rate and minutes1
+    kimg2: float | None = None
+    snap1: float | None = None  # default: a tenth of the stage
+    snap2: float | None = None  # default: a quarter of the stage
+    fid_n: int = 256
+    kfid_n: int = 48
+    seed: int = 0
+
+
+QUICK = Plan(people=6, hands=2, res=64, pilot_minutes=0.0, kimg1=0.048, kimg2=0.024, snap1=0.016, snap2=0.012,
+             fid_n=8, kfid_n=4, batch=4)
+# A stage-2 step costs more than a stage-1 step (the teacher's render and the pixel loss): the demo's
+# default run trains stage 1 at 1.33 and stage 2 at 1.0 kimg per minute on 2 cores.
+STAGE2_RATE = 0.75
+
+
+def log(text: str) -> None:
+    print(f"[learn {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and training
+
+
+def make_data(out: Path, plan: Plan) -> Path:
+    size = replace(demo.Size(), people=plan.people, hands=plan.hands, res=plan.res, hand_res=plan.res)
+    wanted = [s for s in demo.stages(out, size) if s.name in DATA_STAGES]
+    for number, stage in enumerate(wanted, 1):
+        res = demo.run_stage(stage, f"[data {number}/{len(wanted)}] ")
+        if res["status"] not in ("ok", "reused"):
+            raise SystemExit(f"data stage '{stage.name}' failed; fix the error above and run again (it resumes)")
+    return out / "shards"
+
+
+def trained_nimg(run: Path) -> int:
+    latest = run / "latest.json"
+    return json.loads(latest.read_text())["nimg"] if latest.exists() else 0
+
+
+def train(run: Path, shards: Path, plan: Plan, stage: int, kimg: float, snapshot: float,
+          teacher: Path | None = None, extra: tuple[str, ...] = ()) -> float:
+    """Train (or continue) a run up to `kimg`; the wall seconds this call spent."""
+    if trained_nimg(run) >= int(kimg * 1000):
+        return 0.0
+    cmd = [str(BIN / "uh-train"), "--shards", str(shards), "--out", str(run), "--stage", str(stage), "--preset",
+           plan.preset, "--kimg", f"{kimg:g}", "--batch", str(plan.batch), "--snapshot-kimg", f"{snapshot:g}",
+           "--seed", str(plan.seed), "--lpips", "off" if stage == 1 else "auto", *extra]
+    if teacher is not None:
+        cmd += ["--teacher", str(teacher)]
+    log("$ " + " ".join(demo.shown(c) for c in cmd))
+    start = time.time()
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code:
+        raise SystemExit(f"uh-train exited with {code}; run again to resume")
+    return time.time() - start
+
+
+def pilot(out: Path, shards: Path, plan: Plan, candidates: list[tuple[str, int]], minutes: float,
+          record: dict) -> tuple[str, int]:
+    """Train each (preset, batch) candidate's stage 1 for the same wall time, evaluate its last snapshot,
+    and return the candidate with the lowest FID: the configuration that learns most per CPU minute."""
+    results = record.setdefault("pilot", {})
+    for preset, batch in candidates:
+        name = f"{preset}-b{batch}"
+        if name in results:
+            continue
+        run = out / "pilot" / name
+        shutil.rmtree(run, ignore_errors=True)  # a half-done pilot is redone: its wall time must be whole
+        snap = plan.snap1 or (0.25 if preset == "tiny" else 0.05)
+        cmd = [str(BIN / "uh-train"), "--shards", str(shards), "--out", str(run), "--stage", "1", "--preset", preset,
+               "--kimg", "1000", "--batch", str(batch), "--snapshot-kimg", f"{snap:g}", "--seed", str(plan.seed),
+               "--lpips", "off"]
+        log(f"pilot {name}: {minutes:g} min of stage 1")
+        run.parent.mkdir(parents=True, exist_ok=True)
+        with open(out / "pilot" / f"{name}.log", "w") as console:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=console, stderr=subprocess.STDOUT)
+            try:
+                proc.wait(timeout=minutes * 60)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait()
+        found = snapshots(run)
+        if not found:
+            raise SystemExit(f"pilot {name} wrote no snapshot in {minutes:g} min; see {out / 'pilot' / name}.log")
+        nimg, ckpt = found[-1]
+        row = Evaluator(shards, out / "eval-cache", plan)(ckpt)
+        results[name] = {"preset": preset, "batch": batch, "kimg": nimg / 1000, "minutes": minutes, **row}
+        save_record(out, record)
+        log(f"pilot {name}: {nimg / 1000:.2f} kimg, FID {row['fid']:.1f}")
+    best = min(results.values(), key=lambda r: r["fid"])
+    return best["preset"], best["batch"]
+
+
+def snapshots(run: Path) -> list[tuple[int, Path]]:
+    """(nimg, network file) of every snapshot of a run, in training order."""
+    found = []
+    for path in run.glob("network-*.safetensors"):
+        match = re.fullmatch(r"network-(\d+)k-(\d+)\.safetensors", path.name)  # network-KKKKKKk-NNN
+        if match:
+            found.append((int(match.group(1)) * 1000 + int(match.group(2)), path))
+    return sorted(found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+class Evaluator:
+    """FID and kFID (quick protocol) of generator files against the shards, real statistics cached."""
+
+    def __init__(self, shards: Path, cache: Path, plan: Plan) -> None:
+        from uh_train.metrics import InceptionFeatures
+        from uh_train.metrics.stats import StatsCache
+
+        self.shards, self.plan = shards, plan
+        self.features = InceptionFeatures(None, device="cpu", batch=32)
+        self.cache = StatsCache(cache)
+
+    def __call__(self, ckpt: Path) -> dict:
+        from uh_train.checkpoint import load_generator
+        from uh_train.metrics import EvalConfig, evaluate
+        from uh_train.metrics.fakes import GeneratorSampler
+
+        G = load_generator(ckpt, device="cpu")
+        sampler = GeneratorSampler(G, 1.0, "cpu")
+        result = {}
+        for metric, n in (("fid", self.plan.fid_n), ("kfid", self.plan.kfid_n)):
+            cfg = EvalConfig(metrics=(metric,), n=n, seed=self.plan.seed, batch=32)
+            result.update({k: v for k, v in evaluate(sampler, [self.shards], cfg, self.features,
+                                                      self.cache).items() if k == metric})
+        return {"fid": result["fid"]["value"], "kfid_mean": result["kfid"]["mean"],
+                **{f"kfid_{g}": v["value"] for g, v in result["kfid"]["groups"].items()}}
+
+
+def draw_grid(ckpt: Path, path: Path) -> None:
+    """Rows: fixed seeds; columns: the whole body and the zoomed regions, each at GRID_CELL px."""
+    import numpy as np
+    import torch
+
+    from uh_train.checkpoint import load_generator
+    from uh_train.generate import write_png
+    from uh_train.render import render_region, seed_latents, to_uint8
+
+    G = load_generator(ckpt, device="cpu")
+    r = G.img_resolution
+    size = max(r, (GRID_CELL // r) * r)
+    with torch.no_grad():
+        ws = G.mapping(seed_latents(GRID_SEEDS, G.z_dim))
+        cols = [to_uint8(render_region(G, ws, size, centre, scale, mode="single"))
+                for centre, scale in GRID_VIEWS.values()]
+    pad = 2
+    grid = np.full((len(GRID_SEEDS) * (size + pad) - pad, len(cols) * (size + pad) - pad, 3), 255, np.uint8)
+    for j, col in enumerate(cols):
+        for i, img in enumerate(col):
+            grid[i * (size + pad): i * (size + pad) + size, j * (size + pad): j * (size + pad) + size] = img
+    write_png(path, grid)
+
+
+def chosen(found: list[tuple[int, Path]], every: float, most: int = 11) -> list[tuple[int, Path]]:
+    """The snapshots to evaluate: the first at or after 0.5 kimg, 1 kimg and each multiple of `every`
+    kimg, and the last; thinned evenly to at most `most` (the first and last kept)."""
+    if not found:
+        return []
+    step = max(1, int(round(every * 1000)))
+    points = {500, 1000} | set(range(step, found[-1][0] + 1, step))
+    picked = sorted({min((f for f in found if f[0] >= p), default=found[-1]) for p in points} | {found[-1]})
+    if len(picked) > most:
+        picked = [picked[round(i * (len(picked) - 1) / (most - 1))] for i in range(most)]
+    return picked
+
+
+def evaluate_runs(out: Path, runs: dict[str, Path], shards: Path, plan: Plan, record: dict) -> None:
+    """Evaluate and draw the chosen snapshots not yet in `record` (saved after each)."""
+    evaluator = None
+    for name, run in runs.items():
+        done = record.setdefault("curves", {}).setdefault(name, {})
+        every = plan.snap1 if name == "stage1" else plan.snap2
+        for nimg, ckpt in chosen(snapshots(run), every):
+            key = str(nimg)
+            if key in done:
+                continue
+            evaluator = evaluator or Evaluator(shards, out / "eval-cache", plan)
+            start = time.time()
+            row = evaluator(ckpt)
+            grid = out / "grids" / f"{name}-{nimg:08d}.png"
+            draw_grid(ckpt, grid)
+            row.update(kimg=nimg / 1000, grid=str(grid.relative_to(out)), seconds=round(time.time() - start, 1))
+            done[key] = row
+            save_record(out, record)
+            log(f"{name} at {nimg / 1000:.2f} kimg: FID {row['fid']:.1f}, kFID face {row['kfid_face']:.1f}, "
+                f"hand {row['kfid_hand']:.1f} ({row['seconds']:.0f} s)")
+
+
+def save_record(out: Path, record: dict) -> None:
+    tmp = out / "learn.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out / "learn.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def rows(record: dict, name: str) -> list[dict]:
+    return sorted(record.get("curves", {}).get(name, {}).values(), key=lambda r: r["kimg"])
+
+
+def plot_curves(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=100)
+    offset = record.get("stage1_kimg", 0.0)
+    for name, style in (("stage1", "-o"), ("stage2", "-s"), ("stage2-full-only", "--^")):
+        data = rows(record, name)
+        if not data:
+            continue
+        x = [r["kimg"] + (offset if name != "stage1" else 0.0) for r in data]
+        for ax, key in zip(axes, ("fid", "kfid_face", "kfid_hand"), strict=True):
+            ax.plot(x, [r[key] for r in data], style, ms=3, label=name)
+    for ax, title in zip(axes, ("FID (whole images)", "kFID face", "kFID hand"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("kimg (stage 2 continues stage 1's count)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def table(record: dict, name: str) -> str:
+    data = rows(record, name)
+    groups = [k.removeprefix("kfid_") for k in (data[0] if data else {}) if k.startswith("kfid_") and k != "kfid_mean"]
+    head = ["kimg", "FID", *(f"kFID {g}" for g in groups), "kFID mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in data:
+        cells = [f"{r['kimg']:.2f}", f"{r['fid']:.1f}", *(f"{r['kfid_' + g]:.1f}" for g in groups),
+                 f"{r['kfid_mean']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ship(final: Path, dest: Path, record: dict) -> None:
+    """The final generator with its provenance in the file's metadata."""
+    from uh_train.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(final)
+    config = dict(ckpt.config)
+    config.pop("format", None)
+    config.pop("networks", None)
+    config["provenance"] = record["provenance"]
+    from uh_train.checkpoint import load_generator
+
+    save_checkpoint(dest, {"G_ema": load_generator(final)}, config=config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "learn", help="work folder (default: learn/)")
+    parser.add_argument("--quick", action="store_true", help="a minutes-long run of every step (for tests)")
+    parser.add_argument("--no-ablation", action="store_true", help="skip stage 2 on the full-body source alone")
+    parser.add_argument("--ship", type=Path, nargs="?", const=DEFAULT_SHIP, default=None,
+                        help="write the final generator with its provenance here "
+                             f"(default {DEFAULT_SHIP.relative_to(ROOT)})")
+    parser.add_argument("--data-only", action="store_true", help="make the data and stop")
+    parser.add_argument("--docs", action="store_true", help="write the section of docs/benchmarks.md and its images")
+    for field, kind in (("people", int), ("hands", int), ("batch", int), ("preset", str), ("minutes1", float),
+                        ("minutes2", float), ("pilot_minutes", float), ("candidates", str), ("kimg1", float),
+                        ("kimg2", float), ("snap1", float), ("snap2", float), ("fid_n", int), ("kfid_n", int)):
+        parser.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None)
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    plan = replace(plan, **{k: v for k, v in vars(args).items() if k in Plan.__dataclass_fields__ and v is not None})
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    record = json.loads((out / "learn.json").read_text()) if (out / "learn.json").exists() else {}
+    record["plan"] = plan.__dict__
+    start = time.time()
+    wall = record.setdefault("wall_s", {})
+
+    t = time.time()
+    shards = make_data(out, plan)
+    wall["data"] = wall.get("data", 0.0) + time.time() - t
+    save_record(out, record)
+    if args.data_only:
+        return 0
+
+    if plan.pilot_minutes > 0:
+        candidates = [(p, int(b)) for p, b in (c.split(":") for c in plan.candidates.split(","))]
+        preset, batch = pilot(out, shards, plan, candidates, plan.pilot_minutes, record)
+        rate = record["pilot"][f"{preset}-b{batch}"]["kimg"] / plan.pilot_minutes  # kimg per minute
+        log(f"pilot winner: {preset}, batch {batch} ({rate:.2f} kimg/min in stage 1)")
+        plan = replace(plan, preset=preset, batch=batch,
+                       kimg1=plan.kimg1 or round(rate * plan.minutes1, 1),
+                       kimg2=plan.kimg2 or round(rate * STAGE2_RATE * plan.minutes2, 1))
+    if plan.kimg1 is None or plan.kimg2 is None:
+        raise SystemExit("without a pilot (--pilot-minutes 0) pass --kimg1 and --kimg2")
+    plan = replace(plan, snap1=plan.snap1 or round(plan.kimg1 / 10, 2), snap2=plan.snap2 or round(plan.kimg2 / 4, 2))
+    record["plan"] = plan.__dict__
+    save_record(out, record)
+
+    runs = {"stage1": out / "runs" / "stage1", "stage2": out / "runs" / "stage2"}
+    winner = out / "pilot" / f"{plan.preset}-b{plan.batch}"
+    if plan.pilot_minutes > 0 and winner.is_dir() and not runs["stage1"].exists():
+        shutil.copytree(winner, runs["stage1"])  # stage 1 continues the winning pilot run
+        wall["stage1"] = wall.get("stage1", 0.0) + plan.pilot_minutes * 60
+    # A snapshot at 1 kimg first: FID there is the yardstick of "falls by at least half".
+    first = min(1.0, plan.kimg1)
+    for kimg, snap in ((first, first / 2), (plan.kimg1, plan.snap1)):
+        wall["stage1"] = wall.get("stage1", 0.0) + train(runs["stage1"], shards, plan, 1, kimg, snap)
+        save_record(out, record)
+    record["stage1_kimg"] = trained_nimg(runs["stage1"]) / 1000
+    teacher = runs["stage1"] / "network-latest.safetensors"
+    wall["stage2"] = wall.get("stage2", 0.0) + train(runs["stage2"], shards, plan, 2, plan.kimg2, plan.snap2, teacher)
+    save_record(out, record)
+    if not args.no_ablation:
+        runs["stage2-full-only"] = out / "runs" / "stage2-full-only"
+        zero = tuple(a for s in PARTIAL_SOURCES for a in ("--mix", f"{s}=0"))
+        wall["stage2-full-only"] = wall.get("stage2-full-only", 0.0) + train(
+            runs["stage2-full-only"], shards, plan, 2, plan.kimg2, plan.snap2, teacher, zero)
+        save_record(out, record)
+    t = time.time()
+    evaluate_runs(out, runs, shards, plan, record)
+    wall["evaluation"] = wall.get("evaluation", 0.0) + time.time() - t
+    record["provenance"] = provenance(plan, record)
+    save_record(out, record)
+    plot_curves(record, out / "curves.png")
+    (out / "learn.md").write_text(report(record, out))
+    log(f"wrote {demo.shown(out / 'learn.md')} ({time.time() - start:.0f} s this call)")
+    if args.ship:
+        ship(runs["stage2"] / "network-latest.safetensors", args.ship.resolve(), record)
+        log(f"wrote {demo.shown(args.ship.resolve())}")
+    if args.docs:
+        write_docs(record, out)
+    return 0
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(plan: Plan, record: dict) -> dict:
+    return {
+        "command": "just learn",
+        "commit": git_commit(),
+        "data": f"{plan.people} rendered people (full {plan.res} px, upper-body and face views aligned by the MST), "
+                f"{plan.hands} synthetic hands; all made by the command",
+        "preset": plan.preset, "batch": plan.batch, "seed": plan.seed,
+        "stage1_kimg": record.get("stage1_kimg"), "stage2_kimg": plan.kimg2,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def report(record: dict, out: Path, images: str | None = None) -> str:
+    """The Markdown section: plan, wall times, tables, curves, grids (image paths relative to `images`)."""
+    plan = Plan(**record["plan"])
+    wall = record["wall_s"]
+    images = images if images is not None else ""
+    s1, s2, s2f = rows(record, "stage1"), rows(record, "stage2"), rows(record, "stage2-full-only")
+    total = sum(wall.values())
+    text = [
+        f"`just learn` ({wall_text(total)} wall in all on this machine: data {wall_text(wall.get('data', 0))}, "
+        f"stage 1 {wall_text(wall.get('stage1', 0))}, stage 2 {wall_text(wall.get('stage2', 0))}"
+        + (f", the ablation's stage 2 {wall_text(wall['stage2-full-only'])}" if "stage2-full-only" in wall else "")
+        + f", evaluation {wall_text(wall.get('evaluation', 0))}).",
+        "",
+        f"Data made by the command: {plan.people} rendered people (full body at {plan.res} px; upper-body and face "
+        f"views aligned into full-body space by the MST), {plan.hands} synthetic hands composited onto upper-body "
+        f"patches. Preset `{plan.preset}`, batch {plan.batch}, seed {plan.seed}; "
+        f"stage 1 {record.get('stage1_kimg', 0):g} kimg "
+        f"of whole full-body images, then stage 2 {plan.kimg2:g} kimg of multi-source patches (teacher: the "
+        f"stage-1 network). Quick protocol: FID of {plan.fid_n} whole images at r px; kFID of {plan.kfid_n} "
+        "patches per keypoint group at s = 8.",
+        "",
+    ]
+    for name, data, what in (("stage1", s1, "Stage 1"), ("stage2", s2, "Stage 2, all sources"),
+                             ("stage2-full-only", s2f, "Stage 2, full-body source only (ablation)")):
+        if data:
+            text += [f"{what}:", "", table(record, name), ""]
+    text += [f"![FID and kFID against kimg]({images}curves.png)", ""]
+    picks = grid_picks(record)
+    if picks:
+        text += ["Fixed-seed samples (rows: seeds " + f"{GRID_SEEDS[0]}-{GRID_SEEDS[-1]}; columns: the whole body, "
+                 "the face zoomed 8x, a hand zoomed 8x), at the start, middle and end:", ""]
+        for label, row in picks:
+            text += [f"{label} ({row['kimg']:.2f} kimg): ![{label}]({images}{Path(row['grid']).name})", ""]
+    return "\n".join(text)
+
+
+def grid_picks(record: dict) -> list[tuple[str, dict]]:
+    s1, s2 = rows(record, "stage1"), rows(record, "stage2")
+    picks = []
+    if s1:
+        picks += [("stage 1, start", s1[0]), ("stage 1, middle", s1[len(s1) // 2]), ("stage 1, end", s1[-1])]
+    if s2:
+        picks += [("stage 2, end", s2[-1])]
+    return picks
+
+
+def wall_text(seconds: float) -> str:
+    m = int(round(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
+def write_docs(record: dict, out: Path) -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+
+    images = ROOT / "docs" / "img" / "learn"
+    images.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(out / "curves.png", images / "curves.png")
+    for _, row in grid_picks(record):
+        shutil.copy2(out / row["grid"], images / Path(row["grid"]).name)
+    body = "## Does training learn people?\n\n" + report(record, out, images="img/learn/")
+    bench.write_section("learn", body, sum(record["wall_s"].values()))
+    log("wrote docs/benchmarks.md (section learn) and docs/img/learn/")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

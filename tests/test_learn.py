@@ -1,0 +1,71 @@
+"""`just learn` end to end in its quick setting: data, the pilot's choice, both stages, the ablation,
+the curves and the shipped checkpoint (a few minutes on 2 CPU cores)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "learn.py"
+
+
+@pytest.mark.slow
+def test_quick_learn_run_picks_by_fid_trains_both_arms_and_ships_its_network(tmp_path):
+    from uh_train.checkpoint import load_checkpoint, load_generator
+    from uh_train.train_state import load_state
+
+    out, ship = tmp_path / "learn", tmp_path / "ship" / "learned.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--ship", str(ship), "--pilot-minutes", "0.75",
+           "--candidates", "tiny:4,tiny:2"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((out / "learn.json").read_text())
+
+    # The pilot trained both candidates for the same time and stage 1 went on with the lower FID.
+    pilot = record["pilot"]
+    assert set(pilot) == {"tiny-b4", "tiny-b2"}
+    assert all(r["kimg"] > 0 and math.isfinite(r["fid"]) for r in pilot.values())
+    best = min(pilot.values(), key=lambda r: r["fid"])
+    assert (record["plan"]["preset"], record["plan"]["batch"]) == (best["preset"], best["batch"])
+    assert json.loads((out / "runs" / "stage1" / "run.json").read_text())["config"]["batch"] == best["batch"]
+
+    # Every run evaluated at several snapshots, each with finite metrics and a grid on disk.
+    for name in ("stage1", "stage2", "stage2-full-only"):
+        rows = record["curves"][name].values()
+        assert len(rows) >= 2, name
+        for row in rows:
+            assert all(math.isfinite(row[k]) for k in ("fid", "kfid_face", "kfid_hand", "kfid_mean"))
+            assert (out / row["grid"]).is_file()
+
+    # The ablation's stream drew full-body patches only; the main stage 2 drew from every source.
+    def consumed(run: str) -> set[str]:
+        state = sorted((out / "runs" / run).glob("training-state-*.safetensors"))[-1]
+        return {key.split("/", 1)[1] for key in load_state(state)["progress"]["data"]["consumed"]}
+
+    assert consumed("stage2-full-only") == {"people-full"}
+    assert consumed("stage2") == {"people-full", "people-upper", "people-face", "hands"}
+
+    # The shipped file is stage 2's final network with its provenance in the metadata.
+    provenance = load_checkpoint(ship).config["provenance"]
+    assert provenance["stage1_kimg"] == pytest.approx(record["stage1_kimg"])
+    assert provenance["preset"] == best["preset"] and provenance["command"].startswith("just learn")
+    shipped, final = load_generator(ship), load_generator(out / "runs" / "stage2" / "network-latest.safetensors")
+    for (key, a), (_, b) in zip(shipped.state_dict().items(), final.state_dict().items(), strict=True):
+        assert torch.equal(a, b), key
+    report = (out / "learn.md").read_text()
+    assert "full-body source only" in report and (out / "curves.png").is_file()
+
+    # Run again: everything is reused, nothing is trained or evaluated twice.
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "uh-train" not in again.stdout and " FID " not in again.stdout
+    assert json.loads((out / "learn.json").read_text())["curves"] == record["curves"]
