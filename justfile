@@ -30,7 +30,7 @@ demo: setup
 # Train long enough to see whether training learns people (about 2 h on 2 CPU cores; resumes): data, stage 1,
 # stage 2 and its full-body-only ablation, every snapshot evaluated; results into learn/ and docs/benchmarks.md.
 learn *ARGS: setup
-    {{py}} scripts/learn.py --docs {{ARGS}}
+    {{py}} scripts/learn.py --docs --ship {{ARGS}}
 
 # Open demo/report.html in headless Chromium: every image loads, every figure captioned; screenshot next to it.
 # Skipped, saying what to install, when no Chromium is found (Debian: apt-get install chromium).

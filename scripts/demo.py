@@ -311,7 +311,7 @@ def learned_stages(demo: Path, size: Size) -> list[Stage]:
     """The shipped generator (`just learn`'s final network) rendered like the demo's own: the whole image
     at 256 px and each zoom region on its own, then shown next to the demo's run."""
     gen = str(BIN / "uh-generate")
-    ckpt = str(LEARNED.relative_to(ROOT))
+    ckpt = str(LEARNED.relative_to(ROOT)) if LEARNED.is_relative_to(ROOT) else str(LEARNED)
     out = [Stage("learned: generate 8r", "uh-generate with the shipped checkpoint (a longer CPU run of the same "
                  "preset on the same kind of data, made by `just learn`): 256 px images in one pass.",
                  [gen, "--ckpt", ckpt, "--seeds", size.seeds, "--size", "256", "--mode", "single", "--out",
@@ -669,8 +669,15 @@ the zoom figure).
 faces and hands are not formed, and the metrics (on {{eval_n}} generated and real images) are large numbers that say
 nothing about the paper's FID 15.37, pFID 18.94 or kFID 19.56; nor the gain from each data source (the paper's
 ablation needs its datasets and its full training). For those, train the <code>paper</code> preset on real data on
-GPUs (docs/training.md, docs/cluster.md).</p>"""
-    return " ".join(text.split("\n"))
+GPUs (docs/training.md, docs/cluster.md).{{learned}}</p>"""
+    learned = ""
+    if LEARNED.exists():
+        info = learned_provenance()
+        learned = (f" What a longer CPU run of the same preset reaches is shown under \u201clearned: zoom\u201d: "
+                   f"the shipped checkpoint {LEARNED.name}, made by <code>just learn</code> "
+                   f"({info.get('stage1_kimg', '?')} + {info.get('stage2_kimg', '?')} kimg on this project's own data; "
+                   "its curves are in docs/benchmarks.md).")
+    return " ".join(text.replace("{learned}", learned).split("\n"))
 
 
 def write_report(demo: Path, all_stages: list[Stage], results: list[dict], eval_n: int = 0) -> Path:

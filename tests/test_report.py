@@ -60,6 +60,18 @@ def report(tmp_path_factory):
 
     save_file({"G_ema.a": np.zeros((20, 100), np.float32), "G_ema.b": np.zeros(1000, np.float32),
                "D.c": np.zeros(50_000, np.float32)}, str(runs / "stage2" / "network-latest.safetensors"))
+    # A shipped checkpoint (`just learn`'s) with its provenance, and its renders next to the demo's.
+    from uh_train.checkpoint import save_checkpoint
+    from uh_train.generate import random_generator
+
+    demo.LEARNED = out / "learned.safetensors"
+    save_checkpoint(demo.LEARNED, {"G_ema": random_generator("tiny", 0, "cpu")},
+                    config={"provenance": {"command": "just learn", "commit": "abc1234", "stage1_kimg": 61.5,
+                                           "stage2_kimg": 11.2}})
+    learned = rng.integers(0, 256, (256, 256, 3))
+    png(out / "learned-gen256" / "seed0000.png", learned)
+    png(out / "learned-gen256" / "grid.png", learned)
+    png(out / "learned-face" / "seed0000.png", learned[top:bottom, left:right])
     stages = demo.stages(out, demo.SMALL)
     for stage in stages:
         for view in demo.VIEW_SOURCES:
@@ -138,6 +150,20 @@ def test_the_report_says_what_the_run_can_and_cannot_show_with_numbers(report):
     assert "50,000 kimg in all" in section and "0.0080% of those images (1 in 12,500)" in section
     assert "<b>It can show</b>" in section and "<b>It cannot show</b>" in section
     assert "metrics (on 8 generated and real images)" in section
+
+
+def test_the_shipped_checkpoint_is_shown_next_to_the_demos_run_with_its_provenance(report):
+    demo, out, text = report
+    section = text[text.index('id="stage-learned--zoom-hand"'):]
+    side_by_side = re.search(r"<figure>(.*?)</figure>", section, re.S).group(1)
+    assert side_by_side.index('src="gen256/grid.png"') < side_by_side.index('src="learned-gen256/grid.png"')
+    assert "command: just learn, commit: abc1234, stage1 kimg: 61.5, stage2 kimg: 11.2" in section
+    assert "learned-zoom/seed0000-boxes.png" in section and "learned-face/seed0000.png" in section
+    assert "in 0–255 grey levels: face 0.0" in section  # its face patch is exactly its box here
+    assert "learned.safetensors, made by <code>just learn</code> (61.5 + 11.2 kimg" in text
+    learned = [s for s in demo.stages(out, demo.SMALL) if s.name.startswith("learned")]
+    assert [s.name for s in learned] == ["learned: generate 8r", "learned: zoom face", "learned: zoom hand"]
+    assert all(str(demo.LEARNED) in s.command for s in learned)
 
 
 def test_the_report_in_a_browser(report, tmp_path):
