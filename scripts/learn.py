@@ -34,6 +34,7 @@ BIN = Path(sys.executable).parent
 DATA_STAGES = ("body model", "render people", "full-body space", "pose prior", "align full", "align upper",
                "align face", "fit hands", "render hands", "validate", "MST vs truth")
 PARTIAL_SOURCES = ("people-upper", "people-face", "hands")
+KFID_GROUPS = ("face", "hand")  # the groups the partial sources are for
 GRID_SEEDS = tuple(range(6))
 GRID_CELL = 96  # px per grid cell
 # The grid's columns: name -> (centre v, scale s) in full-body space.
@@ -179,10 +180,10 @@ class Evaluator:
         sampler = GeneratorSampler(G, 1.0, "cpu")
         result = {}
         for metric, n in (("fid", self.plan.fid_n), ("kfid", self.plan.kfid_n)):
-            cfg = EvalConfig(metrics=(metric,), n=n, seed=self.plan.seed, batch=32)
+            cfg = EvalConfig(metrics=(metric,), n=n, seed=self.plan.seed, batch=32, kfid_groups=KFID_GROUPS)
             result.update({k: v for k, v in evaluate(sampler, [self.shards], cfg, self.features,
                                                       self.cache).items() if k == metric})
-        return {"fid": result["fid"]["value"], "kfid_mean": result["kfid"]["mean"],
+        return {"fid": result["fid"]["value"], "kfid_mean": result["kfid"]["mean"],  # over KFID_GROUPS
                 **{f"kfid_{g}": v["value"] for g, v in result["kfid"]["groups"].items()}}
 
 
@@ -210,7 +211,7 @@ def draw_grid(ckpt: Path, path: Path) -> None:
     write_png(path, grid)
 
 
-def chosen(found: list[tuple[int, Path]], every: float, most: int = 11) -> list[tuple[int, Path]]:
+def chosen(found: list[tuple[int, Path]], every: float, most: int) -> list[tuple[int, Path]]:
     """The snapshots to evaluate: the first at or after 0.5 kimg, 1 kimg and each multiple of `every`
     kimg, and the last; thinned evenly to at most `most` (the first and last kept)."""
     if not found:
@@ -228,8 +229,8 @@ def evaluate_runs(out: Path, runs: dict[str, Path], shards: Path, plan: Plan, re
     evaluator = None
     for name, run in runs.items():
         done = record.setdefault("curves", {}).setdefault(name, {})
-        every = plan.snap1 if name == "stage1" else plan.snap2
-        for nimg, ckpt in chosen(snapshots(run), every):
+        every, most = (plan.snap1, 9) if name == "stage1" else (plan.snap2, 5)
+        for nimg, ckpt in chosen(snapshots(run), every, most):
             key = str(nimg)
             if key in done:
                 continue
@@ -290,11 +291,11 @@ def plot_curves(record: dict, path: Path) -> None:
 def table(record: dict, name: str) -> str:
     data = rows(record, name)
     groups = [k.removeprefix("kfid_") for k in (data[0] if data else {}) if k.startswith("kfid_") and k != "kfid_mean"]
-    head = ["kimg", "FID", *(f"kFID {g}" for g in groups), "kFID mean"]
+    head = ["kimg", "FID", *(f"kFID {g}" for g in groups)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in data:
-        cells = [f"{r['kimg']:.2f}", f"{r['fid']:.1f}", *(f"{r['kfid_' + g]:.1f}" for g in groups),
-                 f"{r['kfid_mean']:.1f}"]
+        cells = [f"{r['kimg']:.2f}", f"{r['fid']:.1f}",
+                 *("–" if r["kfid_" + g] is None else f"{r['kfid_' + g]:.1f}" for g in groups)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

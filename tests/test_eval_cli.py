@@ -143,3 +143,19 @@ def test_precision_recall_on_too_few_real_images_is_a_one_line_error(tmp_path, f
     result = _run("--init", "random", "--shards", folder, "--metrics", "pr", "--n", "8", "--out", tmp_path / "o",
                   "--inception", fast_inception, "--no-cache")
     _assert_one_line_error(result, "k=3", "have 3 real")
+
+
+def test_kfid_for_chosen_groups_only_equals_those_groups_of_the_full_run(synthetic, fast_inception, tmp_path):
+    common = ["--init", "random", "--preset", "tiny", "--shards", synthetic, "--metrics", "kfid", "--n", "4",
+              "--cache", tmp_path / "cache", "--inception", fast_inception]
+    every = _run(*common, "--out", tmp_path / "all")
+    chosen = _run(*common, "--out", tmp_path / "chosen", "--kfid-groups", "face,hand")
+    assert every.exit_code == 0 and chosen.exit_code == 0, every.output + chosen.output
+    full = json.loads((tmp_path / "all" / "metrics.json").read_text())["kfid"]
+    part = json.loads((tmp_path / "chosen" / "metrics.json").read_text())["kfid"]
+    assert set(part["groups"]) == {"face", "hand"}
+    for group in ("face", "hand"):  # the same patches and fakes: a group's value does not depend on the others
+        assert part["groups"][group]["value"] == pytest.approx(full["groups"][group]["value"])
+    assert part["mean"] == pytest.approx((part["groups"]["face"]["value"] + part["groups"]["hand"]["value"]) / 2)
+    bad = _run(*common, "--out", tmp_path / "bad", "--kfid-groups", "face,tail")
+    assert bad.exit_code != 0 and "unknown kFID group(s) tail" in bad.output

@@ -102,6 +102,9 @@ def run(
     kfid_min_density: float = typer.Option(0.0, help="Quick protocol: use only sources at least this dense (px per "
                                                      "full-body unit) for kFID patches; r*8 avoids magnified real "
                                                      "patches.", callback=cli_args.non_negative),
+    kfid_groups: str | None = typer.Option(None, help="kFID only for these comma-separated keypoint groups "
+                                                      "(face, neck, shoulder, elbow, hand, hip, knee; default: all); "
+                                                      "the mean is then over these."),
     batch: int = typer.Option(16, help="Images per generator and Inception batch.", callback=cli_args.at_least_one),
     method: str | None = typer.Option(None, help="Row label in the table (default: checkpoint name)."),
     device: str = typer.Option("cpu", help="torch device.", callback=cli_args.torch_device),
@@ -130,7 +133,8 @@ def run(
     label = method or (ckpt.stem if init == "checkpoint" and ckpt else f"random-{preset}")
     try:
         cfg = EvalConfig(metrics=names, n=n, fid_res=fid_res, seed=seed, batch=batch,
-                         kfid_min_density=kfid_min_density, protocol=protocol)
+                         kfid_min_density=kfid_min_density, protocol=protocol,
+                         kfid_groups=tuple(g.strip() for g in kfid_groups.split(",")) if kfid_groups else None)
         features = InceptionFeatures(inception, device=device, batch=batch)
         pr_features = None
         if vgg16 is not None and "pr" in names:

@@ -69,6 +69,7 @@ class EvalConfig:
     scale_max: float = SCALE_MAX  # largest s of quick pFID patches: the trainer's
     kfid_scale: float = patches.KFID_SCALE
     kfid_min_density: float = 0.0
+    kfid_groups: tuple[str, ...] | None = None  # kFID only for these groups (None: all of Table 1's)
     k: int = DEFAULT_K
     protocol: str = "quick"  # or "paper" (protocol.py)
 
@@ -76,6 +77,10 @@ class EvalConfig:
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise MetricsError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
+        bad_groups = [g for g in self.kfid_groups or () if g not in patches.KFID_GROUPS]
+        if bad_groups or self.kfid_groups == ():
+            raise MetricsError(f"unknown kFID group(s) {', '.join(bad_groups) or '(none)'}; choose from "
+                               f"{', '.join(patches.KFID_GROUPS)}")
         if self.n < 2:
             raise MetricsError(f"--n must be at least 2 (a covariance needs two samples), got {self.n}")
         if self.protocol not in PROTOCOLS:
@@ -288,6 +293,8 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
             entry: dict[str, Any] = {"value": None, "n": int(real["counts"][g]),
                                      "real_upsampled": int(real["upsampled"][g]), **_size_summary(sizes, r)}
             group = _group(real, g)
+            if cfg.kfid_groups is not None and name not in cfg.kfid_groups:
+                continue  # not asked for: no generated patches, no entry
             if group is not None:
                 fake = _fake_stats(fakes.patch_batches(gen, transforms, cfg.seed + 2 + g, cfg.batch, sizes),
                                    features, on_task(f"generated {name} patches", len(transforms)))
