@@ -50,7 +50,7 @@ class Plan:
     preset: str = "tiny"
     batch: int = 8
     minutes1: float = 50.0  # stage 1 wall budget (the pilot's minutes of the winner included)
-    minutes2: float = 12.0  # per stage-2 run
+    minutes2: float = 7.0  # per stage-2 run
     pilot_minutes: float = 6.0  # per candidate; 0: no pilot, train `preset` at `batch`
     candidates: str = "tiny:8,tiny:16,small:8"
     kimg1: float | None = None  # default: from the pilot's measured rate and minutes1
