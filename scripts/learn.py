@@ -114,12 +114,21 @@ def pilot(out: Path, shards: Path, plan: Plan, candidates: list[tuple[str, int]]
           record: dict) -> tuple[str, int]:
     """Train each (preset, batch) candidate's stage 1 for the same wall time, evaluate its last snapshot,
     and return the candidate with the lowest FID: the configuration that learns most per CPU minute."""
+    from uh_train.networks.presets import get_preset
+
+    # FID at one resolution for all (FIDs at different resolutions are not comparable): the largest r.
+    fid_res = max(get_preset(p).generator.img_resolution for p, _ in candidates)
     results = record.setdefault("pilot", {})
     for preset, batch in candidates:
         name = f"{preset}-b{batch}"
-        if name in results:
-            continue
         run = out / "pilot" / name
+        if name in results:
+            if results[name].get("fid_res") != fid_res and snapshots(run):  # evaluated otherwise before
+                results[name].update(Evaluator(shards, out / "eval-cache", plan, fid_res, kfid=False)(
+                    snapshots(run)[-1][1]))
+                save_record(out, record)
+                log(f"pilot {name}: FID {results[name]['fid']:.1f} at {fid_res} px")
+            continue
         shutil.rmtree(run, ignore_errors=True)  # a half-done pilot is redone: its wall time must be whole
         snap = plan.snap1 or (0.25 if preset == "tiny" else 0.05)
         cmd = [str(BIN / "uh-train"), "--shards", str(shards), "--out", str(run), "--stage", "1", "--preset", preset,
@@ -138,10 +147,10 @@ def pilot(out: Path, shards: Path, plan: Plan, candidates: list[tuple[str, int]]
         if not found:
             raise SystemExit(f"pilot {name} wrote no snapshot in {minutes:g} min; see {out / 'pilot' / name}.log")
         nimg, ckpt = found[-1]
-        row = Evaluator(shards, out / "eval-cache", plan)(ckpt)
+        row = Evaluator(shards, out / "eval-cache", plan, fid_res, kfid=False)(ckpt)
         results[name] = {"preset": preset, "batch": batch, "kimg": nimg / 1000, "minutes": minutes, **row}
         save_record(out, record)
-        log(f"pilot {name}: {nimg / 1000:.2f} kimg, FID {row['fid']:.1f}")
+        log(f"pilot {name}: {nimg / 1000:.2f} kimg, FID {row['fid']:.1f} at {fid_res} px")
     best = min(results.values(), key=lambda r: r["fid"])
     return best["preset"], best["batch"]
 
@@ -161,13 +170,14 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
 
 
 class Evaluator:
-    """FID and kFID (quick protocol) of generator files against the shards, real statistics cached."""
+    """FID and kFID (quick protocol) of generator files against the shards, real statistics cached.
+    `fid_res`: the resolution of the FID images (default: the generator's r); `kfid`: also kFID."""
 
-    def __init__(self, shards: Path, cache: Path, plan: Plan) -> None:
+    def __init__(self, shards: Path, cache: Path, plan: Plan, fid_res: int | None = None, kfid: bool = True) -> None:
         from uh_train.metrics import InceptionFeatures
         from uh_train.metrics.stats import StatsCache
 
-        self.shards, self.plan = shards, plan
+        self.shards, self.plan, self.fid_res, self.kfid = shards, plan, fid_res, kfid
         self.features = InceptionFeatures(None, device="cpu", batch=32)
         self.cache = StatsCache(cache)
 
@@ -178,13 +188,15 @@ class Evaluator:
 
         G = load_generator(ckpt, device="cpu")
         sampler = GeneratorSampler(G, 1.0, "cpu")
-        result = {}
-        for metric, n in (("fid", self.plan.fid_n), ("kfid", self.plan.kfid_n)):
-            cfg = EvalConfig(metrics=(metric,), n=n, seed=self.plan.seed, batch=32, kfid_groups=KFID_GROUPS)
-            result.update({k: v for k, v in evaluate(sampler, [self.shards], cfg, self.features,
-                                                      self.cache).items() if k == metric})
-        return {"fid": result["fid"]["value"], "kfid_mean": result["kfid"]["mean"],  # over KFID_GROUPS
-                **{f"kfid_{g}": v["value"] for g, v in result["kfid"]["groups"].items()}}
+        cfg = EvalConfig(metrics=("fid",), n=self.plan.fid_n, seed=self.plan.seed, batch=32, fid_res=self.fid_res)
+        fid = evaluate(sampler, [self.shards], cfg, self.features, self.cache)["fid"]
+        row = {"fid": fid["value"], "fid_res": fid.get("resolution")}
+        if self.kfid:
+            cfg = EvalConfig(metrics=("kfid",), n=self.plan.kfid_n, seed=self.plan.seed, batch=32,
+                             kfid_groups=KFID_GROUPS)
+            kfid = evaluate(sampler, [self.shards], cfg, self.features, self.cache)["kfid"]
+            row.update(kfid_mean=kfid["mean"], **{f"kfid_{g}": v["value"] for g, v in kfid["groups"].items()})
+        return row
 
 
 def draw_grid(ckpt: Path, path: Path) -> None:
