@@ -453,7 +453,7 @@ def report(record: dict, out: Path, images: str | None = None) -> str:
                              ("stage2-full-only", s2f, "Stage 2, full-body source only (ablation)")):
         if data:
             text += [f"{what}:", "", table(record, name), ""]
-    text += [f"![FID and kFID against kimg]({images}curves.png)", ""]
+    text += [f"![FID and kFID against kimg]({images}curves.png)", ""] + summary(record)
     picks = grid_picks(record)
     if picks:
         text += ["Fixed-seed samples (rows: seeds " + f"{GRID_SEEDS[0]}-{GRID_SEEDS[-1]}; columns: the whole body, "
@@ -461,6 +461,27 @@ def report(record: dict, out: Path, images: str | None = None) -> str:
         for label, row in picks:
             text += [f"{label} ({row['kimg']:.2f} kimg): ![{label}]({images}{Path(row['grid']).name})", ""]
     return "\n".join(text)
+
+
+def summary(record: dict) -> list[str]:
+    """The measured facts the section's reader looks for, as sentences: FID against its value at 1 kimg,
+    and the ablation's kFID against the main run's at the end of stage 2."""
+    s1, s2, s2f = rows(record, "stage1"), rows(record, "stage2"), rows(record, "stage2-full-only")
+    out = []
+    if s1:
+        first = min(s1, key=lambda r: abs(r["kimg"] - 1.0))
+        last = (s2 or s1)[-1]
+        where = "the end of stage 2" if s2 else "the end of stage 1"
+        out.append(f"FID: {first['fid']:.1f} at {first['kimg']:.2f} kimg, {s1[-1]['fid']:.1f} at the end of stage 1 "
+                   f"({s1[-1]['kimg']:.1f} kimg), {last['fid']:.1f} at {where}: {last['fid'] / first['fid']:.2f} "
+                   "of its value at 1 kimg.")
+    if s2 and s2f:
+        a, b = s2[-1], s2f[-1]
+        parts = [f"{g} {a['kfid_' + g]:.1f} with the partial sources vs {b['kfid_' + g]:.1f} without"
+                 for g in KFID_GROUPS if a.get("kfid_" + g) is not None and b.get("kfid_" + g) is not None]
+        out.append(f"Ablation after {a['kimg']:.1f} kimg of stage 2: kFID " + "; ".join(parts)
+                   + f"; FID {a['fid']:.1f} vs {b['fid']:.1f}.")
+    return out + [""] if out else []
 
 
 def grid_picks(record: dict) -> list[tuple[str, dict]]:
