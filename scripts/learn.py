@@ -231,6 +231,8 @@ def chosen(found: list[tuple[int, Path]], every: float, most: int) -> list[tuple
     step = max(1, int(round(every * 1000)))
     points = {500, 1000} | set(range(step, found[-1][0] + 1, step))
     picked = sorted({min((f for f in found if f[0] >= p), default=found[-1]) for p in points} | {found[-1]})
+    if len(picked) > 1 and picked[-1][0] - picked[-2][0] < step / 10:
+        picked.pop(-2)  # the last snapshot a few steps after a chosen one: one of them is enough
     if len(picked) > most:
         picked = [picked[round(i * (len(picked) - 1) / (most - 1))] for i in range(most)]
     return picked
@@ -433,12 +435,14 @@ def report(record: dict, out: Path, images: str | None = None) -> str:
     wall = record["wall_s"]
     images = images if images is not None else ""
     s1, s2, s2f = rows(record, "stage1"), rows(record, "stage2"), rows(record, "stage2-full-only")
-    total = sum(wall.values())
+    others = max(0, len(record.get("pilot") or {}) - 1) * plan.pilot_minutes * 60  # the pilot's losing candidates
+    total = sum(wall.values()) + others
     text = [
         f"`just learn` ({wall_text(total)} wall in all on this machine: data {wall_text(wall.get('data', 0))}, "
         f"stage 1 {wall_text(wall.get('stage1', 0))}, stage 2 {wall_text(wall.get('stage2', 0))}"
         + (f", the ablation's stage 2 {wall_text(wall['stage2-full-only'])}" if "stage2-full-only" in wall else "")
-        + f", evaluation {wall_text(wall.get('evaluation', 0))}).",
+        + f", evaluation {wall_text(wall.get('evaluation', 0))}"
+        + (f", the pilot's other candidates {wall_text(others)}" if others else "") + ").",
         "",
         f"Data made by the command: {plan.people} rendered people (full body at {plan.res} px; upper-body and face "
         f"views aligned into full-body space by the MST), {plan.hands} synthetic hands composited onto upper-body "
@@ -449,6 +453,15 @@ def report(record: dict, out: Path, images: str | None = None) -> str:
         "patches per keypoint group at s = 8.",
         "",
     ]
+    pilot = record.get("pilot") or {}
+    if pilot:
+        res = {r.get("fid_res") for r in pilot.values()}
+        text += [f"Pilot: each candidate trained stage 1 from scratch for {plan.pilot_minutes:g} minutes of wall time "
+                 f"(start-up included); FID of {plan.fid_n} images at {'/'.join(str(r) for r in res)} px. The "
+                 "lowest FID continued as stage 1 (its pilot minutes are counted in stage 1's time; the others' "
+                 "are in the total).", "",
+                 "| candidate | kimg in the pilot | FID |", "|---|---|---|"]
+        text += [f"| {name} | {r['kimg']:.2f} | {r['fid']:.1f} |" for name, r in pilot.items()] + [""]
     for name, data, what in (("stage1", s1, "Stage 1"), ("stage2", s2, "Stage 2, all sources"),
                              ("stage2-full-only", s2f, "Stage 2, full-body source only (ablation)")):
         if data:
@@ -491,6 +504,9 @@ def grid_picks(record: dict) -> list[tuple[str, dict]]:
         picks += [("stage 1, start", s1[0]), ("stage 1, middle", s1[len(s1) // 2]), ("stage 1, end", s1[-1])]
     if s2:
         picks += [("stage 2, end", s2[-1])]
+    s2f = rows(record, "stage2-full-only")
+    if s2f:
+        picks += [("stage 2 on the full-body source only (ablation), end", s2f[-1])]
     return picks
 
 

@@ -206,7 +206,9 @@ def test_fit_is_deterministic_and_batch_independent(toy):
     b = smplify_p(toy, u, np.ones(u.shape[:2]), config=cfg)
     single = smplify_p(toy, u[1:2], np.ones((1, NUM_TARGETS)), config=cfg)
     np.testing.assert_array_equal(a[1].pose, b[1].pose)
-    np.testing.assert_allclose(a[1].cam, single[0].cam, atol=1e-4)
+    # Alone or with batch-mates, only float rounding differs (kernels sum in another order) and 60
+    # L-BFGS steps amplify it to ~1e-4; a line search shared by the batch moves the camera ~0.07.
+    np.testing.assert_allclose(a[1].cam, single[0].cam, atol=1e-3)
 
 
 def test_lbfgs_fits_as_well_as_adam(toy):
