@@ -200,9 +200,13 @@ class Evaluator:
 
 
 def draw_grid(ckpt: Path, path: Path) -> None:
-    """Rows: fixed seeds; columns: the whole body and the zoomed regions, each at GRID_CELL px."""
+    """Rows: fixed seeds; columns: the whole body and the zoomed regions rendered at the training
+    resolution r (what the network learned, enlarged to GRID_CELL px without smoothing), then the
+    whole body rendered at GRID_CELL px in one pass (the continuous image at a density never trained
+    in stage 1)."""
     import numpy as np
     import torch
+    from PIL import Image
 
     from uh_train.checkpoint import load_generator
     from uh_train.generate import write_png
@@ -213,14 +217,25 @@ def draw_grid(ckpt: Path, path: Path) -> None:
     size = max(r, (GRID_CELL // r) * r)
     with torch.no_grad():
         ws = G.mapping(seed_latents(GRID_SEEDS, G.z_dim))
-        cols = [to_uint8(render_region(G, ws, size, centre, scale, mode="single"))
+        cols = [[np.asarray(Image.fromarray(im).resize((size, size), Image.NEAREST))
+                 for im in to_uint8(render_region(G, ws, r, centre, scale, mode="single"))]
                 for centre, scale in GRID_VIEWS.values()]
+        cols.append(list(to_uint8(render_region(G, ws, size, (0.5, 0.5), 1.0, mode="single"))))
     pad = 2
     grid = np.full((len(GRID_SEEDS) * (size + pad) - pad, len(cols) * (size + pad) - pad, 3), 255, np.uint8)
     for j, col in enumerate(cols):
         for i, img in enumerate(col):
             grid[i * (size + pad): i * (size + pad) + size, j * (size + pad): j * (size + pad) + size] = img
     write_png(path, grid)
+
+
+def redraw_grids(out: Path, runs: dict[str, Path], record: dict) -> None:
+    """Draw the grid of every evaluated snapshot again (after a change of the grid's layout)."""
+    for name, run in runs.items():
+        by_nimg = dict(snapshots(run))
+        for key, row in record.get("curves", {}).get(name, {}).items():
+            if int(key) in by_nimg:
+                draw_grid(by_nimg[int(key)], out / row["grid"])
 
 
 def chosen(found: list[tuple[int, Path]], every: float, most: int) -> list[tuple[int, Path]]:
@@ -336,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship", type=Path, nargs="?", const=DEFAULT_SHIP, default=None,
                         help="write the final generator with its provenance here "
                              f"(default {DEFAULT_SHIP.relative_to(ROOT)})")
+    parser.add_argument("--redraw-grids", action="store_true", help="draw the evaluated snapshots' grids again")
     parser.add_argument("--data-only", action="store_true", help="make the data and stop")
     parser.add_argument("--docs", action="store_true", help="write the section of docs/benchmarks.md and its images")
     for field, kind in (("people", int), ("hands", int), ("batch", int), ("preset", str), ("minutes1", float),
@@ -393,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         wall["stage2-full-only"] = wall.get("stage2-full-only", 0.0) + train(
             runs["stage2-full-only"], shards, plan, 2, plan.kimg2, plan.snap2, teacher, zero)
         save_record(out, record)
+    if args.redraw_grids:
+        redraw_grids(out, runs, record)
     t = time.time()
     evaluate_runs(out, runs, shards, plan, record)
     wall["evaluation"] = wall.get("evaluation", 0.0) + time.time() - t
@@ -470,7 +488,9 @@ def report(record: dict, out: Path, images: str | None = None) -> str:
     picks = grid_picks(record)
     if picks:
         text += ["Fixed-seed samples (rows: seeds " + f"{GRID_SEEDS[0]}-{GRID_SEEDS[-1]}; columns: the whole body, "
-                 "the face zoomed 8x, a hand zoomed 8x), at the start, middle and end:", ""]
+                 "the face zoomed 8x and a hand zoomed 8x, each rendered at the training resolution r and enlarged "
+                 f"without smoothing; last, the whole body rendered at {GRID_CELL} px in one pass), at the start, "
+                 "middle and end:", ""]
         for label, row in picks:
             text += [f"{label} ({row['kimg']:.2f} kimg): ![{label}]({images}{Path(row['grid']).name})", ""]
     return "\n".join(text)

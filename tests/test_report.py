@@ -71,6 +71,7 @@ def report(tmp_path_factory):
     learned = rng.integers(0, 256, (256, 256, 3))
     png(out / "learned-gen256" / "seed0000.png", learned)
     png(out / "learned-gen256" / "grid.png", learned)
+    png(out / "learned-gen32" / "grid.png", learned[:96, :96])
     png(out / "learned-face" / "seed0000.png", learned[top:bottom, left:right])
     stages = demo.stages(out, demo.SMALL)
     for stage in stages:
@@ -156,13 +157,16 @@ def test_the_shipped_checkpoint_is_shown_next_to_the_demos_run_with_its_provenan
     demo, out, text = report
     section = text[text.index('id="stage-learned--zoom-hand"'):]
     side_by_side = re.search(r"<figure>(.*?)</figure>", section, re.S).group(1)
-    assert side_by_side.index('src="gen256/grid.png"') < side_by_side.index('src="learned-gen256/grid.png"')
+    assert side_by_side.index('src="gen256/grid.png"') < side_by_side.index('src="learned-gen32/grid.png"') \
+        < side_by_side.index('src="learned-gen256/grid.png"')
+    assert '<img src="learned-gen32/grid.png" width="340" height="340"' in side_by_side  # 96 px: enlarged
     assert "command: just learn, commit: abc1234, stage1 kimg: 61.5, stage2 kimg: 11.2" in section
     assert "learned-zoom/seed0000-boxes.png" in section and "learned-face/seed0000.png" in section
     assert "in 0–255 grey levels: face 0.0" in section  # its face patch is exactly its box here
     assert "learned.safetensors, made by <code>just learn</code> (61.5 + 11.2 kimg" in text
     learned = [s for s in demo.stages(out, demo.SMALL) if s.name.startswith("learned")]
-    assert [s.name for s in learned] == ["learned: generate 8r", "learned: zoom face", "learned: zoom hand"]
+    assert [s.name for s in learned] == ["learned: generate r", "learned: generate 8r", "learned: zoom face",
+                                         "learned: zoom hand"]
     assert all(str(demo.LEARNED) in s.command for s in learned)
 
 
