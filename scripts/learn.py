@@ -119,13 +119,19 @@ def pilot(out: Path, shards: Path, plan: Plan, candidates: list[tuple[str, int]]
     # FID at one resolution for all (FIDs at different resolutions are not comparable): the largest r.
     fid_res = max(get_preset(p).generator.img_resolution for p, _ in candidates)
     results = record.setdefault("pilot", {})
+    evaluator = None  # one Inception load for every candidate
+
+    def score(ckpt: Path) -> dict:
+        nonlocal evaluator
+        evaluator = evaluator or Evaluator(shards, out / "eval-cache", plan, fid_res, kfid=False)
+        return evaluator(ckpt)
+
     for preset, batch in candidates:
         name = f"{preset}-b{batch}"
         run = out / "pilot" / name
         if name in results:
             if results[name].get("fid_res") != fid_res and snapshots(run):  # evaluated otherwise before
-                results[name].update(Evaluator(shards, out / "eval-cache", plan, fid_res, kfid=False)(
-                    snapshots(run)[-1][1]))
+                results[name].update(score(snapshots(run)[-1][1]))
                 save_record(out, record)
                 log(f"pilot {name}: FID {results[name]['fid']:.1f} at {fid_res} px")
             continue
@@ -147,7 +153,7 @@ def pilot(out: Path, shards: Path, plan: Plan, candidates: list[tuple[str, int]]
         if not found:
             raise SystemExit(f"pilot {name} wrote no snapshot in {minutes:g} min; see {out / 'pilot' / name}.log")
         nimg, ckpt = found[-1]
-        row = Evaluator(shards, out / "eval-cache", plan, fid_res, kfid=False)(ckpt)
+        row = score(ckpt)
         results[name] = {"preset": preset, "batch": batch, "kimg": nimg / 1000, "minutes": minutes, **row}
         save_record(out, record)
         log(f"pilot {name}: {nimg / 1000:.2f} kimg, FID {row['fid']:.1f} at {fid_res} px")
@@ -536,8 +542,7 @@ def wall_text(seconds: float) -> str:
 
 
 def write_docs(record: dict, out: Path) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import bench
+    import bench  # scripts/ is on the path (see the top)
 
     images = ROOT / "docs" / "img" / "learn"
     images.mkdir(parents=True, exist_ok=True)
