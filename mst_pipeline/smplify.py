@@ -5,8 +5,9 @@ E(α_opt) = λv · Σ_vis ρ(J_i − J'_i) + λi · Σ_invis MSE(θ_i, θ̂_i) +
 * J: the body model's joints projected with the weak-perspective camera α = (s, tx, ty); J': the
   detected keypoints, in the image's normalised coordinates (`space.normalisation`); a keypoint
   counts when its confidence passes a threshold and it lies inside the image.
-* θ̂: the pose prior's reconstruction of the current pose (`prior.PosePrior.reconstruct`),
-  compared on the body joints none of whose keypoints is visible.
+* θ̂: the pose prior's reconstruction of the current pose with the invisible joints at rest
+  (`prior_target`: the prior completes them from the seen joints), compared on the body joints
+  that are not seen (`invisible_joints`: no visible keypoint on one side of the joint).
 * o: pitch of the global orientation (`space.pitch_of_rotation`), ô: the full-body set's mean.
 
 The keypoint term is robust: each coordinate's residual goes through the Geman-McClure function
@@ -76,8 +77,9 @@ _JOINT_TARGETS: dict[str, tuple[int, ...]] = {
 # A joint's rotation is relative to its parent's: it is seen only when keypoints on both sides of
 # it are, those it moves and one on the parent's side. Without the pelvis a spine bend is
 # indistinguishable from the global orientation; without the shoulders a neck bend from a spine
-# bend. The head is the exception: its face points alone fix its rotation, which the head joint
-# takes rather than the global orientation (that would swing the unseen body about the pelvis).
+# bend, and a head turn or tilt from either: a face alone fixes the head's orientation in the
+# camera, not how the unseen chain below it (spine, neck, head) shares it. That share decides
+# where the face sits above the pelvis, so it is left to the prior rather than given to the head.
 _PELVIS = (_B["MidHip"], _B["RHip"], _B["LHip"])
 _CHEST = (_B["Neck"], _B["RShoulder"], _B["LShoulder"])
 _PARENT_TARGETS: dict[str, tuple[int, ...]] = {
@@ -85,7 +87,7 @@ _PARENT_TARGETS: dict[str, tuple[int, ...]] = {
     "left_knee": (_B["LHip"],), "right_knee": (_B["RHip"],),
     "left_ankle": (_B["LKnee"],), "right_ankle": (_B["RKnee"],),
     "left_foot": (_B["LAnkle"], _B["LHeel"]), "right_foot": (_B["RAnkle"], _B["RHeel"]),
-    "neck": (_B["RShoulder"], _B["LShoulder"]), "head": _CHEST + tuple(_B[n] for n in _HEAD),
+    "neck": (_B["RShoulder"], _B["LShoulder"]), "head": (_B["RShoulder"], _B["LShoulder"]),
     "left_collar": (_B["Neck"], _B["RShoulder"]), "right_collar": (_B["Neck"], _B["LShoulder"]),
     "left_shoulder": (_B["LShoulder"],), "right_shoulder": (_B["RShoulder"],),
     "left_elbow": (_B["LElbow"],), "right_elbow": (_B["RElbow"],),
@@ -131,6 +133,9 @@ class SmplifyConfig:
     # batched-lbfgs: trial steps per iteration; an image whose trials fail resumes from the shorter
     # step at the next iteration, so one evaluation of the batch per iteration suffices.
     line_search_steps: int = 1
+    # θ̂ of the invisible joints: "complete" (`prior_target`: reconstruction with the invisible joints
+    # at rest) or "reconstruct" (the prior's reconstruction of the current pose as it is)
+    prior_mode: str = "complete"
     confidence: float = 0.3  # keypoints below this confidence are not visible
     max_error: float = 0.1  # mean reprojection error (normalised units) above which a fit failed
     seed: int = 0
@@ -207,6 +212,16 @@ def lean_regulariser(global_orient: Tensor) -> Tensor:
     image. global_orient [B,3] -> [B]. Applied to images of a head alone (see `_fit`)."""
     R = axis_angle_to_rotmat(global_orient)
     return torch.atan2(R[:, 0, 1], -R[:, 1, 1]) ** 2
+
+
+def prior_target(prior: PosePrior, theta: Tensor, invisible: Tensor) -> Tensor:
+    """θ̂ of Eq. 1 for the invisible joints: the prior's reconstruction of the pose with the invisible
+    joints at rest (zero), so it completes them from the seen joints and their own current values
+    cannot vouch for themselves (a plain reconstruction accepts any pose the prior can reproduce,
+    spine bends that slide an unseen body under a face crop included). theta [B,21,3], invisible
+    [B,21] (1 = invisible) -> [B,21,3]."""
+    seen = torch.where(invisible[..., None] > 0, torch.zeros_like(theta), theta)
+    return prior.reconstruct(seen.reshape(len(theta), 63)).pose_body.reshape(len(theta), 21, 3)
 
 
 def project(points: Tensor, cam: Tensor) -> Tensor:
@@ -361,10 +376,11 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
     visible = torch.as_tensor(vis, device=dev)
     w = visible.to(f32) * torch.as_tensor(np.clip(confidence, 0, 1), dtype=f32, device=dev)
     inv = invisible_joints(visible).to(f32)  # [B, 21]
-    # A head seen alone (no chest or pelvis keypoint) says nothing about the body's sideways lean:
-    # it is pulled to upright, as the pitch is to ô, so a tilted head is the head's own rotation
-    # rather than the whole unseen body swung about the pelvis.
-    head_only = (~visible[:, list(_PELVIS + _CHEST)].any(1)).to(f32)
+    # A head seen alone (no shoulder or pelvis keypoint; the Neck point only shows the neck's
+    # direction) says nothing about the body's sideways lean: it is pulled to upright, as the pitch
+    # is to ô, so a tilted head bends the unseen chain rather than swinging the whole body about
+    # the pelvis.
+    head_only = (~visible[:, list(_PELVIS + _CHEST[1:])].any(1)).to(f32)
     n_vis = visible.sum(1)
     if prior is not None:
         prior = prior.to(dev).eval()
@@ -402,8 +418,11 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
         wr = w[rows]
         e_vis = (wr * rho).sum(1) / wr.sum(1).clamp_min(1e-6)
         theta = body.view(len(rows), 21, 3)
-        theta_hat = prior.reconstruct(body).pose_body if prior is not None else torch.zeros_like(theta)
         ir = inv[rows]
+        if prior is None:
+            theta_hat = torch.zeros_like(theta)
+        else:
+            theta_hat = prior_target(prior, theta, ir if cfg.prior_mode == "complete" else torch.zeros_like(ir))
         e_inv = (ir[..., None] * (theta - theta_hat) ** 2).sum((1, 2)) / (3 * ir.sum(1)).clamp_min(1)
         terms = {"keypoints": cfg.lambda_visible * e_vis, "prior": cfg.lambda_invisible * e_inv,
                  "pitch": cfg.lambda_pitch * (pitch_regulariser(go, mean_pitch)
@@ -411,6 +430,8 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
                  "shape": cfg.lambda_shape * (betas ** 2).mean(1)}
         return sum(terms.values()), terms, (r ** 2).sum(-1)
 
+    if cfg.prior_mode not in ("complete", "reconstruct"):
+        raise ValueError(f"prior_mode must be 'complete' or 'reconstruct', not {cfg.prior_mode!r}")
     solvers = {"adam": _run_adam, "lbfgs": _run_lbfgs, "batched-lbfgs": _run_batched_lbfgs}
     if cfg.optimizer not in solvers:
         raise ValueError(f"optimizer must be one of {', '.join(solvers)}, not {cfg.optimizer!r}")

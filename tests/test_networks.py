@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from uh_train.format.geometry import patch_transform
 from uh_train.networks import Discriminator, Generator, get_preset, patch_transforms, synthesis_schedule
 from uh_train.networks.generator import GeneratorConfig
-from uh_train.networks.ops import lowpass_filter, modulated_conv2d, upfirdn2d
+from uh_train.networks.ops import filtered_lrelu, lowpass_filter, modulated_conv2d, upfirdn2d
 from uh_train.render import psnr
 
 
@@ -91,6 +91,45 @@ def test_modulated_conv_equals_per_sample_convolution_with_scaled_weights():
         wi = w * s[i].view(1, 4, 1, 1)
         wi = wi / wi.square().sum(dim=[1, 2, 3], keepdim=True).sqrt()
         torch.testing.assert_close(y[i : i + 1], F.conv2d(x[i : i + 1], wi, padding=1), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("clamp", [None, 0.5, 1e6])
+@pytest.mark.parametrize("up,down", [(2, 2), (1, 1), (4, 2)])
+def test_filtered_lrelu_equals_its_definition_in_values_and_gradients(up, down, clamp):
+    """bias -> upsample -> leaky ReLU x gain -> clamp -> downsample, written out step by step: the
+    gain folded into the filter and the clamp skipped when inactive change neither the values nor
+    the gradients (clamp 0.5 is active here, 1e6 is not)."""
+    torch.manual_seed(0)
+    x, bias = torch.randn(2, 3, 10, 10), torch.randn(3)
+    fu = torch.tensor([0.05, 0.2, 0.5, 0.2, 0.05, 0.1, 0.3, 0.1]) if up > 1 else None
+    fd = torch.tensor([0.1, 0.4, 0.4, 0.1]) if down > 1 else None
+    pad = (3, 2, 3, 2)
+
+    def reference(x, bias, clamp=clamp):
+        y = upfirdn2d(x + bias.view(1, -1, 1, 1), fu, up=up, padding=pad, gain=up**2)
+        y = F.leaky_relu(y, 0.2) * math.sqrt(2)
+        y = y.clamp(-clamp, clamp) if clamp is not None else y
+        return upfirdn2d(y, fd, down=down)
+
+    xa, ba = x.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    xb, bb = x.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    got = filtered_lrelu(xa, fu, fd, ba, up, down, pad, gain=math.sqrt(2), slope=0.2, clamp=clamp)
+    ref = reference(xb, bb)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(ref)
+    (got * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ba.grad, bb.grad, atol=1e-5, rtol=1e-5)
+    if clamp == 0.5:  # the clamp did act
+        assert (reference(x, bias, None) - ref).abs().max() > 0.1
+
+
+def test_modulated_conv_bias_is_added_per_output_channel():
+    torch.manual_seed(0)
+    x, w, s, b = torch.randn(3, 4, 6, 6), torch.randn(5, 4, 3, 3), torch.randn(3, 4), torch.randn(5)
+    torch.testing.assert_close(modulated_conv2d(x, w, s, padding=1, bias=b),
+                               modulated_conv2d(x, w, s, padding=1) + b.view(1, -1, 1, 1), atol=1e-5, rtol=1e-5)
 
 
 # --- schedule and sizes --------------------------------------------------------------------------

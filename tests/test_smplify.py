@@ -16,6 +16,7 @@ import torch
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, HAND_SLOTS, NUM_TARGETS, SMPL_PARENTS
 from mst_pipeline.body.model import BodyModel
 from mst_pipeline.body.smpl_file import BodyModelData
+from mst_pipeline.prior import PosePrior
 from mst_pipeline.smplify import (
     SmplifyConfig,
     facing_from_keypoints,
@@ -25,10 +26,15 @@ from mst_pipeline.smplify import (
     keypoint_init,
     lean_regulariser,
     pitch_regulariser,
+    prior_target,
     project,
     smplify_p,
 )
 from mst_pipeline.space import upright_orientation
+
+BODY_JOINTS = ("left_hip right_hip spine1 left_knee right_knee spine2 left_ankle right_ankle spine3 left_foot "
+               "right_foot neck left_collar right_collar head left_shoulder right_shoulder left_elbow right_elbow "
+               "left_wrist right_wrist").split()
 
 # Approximate SMPL rest joints (metres, Y up, facing +Z) and the OpenPose vertex joints.
 _JOINTS = [
@@ -145,17 +151,38 @@ def test_invisible_joints_follow_the_keypoints_they_move():
     assert not inv["spine1"] and not inv["spine3"]
 
 
-def test_a_face_crop_fits_the_head_and_leaves_the_neck_and_spine_to_the_prior():
-    """A face crop shows the nose, eyes, ears and the neck point: the head's rotation is seen
-    (face points against the neck), the neck's and the spine's are not (no shoulders, no pelvis)."""
+def test_a_face_crop_leaves_the_head_neck_and_spine_to_the_prior():
+    """A face crop shows the nose, eyes, ears and the neck point: the head's orientation in the
+    camera is seen, but not how spine, neck and head share it (no shoulders, no pelvis); with the
+    shoulders in view the head's rotation against them is seen."""
     vis = torch.zeros(1, NUM_TARGETS, dtype=torch.bool)
     vis[0, [0, 15, 16, 17, 18, 1]] = True
-    names = [n for n in ("left_hip right_hip spine1 left_knee right_knee spine2 left_ankle right_ankle spine3 "
-                         "left_foot right_foot neck left_collar right_collar head left_shoulder right_shoulder "
-                         "left_elbow right_elbow left_wrist right_wrist").split()]
-    inv = dict(zip(names, invisible_joints(vis)[0].tolist(), strict=True))
-    assert not inv["head"]
-    assert inv["neck"] and inv["spine1"] and inv["spine2"] and inv["spine3"]
+    inv = dict(zip(BODY_JOINTS, invisible_joints(vis)[0].tolist(), strict=True))
+    assert inv["head"] and inv["neck"] and inv["spine1"] and inv["spine2"] and inv["spine3"]
+    vis[0, [2, 5]] = True  # both shoulders
+    inv = dict(zip(BODY_JOINTS, invisible_joints(vis)[0].tolist(), strict=True))
+    assert not inv["head"] and not inv["neck"]
+    assert inv["spine1"] and inv["spine3"]  # still no pelvis
+
+
+def test_prior_target_completes_the_unseen_joints_from_the_seen_ones():
+    """θ̂ for the invisible joints does not depend on their own current values (they cannot vouch
+    for themselves), only on the visible joints."""
+    torch.manual_seed(0)
+    prior = PosePrior().eval()
+    theta = 0.3 * torch.randn(2, 21, 3)
+    invisible = torch.zeros(2, 21)
+    invisible[:, [2, 5, 8, 11, 14]] = 1  # spine1-3, neck, head
+    hat = prior_target(prior, theta, invisible)
+    moved = theta.clone()
+    moved[:, [2, 5, 8, 11, 14]] += torch.randn(2, 5, 3)
+    torch.testing.assert_close(prior_target(prior, moved, invisible), hat)
+    seen_moved = theta.clone()
+    seen_moved[:, 15] += 0.5  # a visible joint (left shoulder)
+    assert (prior_target(prior, seen_moved, invisible) - hat).abs().max() > 1e-4
+    # Without invisible joints it is the plain reconstruction of the pose.
+    torch.testing.assert_close(prior_target(prior, theta, torch.zeros(2, 21)),
+                               prior.reconstruct(theta.reshape(2, 63)).pose_body.reshape(2, 21, 3))
 
 
 def test_pitch_regulariser_is_zero_upright_and_grows_with_lean():

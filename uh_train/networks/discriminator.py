@@ -60,10 +60,12 @@ class Conv2d(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        x = F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.weight.shape[-1] // 2)
-        if self.activation == "lrelu":
-            x = F.leaky_relu(x, 0.2) * math.sqrt(2)
-        return x * gain if gain != 1 else x
+        # lrelu(x)·√2·gain = lrelu(x·√2·gain) for gain > 0: the gains ride on the weights and the
+        # bias instead of costing a pass over the output each.
+        g = gain * (math.sqrt(2) if self.activation == "lrelu" else 1.0)
+        bias = self.bias * g if self.bias is not None and g != 1 else self.bias
+        x = F.conv2d(x, self.weight * (self.weight_gain * g), bias, padding=self.weight.shape[-1] // 2)
+        return F.leaky_relu(x, 0.2) if self.activation == "lrelu" else x
 
 
 class EncoderBlock(nn.Module):
@@ -77,7 +79,7 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.skip(downsample2d(x), gain=math.sqrt(0.5))
-        x = downsample2d(self.conv1(self.conv0(x))) * math.sqrt(0.5)
+        x = downsample2d(self.conv1(self.conv0(x), gain=math.sqrt(0.5)))  # the blur is linear
         return x + y
 
 
@@ -92,7 +94,7 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         x = upsample2d(x)
-        return (self.conv(torch.cat([x, features], dim=1)) + self.skip(x)) * math.sqrt(0.5)
+        return self.conv(torch.cat([x, features], dim=1), gain=math.sqrt(0.5)) + self.skip(x, gain=math.sqrt(0.5))
 
 
 class MinibatchStd(nn.Module):

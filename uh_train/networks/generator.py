@@ -263,9 +263,9 @@ class SynthesisLayer(nn.Module):
         if self.is_torgb:
             styles = styles / math.sqrt(self.spec.in_channels * self.conv_kernel**2)
         x = modulated_conv2d(x, self.weight, styles, demodulate=not self.is_torgb, padding=self.conv_kernel - 1,
-                             input_gain=self.magnitude_ema.rsqrt())
+                             input_gain=self.magnitude_ema.rsqrt(), bias=self.bias)
         gain, slope = (1.0, 1.0) if self.is_torgb else (math.sqrt(2), 0.2)
-        return filtered_lrelu(x, self.up_filter, self.down_filter, self.bias, self.up_factor, self.down_factor,
+        return filtered_lrelu(x, self.up_filter, self.down_filter, None, self.up_factor, self.down_factor,
                               self.padding, gain=gain, slope=slope, clamp=self.conv_clamp)
 
 

@@ -104,13 +104,33 @@ def filtered_lrelu(
     clamp: float | None = None,
 ) -> torch.Tensor:
     """Bias, upsample by `up` with fu, leaky ReLU (times gain, clamped to +-clamp), downsample by
-    `down` with fd. With fu = fd = None and up = down = 1 it is a pointwise activation."""
-    x = x + bias.view(1, -1, 1, 1)
-    x = upfirdn2d(x, fu, up=up, padding=padding, gain=up**2)
-    x = F.leaky_relu(x, slope) * gain if slope != 1 else x * gain
-    if clamp is not None:
+    `down` with fd. With fu = fd = None and up = down = 1 it is a pointwise activation.
+
+    bias may be None when the caller has added it already (`modulated_conv2d(bias=...)`). The
+    gain (> 0) rides on the upsampling filter where there is one: the leaky ReLU is positively
+    homogeneous, so lrelu(g·x) = g·lrelu(x), and the largest tensor of the layer is not scaled in a
+    pass of its own. The clamp runs only when some value exceeds it (else it is the identity,
+    forwards and backwards)."""
+    if bias is not None:
+        x = x + bias.view(1, -1, 1, 1)
+    if fu is not None and up > 1 and gain > 0:
+        x = upfirdn2d(x, fu, up=up, padding=padding, gain=up**2 * gain)
+        x = F.leaky_relu(x, slope) if slope != 1 else x
+    else:
+        x = upfirdn2d(x, fu, up=up, padding=padding, gain=up**2)
+        x = F.leaky_relu(x, slope) * gain if slope != 1 else x * gain
+    if clamp is not None and _exceeds(x, clamp):
         x = x.clamp(-clamp, clamp)
     return upfirdn2d(x, fd, down=down)
+
+
+def _exceeds(x: torch.Tensor, clamp: float) -> bool:
+    """Whether any value of x lies outside [-clamp, clamp] (always True while torch.compile traces,
+    which cannot branch on values)."""
+    if torch.compiler.is_compiling():
+        return True
+    lo, hi = torch.aminmax(x.detach())
+    return bool(lo < -clamp) or bool(hi > clamp)
 
 
 def modulated_conv2d(
@@ -120,10 +140,12 @@ def modulated_conv2d(
     demodulate: bool = True,
     padding: int = 0,
     input_gain: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Convolve each sample of x [N, I, H, W] with weight [O, I, k, k] modulated by its styles
-    [N, I]; demodulation rescales each output channel to unit expected magnitude. Every step is per
-    sample, so a sample's output does not depend on the rest of the batch."""
+    [N, I]; demodulation rescales each output channel to unit expected magnitude; bias [O] is added
+    by the convolution itself. Every step is per sample, so a sample's output does not depend on
+    the rest of the batch."""
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
     if demodulate:
@@ -136,7 +158,8 @@ def modulated_conv2d(
     if input_gain is not None:
         w = w * input_gain.view(-1, 1, in_ch, 1, 1) if input_gain.ndim else w * input_gain
     x = x.reshape(1, n * in_ch, *x.shape[2:])
-    x = F.conv2d(x, w.reshape(n * out_ch, in_ch, kh, kw).to(x.dtype), padding=padding, groups=n)
+    b = bias.to(x.dtype).repeat(n) if bias is not None else None
+    x = F.conv2d(x, w.reshape(n * out_ch, in_ch, kh, kw).to(x.dtype), b, padding=padding, groups=n)
     return x.reshape(n, out_ch, *x.shape[2:])
 
 
