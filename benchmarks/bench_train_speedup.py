@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = os.environ.get("UH_BENCH_BASELINE", "7672b80")
 SCRIPT = Path(__file__).resolve().parent / "train_steps.py"
-CASES = (("tiny", 1, 8, 4), ("tiny", 2, 8, 4), ("small", 1, 8, 3), ("small", 2, 8, 3))  # preset, stage, batch, steps
+CASES = (("tiny", 1, 8, 10), ("tiny", 2, 8, 10), ("small", 1, 8, 6), ("small", 2, 8, 6))  # preset, stage, batch, steps
 REPEATS = int(os.environ.get("UH_BENCH_REPEATS", "2"))
 
 
@@ -106,6 +106,7 @@ def run() -> str:
     for r in rows:
         table += (f"| {r['preset']} | {r['stage']} | {r['batch']} | {r['old']:.2f} | {r['new']:.2f} | "
                   f"{r['old'] / r['new']:.2f}x |\n")
+    per_case = ", ".join(f"{p} stage {st}: {n}" for p, st, _, n in CASES)
     return f"""## Training step: this trainer against commit {BASELINE}
 
 `.venv/bin/python scripts/bench.py train_speedup` (`UH_BENCH_BASELINE=REV` picks the baseline)
@@ -119,8 +120,7 @@ runs. Where the new step saves: one generator forward per step (and, in stage 2,
 render), one D pass over reals, fakes and CutMix images instead of three, and in the networks'
 operations the bias added by the modulated convolution itself, the activation gains carried by
 the filters and weights instead of a pass over each layer's largest tensor, and the clamp of
-StyleGAN3's activations run only when a value exceeds it. With 3-4 steps per case the tiny rows
-move by +-20 % between runs; the small rows are steadier. Took {time.time() - t0:.0f} s.
+StyleGAN3's activations run only when a value exceeds it. Steps per case: {per_case}. Took {time.time() - t0:.0f} s.
 
 {table}
 First losses for the same seed (`tiny`, batch 8). With `--no-share-fakes` the new loop draws the same
