@@ -120,7 +120,8 @@ runs. Where the new step saves: one generator forward per step (and, in stage 2,
 render), one D pass over reals, fakes and CutMix images instead of three, and in the networks'
 operations the bias added by the modulated convolution itself, the activation gains carried by
 the filters and weights instead of a pass over each layer's largest tensor, and the clamp of
-StyleGAN3's activations run only when a value exceeds it. Steps per case: {per_case}. Took {time.time() - t0:.0f} s.
+StyleGAN3's activations run only when a value exceeds it, and on a CPU D's tensors in
+channels-last memory order. Steps per case: {per_case}. Took {time.time() - t0:.0f} s.
 
 {table}
 First losses for the same seed (`tiny`, batch 8). With `--no-share-fakes` the new loop draws the same

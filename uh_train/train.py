@@ -488,6 +488,12 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
 
     # Compiled forward passes share the modules' parameters; checkpoints keep using G and D.
     G_run, D_run = (torch.compile(G), torch.compile(D)) if cfg.compile else (G, D)
+    if device.type == "cpu":
+        # On a CPU, D's convolutions run faster in channels-last memory order (`just bench levers`).
+        # The parameters stay the same objects (the optimiser's references hold) and checkpoints
+        # are written contiguous; only the order of the numbers in memory changes.
+        D.to(memory_format=torch.channels_last)
+        D_run = _channels_last_inputs(D_run)
     while prog.nimg < total_nimg:
         terms: dict[str, float] = {}
         do_r1 = cfg.r1_gamma > 0 and prog.step % cfg.r1_interval == 0
@@ -665,6 +671,13 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
         dist.barrier()
         dist.destroy_process_group()
     return {"steps": prog.step, "kimg": prog.nimg / 1000, "losses": last, "out": str(out), "skipped": skipped}
+
+
+def _channels_last_inputs(D_run):
+    """D_run with its images passed in channels-last memory order (gradients flow through)."""
+    def run(img: torch.Tensor, chunks: int = 1):
+        return D_run(img.contiguous(memory_format=torch.channels_last), chunks=chunks)
+    return run
 
 
 SAMPLE_VIEWS = ((0.5, 0.5, 1.0), (0.5, 0.12, 4.0), (0.35, 0.5, 4.0), (0.5, 0.8, 2.0))
