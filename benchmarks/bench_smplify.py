@@ -82,12 +82,12 @@ def _render_alignment(model) -> list[str]:
                             np.array([f.betas for f in fits]), np.full(len(fits), 128.0), "full", pitch=pitch,
                             spread=spread)
     prior, _ = train_prior(np.array([f.pose for f in fits]), epochs=100)
-    configs = {
+    configs = {  # label: (fit settings, pose prior)
         "default (batched L-BFGS, 400 iterations, Geman-McClure, shape pull 1e-2, θ̂ completing the unseen joints)":
-            SmplifyConfig(),
+            (SmplifyConfig(), prior),
         "θ̂ the plain reconstruction of the current pose (otherwise the default)":
-            SmplifyConfig(prior_mode="reconstruct"),
-        "no pose prior (θ̂ = 0; otherwise the default)": None,
+            (SmplifyConfig(prior_mode="reconstruct"), prior),
+        "no pose prior (θ̂ = 0; otherwise the default)": (SmplifyConfig(), None),
     }
     lines = [
         "**Upper-body and face renders against their true H** (corner error, % of full-body space; "
@@ -98,14 +98,14 @@ def _render_alignment(model) -> list[str]:
         "| fit | people | view | mean | worst | mean reprojection | seconds |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, cfg in configs.items():
+    for label, (cfg, fit_prior) in configs.items():
         for people, vset in (("demo set (24)", views), ("held out (60)", held_out)):
             for kind in ("upper", "face"):
                 vs = [v for v in vset if v["view"] == kind]
                 t0 = time.perf_counter()
                 fits = smplify_p(model, np.stack([v["targets"] for v in vs]),
-                                 np.stack([v["confidence"] for v in vs]), prior=prior if cfg else None,
-                                 mean_pitch=space.pitch, config=cfg or SmplifyConfig())
+                                 np.stack([v["confidence"] for v in vs]), prior=fit_prior,
+                                 mean_pitch=space.pitch, config=cfg)
                 sec = time.perf_counter() - t0
                 err = np.array([corner_error(space.homography(f.cam, v["width"], v["height"]), v["H"], v["width"],
                                              v["height"]) if f.ok else np.inf for f, v in zip(fits, vs, strict=True)])

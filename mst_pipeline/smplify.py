@@ -81,13 +81,14 @@ _JOINT_TARGETS: dict[str, tuple[int, ...]] = {
 # camera, not how the unseen chain below it (spine, neck, head) shares it. That share decides
 # where the face sits above the pelvis, so it is left to the prior rather than given to the head.
 _PELVIS = (_B["MidHip"], _B["RHip"], _B["LHip"])
-_CHEST = (_B["Neck"], _B["RShoulder"], _B["LShoulder"])
+_SHOULDERS = (_B["RShoulder"], _B["LShoulder"])
+_CHEST = (_B["Neck"],) + _SHOULDERS
 _PARENT_TARGETS: dict[str, tuple[int, ...]] = {
     "left_hip": _PELVIS, "right_hip": _PELVIS, "spine1": _PELVIS, "spine2": _PELVIS, "spine3": _PELVIS,
     "left_knee": (_B["LHip"],), "right_knee": (_B["RHip"],),
     "left_ankle": (_B["LKnee"],), "right_ankle": (_B["RKnee"],),
     "left_foot": (_B["LAnkle"], _B["LHeel"]), "right_foot": (_B["RAnkle"], _B["RHeel"]),
-    "neck": (_B["RShoulder"], _B["LShoulder"]), "head": (_B["RShoulder"], _B["LShoulder"]),
+    "neck": _SHOULDERS, "head": _SHOULDERS,
     "left_collar": (_B["Neck"], _B["RShoulder"]), "right_collar": (_B["Neck"], _B["LShoulder"]),
     "left_shoulder": (_B["LShoulder"],), "right_shoulder": (_B["RShoulder"],),
     "left_elbow": (_B["LElbow"],), "right_elbow": (_B["RElbow"],),
@@ -380,7 +381,7 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
     # direction) says nothing about the body's sideways lean: it is pulled to upright, as the pitch
     # is to ô, so a tilted head bends the unseen chain rather than swinging the whole body about
     # the pelvis.
-    head_only = (~visible[:, list(_PELVIS + _CHEST[1:])].any(1)).to(f32)
+    head_only = (~visible[:, list(_PELVIS + _SHOULDERS)].any(1)).to(f32)
     n_vis = visible.sum(1)
     if prior is not None:
         prior = prior.to(dev).eval()
@@ -421,8 +422,10 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
         ir = inv[rows]
         if prior is None:
             theta_hat = torch.zeros_like(theta)
+        elif cfg.prior_mode == "reconstruct":
+            theta_hat = prior.reconstruct(body).pose_body.view_as(theta)
         else:
-            theta_hat = prior_target(prior, theta, ir if cfg.prior_mode == "complete" else torch.zeros_like(ir))
+            theta_hat = prior_target(prior, theta, ir)
         e_inv = (ir[..., None] * (theta - theta_hat) ** 2).sum((1, 2)) / (3 * ir.sum(1)).clamp_min(1)
         terms = {"keypoints": cfg.lambda_visible * e_vis, "prior": cfg.lambda_invisible * e_inv,
                  "pitch": cfg.lambda_pitch * (pitch_regulariser(go, mean_pitch)

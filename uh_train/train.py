@@ -493,7 +493,7 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
         # The parameters stay the same objects (the optimiser's references hold) and checkpoints
         # are written contiguous; only the order of the numbers in memory changes.
         D.to(memory_format=torch.channels_last)
-        D_run = _channels_last_inputs(D_run)
+        D_run = channels_last_inputs(D_run)
     while prog.nimg < total_nimg:
         terms: dict[str, float] = {}
         do_r1 = cfg.r1_gamma > 0 and prog.step % cfg.r1_interval == 0
@@ -673,7 +673,7 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
     return {"steps": prog.step, "kimg": prog.nimg / 1000, "losses": last, "out": str(out), "skipped": skipped}
 
 
-def _channels_last_inputs(D_run):
+def channels_last_inputs(D_run):
     """D_run with its images passed in channels-last memory order (gradients flow through)."""
     def run(img: torch.Tensor, chunks: int = 1):
         return D_run(img.contiguous(memory_format=torch.channels_last), chunks=chunks)
