@@ -63,57 +63,6 @@ def _fit(model, u, conf, cfg, batched: bool):
         np.mean([r.converged for r in res])
 
 
-def _render_alignment(model) -> list[str]:
-    """The demo's MST check without its pixels: 24 `mst render-people` people at 128 px; the space
-    and the pose prior from their full views (`mst space`, `mst fit-prior --epochs 100`); then
-    SMPLify-P of the upper-body and face views and the corner error of H(α, ᾱ) against their true H,
-    on the same 24 people and on 60 others (seed 1) fitted against the same space and prior."""
-    from mst_pipeline.people_truth import corner_error, truth_views
-    from mst_pipeline.prior import train_prior
-    from mst_pipeline.space_fit import feet_pitch, mean_pitch, space_from_fits
-
-    views = truth_views(model, 24, seed=0, res=128)
-    held_out = truth_views(model, 60, seed=1, res=128, kinds=("upper", "face"))
-    full = [v for v in views if v["view"] == "full"]
-    u, c = np.stack([v["targets"] for v in full]), np.stack([v["confidence"] for v in full])
-    pitch, spread = mean_pitch(feet_pitch(model, u, c), "feet")
-    fits = smplify_p(model, u, c, mean_pitch=pitch)
-    space = space_from_fits(np.array([f.cam for f in fits]), np.array([f.pose for f in fits]),
-                            np.array([f.betas for f in fits]), np.full(len(fits), 128.0), "full", pitch=pitch,
-                            spread=spread)
-    prior, _ = train_prior(np.array([f.pose for f in fits]), epochs=100)
-    configs = {  # label: (fit settings, pose prior)
-        "default (batched L-BFGS, 400 iterations, Geman-McClure, shape pull 1e-2, θ̂ completing the unseen joints)":
-            (SmplifyConfig(), prior),
-        "θ̂ the plain reconstruction of the current pose (otherwise the default)":
-            (SmplifyConfig(prior_mode="reconstruct"), prior),
-        "no pose prior (θ̂ = 0; otherwise the default)": (SmplifyConfig(), None),
-    }
-    lines = [
-        "**Upper-body and face renders against their true H** (corner error, % of full-body space; "
-        "the space and a 100-epoch prior from the full views of 24 people as `just demo` makes them; "
-        "keypoints as `mst render-people` writes them; *demo set*: those 24 people's views, *held out*: "
-        "the views of 60 other people):",
-        "",
-        "| fit | people | view | mean | worst | mean reprojection | seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, (cfg, fit_prior) in configs.items():
-        for people, vset in (("demo set (24)", views), ("held out (60)", held_out)):
-            for kind in ("upper", "face"):
-                vs = [v for v in vset if v["view"] == kind]
-                t0 = time.perf_counter()
-                fits = smplify_p(model, np.stack([v["targets"] for v in vs]),
-                                 np.stack([v["confidence"] for v in vs]), prior=fit_prior,
-                                 mean_pitch=space.pitch, config=cfg)
-                sec = time.perf_counter() - t0
-                err = np.array([corner_error(space.homography(f.cam, v["width"], v["height"]), v["H"], v["width"],
-                                             v["height"]) if f.ok else np.inf for f, v in zip(fits, vs, strict=True)])
-                lines.append(f"| {label} | {people} | {kind} | {100 * err.mean():.2f} % | {100 * err.max():.2f} % | "
-                             f"{np.mean([f.reprojection for f in fits]):.4f} | {sec:.0f} |")
-    return lines + [""]
-
-
 def run() -> str:
     model, name = _model()
     sets = {"posed bodies": _posed(model, N), "render-people views": _renders(model, N)}
@@ -160,7 +109,6 @@ def run() -> str:
                 lines.append(f"| {solver} | {it} | {sec:.3f} | {1 / sec:.1f} | {err[:N_REF].mean():.4f} | "
                              f"{err[:N_REF].mean() / ref_err:.2f}× | {whole} | {conv:.0%} | {ref_sec / sec:.1f}× |")
         lines.append("")
-    lines += _render_alignment(model)
     return "\n".join(lines)
 
 

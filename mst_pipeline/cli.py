@@ -272,6 +272,9 @@ def align(
     batch_size: int = typer.Option(16, help="Images fitted together.", callback=cli_args.at_least_one),
     iterations: int = typer.Option(400, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
     optimizer: str = typer.Option("batched-lbfgs", help="batched-lbfgs | adam | lbfgs."),
+    prior_target: str = typer.Option("reconstruct", help="θ̂, the pose the unseen joints are pulled to: reconstruct "
+                                     "(the prior's reconstruction of the current pose, as the paper) | complete "
+                                     "(its reconstruction of the pose with the unseen joints at rest)."),
     part: str = typer.Option("0/1", help="k/n: process the k-th of n disjoint slices (job arrays)."),
     max_count: int = typer.Option(1000, help="Samples per shard.", callback=cli_args.at_least_one),
     overlay: Path | None = typer.Option(None, help="Folder for a check picture per aligned image (DIR/<stem>.jpg): "
@@ -308,6 +311,7 @@ def align(
         raise typer.Exit(2)
     for name, value, allowed in (("kind", kind, shardspec.KINDS), ("tier", tier, shardspec.TIERS),
                                  ("optimizer", optimizer, ("batched-lbfgs", "adam", "lbfgs")),
+                                 ("prior-target", prior_target, ("reconstruct", "complete")),
                                  ("person", person, PERSON_CHOICES)):
         if value is not None and value not in allowed:
             err.print(f"[red]error:[/red] --{name} must be one of {', '.join(allowed)}, not {value!r}")
@@ -335,7 +339,7 @@ def align(
             stack.callback(setattr, err, "file", None)
         summary = _align_run(dataset, out, src, kind, tier, space, detector, keypoints_dir, prior, pare, body_model,
                              device, batch_size, iterations, optimizer, part, max_count, overlay, workers, aligned,
-                             person, diverted)
+                             person, diverted, prior_target)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
     err.print(f"wrote {out}: {summary.written} aligned ({kinds}), {summary.skipped} already done, "
               f"{summary.rejected} rejected in {summary.seconds:.0f} s")
@@ -352,7 +356,8 @@ def align(
 
 
 def _align_run(dataset, out, src, kind, tier, space, detector, keypoints_dir, prior, pare, body_model, device,
-               batch_size, iterations, optimizer, part, max_count, overlay, workers, aligned, person, diverted):
+               batch_size, iterations, optimizer, part, max_count, overlay, workers, aligned, person, diverted,
+               prior_target):
     """`mst align`'s work after its arguments are checked; exits 1 with the error (and the last lines
     of the libraries' output when DIVERTED, a `DivertedStderr`, holds it) when the run cannot go on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -383,7 +388,8 @@ def _align_run(dataset, out, src, kind, tier, space, detector, keypoints_dir, pr
         raise fail(e) from None
     settings = AlignSettings(kind=kind, tier=tier, detector=detector, keypoints_dir=keypoints_dir,
                              batch_size=batch_size, device=device, part=_part(part), max_count=max_count,
-                             smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer), pare=pare,
+                             smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer,
+                                                   prior_mode=prior_target), pare=pare,
                              overlay=overlay, workers=workers, aligned=aligned, person=person)
     columns = (TextColumn("align"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
@@ -479,6 +485,8 @@ def fit_prior(
                                            "loss compares; default: the open model."),
     vertex_step: int = typer.Option(16, min=1, help="Compare every N-th vertex of the mesh (1: all; fewer is "
                                     "faster)."),
+    mirror: bool = typer.Option(True, "--mirror/--no-mirror", help="Also train on each pose's left-right mirror "
+                                "image, so the prior has no sideways bias a small pose set happens to have."),
 ) -> None:
     """Train the VPoser-v2-architecture pose prior on the full-body set's fitted poses (App. B).
 
@@ -501,13 +509,14 @@ def fit_prior(
                 data = z["pose"]
         body = load_body_model(body_model)
         prior, stats = train_prior(data, epochs=epochs, batch_size=batch_size, lr=lr, kl_weight=kl_weight,
-                                   seed=seed, device=device, body=body, vertex_step=vertex_step)
+                                   seed=seed, device=device, body=body, vertex_step=vertex_step, mirror=mirror)
     except (ValueError, RuntimeError, OSError, KeyError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
     save_prior(prior, out, meta={"poses": str(poses.name), "epochs": epochs, "num_poses": stats.num_poses,
-                                 "loss": "vertices", "num_vertices": stats.num_vertices})
-    err.print(f"wrote {out}: {stats.num_poses} poses, {epochs} epochs, vertex error "
+                                 "mirrored": stats.mirrored, "loss": "vertices", "num_vertices": stats.num_vertices})
+    err.print(f"wrote {out}: {stats.num_poses} poses{' and their mirror images' if stats.mirrored else ''}, "
+              f"{epochs} epochs, vertex error "
               f"{stats.final_reconstruction:.4f} (L1, {stats.num_vertices} vertices), KL {stats.final_kl:.2f}")
 
 

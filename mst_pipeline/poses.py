@@ -12,7 +12,37 @@ from pathlib import Path
 
 import numpy as np
 
-from mst_pipeline.body.layout import ARM_JOINTS
+from mst_pipeline.body.layout import ARM_JOINTS, NUM_SMPL_JOINTS, SMPL_JOINT_NAMES
+
+
+def _mirror_order() -> list[int]:
+    """For each SMPL joint, the joint whose rotation its mirror image takes (left <-> right)."""
+    swap = {"left": "right", "right": "left"}
+    names = list(SMPL_JOINT_NAMES)
+    return [names.index(swap[n.split("_", 1)[0]] + "_" + n.split("_", 1)[1]) if n.split("_", 1)[0] in swap else i
+            for i, n in enumerate(names)]
+
+
+MIRROR_ORDER = tuple(_mirror_order())
+
+
+def mirror_pose(pose: np.ndarray) -> np.ndarray:
+    """The left-right mirror image of SMPL poses: [..., 72] (global orientation + 23 joints), [..., 69]
+    (body_pose) or [..., 63] (the prior's 21 body joints), axis-angle.
+
+    Reflecting the body in its sagittal plane (model x -> -x) swaps every left joint with its right
+    one and turns a rotation (a, b, c) about (x, y, z) into (a, -b, -c): a forward bend stays a forward
+    bend, a sideways bend or a twist changes direction. Applied twice it is the identity; on a
+    left-right symmetric body model the mirrored pose's joints are the original's reflected."""
+    pose = np.asarray(pose, dtype=np.float64)
+    n = pose.shape[-1] // 3
+    first = {72: 0, 69: 1, 63: 1}.get(pose.shape[-1])
+    if first is None or (first == 1 and n > NUM_SMPL_JOINTS - 1):
+        raise ValueError(f"poses must be [..., 72], [..., 69] or [..., 63], got {list(pose.shape)}")
+    joints = pose.reshape(*pose.shape[:-1], n, 3)
+    order = [MIRROR_ORDER[first + k] - first for k in range(n)]
+    out = joints[..., order, :] * np.array([1.0, -1.0, -1.0])
+    return out.reshape(pose.shape)
 
 
 def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:

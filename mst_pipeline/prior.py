@@ -222,12 +222,13 @@ class PriorTrainingStats:
     final_kl: float
     num_poses: int
     num_vertices: int = 0  # vertices compared by the reconstruction term
+    mirrored: bool = False  # trained on the poses and their mirror images (twice as many)
 
 
 def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3,
                 kl_weight: float = KL_WEIGHT, rec_weight: float = REC_WEIGHT, seed: int = 0, device: str = "cpu",
                 prior: PosePrior | None = None, body=None, vertex_step: int = VERTEX_STEP,
-                rot_weight: float = ROT_WEIGHT, rot_epochs: int | None = None,
+                rot_weight: float = ROT_WEIGHT, rot_epochs: int | None = None, mirror: bool = True,
                 log=None) -> tuple[PosePrior, PriorTrainingStats]:
     """Fit the VAE to body poses (App. B). poses: [N, 63] (21 joints) or [N, 72] (SMPL; joints 1..21
     used). body: the `BodyModel` whose vertices the loss compares (default: the open model).
@@ -235,6 +236,11 @@ def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr:
     Loss, as VPoser's: rec_weight · mean L1 vertex error of the decoded pose (`VertexLoss`) +
     kl_weight · KL(q(z|θ) ‖ N(0, I)) + rot_weight · the mean squared rotation-matrix error (VPoser's
     rotation term; in the first `rot_epochs` epochs only when given, as VPoser; every epoch by default).
+
+    mirror: train on every pose and its left-right mirror image (`mst_pipeline.poses.mirror_pose`).
+    People are as likely to lean, turn or raise an arm to the left as to the right; a set of a few
+    dozen fitted poses is not, and a prior learnt from it alone completes an unseen spine with the
+    set's sideways bias, which moves a face crop sideways in full-body space (docs/mst.md).
     """
     poses = np.asarray(poses, dtype=np.float32)
     if poses.ndim != 2 or poses.shape[1] not in (63, 72):
@@ -243,6 +249,11 @@ def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr:
         poses = poses[:, 3:66]
     if len(poses) < 2:
         raise ValueError("need at least 2 poses to train the prior")
+    num_poses = len(poses)
+    if mirror:
+        from mst_pipeline.poses import mirror_pose
+
+        poses = np.concatenate([poses, mirror_pose(poses).astype(np.float32)])
     if body is None:
         from mst_pipeline.body import load_body_model
 
@@ -276,5 +287,5 @@ def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr:
         if log is not None:
             log(epoch, float(rec), float(kl))
     prior.eval()
-    return prior, PriorTrainingStats(epochs, float(rec.detach()), float(kl.detach()), len(poses),
-                                     loss_fn.num_vertices)
+    return prior, PriorTrainingStats(epochs, float(rec.detach()), float(kl.detach()), num_poses,
+                                     loss_fn.num_vertices, mirror)

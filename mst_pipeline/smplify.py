@@ -5,9 +5,11 @@ E(α_opt) = λv · Σ_vis ρ(J_i − J'_i) + λi · Σ_invis MSE(θ_i, θ̂_i) +
 * J: the body model's joints projected with the weak-perspective camera α = (s, tx, ty); J': the
   detected keypoints, in the image's normalised coordinates (`space.normalisation`); a keypoint
   counts when its confidence passes a threshold and it lies inside the image.
-* θ̂: the pose prior's reconstruction of the current pose with the invisible joints at rest
-  (`prior_target`: the prior completes them from the seen joints), compared on the body joints
-  that are not seen (`invisible_joints`: no visible keypoint on one side of the joint).
+* θ̂: the pose prior's reconstruction of the current pose (`SmplifyConfig.prior_mode="complete"`:
+  of the pose with the invisible joints at rest, `prior_target`), compared on the body joints that
+  are not seen (`invisible_joints`: no visible keypoint on one side of the joint). The prior should
+  be trained with mirror images (`mst fit-prior`'s default): one with a sideways bias moves face
+  crops sideways by it.
 * o: pitch of the global orientation (`space.pitch_of_rotation`), ô: the full-body set's mean.
 
 The keypoint term is robust: each coordinate's residual goes through the Geman-McClure function
@@ -134,9 +136,9 @@ class SmplifyConfig:
     # batched-lbfgs: trial steps per iteration; an image whose trials fail resumes from the shorter
     # step at the next iteration, so one evaluation of the batch per iteration suffices.
     line_search_steps: int = 1
-    # θ̂ of the invisible joints: "complete" (`prior_target`: reconstruction with the invisible joints
-    # at rest) or "reconstruct" (the prior's reconstruction of the current pose as it is)
-    prior_mode: str = "complete"
+    # θ̂ of the invisible joints: "reconstruct" (the prior's reconstruction of the current pose as it
+    # is, Eq. 1) or "complete" (`prior_target`: reconstruction with the invisible joints at rest)
+    prior_mode: str = "reconstruct"
     confidence: float = 0.3  # keypoints below this confidence are not visible
     max_error: float = 0.1  # mean reprojection error (normalised units) above which a fit failed
     seed: int = 0
@@ -219,7 +221,8 @@ def prior_target(prior: PosePrior, theta: Tensor, invisible: Tensor) -> Tensor:
     """θ̂ of Eq. 1 for the invisible joints: the prior's reconstruction of the pose with the invisible
     joints at rest (zero), so it completes them from the seen joints and their own current values
     cannot vouch for themselves (a plain reconstruction accepts any pose the prior can reproduce,
-    spine bends that slide an unseen body under a face crop included). theta [B,21,3], invisible
+    which, from a prior with a sideways bias, includes spine bends that slide an unseen body under
+    a face crop). theta [B,21,3], invisible
     [B,21] (1 = invisible) -> [B,21,3]."""
     seen = torch.where(invisible[..., None] > 0, torch.zeros_like(theta), theta)
     return prior.reconstruct(seen.reshape(len(theta), 63)).pose_body.reshape(len(theta), 21, 3)

@@ -69,6 +69,7 @@ BAD_ARGUMENTS = [
     (mst, ["align", "{t}/images", "--batch-size", "0"], "--batch-size"),
     (mst, ["align", "{t}/images", "--iterations", "0"], "--iterations"),
     (mst, ["align", "{t}/images", "--max-count", "0"], "--max-count"),
+    (mst, ["align", "{t}/images", "--prior-target", "mean"], "--prior-target must be one of reconstruct, complete"),
     (mst, ["preview", "{t}/shards", "--tile", "0"], "--tile"),
     (mst, ["preview", "{t}/shards", "--out", "{t}/shards"], "is a folder"),
     (mst, ["fit-prior", "{t}/a_file", "--lr", "0"], "--lr"),

@@ -263,3 +263,26 @@ os.write(2, b"after\\n")
     with quiet:
         pass
     assert quiet.kept == 0 and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("target", ["reconstruct", "complete", None])
+def test_cli_prior_target_reaches_the_fit(tmp_path, monkeypatch, target):
+    """`mst align --prior-target` sets θ̂ of the fits (default: the prior's reconstruction, Eq. 1)."""
+    from typer.testing import CliRunner
+
+    import mst_pipeline.align
+    from mst_pipeline.cli import app
+
+    seen = []
+
+    def fake_align_folder(*args, settings=None, **kwargs):
+        seen.append(settings or next(a for a in args if isinstance(a, mst_pipeline.align.AlignSettings)))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(mst_pipeline.align, "align_folder", fake_align_folder)
+    (tmp_path / "d").mkdir()
+    Image.new("RGB", (64, 128)).save(tmp_path / "d" / "a.png")
+    args = ["align", str(tmp_path / "d"), "--out", str(tmp_path / "s")]
+    res = CliRunner().invoke(app, args + (["--prior-target", target] if target else []))
+    assert len(seen) == 1, res.output
+    assert seen[0].smplify.prior_mode == (target or "reconstruct")

@@ -118,7 +118,8 @@ def test_training_learns_the_pose_distribution(tmp_path, toy):
             return rec, float((samples - mean).abs().mean())
 
     rec_before, spread_before = measure(untrained)
-    prior, stats = train_prior(data, epochs=20, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1)
+    prior, stats = train_prior(data, epochs=20, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1,
+                               mirror=False)  # a one-sided distribution: sampled near its mean
     rec_after, spread_after = measure(prior)
     assert stats.num_vertices == toy.num_vertices
     assert rec_after < 0.3 * rec_before, (rec_before, rec_after)
@@ -155,3 +156,56 @@ def test_fit_prior_cli_from_a_pose_file(tmp_path, toy):
     assert load_prior(tmp_path / "p.ckpt").latent_dim == 32
     meta = torch.load(tmp_path / "p.ckpt", weights_only=True)["meta"]
     assert meta["loss"] == "vertices" and meta["num_vertices"] == toy.num_vertices
+    assert meta["mirrored"] is True and meta["num_poses"] == 64 and "mirror images" in result.output
+    result = CliRunner().invoke(app, ["fit-prior", str(tmp_path / "poses.npz"), "--out", str(tmp_path / "q.ckpt"),
+                                      "--epochs", "1", "--body-model", str(tmp_path / "toy.npz"), "--no-mirror"])
+    assert result.exit_code == 0, result.output
+    assert torch.load(tmp_path / "q.ckpt", weights_only=True)["meta"]["mirrored"] is False
+
+
+def test_mirror_pose_reflects_the_body_in_its_sagittal_plane(toy):
+    """The mirrored pose's joints are the original's reflected (x -> -x) with left and right swapped,
+    on the (left-right symmetric) stick figure; twice mirrored is the original; the prior's 63-value
+    layout and the body pose's 69 mirror as the full 72 do."""
+    from mst_pipeline.poses import MIRROR_ORDER, mirror_pose
+
+    pose = np.random.default_rng(3).normal(0, 0.4, (5, 72))
+    pose[:, 0] += np.pi  # facing the camera, as fitted poses are
+
+    def joints(p: np.ndarray) -> np.ndarray:
+        p = torch.as_tensor(p, dtype=torch.float32)
+        return toy(betas=torch.zeros(len(p), toy.num_betas), global_orient=p[:, :3], body_pose=p[:, 3:]).joints[:, :24]
+
+    mirrored = mirror_pose(pose)
+    reflected = joints(pose).numpy()[:, list(MIRROR_ORDER)] * np.array([-1.0, 1.0, 1.0])
+    np.testing.assert_allclose(joints(mirrored).numpy(), reflected, atol=1e-5)
+    assert np.abs(joints(mirrored).numpy() - joints(pose).numpy()).max() > 0.05  # the pose did change
+    np.testing.assert_allclose(mirror_pose(mirrored), pose, atol=1e-12)
+    np.testing.assert_allclose(mirror_pose(pose[:, 3:]), mirrored[:, 3:])
+    np.testing.assert_allclose(mirror_pose(pose[:, 3:66]), mirrored[:, 3:66])
+    with pytest.raises(ValueError, match="72"):
+        mirror_pose(pose[:, :60])
+
+
+def test_mirrored_training_leaves_no_sideways_bias(toy):
+    """Trained on poses that all bend the spine to one side, the prior samples that lean; trained
+    with their mirror images as well (the default), its samples lean neither way on average."""
+    lean = 0.3
+    data = np.random.default_rng(4).normal(0, 0.05, (256, 63))
+    for joint in ("spine1", "spine2", "spine3"):  # sideways: rotations about the model's z axis
+        data[:, 3 * (_JOINT[joint] - 1) + 2] += lean
+
+    def mean_lean(mirror: bool) -> float:
+        prior, stats = train_prior(data, epochs=60, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1,
+                                   mirror=mirror)
+        assert stats.mirrored == mirror and stats.num_poses == 256
+        with torch.no_grad():
+            s = prior.sample(512, torch.Generator().manual_seed(0)).pose_body.reshape(512, 21, 3)
+        return float(s[:, [_JOINT[j] - 1 for j in ("spine1", "spine2", "spine3")], 2].mean())
+
+    biased, mirrored = mean_lean(False), mean_lean(True)
+    assert biased > 0.6 * lean, biased
+    assert abs(mirrored) < 0.15 * lean, mirrored
+
+
+_JOINT = {"spine1": 3, "spine2": 6, "spine3": 9}  # SMPL joint indices
