@@ -12,18 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mst_pipeline.body.layout import ARM_JOINTS, NUM_SMPL_JOINTS, SMPL_JOINT_NAMES
+from mst_pipeline.body.layout import ARM_JOINTS, SMPL_JOINT_NAMES
 
 
-def _mirror_order() -> list[int]:
-    """For each SMPL joint, the joint whose rotation its mirror image takes (left <-> right)."""
-    swap = {"left": "right", "right": "left"}
-    names = list(SMPL_JOINT_NAMES)
-    return [names.index(swap[n.split("_", 1)[0]] + "_" + n.split("_", 1)[1]) if n.split("_", 1)[0] in swap else i
-            for i, n in enumerate(names)]
+def _mirror_partner(name: str) -> int:
+    """Index of the SMPL joint whose rotation joint NAME takes in the mirror image (its other side)."""
+    side, _, rest = name.partition("_")
+    other = {"left": "right", "right": "left"}.get(side)
+    return SMPL_JOINT_NAMES.index(f"{other}_{rest}" if other else name)
 
 
-MIRROR_ORDER = tuple(_mirror_order())
+MIRROR_ORDER = tuple(_mirror_partner(name) for name in SMPL_JOINT_NAMES)
 
 
 def mirror_pose(pose: np.ndarray) -> np.ndarray:
@@ -36,8 +35,8 @@ def mirror_pose(pose: np.ndarray) -> np.ndarray:
     left-right symmetric body model the mirrored pose's joints are the original's reflected."""
     pose = np.asarray(pose, dtype=np.float64)
     n = pose.shape[-1] // 3
-    first = {72: 0, 69: 1, 63: 1}.get(pose.shape[-1])
-    if first is None or (first == 1 and n > NUM_SMPL_JOINTS - 1):
+    first = {72: 0, 69: 1, 63: 1}.get(pose.shape[-1])  # the first SMPL joint the array holds
+    if first is None:
         raise ValueError(f"poses must be [..., 72], [..., 69] or [..., 63], got {list(pose.shape)}")
     joints = pose.reshape(*pose.shape[:-1], n, 3)
     order = [MIRROR_ORDER[first + k] - first for k in range(n)]
