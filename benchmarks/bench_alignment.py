@@ -46,9 +46,9 @@ def _shared_chain_floor(model, n: int, seed: int) -> np.ndarray:
 def _render_alignment(model) -> list[str]:
     """The demo's MST check without its pixels: 24 `mst render-people` people at 128 px; the space
     and the pose prior from their full views and their mirror images (`mst space`, `mst fit-prior
-    --epochs 100`); then
-    SMPLify-P of the upper-body and face views and the corner error of H(α, ᾱ) against their true H,
-    on the same 24 people and on 60 others (seed 1) fitted against the same space and prior."""
+    --epochs 100`); then SMPLify-P of the upper-body and face views and the corner error of
+    H(α, ᾱ) against their true H, on the same 24 people and on 60 others (seed 1) fitted against
+    the same space and prior; with and without the mirror images, θ̂ either way, and no prior."""
     from mst_pipeline.people_truth import corner_error, truth_views
     from mst_pipeline.prior import train_prior
     from mst_pipeline.space_fit import feet_pitch, mean_pitch, space_from_fits
@@ -59,11 +59,11 @@ def _render_alignment(model) -> list[str]:
     u, c = np.stack([v["targets"] for v in full]), np.stack([v["confidence"] for v in full])
     pitch, spread = mean_pitch(feet_pitch(model, u, c), "feet")
     fits = smplify_p(model, u, c, mean_pitch=pitch)
-    space = space_from_fits(np.array([f.cam for f in fits]), np.array([f.pose for f in fits]),
-                            np.array([f.betas for f in fits]), np.full(len(fits), 128.0), "full", pitch=pitch,
-                            spread=spread)
-    prior, _ = train_prior(np.array([f.pose for f in fits]), epochs=PRIOR_EPOCHS)
-    one_sided, _ = train_prior(np.array([f.pose for f in fits]), epochs=PRIOR_EPOCHS, mirror=False)
+    poses = np.array([f.pose for f in fits])
+    space = space_from_fits(np.array([f.cam for f in fits]), poses, np.array([f.betas for f in fits]),
+                            np.full(len(fits), 128.0), "full", pitch=pitch, spread=spread)
+    prior, _ = train_prior(poses, epochs=PRIOR_EPOCHS)
+    one_sided, _ = train_prior(poses, epochs=PRIOR_EPOCHS, mirror=False)
     configs = {  # label: (fit settings, pose prior)
         "default (batched L-BFGS, 400 iterations, Geman-McClure, shape pull 1e-2, θ̂ the prior's reconstruction "
         "of the current pose, prior trained with mirror images)": (SmplifyConfig(), prior),

@@ -300,6 +300,7 @@ def align(
     space: its images are stored as they are, without fitting.
     """
     from mst_pipeline.align import PERSON_CHOICES
+    from mst_pipeline.smplify import PRIOR_MODES
     from uh_train.format import spec as shardspec
     from uh_train.format.spec import sanitise_part
 
@@ -311,7 +312,7 @@ def align(
         raise typer.Exit(2)
     for name, value, allowed in (("kind", kind, shardspec.KINDS), ("tier", tier, shardspec.TIERS),
                                  ("optimizer", optimizer, ("batched-lbfgs", "adam", "lbfgs")),
-                                 ("prior-target", prior_target, ("reconstruct", "complete")),
+                                 ("prior-target", prior_target, PRIOR_MODES),
                                  ("person", person, PERSON_CHOICES)):
         if value is not None and value not in allowed:
             err.print(f"[red]error:[/red] --{name} must be one of {', '.join(allowed)}, not {value!r}")

@@ -107,6 +107,9 @@ TORSO_FACE = tuple(_B[n] for n in ("Neck", "RShoulder", "LShoulder", "MidHip", "
 HANDS = tuple(range(25, NUM_TARGETS))
 
 
+PRIOR_MODES = ("reconstruct", "complete")  # SmplifyConfig.prior_mode: how θ̂ is made
+
+
 @dataclass
 class SmplifyConfig:
     """Weights of Eq. 1 and the optimiser. λ = (1, 10, 10) as in the paper."""
@@ -436,8 +439,8 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
                  "shape": cfg.lambda_shape * (betas ** 2).mean(1)}
         return sum(terms.values()), terms, (r ** 2).sum(-1)
 
-    if cfg.prior_mode not in ("complete", "reconstruct"):
-        raise ValueError(f"prior_mode must be 'complete' or 'reconstruct', not {cfg.prior_mode!r}")
+    if cfg.prior_mode not in PRIOR_MODES:
+        raise ValueError(f"prior_mode must be one of {', '.join(PRIOR_MODES)}, not {cfg.prior_mode!r}")
     solvers = {"adam": _run_adam, "lbfgs": _run_lbfgs, "batched-lbfgs": _run_batched_lbfgs}
     if cfg.optimizer not in solvers:
         raise ValueError(f"optimizer must be one of {', '.join(solvers)}, not {cfg.optimizer!r}")
