@@ -41,6 +41,6 @@ report-check: setup
 lint: setup
     {{venv}}/bin/ruff check mst_pipeline uh_train blender_scripts tests scripts
 
-# Run the benchmarks (all, or those whose name contains NAME) and write docs/benchmarks.md.
+# Run the benchmarks (all, the one called NAME, or else those whose name contains NAME) and write docs/benchmarks.md.
 bench *NAME: setup
     {{py}} scripts/bench.py {{NAME}}

@@ -1,8 +1,8 @@
 """`just bench`: run every benchmarks/bench_*.py and write docs/benchmarks.md.
 
 Each benchmark module exposes `run() -> str`, a Markdown section with the command, the machine and
-the numbers. `just bench NAME` runs only benchmarks whose file name contains NAME and keeps the
-other sections of the current file.
+the numbers. `just bench NAME` runs only the benchmark called NAME, or where there is none, those
+whose name contains NAME, and keeps the other sections of the current file.
 """
 
 from __future__ import annotations
@@ -62,9 +62,11 @@ def write_section(name: str, body: str, seconds: float) -> None:
 def main() -> int:
     wanted = sys.argv[1] if len(sys.argv) > 1 else ""
     sections = read_sections()
-    for path in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+    paths = sorted((ROOT / "benchmarks").glob("bench_*.py"))
+    exact = any(path.stem == f"bench_{wanted}" for path in paths)  # `train` runs train, not train_speedup
+    for path in paths:
         name = path.stem.removeprefix("bench_")
-        if wanted and wanted not in name:
+        if wanted and (name != wanted if exact else wanted not in name):
             continue
         print(f"==> benchmark {name}")
         spec = importlib.util.spec_from_file_location(path.stem, path)

@@ -65,10 +65,13 @@ def test_every_layers_filters_are_designed_by_firwin_with_stylegan3s_arguments(m
     assert len(expected) >= 4 and calls == expected
 
 
-@pytest.mark.parametrize("up,down,padding", [(2, 3, (2, 1, 3, -1)), (4, 1, (-3, -4, 5, 2)), (1, 2, (1, 2, 0, 3))])
+@pytest.mark.parametrize("up,down,padding", [(2, 3, (2, 1, 3, -1)), (4, 1, (-3, -4, 5, 2)), (1, 2, (1, 2, 0, 3)),
+                                             (2, 1, (4, 3, 4, 3)), (2, 2, (4, 3, 5, 1))])
 def test_upfirdn2d_equals_explicit_zero_insertion_and_convolution(up, down, padding):
+    """Values and input gradients. (4, 3) with up = 2 and 7 taps crops the full upsampled
+    convolution by the same amount at both ends, as every generator layer does."""
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 7, 9)
+    x = torch.randn(2, 3, 7, 9, requires_grad=True)
     f = torch.tensor([0.1, 0.2, 0.4, 0.2, 0.1, 0.05, 0.3])
     y = upfirdn2d(x, f, up=up, down=down, padding=padding, gain=up * up)
     # Reference: dense 2-D zero insertion, pad/crop, 2-D conv with the outer-product filter, decimate.
@@ -81,16 +84,48 @@ def test_upfirdn2d_equals_explicit_zero_insertion_and_convolution(up, down, padd
     ref = F.conv2d(dense.reshape(6, 1, *dense.shape[2:]), k[None, None])
     ref = ref.reshape(2, 3, *ref.shape[2:])[:, :, ::down, ::down]
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(ref)
+    got_grad, = torch.autograd.grad((y * weights).sum(), x)
+    ref_grad, = torch.autograd.grad((ref * weights).sum(), x)
+    torch.testing.assert_close(got_grad, ref_grad, atol=1e-5, rtol=1e-5)
 
 
-def test_modulated_conv_equals_per_sample_convolution_with_scaled_weights():
+@pytest.mark.parametrize("fused", [True, False])
+def test_modulated_conv_equals_per_sample_convolution_with_scaled_weights(fused):
     torch.manual_seed(0)
     x, w, s = torch.randn(3, 4, 6, 6), torch.randn(5, 4, 3, 3), torch.randn(3, 4)
-    y = modulated_conv2d(x, w, s, demodulate=True, padding=1)
+    y = modulated_conv2d(x, w, s, demodulate=True, padding=1, fused=fused)
     for i in range(3):
         wi = w * s[i].view(1, 4, 1, 1)
         wi = wi / wi.square().sum(dim=[1, 2, 3], keepdim=True).sqrt()
         torch.testing.assert_close(y[i : i + 1], F.conv2d(x[i : i + 1], wi, padding=1), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("demodulate", [True, False])
+@pytest.mark.parametrize("gain_shape", [(), (4,)])
+def test_modulated_conv_grouped_and_shared_convolution_agree_in_values_and_gradients(demodulate, gain_shape):
+    """The grouped convolution (one weight per sample) and the shared one (styles on the input,
+    demodulation on the output) are the same function of every input, with input gain and bias."""
+    torch.manual_seed(0)
+    inputs = [torch.randn(3, 4, 6, 6), torch.randn(5, 4, 3, 3), torch.randn(3, 4), torch.rand(gain_shape) + 0.5,
+              torch.randn(5)]
+    results = []
+    for fused in (True, False):
+        x, w, s, g, b = (t.clone().requires_grad_(True) for t in inputs)
+        y = modulated_conv2d(x, w, s, demodulate=demodulate, padding=1, input_gain=g, bias=b, fused=fused)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append([y, x.grad, w.grad, s.grad, g.grad, b.grad])
+    for got, ref in zip(*results, strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_modulated_conv_picks_the_shared_convolution_on_a_cpu_for_channels_off_multiples_of_8(monkeypatch):
+    calls = []
+    real = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: calls.append(k.get("groups", 1)) or real(*a, **k))
+    for in_ch, out_ch in ((8, 16), (13, 8), (16, 45)):
+        modulated_conv2d(torch.randn(2, in_ch, 5, 5), torch.randn(out_ch, in_ch, 3, 3), torch.randn(2, in_ch))
+    assert calls == [2, 1, 1]
 
 
 @pytest.mark.parametrize("clamp", [None, 0.5, 1e6])
