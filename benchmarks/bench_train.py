@@ -23,7 +23,7 @@ from uh_train.diagnostics import sliced_wasserstein
 from uh_train.format.geometry import density, full_image_homography, image_region, scale_translate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_parts import parts_table, step_seconds, timed_run  # noqa: E402
+from step_parts import PART_ORDER, parts_table, step_seconds, timed_run  # noqa: E402
 
 BATCH, RES = 32, 64
 # preset, stage, batch, steps
@@ -122,6 +122,16 @@ def part_columns(shards: Path, root: Path) -> dict[str, dict[str, float]]:
     return columns
 
 
+def largest_parts(columns: dict[str, dict[str, float]]) -> str:
+    """One sentence: the two largest parts of each column's step, with their shares."""
+    said = []
+    for name, col in columns.items():
+        total = col["step (sum of the top-level parts)"]
+        parts = sorted(((v, k) for k, v in col.items() if k in PART_ORDER and k != "consistency (Eq. 9)"), reverse=True)
+        said.append(f"{name}: " + ", ".join(f"{k} {v / total:.0%}" for v, k in parts[:2]))
+    return "Largest parts of a step: " + "; ".join(said) + "."
+
+
 def run() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -154,9 +164,9 @@ runs on the machine (on a shared 2-core machine they can be several times a quie
 parts within a column, and the trainers against each other only interleaved ("train_speedup").
 
 {parts_table(columns)}
-The generator's forward and backward dominate; the D step trains on the G step's fakes (one render per
-step) and runs reals, fakes and CutMix images in one pass. The step against the previous trainer is in
-the "train_speedup" section.
+{largest_parts(columns)} The D step trains on the G step's fakes (one render per step) and runs reals,
+fakes and CutMix images in one pass. The step against the previous trainer is in the "train_speedup"
+section.
 
 ### Data pipeline
 
