@@ -53,7 +53,7 @@ class Size:
     eval_n: int = 32
 
 
-SMALL = Size(people=5, res=64, iterations=100, prior_epochs=100, hands=2, hand_res=64, kimg1=0.04, kimg2=0.02,
+SMALL = Size(people=5, res=64, prior_epochs=100, hands=2, hand_res=64, kimg1=0.04, kimg2=0.02,
              batch=4, seeds="0-1", eval_n=8)
 
 TRAIN_SAMPLES = ("The trainer's own sample grid at its last snapshot: one row per fixed latent z; columns: "
