@@ -131,7 +131,8 @@ def filtered_lrelu(
         x = x.contiguous(memory_format=torch.channels_last)
     if fu is not None and up > 1 and gain > 0:
         x = upfirdn2d(x, fu, up=up, padding=padding, gain=up**2 * gain)
-        # In place: the upsampled tensor is fresh and its filter's gradient does not need it.
+        # In place: the upsampled tensor is fresh, and the transposed convolution's backward needs
+        # its input, not its output.
         x = F.leaky_relu(x, slope, inplace=True) if slope != 1 else x
     else:
         x = upfirdn2d(x, fu, up=up, padding=padding, gain=up**2)
