@@ -21,20 +21,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 PRESETS = ("tiny", "small")
 BATCH = 8
 REPEATS = int(os.environ.get("UH_BENCH_REPEATS", "7"))
-
-
-def _nchw_filtered_lrelu(x, layer):
-    """`filtered_lrelu` without the change of memory order (the gain rides on the filter as there)."""
-    from uh_train.networks.ops import upfirdn2d
-
-    x = upfirdn2d(x, layer.up_filter, up=layer.up_factor, padding=layer.padding, gain=layer.up_factor**2 * math.sqrt(2))
-    x = F.leaky_relu(x, 0.2, inplace=True)
-    return upfirdn2d(x, layer.down_filter, down=layer.down_factor)
 
 
 def _time(fn, args) -> float:
@@ -47,7 +37,7 @@ def _time(fn, args) -> float:
 
 def measure(preset: str) -> list[dict]:
     from uh_train.networks import Generator, get_preset
-    from uh_train.networks.ops import filtered_lrelu, modulated_conv2d
+    from uh_train.networks.ops import filtered_lrelu, grouped_is_faster, modulated_conv2d
 
     torch.manual_seed(0)
     G = Generator(get_preset(preset).generator)
@@ -60,17 +50,15 @@ def measure(preset: str) -> list[dict]:
         weight = torch.randn(spec.out_channels, spec.in_channels, 3, 3, requires_grad=True)
         styles = torch.randn(n, spec.in_channels, requires_grad=True)
 
-        def act_cl(x, layer=layer):
-            return filtered_lrelu(x, layer.up_filter, layer.down_filter, None, layer.up_factor, layer.down_factor,
-                                  layer.padding, gain=math.sqrt(2), slope=0.2, clamp=None)
-
-        def act_nchw(x, layer=layer):
-            return _nchw_filtered_lrelu(x, layer)
+        def act(channels_last, layer=layer):
+            return lambda x: filtered_lrelu(x, layer.up_filter, layer.down_filter, None, layer.up_factor,
+                                            layer.down_factor, layer.padding, gain=math.sqrt(2), slope=0.2,
+                                            clamp=None, channels_last=channels_last)
 
         def conv(fused):
             return lambda x, w, s: modulated_conv2d(x, w, s, padding=2, fused=fused)
 
-        variants = {"act channels-last": (act_cl, [x_act]), "act NCHW": (act_nchw, [x_act]),
+        variants = {"act channels-last": (act(True), [x_act]), "act NCHW": (act(False), [x_act]),
                     "conv grouped": (conv(True), [x_conv, weight, styles]),
                     "conv shared": (conv(False), [x_conv, weight, styles])}
         times: dict[str, list[float]] = {k: [] for k in variants}
@@ -81,7 +69,7 @@ def measure(preset: str) -> list[dict]:
                 fn, args = variants[k]
                 times[k].append(_time(fn, args))
         med = {k: statistics.median(v) for k, v in times.items()}
-        picked_fused = spec.in_channels % 8 == 0 and spec.out_channels % 8 == 0
+        picked_fused = grouped_is_faster(x_conv.device, spec.in_channels, spec.out_channels)
         upsampled = size * layer.up_factor + sum(layer.padding[:2]) - len(layer.up_filter) + 1  # after the crop
         rows.append({"layer": spec.name, "channels": f"{spec.in_channels}->{spec.out_channels}",
                      "upsampled": f"{upsampled}", **med,

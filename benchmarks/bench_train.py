@@ -23,7 +23,7 @@ from uh_train.diagnostics import sliced_wasserstein
 from uh_train.format.geometry import density, full_image_homography, image_region, scale_translate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_parts import PART_ORDER, parts_table, step_seconds, timed_run  # noqa: E402
+from step_parts import NESTED_PARTS, PART_ORDER, parts_table, step_seconds, timed_run  # noqa: E402
 
 BATCH, RES = 32, 64
 # preset, stage, batch, steps
@@ -127,7 +127,7 @@ def largest_parts(columns: dict[str, dict[str, float]]) -> str:
     said = []
     for name, col in columns.items():
         total = col["step (sum of the top-level parts)"]
-        parts = sorted(((v, k) for k, v in col.items() if k in PART_ORDER and k != "consistency (Eq. 9)"), reverse=True)
+        parts = sorted(((v, k) for k, v in col.items() if k in PART_ORDER and k not in NESTED_PARTS), reverse=True)
         said.append(f"{name}: " + ", ".join(f"{k} {v / total:.0%}" for v, k in parts[:2]))
     return "Largest parts of a step: " + "; ".join(said) + "."
 

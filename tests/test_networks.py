@@ -128,9 +128,10 @@ def test_modulated_conv_picks_the_shared_convolution_on_a_cpu_for_channels_off_m
     assert calls == [2, 1, 1]
 
 
+@pytest.mark.parametrize("channels_last", [None, False])
 @pytest.mark.parametrize("clamp", [None, 0.5, 1e6])
 @pytest.mark.parametrize("up,down", [(2, 2), (1, 1), (4, 2)])
-def test_filtered_lrelu_equals_its_definition_in_values_and_gradients(up, down, clamp):
+def test_filtered_lrelu_equals_its_definition_in_values_and_gradients(up, down, clamp, channels_last):
     """bias -> upsample -> leaky ReLU x gain -> clamp -> downsample, written out step by step: the
     gain folded into the filter and the clamp skipped when inactive change neither the values nor
     the gradients (clamp 0.5 is active here, 1e6 is not)."""
@@ -148,7 +149,9 @@ def test_filtered_lrelu_equals_its_definition_in_values_and_gradients(up, down, 
 
     xa, ba = x.clone().requires_grad_(True), bias.clone().requires_grad_(True)
     xb, bb = x.clone().requires_grad_(True), bias.clone().requires_grad_(True)
-    got = filtered_lrelu(xa, fu, fd, ba, up, down, pad, gain=math.sqrt(2), slope=0.2, clamp=clamp)
+    got = filtered_lrelu(xa, fu, fd, ba, up, down, pad, gain=math.sqrt(2), slope=0.2, clamp=clamp,
+                         channels_last=channels_last)
+    assert got.is_contiguous()
     ref = reference(xb, bb)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     weights = torch.randn_like(ref)

@@ -113,6 +113,7 @@ def filtered_lrelu(
     gain: float = math.sqrt(2),
     slope: float = 0.2,
     clamp: float | None = None,
+    channels_last: bool | None = None,
 ) -> torch.Tensor:
     """Bias, upsample by `up` with fu, leaky ReLU (times gain, clamped to +-clamp), downsample by
     `down` with fd. With fu = fd = None and up = down = 1 it is a pointwise activation.
@@ -121,12 +122,16 @@ def filtered_lrelu(
     gain (> 0) rides on the upsampling filter where there is one: the leaky ReLU is positively
     homogeneous, so lrelu(g·x) = g·lrelu(x), and the largest tensor of the layer is not scaled in a
     pass of its own. The clamp runs only when some value exceeds it (else it is the identity,
-    forwards and backwards)."""
+    forwards and backwards).
+
+    `channels_last=None` runs the filters on channels-last tensors on a CPU, where oneDNN's
+    depthwise filters are several times faster on them; the conversion is paid on the layer's
+    input and output, a quarter of the upsampled size. The result is NCHW either way."""
     if bias is not None:
         x = x + bias.view(1, -1, 1, 1)
-    # On a CPU the depthwise filters run several times faster on channels-last tensors (oneDNN);
-    # the conversion is paid on the layer's input and output, a quarter of the upsampled size.
-    channels_last = x.device.type == "cpu" and fu is not None and up > 1
+    if channels_last is None:
+        channels_last = x.device.type == "cpu"
+    channels_last = channels_last and fu is not None and up > 1
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     if fu is not None and up > 1 and gain > 0:
@@ -155,6 +160,12 @@ def _exceeds(x: torch.Tensor, clamp: float) -> bool:
     return bool(lo < -clamp) or bool(hi > clamp)
 
 
+def grouped_is_faster(device: torch.device, in_channels: int, out_channels: int) -> bool:
+    """Whether `modulated_conv2d` runs as one grouped convolution (else as a shared one): on a CPU
+    only when both channel counts are multiples of 8 (`just bench generator_ops`)."""
+    return device.type != "cpu" or (in_channels % 8 == 0 and out_channels % 8 == 0)
+
+
 def modulated_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -177,7 +188,7 @@ def modulated_conv2d(
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
     if fused is None:
-        fused = x.device.type != "cpu" or (in_ch % 8 == 0 and out_ch % 8 == 0)
+        fused = grouped_is_faster(x.device, in_ch, out_ch)
     if demodulate:
         # Pre-normalising keeps the products in range; demodulation cancels these factors.
         weight = weight * weight.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
