@@ -73,8 +73,11 @@ def _load_generator(ckpt: Path | None, init: str, preset: str, device: str):
 @app.command()
 def run(
     ckpt: Path | None = typer.Option(None, help="Our .safetensors checkpoint or a network-snapshot-*.pkl."),
-    shards: list[Path] = typer.Option(..., help="Shard folder (repeat for several)."),
-    metrics: str = typer.Option("fid,pfid,kfid,pr", help="Comma-separated: fid, pfid, kfid, pr."),
+    shards: list[Path] = typer.Option([], help="Shard folder (repeat for several); every metric but consistency "
+                                               "needs one."),
+    metrics: str = typer.Option("fid,pfid,kfid,pr", help="Comma-separated: fid, pfid, kfid, pr, consistency (the "
+                                                         "whole image at r against its renders at 2r, 4r and 8r "
+                                                         "reduced to r; no real data needed)."),
     n: int = typer.Option(500, help="Samples per metric (per group for kFID); the paper uses 50000.",
                           callback=cli_args.at_least_one),
     protocol: str = typer.Option("quick", help="'quick' (small runs: FID at --fid-res from stitched patches, pFID "
@@ -123,6 +126,8 @@ def run(
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}",
                                  param_hint="--protocol")
+    if not shards and any(m != "consistency" for m in names):
+        _fail("pass --shards DIR: every metric but consistency compares with real images")
     for folder in shards:
         if not folder.is_dir():
             _fail(f"shard folder {folder} does not exist")
@@ -149,8 +154,15 @@ def run(
                 task = progress.add_task(description, total=total)
                 return lambda count: progress.advance(task, count)
 
+            lpips_fn = None
+            if "consistency" in names:
+                import torch
+
+                from .train import make_lpips
+
+                lpips_fn = make_lpips("auto", torch.device(device), "tiny")  # None (with a note) without AlexNet
             result = evaluate(GeneratorSampler(G, truncation, device), shards, cfg, features, stats_cache, on_task,
-                              pr_features=pr_features)
+                              pr_features=pr_features, lpips_fn=lpips_fn)
     except (MetricsError, FileNotFoundError) as exc:
         _fail(str(exc))
     result["generator"] = {"checkpoint": ckpt.name if ckpt and init == "checkpoint" else None,

@@ -67,6 +67,9 @@ class TrainConfig:
     workers: int = 0
     amp: bool = True  # bfloat16 autocast on GPU
     max_bad_steps: int = 20
+    diverge_limit: float = 1000.0  # stop when a loss term's magnitude stays above this (0: never)
+    diverge_steps: int = 10  # ... for this many steps in a row
+    consistency_n: int = 4  # latents of the scale-consistency check at each stage-2 snapshot (0: none)
     device: str = "auto"
     allow_config_change: bool = False  # resume even if the settings differ from the checkpoint's (recorded)
     compile: bool = False  # torch.compile the G and D forward passes (pays on GPUs; minutes to compile on CPU)
@@ -75,7 +78,7 @@ class TrainConfig:
 
 # Settings a resumed run may change freely: where and how long it runs, not what it learns.
 RESUME_FREE = ("out", "kimg", "snapshot_kimg", "workers", "device", "max_bad_steps", "allow_config_change",
-               "compile")
+               "compile", "diverge_limit", "diverge_steps", "consistency_n")
 
 
 def config_changes(saved: dict[str, Any], current: TrainConfig) -> dict[str, list[Any]]:
@@ -290,6 +293,65 @@ class Progress:
     data: StreamState = field(default_factory=StreamState)
 
 
+# Loss terms whose magnitude says whether training has run away (R1 and the teacher loss are not
+# logits-driven and stay bounded when D does).
+WATCHED_TERMS = ("D/global", "D/pixel", "D/cutmix", "D/consistency", "G/adv")
+
+
+class DivergenceWatch:
+    """Stops a run whose adversarial losses stay above `limit` for `steps` steps in a row, naming the
+    last snapshot written while the losses were still in bounds (the one to go back to)."""
+
+    def __init__(self, limit: float, steps: int, last_good: str | None = None) -> None:
+        self.limit, self.steps = limit, steps
+        self.streak = 0
+        self.calm_since_snapshot = True
+        self.last_good = last_good
+
+    def step(self, terms: dict[str, float], step: int) -> None:
+        if self.limit <= 0:
+            return
+        worst = max((abs(terms[k]) for k in WATCHED_TERMS if k in terms), default=0.0)
+        over = not worst <= self.limit  # NaN counts as over
+        self.streak = self.streak + 1 if over else 0
+        self.calm_since_snapshot &= not over
+        if self.streak >= self.steps:
+            name = max((k for k in WATCHED_TERMS if k in terms), key=lambda k: abs(terms[k]))
+            back = (f"the last snapshot before it is {self.last_good}" if self.last_good
+                    else "no snapshot was written before it")
+            raise TrainingDiverged(
+                f"training diverged: {name} = {terms[name]:.3g} at step {step}, and the adversarial losses have "
+                f"been above {self.limit:g} for {self.streak} steps in a row; {back}. Lower the learning rates "
+                f"or λ_cr, or check the data (docs/training.md, \"Stage 2 diagnosis\").")
+
+    def snapshot_written(self, network: str) -> None:
+        if self.calm_since_snapshot and self.streak == 0:
+            self.last_good = network
+        self.calm_since_snapshot = self.streak == 0
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# Scale bins of the per-bin training log (stage 2): name -> [low, high) of s.
+SCALE_BINS = {"s1-2": (1.0, 2.0), "s2-4": (2.0, 4.0), "s4-8": (4.0, 8.0), "s8+": (8.0, math.inf)}
+
+
+def scale_bin_stats(scales: torch.Tensor, values: dict[str, torch.Tensor], sums: dict[str, list[float]]) -> None:
+    """Add per-sample `values` ([N] each) into sums["bin/BIN/NAME"] = [sum, count] by the scale bin
+    of each sample."""
+    for bin_name, (lo, hi) in SCALE_BINS.items():
+        inside = (scales >= lo) & (scales < hi)
+        count = int(inside.sum())
+        if not count:
+            continue
+        for name, v in values.items():
+            entry = sums.setdefault(f"bin/{bin_name}/{name}", [0.0, 0])
+            entry[0] += float(v.detach().float()[inside].sum())
+            entry[1] += count
+
+
 def checkpoint_path(out: Path, nimg: int) -> Path:
     return out / f"training-state-{nimg // 1000:06d}k-{nimg % 1000:03d}.safetensors"
 
@@ -485,6 +547,8 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
     start, start_nimg = time.time(), prog.nimg
     last: dict[str, float] = {}
     skipped = 0
+    watch = DivergenceWatch(cfg.diverge_limit, cfg.diverge_steps,
+                            last_good=json.loads((out / "latest.json").read_text())["network"] if resume else None)
 
     # Compiled forward passes share the modules' parameters; checkpoints keep using G and D.
     G_run, D_run = (torch.compile(G), torch.compile(D)) if cfg.compile else (G, D)
@@ -496,6 +560,7 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
         D_run = channels_last_inputs(D_run)
     while prog.nimg < total_nimg:
         terms: dict[str, float] = {}
+        bins: dict[str, list[float]] = {}  # stage 2: per scale bin, "bin/BIN/NAME" -> [sum, count]
         do_r1 = cfg.r1_gamma > 0 and prog.step % cfg.r1_interval == 0
         with clock.part("data"):
             batches = [next(data_iter) for _ in range(rounds)]
@@ -565,6 +630,14 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
                 _add(terms, "D/consistency", loss_cr)
                 finite &= bool(torch.isfinite(loss))
                 (loss / rounds).backward(retain_graph=do_r1)  # R1 below differentiates the reals' pass again
+            scales = 1.0 / T[:, 0, 0].detach().float().cpu()
+            if cfg.stage == 2:  # where D tells reals from fakes, per scale bin (pixel head, covered pixels)
+                with torch.no_grad():
+                    covered = mask.float()
+                    acc_real = (((r_p.float() > 0) * covered).sum(dim=(1, 2, 3))
+                                / covered.sum(dim=(1, 2, 3)).clamp_min(1))
+                    acc_fake = (f_p.float() < 0).float().mean(dim=(1, 2, 3))
+                scale_bin_stats(scales, {"D_acc_real": acc_real.cpu(), "D_acc_fake": acc_fake.cpu()}, bins)
             if do_r1:
                 with clock.part("R1"):
                     # The pixel head enters as its per-image mean over covered pixels: summing r*r logits
@@ -592,7 +665,9 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
                     teacher_img = teacher(zg.to(device), None)
                 with clock.part("pixel loss: L1 + LPIPS (Eq. 8)"), \
                         torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    l1, lp = losses.pixel_loss(fake_in.float(), teacher_img.float(), T, lpips_fn)
+                    l1_each, lp_each = losses.pixel_loss_per_patch(fake_in.float(), teacher_img.float(), T, lpips_fn)
+                    l1, lp = l1_each.mean(), lp_each.mean()
+                    scale_bin_stats(scales, {"teacher_l1": l1_each.cpu()}, bins)
                     pixel = cfg.lambda_p * (l1 + lp)
                     (pixel / rounds).backward()
                     loss = loss + pixel
@@ -633,6 +708,11 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
         prog.step += 1
         prog.nimg += cfg.batch
         last = {k: v / rounds for k, v in terms.items()}
+        last.update({k: total / max(count, 1) for k, (total, count) in bins.items()})
+        watch.step(last, prog.step)
+        snapshot_due = prog.nimg >= next_snapshot or prog.nimg >= total_nimg
+        if snapshot_due and d.main and cfg.stage == 2 and cfg.consistency_n > 0:
+            last.update(snapshot_consistency(G_ema, cfg.consistency_n, device))
         if d.main:
             extra = {"data/skipped": step_skipped} if step_skipped else {}
             log_file.write(json.dumps({"step": prog.step, "kimg": prog.nimg / 1000, **last, **extra}) + "\n")
@@ -648,11 +728,12 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
                 console.print(f"step {prog.step:6d}  kimg {prog.nimg / 1000:8.3f}/{cfg.kimg:g}  "
                               f"{rate:6.3f} kimg/s  ETA {_fmt(eta)}  " +
                               "  ".join(f"{k} {v:.3f}" for k, v in sorted(last.items())))
-        if prog.nimg >= next_snapshot or prog.nimg >= total_nimg:
+        if snapshot_due:
             next_snapshot += snapshot_nimg
             if d.main:
                 path = save_training_checkpoint(out, cfg, G, G_ema, D, opt_G, opt_D, gen, prog,
                                                 {"pixel_loss": pixel_note, "start": start_note})
+                watch.snapshot_written(path.name.replace("training-state-", "network-"))
                 grid = sample_grid(G_ema, fixed_z, out / f"samples-{prog.nimg // 1000:06d}k-{prog.nimg % 1000:03d}.png")
                 if tb is not None:
                     tb.add_image("samples", grid, prog.nimg, dataformats="HWC")
@@ -671,6 +752,18 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
         dist.barrier()
         dist.destroy_process_group()
     return {"steps": prog.step, "kimg": prog.nimg / 1000, "losses": last, "out": str(out), "skipped": skipped}
+
+
+def snapshot_consistency(G_ema, n: int, device: torch.device) -> dict[str, float]:
+    """Scale consistency of G_ema on n fixed latents (uh-eval's `consistency` metric, small): PSNR in dB
+    of the render at k·r reduced to r against the render at r, for k = 2, 4, 8."""
+    from uh_train.metrics.consistency import scale_consistency
+    from uh_train.metrics.fakes import GeneratorSampler
+
+    was_training = G_ema.training
+    result = scale_consistency(GeneratorSampler(G_ema, 1.0, device), n=n, seed=0)
+    G_ema.train(was_training)
+    return {f"consistency/psnr_k{k}": v["psnr"] for k, v in result["factors"].items()}
 
 
 def channels_last_inputs(D_run):

@@ -49,6 +49,13 @@ def markdown_table(result: dict[str, Any], method: str) -> str:
         net = pr.get("features") or {}
         notes.append(f"precision/recall: k = {pr.get('k')}, {net.get('network', 'inception')} features "
                      f"({net.get('file')}, sha256 {str(net.get('sha256', ''))[:16]}…)")
+    consistency = result.get("consistency")
+    if consistency:
+        per_k = consistency["factors"]
+        parts = [f"k = {k}: PSNR {v['psnr']:.2f} dB" + (f", LPIPS {v['lpips']:.3f}" if v.get("lpips") is not None
+                                                        else "") for k, v in per_k.items()]
+        notes.append(f"scale consistency ({consistency['n']} latents; the render at k·r reduced to r (Lanczos) "
+                     "against the render at r): " + ", ".join(parts))
     if groups:
         notes.append("real kFID patches per group: " + ", ".join(f"{g} {groups[g]['n']}" for g in groups))
     return "\n".join(lines) + "\n\n" + "\n".join(f"* {n}" for n in notes) + "\n"

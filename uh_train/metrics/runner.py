@@ -9,6 +9,9 @@ Two protocols (protocol.py). `quick`, for small runs:
 * pfid: patches at the real (v, s) of random real patches (after AnyRes GAN).
 * kfid: patches at s = 8 centred on keypoints, per Table 1 group, and their mean.
 * pr:   improved precision/recall (k = 3) on the full-image features (shared with fid).
+* consistency: the whole image rendered at r and, in one pass, at k·r (k = 2, 4, 8), the dense
+        render reduced to r (Lanczos) and compared with the render at r: PSNR per k (consistency.py).
+        It needs no real data and is the same in both protocols.
 
 `paper` (§4.1; sizes relative to the patch resolution r, the paper's r being 256):
 
@@ -36,13 +39,14 @@ import torch
 from uh_train.format.geometry import SCALE_MAX
 
 from . import fakes, patches
+from .consistency import FACTORS, scale_consistency
 from .fid import FeatureStats, fid_between
 from .inception import MetricsError
 from .precision_recall import DEFAULT_K, precision_recall
 from .protocol import PROTOCOLS, paper_sizes
 from .stats import StatsCache, manifest_digest, stats_key
 
-METRICS = ("fid", "pfid", "kfid", "pr")
+METRICS = ("fid", "pfid", "kfid", "pr", "consistency")
 
 
 class FeatureExtractor(Protocol):
@@ -72,6 +76,8 @@ class EvalConfig:
     kfid_groups: tuple[str, ...] | None = None  # kFID only for these groups (None: all of Table 1's)
     k: int = DEFAULT_K
     protocol: str = "quick"  # or "paper" (protocol.py)
+    consistency_n: int = 16  # latents for the scale-consistency metric
+    consistency_factors: tuple[int, ...] = FACTORS
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -190,7 +196,8 @@ def _size_summary(sizes: np.ndarray, r: int) -> dict[str, Any]:
 
 def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: EvalConfig,
              features: FeatureExtractor, cache: StatsCache | None = None,
-             on_task: TaskHook = _no_progress, pr_features: FeatureExtractor | None = None) -> dict[str, Any]:
+             on_task: TaskHook = _no_progress, pr_features: FeatureExtractor | None = None,
+             lpips_fn: Callable | None = None) -> dict[str, Any]:
     """Compute the requested metrics; returns the result record that `report` writes. `pr_features`
     (VGG16) replaces `features` (Inception) for precision/recall when given."""
     cache = cache or StatsCache(None)
@@ -304,4 +311,13 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
         result["kfid"] = {"groups": per_group, "mean": float(np.mean(values)) if values else None,
                           "scale": cfg.kfid_scale}
         result["seconds"]["kfid"] = time.perf_counter() - start
+
+    if "consistency" in cfg.metrics:
+        start = time.perf_counter()
+        advance = on_task(f"scale consistency ({cfg.consistency_n} latents, k = "
+                          f"{', '.join(map(str, cfg.consistency_factors))})", 1)
+        result["consistency"] = scale_consistency(gen, cfg.consistency_n, cfg.seed, cfg.consistency_factors,
+                                                  cfg.batch, lpips_fn)
+        advance(1)
+        result["seconds"]["consistency"] = time.perf_counter() - start
     return result
