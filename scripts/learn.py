@@ -1,16 +1,19 @@
-"""`just learn`: does training learn people? A long CPU run on data the project makes, with its curves.
+"""`just learn`: does training learn people, and does stage 2 learn any resolution? A long CPU run on
+data the project makes, with its curves.
 
 Makes the data (rendered people in full, upper-body and face views, the partial views aligned by the
-MST; synthetic hands composited onto upper-body patches), trains stage 1 and then stage 2 of a preset,
-and, unless --no-ablation, a second stage 2 from the same stage-1 network on the full-body source
-alone (same teacher, same length). Every snapshot is evaluated (quick protocol: FID of whole images,
-kFID per keypoint group) and drawn as a fixed-seed grid (the whole body, a zoomed face, a zoomed
-hand). Writes OUT/learn.json (every number), OUT/learn.md (the tables), OUT/curves.png and the
-grids; --docs copies them into docs/benchmarks.md and docs/img/learn/, --ship writes the final
-generator with its provenance to checkpoints/.
+MST; synthetic hands composited onto upper-body patches) and trains stage 1. Then stage 2, from that
+stage-1 network (the teacher), in two arms: every source, and the full-body source alone. Each arm
+trains once per seed for `kimg2` (the ablation); the first seed's all-sources run goes on to
+`kimg_ship` and is the shipped generator. Every chosen snapshot is evaluated (quick protocol: FID of
+whole images, kFID per keypoint group, scale consistency at 2r, 4r and 8r) and drawn: a fixed-seed
+grid (the whole body, a zoomed face, a zoomed hand) and the whole body rendered at 8r in one pass.
+Writes OUT/learn.json (every number), OUT/learn.md (the tables), OUT/curves.png and the pictures;
+--docs copies them into docs/benchmarks.md and docs/img/learn/, --ship writes the shipped run's
+final generator with its provenance to checkpoints/.
 
-Every step resumes: data stages whose outputs exist are reused, training runs continue from their
-last snapshot, evaluated snapshots are not evaluated again.
+Every step resumes, so the whole may span several sittings: data stages whose outputs exist are
+reused, training runs continue from their last snapshot, evaluated snapshots are not evaluated again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -44,26 +48,31 @@ DEFAULT_SHIP = ROOT / "checkpoints" / "learned-tiny.safetensors"
 
 @dataclass(frozen=True)
 class Plan:
-    people: int = 200
-    hands: int = 96
+    people: int = 96
+    hands: int = 48
     res: int = 128
     preset: str = "tiny"
-    batch: int = 8
-    minutes1: float = 50.0  # stage 1 wall budget (the pilot's minutes of the winner included)
-    minutes2: float = 7.0  # per stage-2 run
-    pilot_minutes: float = 6.0  # per candidate; 0: no pilot, train `preset` at `batch`
+    batch: int = 16  # the pilot's winner on 2 CPU cores (tiny at 8 and 16, small at 8; docs/training.md)
+    minutes1: float = 50.0  # with a pilot: stage 1 wall budget (the pilot's minutes of the winner included)
+    minutes2: float = 7.0  # with a pilot: per stage-2 ablation run
+    pilot_minutes: float = 0.0  # per candidate; 0: no pilot, train `preset` at `batch`
     candidates: str = "tiny:8,tiny:16,small:8"
-    kimg1: float | None = None  # default: from the pilot's measured rate and minutes1
-    kimg2: float | None = None
+    kimg1: float | None = None  # stage 1; default: from the pilot's rate and minutes1, else 60
+    kimg2: float | None = None  # each stage-2 ablation run (per arm and seed); default: as kimg1, else 20
+    kimg_ship: float | None = 60.0  # the first seed's all-sources stage 2 goes on to this (the shipped run)
+    seeds: str = "0,1"  # stage-2 seeds of each ablation arm
     snap1: float | None = None  # default: a tenth of the stage
-    snap2: float | None = None  # default: a quarter of the stage
+    snap2: float | None = None  # default: a quarter of kimg2
     fid_n: int = 256
     kfid_n: int = 48
-    seed: int = 0
+    consistency_n: int = 16
+    seed: int = 0  # stage 1's seed
 
 
-QUICK = Plan(people=6, hands=2, res=64, pilot_minutes=0.0, kimg1=0.048, kimg2=0.024, snap1=0.016, snap2=0.012,
-             fid_n=8, kfid_n=4, batch=4)
+DEFAULT_KIMG1, DEFAULT_KIMG2 = 60.0, 20.0  # without a pilot
+
+QUICK = Plan(people=6, hands=2, res=64, pilot_minutes=0.0, kimg1=0.048, kimg2=0.024, kimg_ship=0.036, seeds="0",
+             snap1=0.016, snap2=0.012, fid_n=8, kfid_n=4, consistency_n=2, batch=4)
 # A stage-2 step costs more than a stage-1 step (the teacher's render and the pixel loss): the demo's
 # default run trains stage 1 at 1.33 and stage 2 at 1.0 kimg per minute on 2 cores.
 STAGE2_RATE = 0.75
@@ -93,13 +102,14 @@ def trained_nimg(run: Path) -> int:
 
 
 def train(run: Path, shards: Path, plan: Plan, stage: int, kimg: float, snapshot: float,
-          teacher: Path | None = None, extra: tuple[str, ...] = ()) -> float:
-    """Train (or continue) a run up to `kimg`; the wall seconds this call spent."""
+          teacher: Path | None = None, extra: tuple[str, ...] = (), seed: int | None = None) -> float:
+    """Train (or continue) a run up to `kimg`; the wall seconds this call spent. The length is free to
+    grow on resume (`--kimg` is not part of what a run learns)."""
     if trained_nimg(run) >= int(kimg * 1000):
         return 0.0
     cmd = [str(BIN / "uh-train"), "--shards", str(shards), "--out", str(run), "--stage", str(stage), "--preset",
            plan.preset, "--kimg", f"{kimg:g}", "--batch", str(plan.batch), "--snapshot-kimg", f"{snapshot:g}",
-           "--seed", str(plan.seed), "--lpips", "off" if stage == 1 else "auto", *extra]
+           "--seed", str(plan.seed if seed is None else seed), "--lpips", "off" if stage == 1 else "auto", *extra]
     if teacher is not None:
         cmd += ["--teacher", str(teacher)]
     log("$ " + " ".join(demo.shown(c) for c in cmd))
@@ -175,6 +185,15 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
 # Evaluation
 
 
+FACTORS = (2, 4, 8)  # scale consistency: renders at k·r reduced to r, against the render at r
+
+
+def scale_consistency(*args, **kwargs):
+    from uh_train.metrics.consistency import scale_consistency as measure
+
+    return measure(*args, **kwargs)
+
+
 class Evaluator:
     """FID and kFID (quick protocol) of generator files against the shards, real statistics cached.
     `fid_res`: the resolution of the FID images (default: the generator's r); `kfid`: also kFID."""
@@ -202,6 +221,8 @@ class Evaluator:
                              kfid_groups=KFID_GROUPS)
             kfid = evaluate(sampler, [self.shards], cfg, self.features, self.cache)["kfid"]
             row.update(kfid_mean=kfid["mean"], **{f"kfid_{g}": v["value"] for g, v in kfid["groups"].items()})
+            consistency = scale_consistency(sampler, n=self.plan.consistency_n, seed=0, factors=FACTORS)
+            row.update({f"psnr_k{k}": v["psnr"] for k, v in consistency["factors"].items()})
         return row
 
 
@@ -235,6 +256,31 @@ def draw_grid(ckpt: Path, path: Path) -> None:
     write_png(path, grid)
 
 
+DENSE_SEEDS = GRID_SEEDS[:4]
+
+
+def draw_dense(ckpt: Path, path: Path, factor: int = 8) -> None:
+    """The whole body of DENSE_SEEDS rendered at factor·r in one pass each, side by side: whether the
+    network holds the figure at a density stage 1 never trained."""
+    import numpy as np
+    import torch
+
+    from uh_train.checkpoint import load_generator
+    from uh_train.generate import write_png
+    from uh_train.render import render_region, seed_latents, to_uint8
+
+    G = load_generator(ckpt, device="cpu")
+    size = factor * G.img_resolution
+    with torch.no_grad():
+        ws = G.mapping(seed_latents(DENSE_SEEDS, G.z_dim))
+        images = list(to_uint8(render_region(G, ws, size, (0.5, 0.5), 1.0, mode="single")))
+    pad = 2
+    strip = np.full((size, len(images) * (size + pad) - pad, 3), 255, np.uint8)
+    for j, img in enumerate(images):
+        strip[:, j * (size + pad): j * (size + pad) + size] = img
+    write_png(path, strip)
+
+
 def redraw_grids(out: Path, runs: dict[str, Path], record: dict) -> None:
     """Draw the grid of every evaluated snapshot again (after a change of the grid's layout)."""
     for name, run in runs.items():
@@ -259,13 +305,20 @@ def chosen(found: list[tuple[int, Path]], every: float, most: int) -> list[tuple
     return picked
 
 
-def evaluate_runs(out: Path, runs: dict[str, Path], shards: Path, plan: Plan, record: dict) -> None:
-    """Evaluate and draw the chosen snapshots not yet in `record` (saved after each)."""
+def evaluate_runs(out: Path, runs: dict[str, Path], shards: Path, plan: Plan, record: dict,
+                  ablation_nimg: int | None = None) -> None:
+    """Evaluate and draw the chosen snapshots not yet in `record` (saved after each). Stage-2 runs
+    are also evaluated at their snapshot nearest `ablation_nimg` (the ablation's common length)."""
     evaluator = None
     for name, run in runs.items():
         done = record.setdefault("curves", {}).setdefault(name, {})
-        every, most = (plan.snap1, 9) if name == "stage1" else (plan.snap2, 5)
-        for nimg, ckpt in chosen(snapshots(run), every, most):
+        every, most = (plan.snap1, 9) if name == "stage1" else (plan.snap2, 7)
+        found = snapshots(run)
+        picked = chosen(found, every, most)
+        if name != "stage1" and ablation_nimg and found:
+            nearest = min(found, key=lambda f: abs(f[0] - ablation_nimg))
+            picked = sorted(set(picked) | {nearest})
+        for nimg, ckpt in picked:
             key = str(nimg)
             if key in done:
                 continue
@@ -274,11 +327,17 @@ def evaluate_runs(out: Path, runs: dict[str, Path], shards: Path, plan: Plan, re
             row = evaluator(ckpt)
             grid = out / "grids" / f"{name}-{nimg:08d}.png"
             draw_grid(ckpt, grid)
-            row.update(kimg=nimg / 1000, grid=str(grid.relative_to(out)), seconds=round(time.time() - start, 1))
+            row.update(kimg=nimg / 1000, grid=str(grid.relative_to(out)))
+            if name != "stage1":
+                dense = out / "grids" / f"{name}-{nimg:08d}-8r.png"
+                draw_dense(ckpt, dense)
+                row["dense"] = str(dense.relative_to(out))
+            row["seconds"] = round(time.time() - start, 1)
             done[key] = row
             save_record(out, record)
             log(f"{name} at {nimg / 1000:.2f} kimg: FID {row['fid']:.1f}, kFID face {row['kfid_face']:.1f}, "
-                f"hand {row['kfid_hand']:.1f} ({row['seconds']:.0f} s)")
+                f"hand {row['kfid_hand']:.1f}, consistency PSNR k=2/4/8 {row['psnr_k2']:.1f}/{row['psnr_k4']:.1f}/"
+                f"{row['psnr_k8']:.1f} dB ({row['seconds']:.0f} s)")
 
 
 def save_record(out: Path, record: dict) -> None:
@@ -295,26 +354,56 @@ def rows(record: dict, name: str) -> list[dict]:
     return sorted(record.get("curves", {}).get(name, {}).values(), key=lambda r: r["kimg"])
 
 
+def seeds_of(plan: Plan) -> list[int]:
+    return [int(s) for s in str(plan.seeds).split(",") if s.strip()]
+
+
+def run_names(plan: Plan) -> dict[str, tuple[str, int]]:
+    """Stage-2 run name -> (arm, seed); the first is the shipped run."""
+    return {f"stage2-{arm}-s{seed}": (arm, seed) for seed in seeds_of(plan) for arm in ARMS}
+
+
+ARMS = ("all", "full")  # every source; the full-body source alone
+ARM_TEXT = {"all": "all sources", "full": "full-body source only"}
+
+
+def ship_run(plan: Plan) -> str:
+    return f"stage2-all-s{seeds_of(plan)[0]}"
+
+
 def plot_curves(record: dict, path: Path) -> None:
+    """FID, kFID face and hand, and the scale consistency against kimg: stage 1, then every stage-2 run
+    (kimg counted on from stage 1's end)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=100)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), dpi=90)
     offset = record.get("stage1_kimg", 0.0)
-    for name, style in (("stage1", "-o"), ("stage2", "-s"), ("stage2-full-only", "--^")):
+    names = ["stage1"] + sorted(n for n in record.get("curves", {}) if n.startswith("stage2-"))
+    for name in names:
         data = rows(record, name)
         if not data:
             continue
+        style = "-o" if name == "stage1" else ("-s" if "-all-" in name else "--^")
         x = [r["kimg"] + (offset if name != "stage1" else 0.0) for r in data]
-        for ax, key in zip(axes, ("fid", "kfid_face", "kfid_hand"), strict=True):
+        for ax, key in zip(axes[:3], ("fid", "kfid_face", "kfid_hand"), strict=True):
             ax.plot(x, [r[key] for r in data], style, ms=3, label=name)
-    for ax, title in zip(axes, ("FID (whole images)", "kFID face", "kFID hand"), strict=True):
-        ax.set_title(title)
-        ax.set_xlabel("kimg (stage 2 continues stage 1's count)")
+        if name != "stage1":
+            for k, dash in zip(FACTORS, ("-", "--", ":"), strict=True):
+                if all(f"psnr_k{k}" in r for r in data):
+                    axes[3].plot(x, [r[f"psnr_k{k}"] for r in data], dash, marker="s" if "-all-" in name else "^",
+                                 ms=3, label=f"{name}, k = {k}")
+    titles = ("FID of whole images (lower is better)", "kFID face, s = 8 (lower is better)",
+              "kFID hand, s = 8 (lower is better)", "scale consistency (higher is better)")
+    for ax, title, unit in zip(axes, titles, ("FID", "kFID", "kFID", "PSNR of k·r reduced to r (dB)"), strict=True):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("kimg (stage 2 counted on from stage 1)")
+        ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
+    axes[3].legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
@@ -323,15 +412,59 @@ def plot_curves(record: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _num(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def table(record: dict, name: str) -> str:
     data = rows(record, name)
     groups = [k.removeprefix("kfid_") for k in (data[0] if data else {}) if k.startswith("kfid_") and k != "kfid_mean"]
-    head = ["kimg", "FID", *(f"kFID {g}" for g in groups)]
+    factors = [k for k in FACTORS if data and f"psnr_k{k}" in data[0]]
+    head = ["kimg", "FID", *(f"kFID {g}" for g in groups), *(f"PSNR {k}r (dB)" for k in factors)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in data:
-        cells = [f"{r['kimg']:.2f}", f"{r['fid']:.1f}",
-                 *("–" if r["kfid_" + g] is None else f"{r['kfid_' + g]:.1f}" for g in groups)]
+        cells = [f"{r['kimg']:.2f}", f"{r['fid']:.1f}", *(_num(r.get("kfid_" + g)) for g in groups),
+                 *(_num(r.get(f"psnr_k{k}"), 2) for k in factors)]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+ABLATION_KEYS = (("fid", "FID"), ("kfid_face", "kFID face"), ("kfid_hand", "kFID hand"), ("psnr_k2", "PSNR 2r"),
+                 ("psnr_k4", "PSNR 4r"), ("psnr_k8", "PSNR 8r"))
+
+
+def ablation_rows(record: dict, plan: Plan) -> dict[str, list[dict]]:
+    """Arm -> the row of each seed's run at its snapshot nearest kimg2."""
+    target = (plan.kimg2 or 0) * 1000
+    out: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    for name, (arm, seed) in run_names(plan).items():
+        data = [r for r in rows(record, name) if r["kimg"] * 1000 <= target * 1.05]
+        if data:
+            row = min(data, key=lambda r: abs(r["kimg"] * 1000 - target))
+            out[arm].append({**row, "seed": seed, "run": name})
+    return out
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def ablation_table(record: dict, plan: Plan) -> str:
+    by_arm = ablation_rows(record, plan)
+    head = ["arm", "seed", "kimg", *(label for _, label in ABLATION_KEYS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, data in by_arm.items():
+        for r in data:
+            lines.append("| " + " | ".join([ARM_TEXT[arm], str(r["seed"]), f"{r['kimg']:.2f}",
+                                            *(_num(r.get(k)) for k, _ in ABLATION_KEYS)]) + " |")
+        if data:
+            lines.append("| " + " | ".join([f"**{ARM_TEXT[arm]}**", "mean ± sd", "",
+                                            *(mean_sd([r[k] for r in data if r.get(k) is not None])
+                                              for k, _ in ABLATION_KEYS)]) + " |")
     return "\n".join(lines)
 
 
@@ -353,20 +486,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "learn", help="work folder (default: learn/)")
     parser.add_argument("--quick", action="store_true", help="a minutes-long run of every step (for tests)")
-    parser.add_argument("--no-ablation", action="store_true", help="skip stage 2 on the full-body source alone")
+    parser.add_argument("--no-ablation", action="store_true", help="train only the shipped run in stage 2")
     parser.add_argument("--ship", type=Path, nargs="?", const=DEFAULT_SHIP, default=None,
                         help="write the final generator with its provenance here "
                              f"(default {DEFAULT_SHIP.relative_to(ROOT)})")
     parser.add_argument("--redraw-grids", action="store_true", help="draw the evaluated snapshots' grids again")
     parser.add_argument("--data-only", action="store_true", help="make the data and stop")
+    parser.add_argument("--until", choices=("stage1", "ship", "ablation"), default="ablation",
+                        help="stop training after stage 1, after the shipped run, or after every ablation run "
+                             "(default); evaluation and the report cover what exists")
     parser.add_argument("--docs", action="store_true", help="write the section of docs/benchmarks.md and its images")
     for field, kind in (("people", int), ("hands", int), ("batch", int), ("preset", str), ("minutes1", float),
                         ("minutes2", float), ("pilot_minutes", float), ("candidates", str), ("kimg1", float),
-                        ("kimg2", float), ("snap1", float), ("snap2", float), ("fid_n", int), ("kfid_n", int)):
+                        ("kimg2", float), ("kimg_ship", float), ("seeds", str), ("snap1", float), ("snap2", float),
+                        ("fid_n", int), ("kfid_n", int), ("consistency_n", int)):
         parser.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     plan = replace(plan, **{k: v for k, v in vars(args).items() if k in Plan.__dataclass_fields__ and v is not None})
+    if not seeds_of(plan):
+        raise SystemExit("--seeds needs at least one seed, e.g. 0,1")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     record = json.loads((out / "learn.json").read_text()) if (out / "learn.json").exists() else {}
@@ -389,13 +528,14 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, preset=preset, batch=batch,
                        kimg1=plan.kimg1 or round(rate * plan.minutes1, 1),
                        kimg2=plan.kimg2 or round(rate * STAGE2_RATE * plan.minutes2, 1))
-    if plan.kimg1 is None or plan.kimg2 is None:
-        raise SystemExit("without a pilot (--pilot-minutes 0) pass --kimg1 and --kimg2")
-    plan = replace(plan, snap1=plan.snap1 or round(plan.kimg1 / 10, 2), snap2=plan.snap2 or round(plan.kimg2 / 4, 2))
+    plan = replace(plan, kimg1=plan.kimg1 or DEFAULT_KIMG1, kimg2=plan.kimg2 or DEFAULT_KIMG2)
+    kimg_ship = max(plan.kimg_ship or plan.kimg2, plan.kimg2)
+    plan = replace(plan, kimg_ship=kimg_ship, snap1=plan.snap1 or round(plan.kimg1 / 10, 3),
+                   snap2=plan.snap2 or round(plan.kimg2 / 4, 3))
     record["plan"] = plan.__dict__
     save_record(out, record)
 
-    runs = {"stage1": out / "runs" / "stage1", "stage2": out / "runs" / "stage2"}
+    runs = {"stage1": out / "runs" / "stage1"}
     winner = out / "pilot" / f"{plan.preset}-b{plan.batch}"
     if plan.pilot_minutes > 0 and winner.is_dir() and not runs["stage1"].exists():
         shutil.copytree(winner, runs["stage1"])  # stage 1 continues the winning pilot run
@@ -407,26 +547,38 @@ def main(argv: list[str] | None = None) -> int:
         save_record(out, record)
     record["stage1_kimg"] = trained_nimg(runs["stage1"]) / 1000
     teacher = runs["stage1"] / "network-latest.safetensors"
-    wall["stage2"] = wall.get("stage2", 0.0) + train(runs["stage2"], shards, plan, 2, plan.kimg2, plan.snap2, teacher)
-    save_record(out, record)
-    if not args.no_ablation:
-        runs["stage2-full-only"] = out / "runs" / "stage2-full-only"
-        zero = tuple(a for s in PARTIAL_SOURCES for a in ("--mix", f"{s}=0"))
-        wall["stage2-full-only"] = wall.get("stage2-full-only", 0.0) + train(
-            runs["stage2-full-only"], shards, plan, 2, plan.kimg2, plan.snap2, teacher, zero)
+
+    # Stage 2: the shipped run first (it goes on to kimg_ship), then each ablation run to kimg2.
+    names = run_names(plan)
+    order = [ship_run(plan)] + ([n for n in names if n != ship_run(plan)] if not args.no_ablation else [])
+    if args.until == "stage1":
+        order = []
+    elif args.until == "ship":
+        order = order[:1]
+    zero = tuple(a for s in PARTIAL_SOURCES for a in ("--mix", f"{s}=0"))
+    for name in order:
+        arm, seed = names[name]
+        runs[name] = out / "runs" / name
+        length = kimg_ship if name == ship_run(plan) else plan.kimg2
+        wall[name] = wall.get(name, 0.0) + train(runs[name], shards, plan, 2, length, plan.snap2, teacher,
+                                                 zero if arm == "full" else (), seed=seed)
         save_record(out, record)
+    for name in names:  # runs of an earlier call are evaluated and reported too
+        if (out / "runs" / name).is_dir():
+            runs[name] = out / "runs" / name
     if args.redraw_grids:
         redraw_grids(out, runs, record)
     t = time.time()
-    evaluate_runs(out, runs, shards, plan, record)
+    evaluate_runs(out, runs, shards, plan, record, ablation_nimg=int(plan.kimg2 * 1000))
     wall["evaluation"] = wall.get("evaluation", 0.0) + time.time() - t
     record["provenance"] = provenance(plan, record)
     save_record(out, record)
     plot_curves(record, out / "curves.png")
     (out / "learn.md").write_text(report(record, out))
     log(f"wrote {demo.shown(out / 'learn.md')} ({time.time() - start:.0f} s this call)")
-    if args.ship:
-        ship(runs["stage2"] / "network-latest.safetensors", args.ship.resolve(), record)
+    final = out / "runs" / ship_run(plan) / "network-latest.safetensors"
+    if args.ship and final.exists():
+        ship(final, args.ship.resolve(), record)
         log(f"wrote {demo.shown(args.ship.resolve())}")
     if args.docs:
         write_docs(record, out)
@@ -442,98 +594,123 @@ def git_commit() -> str:
 
 
 def provenance(plan: Plan, record: dict) -> dict:
+    ship_rows = rows(record, ship_run(plan))
     return {
         "command": "just learn",
         "commit": git_commit(),
         "data": f"{plan.people} rendered people (full {plan.res} px, upper-body and face views aligned by the MST), "
                 f"{plan.hands} synthetic hands; all made by the command",
-        "preset": plan.preset, "batch": plan.batch, "seed": plan.seed,
-        "stage1_kimg": record.get("stage1_kimg"), "stage2_kimg": plan.kimg2,
+        "preset": plan.preset, "batch": plan.batch, "seed": plan.seed, "stage2_seed": seeds_of(plan)[0],
+        "stage1_kimg": record.get("stage1_kimg"),
+        "stage2_kimg": ship_rows[-1]["kimg"] if ship_rows else None,
         "date": time.strftime("%Y-%m-%d"),
     }
 
 
 def report(record: dict, out: Path, images: str | None = None) -> str:
-    """The Markdown section: plan, wall times, tables, curves, grids (image paths relative to `images`)."""
+    """The Markdown section: plan, wall times, the shipped run's consistency, the ablation, tables, curves,
+    pictures (image paths relative to `images`)."""
     plan = Plan(**record["plan"])
     wall = record["wall_s"]
     images = images if images is not None else ""
-    s1, s2, s2f = rows(record, "stage1"), rows(record, "stage2"), rows(record, "stage2-full-only")
     others = max(0, len(record.get("pilot") or {}) - 1) * plan.pilot_minutes * 60  # the pilot's losing candidates
     total = sum(wall.values()) + others
+    stage2_wall = sum(v for k, v in wall.items() if k.startswith("stage2-"))
     text = [
-        f"`just learn` ({wall_text(total)} wall in all on this machine: data {wall_text(wall.get('data', 0))}, "
-        f"stage 1 {wall_text(wall.get('stage1', 0))}, stage 2 {wall_text(wall.get('stage2', 0))}"
-        + (f", the ablation's stage 2 {wall_text(wall['stage2-full-only'])}" if "stage2-full-only" in wall else "")
-        + f", evaluation {wall_text(wall.get('evaluation', 0))}"
+        f"`just learn` ({wall_text(total)} wall in all on this machine, over one or more sittings: data "
+        f"{wall_text(wall.get('data', 0))}, stage 1 {wall_text(wall.get('stage1', 0))}, the stage-2 runs "
+        f"{wall_text(stage2_wall)}, evaluation {wall_text(wall.get('evaluation', 0))}"
         + (f", the pilot's other candidates {wall_text(others)}" if others else "") + ").",
         "",
         f"Data made by the command: {plan.people} rendered people (full body at {plan.res} px; upper-body and face "
         f"views aligned into full-body space by the MST), {plan.hands} synthetic hands composited onto upper-body "
-        f"patches. Preset `{plan.preset}`, batch {plan.batch}, seed {plan.seed}; "
-        f"stage 1 {record.get('stage1_kimg', 0):g} kimg "
-        f"of whole full-body images, then stage 2 {plan.kimg2:g} kimg of multi-source patches (teacher: the "
-        f"stage-1 network). Quick protocol: FID of {plan.fid_n} whole images at r px; kFID of {plan.kfid_n} "
-        "patches per keypoint group at s = 8.",
+        f"patches. Preset `{plan.preset}`, batch {plan.batch}; stage 1 {record.get('stage1_kimg', 0):g} kimg of "
+        f"whole full-body images (seed {plan.seed}); stage 2 from that network (the teacher) in two arms, every "
+        f"source and the full-body source alone, {plan.kimg2:g} kimg per arm and seed (seeds {plan.seeds}); the "
+        f"first seed's all-sources run goes on to {plan.kimg_ship:g} kimg and is the shipped generator. Quick "
+        f"protocol: FID of {plan.fid_n} whole images at r px; kFID of {plan.kfid_n} patches per keypoint group at "
+        f"s = 8; scale consistency of {plan.consistency_n} latents (the whole image rendered at k·r in one pass, "
+        "reduced to r by Lanczos, against the render at r; PSNR in dB).",
         "",
     ]
+    text += summary(record, plan)
     pilot = record.get("pilot") or {}
     if pilot:
         res = {r.get("fid_res") for r in pilot.values()}
         text += [f"Pilot: each candidate trained stage 1 from scratch for {plan.pilot_minutes:g} minutes of wall time "
                  f"(start-up included); FID of {plan.fid_n} images at {'/'.join(str(r) for r in res)} px. The "
-                 "lowest FID continued as stage 1 (its pilot minutes are counted in stage 1's time; the others' "
-                 "are in the total).", "",
+                 "lowest FID continued as stage 1.", "",
                  "| candidate | kimg in the pilot | FID |", "|---|---|---|"]
         text += [f"| {name} | {r['kimg']:.2f} | {r['fid']:.1f} |" for name, r in pilot.items()] + [""]
-    for name, data, what in (("stage1", s1, "Stage 1"), ("stage2", s2, "Stage 2, all sources"),
-                             ("stage2-full-only", s2f, "Stage 2, full-body source only (ablation)")):
-        if data:
+    if any(ablation_rows(record, plan).values()):
+        text += [f"The ablation, each run at its snapshot nearest {plan.kimg2:g} kimg of stage 2 (same stage-1 "
+                 "teacher; lower FID/kFID and higher PSNR are better):", "", ablation_table(record, plan), ""]
+    for name in ["stage1", *run_names(plan)]:
+        if rows(record, name):
+            what = "Stage 1" if name == "stage1" else (f"Stage 2, {ARM_TEXT[run_names(plan)[name][0]]}, seed "
+                                                       f"{run_names(plan)[name][1]}"
+                                                       + (" (the shipped run)" if name == ship_run(plan) else ""))
             text += [f"{what}:", "", table(record, name), ""]
-    text += [f"![FID and kFID against kimg]({images}curves.png)", ""] + summary(record)
-    picks = grid_picks(record)
+    text += [f"![FID, kFID and scale consistency against kimg]({images}curves.png)", ""]
+    picks = grid_picks(record, plan)
     if picks:
-        text += ["Fixed-seed samples (rows: seeds " + f"{GRID_SEEDS[0]}-{GRID_SEEDS[-1]}; columns: the whole body, "
-                 "the face zoomed 8x and a hand zoomed 8x, each rendered at the training resolution r and enlarged "
-                 f"without smoothing; last, the whole body rendered at {GRID_CELL} px in one pass), at the start, "
-                 "middle and end:", ""]
+        text += ["Pictures at the start, middle and end. Grids: rows are seeds "
+                 f"{GRID_SEEDS[0]}-{GRID_SEEDS[-1]}; columns: the whole body, the face zoomed 8x and a hand zoomed "
+                 "8x, each rendered at the training resolution r and enlarged without smoothing; last, the whole body "
+                 f"rendered at {GRID_CELL} px in one pass. Stage-2 strips: the whole body of seeds "
+                 f"{DENSE_SEEDS[0]}-{DENSE_SEEDS[-1]} rendered at 8r in one pass.", ""]
         for label, row in picks:
-            text += [f"{label} ({row['kimg']:.2f} kimg): ![{label}]({images}{Path(row['grid']).name})", ""]
+            line = f"{label} ({row['kimg']:.2f} kimg): ![{label}]({images}{Path(row['grid']).name})"
+            if row.get("dense"):
+                line += f" ![{label}, 8r]({images}{Path(row['dense']).name})"
+            text += [line, ""]
     return "\n".join(text)
 
 
-def summary(record: dict) -> list[str]:
-    """The measured facts the section's reader looks for, as sentences: FID against its value at 1 kimg,
-    and the ablation's kFID against the main run's at the end of stage 2."""
-    s1, s2, s2f = rows(record, "stage1"), rows(record, "stage2"), rows(record, "stage2-full-only")
+def summary(record: dict, plan: Plan) -> list[str]:
+    """The measured facts the section's reader looks for, as sentences."""
+    s1, s2 = rows(record, "stage1"), rows(record, ship_run(plan))
     out = []
     if s1:
         first = min(s1, key=lambda r: abs(r["kimg"] - 1.0))
-        last = (s2 or s1)[-1]
-        where = "the end of stage 2" if s2 else "the end of stage 1"
-        out.append(f"FID: {first['fid']:.1f} at {first['kimg']:.2f} kimg, {s1[-1]['fid']:.1f} at the end of stage 1 "
-                   f"({s1[-1]['kimg']:.1f} kimg), {last['fid']:.1f} at {where}: {last['fid'] / first['fid']:.2f} "
-                   "of its value at 1 kimg.")
-    if s2 and s2f:
-        a, b = s2[-1], s2f[-1]
-        parts = [f"{g} {a['kfid_' + g]:.1f} with the partial sources vs {b['kfid_' + g]:.1f} without"
-                 for g in KFID_GROUPS if a.get("kfid_" + g) is not None and b.get("kfid_" + g) is not None]
-        out.append(f"Ablation after {a['kimg']:.1f} kimg of stage 2: kFID " + "; ".join(parts)
-                   + f"; FID {a['fid']:.1f} vs {b['fid']:.1f}.")
+        out.append(f"* Stage 1: FID {first['fid']:.1f} at {first['kimg']:.2f} kimg, {s1[-1]['fid']:.1f} at its end "
+                   f"({s1[-1]['kimg']:.1f} kimg).")
+    if s1 and s2:
+        a, b = s2[0], s2[-1]
+        out.append(f"* The shipped run (stage 2, all sources): scale consistency from "
+                   f"{a['psnr_k2']:.1f} / {a['psnr_k4']:.1f} / {a['psnr_k8']:.1f} dB (2r / 4r / 8r) at "
+                   f"{a['kimg']:.2f} kimg to {b['psnr_k2']:.1f} / {b['psnr_k4']:.1f} / {b['psnr_k8']:.1f} dB at "
+                   f"{b['kimg']:.2f} kimg; FID {b['fid']:.1f} against the teacher's {s1[-1]['fid']:.1f} "
+                   f"({b['fid'] / s1[-1]['fid']:.2f}x).")
+    by_arm = ablation_rows(record, plan)
+    if by_arm["all"] and by_arm["full"]:
+        parts = []
+        for key, label in (("kfid_face", "kFID face"), ("kfid_hand", "kFID hand"), ("fid", "FID")):
+            a = [r[key] for r in by_arm["all"]]
+            f = [r[key] for r in by_arm["full"]]
+            parts.append(f"{label} {mean_sd(a)} with the partial sources vs {mean_sd(f)} without")
+        out.append(f"* Ablation at {plan.kimg2:g} kimg ({len(by_arm['all'])} and {len(by_arm['full'])} seeds): "
+                   + "; ".join(parts) + ".")
     return out + [""] if out else []
 
 
-def grid_picks(record: dict) -> list[tuple[str, dict]]:
-    s1, s2 = rows(record, "stage1"), rows(record, "stage2")
+def grid_picks(record: dict, plan: Plan) -> list[tuple[str, dict]]:
+    s1, s2 = rows(record, "stage1"), rows(record, ship_run(plan))
     picks = []
     if s1:
-        picks += [("stage 1, start", s1[0]), ("stage 1, middle", s1[len(s1) // 2]), ("stage 1, end", s1[-1])]
+        picks += [("stage 1, end", s1[-1])]
     if s2:
-        picks += [("stage 2, end", s2[-1])]
-    s2f = rows(record, "stage2-full-only")
-    if s2f:
-        picks += [("stage 2 on the full-body source only (ablation), end", s2f[-1])]
-    return picks
+        picks += [("stage 2 (shipped run), start", s2[0]), ("stage 2 (shipped run), middle", s2[len(s2) // 2]),
+                  ("stage 2 (shipped run), end", s2[-1])]
+    full = rows(record, f"stage2-full-s{seeds_of(plan)[0]}")
+    if full:
+        picks += [("stage 2 on the full-body source only (ablation), end", full[-1])]
+    seen, unique = set(), []
+    for label, row in picks:
+        if row["grid"] not in seen:
+            seen.add(row["grid"])
+            unique.append((label, row))
+    return unique
 
 
 def wall_text(seconds: float) -> str:
@@ -544,11 +721,15 @@ def wall_text(seconds: float) -> str:
 def write_docs(record: dict, out: Path) -> None:
     import bench  # scripts/ is on the path (see the top)
 
+    plan = Plan(**record["plan"])
     images = ROOT / "docs" / "img" / "learn"
+    shutil.rmtree(images, ignore_errors=True)  # pictures of an earlier run are not referenced any more
     images.mkdir(parents=True, exist_ok=True)
     shutil.copy2(out / "curves.png", images / "curves.png")
-    for _, row in grid_picks(record):
-        shutil.copy2(out / row["grid"], images / Path(row["grid"]).name)
+    for _, row in grid_picks(record, plan):
+        for key in ("grid", "dense"):
+            if row.get(key):
+                shutil.copy2(out / row[key], images / Path(row[key]).name)
     body = "## Does training learn people?\n\n" + report(record, out, images="img/learn/")
     bench.write_section("learn", body, sum(record["wall_s"].values()))
     log("wrote docs/benchmarks.md (section learn) and docs/img/learn/")

@@ -1,5 +1,6 @@
-"""`just learn` end to end in its quick setting: data, the pilot's choice, both stages, the ablation,
-the curves and the shipped checkpoint (a few minutes on 2 CPU cores)."""
+"""`just learn` end to end in its quick setting: data, the pilot's choice, both stages, the ablation's
+arms, the shipped run's longer stage 2, the consistency measured at each snapshot, the curves and the
+shipped checkpoint (a few minutes on 2 CPU cores)."""
 
 from __future__ import annotations
 
@@ -38,31 +39,39 @@ def test_quick_learn_run_picks_by_fid_trains_both_arms_and_ships_its_network(tmp
     assert (record["plan"]["preset"], record["plan"]["batch"]) == (best["preset"], best["batch"])
     assert json.loads((out / "runs" / "stage1" / "run.json").read_text())["config"]["batch"] == best["batch"]
 
-    # Every run evaluated at several snapshots, each with finite metrics and a grid on disk.
-    for name in ("stage1", "stage2", "stage2-full-only"):
+    # Every run evaluated at several snapshots, each with finite metrics and a grid on disk; stage 2's
+    # with its scale consistency and its 8r render.
+    for name in ("stage1", "stage2-all-s0", "stage2-full-s0"):
         rows = record["curves"][name].values()
         assert len(rows) >= 2, name
         for row in rows:
             assert all(math.isfinite(row[k]) for k in ("fid", "kfid_face", "kfid_hand", "kfid_mean"))
             assert (out / row["grid"]).is_file()
+            if name != "stage1":
+                assert all(math.isfinite(row[f"psnr_k{k}"]) for k in (2, 4, 8))
+                assert (out / row["dense"]).is_file()
+    # The shipped run went on past the ablation's length; the ablation run stopped there.
+    kimg = {name: max(r["kimg"] for r in record["curves"][name].values()) for name in record["curves"]}
+    assert kimg["stage2-all-s0"] == pytest.approx(0.036) and kimg["stage2-full-s0"] == pytest.approx(0.024)
 
     # The ablation's stream drew full-body patches only; the main stage 2 drew from every source.
     def consumed(run: str) -> set[str]:
         state = sorted((out / "runs" / run).glob("training-state-*.safetensors"))[-1]
         return {key.split("/", 1)[1] for key in load_state(state)["progress"]["data"]["consumed"]}
 
-    assert consumed("stage2-full-only") == {"people-full"}
-    assert consumed("stage2") == {"people-full", "people-upper", "people-face", "hands"}
+    assert consumed("stage2-full-s0") == {"people-full"}
+    assert consumed("stage2-all-s0") == {"people-full", "people-upper", "people-face", "hands"}
 
     # The shipped file is stage 2's final network with its provenance in the metadata.
     provenance = load_checkpoint(ship).config["provenance"]
     assert provenance["stage1_kimg"] == pytest.approx(record["stage1_kimg"])
     assert provenance["preset"] == best["preset"] and provenance["command"].startswith("just learn")
-    shipped, final = load_generator(ship), load_generator(out / "runs" / "stage2" / "network-latest.safetensors")
+    shipped = load_generator(ship)
+    final = load_generator(out / "runs" / "stage2-all-s0" / "network-latest.safetensors")
     for (key, a), (_, b) in zip(shipped.state_dict().items(), final.state_dict().items(), strict=True):
         assert torch.equal(a, b), key
     report = (out / "learn.md").read_text()
-    assert "full-body source only" in report and (out / "curves.png").is_file()
+    assert "full-body source only" in report and "mean ± sd" in report and (out / "curves.png").is_file()
 
     # Run again: everything is reused, nothing is trained or evaluated twice.
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

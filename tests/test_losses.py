@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -172,3 +173,19 @@ def test_cutmix_target_never_calls_missing_pixels_real():
     m = cutmix_mask(coverage, torch.tensor([True, False]), box)
     assert m[0, :, :, :2].max() == 0 and m[0, :, :, 6:].max() == 0  # padding: never real
     assert torch.equal(m[0], box[0] * coverage[0]) and torch.equal(m[1], coverage[1])
+
+
+def test_consistency_trains_both_sides_of_eq_9_unless_the_target_is_held_fixed():
+    torch.manual_seed(0)
+    mix, real, fake = (torch.randn(2, 1, 8, 8, requires_grad=True) for _ in range(3))
+    mask = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    consistency_loss(mix, real, fake, mask).backward()
+    assert real.grad.abs().sum() > 0 and fake.grad.abs().sum() > 0
+    # the gradient on the parts is minus that on the mix, split by M: the loss pulls them together
+    assert torch.allclose(real.grad, -mix.grad * mask) and torch.allclose(fake.grad, -mix.grad * (1 - mask))
+    for t in (mix, real, fake):
+        t.grad = None
+    consistency_loss(mix, real, fake, mask, target="detached").backward()
+    assert real.grad is None and fake.grad is None and mix.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="consistency target"):
+        consistency_loss(mix, real, fake, mask, target="half")

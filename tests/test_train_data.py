@@ -270,3 +270,26 @@ def test_uint8_bilinear_sampler_equals_the_float_reference_without_converting_th
     ref = bilinear_sample(img.astype(np.float32) / 255.0, sx, sy)
     assert got.dtype == np.float32 and got.shape == (16, 16, 3)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
+def test_stage_two_sees_full_body_samples_whole_at_the_chosen_rate_and_partial_ones_never(shards):
+    records = list(shard_pipeline([shards], shuffle_buffer=0, split=False))
+    full = [r for r in records if r.kind == "full"]
+    partial = [r for r in records if r.kind != "full"]
+    assert full and partial
+    rng = np.random.default_rng(0)
+
+    def identity_share(record_set, cfg, n=100):
+        views = [sample_view(r, cfg, rng) for _ in range(n) for r in record_set]
+        return np.mean([s == 1.0 and np.allclose(v, 0.5) for v, s in views])
+
+    assert identity_share(full, PatchConfig(res=32, stage=2, whole_prob=1.0)) == 1.0
+    assert identity_share(full, PatchConfig(res=32, stage=2, whole_prob=0.0)) < 0.05
+    assert abs(identity_share(full, PatchConfig(res=32, stage=2, whole_prob=0.5)) - 0.5) < 0.08
+    assert identity_share(partial, PatchConfig(res=32, stage=2, whole_prob=1.0)) < 0.05
+    # a per-source setting overrides the run's
+    per_source = PatchConfig(res=32, stage=2, whole_prob=1.0, views={full[0].source: ViewSettings(whole_prob=0.0)})
+    assert identity_share(full, per_source) < 0.05
+    assert parse_view("x:whole=0.25")[1].whole_prob == 0.25
+    with pytest.raises(ValueError, match="whole-image probability"):
+        parse_view("x:whole=2")

@@ -55,7 +55,8 @@ class ViewSettings:
     (AnyRes GAN's crop sampler), which favours large patches. s lies in [s_min, s_max], where
     s_max is further capped by the source's density limit (never upsample) and the run's scale_max.
     keypoint_prob: probability of a keypoint-based centre (else uniform over the source's region);
-    jitter: keypoint jitter in patch sides (1/s).
+    jitter: keypoint jitter in patch sides (1/s); whole_prob: probability of the whole square at
+    T = identity for a full-body sample (None: the run's `PatchConfig.whole_prob`).
     """
 
     scale: str = "log-uniform"
@@ -63,6 +64,7 @@ class ViewSettings:
     s_max: float | None = None
     keypoint_prob: float = 0.5
     jitter: float = 0.25
+    whole_prob: float | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in SCALE_DISTRIBUTIONS:
@@ -75,13 +77,15 @@ class ViewSettings:
             raise ValueError(f"keypoint probability must lie in [0, 1], got {self.keypoint_prob}")
         if not self.jitter >= 0.0:
             raise ValueError(f"jitter must be >= 0, got {self.jitter}")
+        if self.whole_prob is not None and not 0.0 <= self.whole_prob <= 1.0:
+            raise ValueError(f"whole-image probability must lie in [0, 1], got {self.whole_prob}")
 
 
-VIEW_KEYS = {"scale": str, "s_min": float, "s_max": float, "keypoints": float, "jitter": float}
+VIEW_KEYS = {"scale": str, "s_min": float, "s_max": float, "keypoints": float, "jitter": float, "whole": float}
 
 
 def parse_view(text: str, base: ViewSettings | None = None) -> tuple[str, ViewSettings]:
-    """`SOURCE:key=value,key=value` (keys: scale, s_min, s_max, keypoints, jitter) -> (source, settings)."""
+    """`SOURCE:key=value,key=value` (keys: scale, s_min, s_max, keypoints, jitter, whole) -> (source, settings)."""
     source, sep, body = text.partition(":")
     if not sep or not source:
         raise ValueError(f"expected SOURCE:key=value[,key=value...], got {text!r}")
@@ -91,7 +95,7 @@ def parse_view(text: str, base: ViewSettings | None = None) -> tuple[str, ViewSe
         if not eq or key not in VIEW_KEYS:
             raise ValueError(f"{text!r}: unknown setting {key!r} (keys: {', '.join(VIEW_KEYS)})")
         try:
-            fields["keypoint_prob" if key == "keypoints" else key] = VIEW_KEYS[key](value)
+            fields[{"keypoints": "keypoint_prob", "whole": "whole_prob"}.get(key, key)] = VIEW_KEYS[key](value)
         except ValueError:
             raise ValueError(f"{text!r}: {key} expects a {VIEW_KEYS[key].__name__}, got {value!r}") from None
     return source, replace(base or ViewSettings(), **fields)
@@ -104,6 +108,9 @@ class PatchConfig:
     scale_max: float = SCALE_MAX  # largest s
     keypoint_prob: float = 0.5  # default probability of a keypoint-based centre (else uniform)
     jitter: float = 0.25  # default keypoint jitter, in patch sides (1/s)
+    # Stage 2: probability that a full-body sample is seen whole, at T = identity, as in stage 1 (AnyRes
+    # GAN trains half its stage-2 batches on whole images). It keeps the render at s = 1 the teacher's.
+    whole_prob: float = 0.5
     min_confidence: float = 0.3
     mirror: bool = False  # x-flip half of the samples (image, mask, keypoints, H), as StyleGAN3's --mirror
     views: dict[str, ViewSettings] = field(default_factory=dict)  # per-source overrides
@@ -149,6 +156,9 @@ def sample_view(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator)
     if cfg.stage == 1:
         return np.array([0.5, 0.5]), 1.0
     view = cfg.view(record.source)
+    whole_prob = cfg.whole_prob if view.whole_prob is None else view.whole_prob
+    if record.kind == "full" and whole_prob > 0 and rng.uniform() < whole_prob:
+        return np.array([0.5, 0.5]), 1.0
     x0, y0 = record.region.min(axis=0)
     x1, y1 = record.region.max(axis=0)
     x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0)

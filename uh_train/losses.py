@@ -62,11 +62,24 @@ def random_box_mask(n: int, res: int, generator: torch.Generator | None = None,
     return mask.to(device)
 
 
+CONSISTENCY_TARGETS = ("joint", "detached")
+
+
 def consistency_loss(pixel_mix: torch.Tensor, pixel_real: torch.Tensor, pixel_fake: torch.Tensor,
-                     mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 9: || D_dec(mix(x, G(z), M)) - mix(D_dec(x), D_dec(G(z)), M) ||^2."""
-    target = cutmix(pixel_real, pixel_fake, mask)
-    return F.mse_loss(pixel_mix, target)
+                     mask: torch.Tensor, target: str = "joint") -> torch.Tensor:
+    """Eq. 9: || D_dec(mix(x, G(z), M)) - mix(D_dec(x), D_dec(G(z)), M) ||^2.
+
+    `joint` differentiates both sides, as U-Net GAN does: the loss asks D's outputs on the mix and on
+    its parts to agree, and is smallest when they do. `detached` holds the mix of D's outputs fixed and
+    moves only D's output on the mix towards it: a target that follows the weights it trains, which
+    runs away when the two differ persistently (a partial patch's real is seen with padding around
+    its coverage, its mix with generated content there; docs/training.md, "Stage 2 diagnosis")."""
+    if target not in CONSISTENCY_TARGETS:
+        raise ValueError(f"consistency target must be one of {CONSISTENCY_TARGETS}, got {target!r}")
+    mixed_outputs = cutmix(pixel_real, pixel_fake, mask)
+    if target == "detached":
+        mixed_outputs = mixed_outputs.detach()
+    return F.mse_loss(pixel_mix, mixed_outputs)
 
 
 def r1_penalty(real_images: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:

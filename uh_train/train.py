@@ -55,10 +55,14 @@ class TrainConfig:
     ema_kimg: float | None = None  # None: batch * 10 / 32, as StyleGAN3
     ema_rampup: float | None = 0.05  # early on, the EMA half-life is at most this fraction of the images seen
     lambda_cr: float = 1.0  # consistency, Eq. 9
+    # Eq. 9: "joint" trains both of its sides (U-Net GAN); "detached" holds the mix of D's outputs fixed
+    # (ran away in stage 2: docs/training.md, "Stage 2 diagnosis")
+    consistency_target: str = "joint"
     lambda_p: float = 5.0  # teacher pixel loss, Eq. 8
     lpips: str = "auto"  # auto | on | off; auto falls back to L1 only for the CPU presets
     scale_max: float = SCALE_MAX
     keypoint_prob: float = 0.5
+    whole_prob: float = 0.5  # stage 2: a full-body sample seen whole at T = identity (AnyRes GAN: half the batches)
     mix: dict[str, float] = field(default_factory=dict)
     views: list[str] = field(default_factory=list)  # per-source patch sampling, "SOURCE:key=value,..."
     mirror: bool | None = None  # x-flip augmentation, as StyleGAN3's --mirror; None: the preset's default
@@ -530,6 +534,7 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
     batch_gpu = cfg.batch_gpu or cfg.batch // d.world
     rounds = max(1, cfg.batch // (batch_gpu * d.world))
     patch_cfg = PatchConfig(res=res, stage=cfg.stage, scale_max=cfg.scale_max, keypoint_prob=cfg.keypoint_prob,
+                            whole_prob=cfg.whole_prob,
                             mirror=mirror, views=parse_views(cfg.views, cfg.keypoint_prob))
     dataset = PatchBatches(cfg.shards, batch=batch_gpu, cfg=patch_cfg, seed=cfg.seed, weights=cfg.mix or None,
                            state=prog.data)
@@ -622,7 +627,7 @@ def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
                 loss_pixel = losses.nonsaturating_d_loss(r_p, f_p, real_weight=mask.expand_as(r_p))
                 loss_mix = losses.per_pixel_target_loss(m_p, mix_mask)
                 with clock.part("consistency (Eq. 9)"):
-                    loss_cr = losses.consistency_loss(m_p, r_p.detach(), f_p.detach(), mix_mask)
+                    loss_cr = losses.consistency_loss(m_p, r_p, f_p, mix_mask, target=cfg.consistency_target)
                 loss = loss_global + loss_pixel + loss_mix + cfg.lambda_cr * loss_cr
                 _add(terms, "D/global", loss_global)
                 _add(terms, "D/pixel", loss_pixel)
@@ -887,6 +892,14 @@ def run_cmd(
     view: list[str] = typer.Option([], "--view", help="Per-source patch sampling (stage 2), repeatable: "
                                    "SOURCE:scale=log-uniform|uniform-size,s_min=1,s_max=8,keypoints=0.5,jitter=0.25 "
                                    "(any subset; see docs/training.md)."),
+    whole_prob: float = typer.Option(0.5, "--whole-prob", min=0.0, max=1.0,
+                                     help="Stage 2: probability that a full-body sample is seen whole at T = identity "
+                                          "(the rest are patches at sampled (v, s))."),
+    diverge_limit: float = typer.Option(1000.0, "--diverge-limit", callback=cli_args.non_negative,
+                                        help="Stop when an adversarial loss term stays above this for --diverge-steps "
+                                             "steps in a row, naming the last snapshot in bounds (0: never)."),
+    diverge_steps: int = typer.Option(10, "--diverge-steps", callback=cli_args.at_least_one,
+                                      help="Steps in a row above --diverge-limit that stop the run."),
     mirror: bool | None = typer.Option(None, "--mirror/--no-mirror",
                                        help="x-flip half of the samples (default: on for paper, off otherwise)."),
     seed: int = typer.Option(0, "--seed"),
@@ -923,7 +936,8 @@ def run_cmd(
         shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
         preset=preset, res=res, kimg=kimg if kimg is not None else k, batch=batch or b, batch_gpu=batch_gpu,
         snapshot_kimg=snapshot_kimg or snap, lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers,
-        device=device, r1_gamma=gamma, views=list(view), mirror=mirror,
+        device=device, r1_gamma=gamma, views=list(view), mirror=mirror, whole_prob=whole_prob,
+        diverge_limit=diverge_limit, diverge_steps=diverge_steps,
         allow_config_change=allow_config_change, share_fakes=share_fakes, compile=compile_networks,
     )
     try:

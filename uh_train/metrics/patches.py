@@ -165,7 +165,7 @@ def random_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 
                    scale_max: float = SCALE_MAX) -> Iterator[RealPatch]:
     """n patches at (v, s) from the trainer's sampler over all sources; cycles through the shards
     (new (v, s) each pass) until n patches are found."""
-    cfg = PatchConfig(res=res, stage=2, scale_max=scale_max)
+    cfg = PatchConfig(res=res, stage=2, scale_max=scale_max, whole_prob=0.0)
     found = 0
     for epoch in itertools.count():
         before = found
