@@ -74,6 +74,8 @@ def _one(query: dict[str, list[str]], name: str) -> str | None:
         return None
     if len(values) > 1:
         raise BadView(f"parameter {name!r} is given {len(values)} times")
+    if not values[0].strip():
+        raise BadView(f"parameter {name!r} is empty")
     return values[0]
 
 
