@@ -321,3 +321,34 @@ def test_panels_side_by_side_show_consecutive_seeds(server, browser):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), shown)
     assert page.evaluate("() => Bokeh.documents[0].get_model_by_name('grid-0').visible")
     page.close()
+
+
+# --- a real sample in the same window (--shards) -------------------------------------------------------------------
+
+def test_real_sample_is_the_densest_covering_one_warped_into_the_window(tmp_path):
+    from mst_pipeline.synthetic import write_synthetic
+    from uh_train.format.geometry import warp_to_canvas
+    from uh_train.viewer.real import RealSamples
+
+    write_synthetic(tmp_path, n=2, res=64, seed=3)
+    real = RealSamples(tmp_path)
+    assert len(real) == 6  # full, upper and face of two figures
+
+    whole = View(seed=0, psi=1.0, v=(0.5, 0.5), s=1.0, size=64)
+    index = real.best(whole)
+    assert real.keys[index].startswith("synth_full")  # only a full view covers the whole space
+    key, image = real.render(whole)
+    rec = real.record(index)
+    canvas, alpha = warp_to_canvas(rec.image, rec.H, 64, rec.mask)
+    inside = alpha == 1
+    np.testing.assert_array_equal(image[inside], np.round(canvas[inside]).astype(np.uint8))
+
+    x0, y0, x1, y1 = real.bbox[[i for i, k in enumerate(real.keys) if k.startswith("synth_face")][0]]
+    face = View(seed=0, psi=1.0, v=((x0 + x1) / 2, (y0 + y1) / 2), s=2 / (x1 - x0), size=64)
+    chosen = real.best(face)
+    covering = [i for i in range(len(real)) if real.bbox[i, 0] <= face.v[0] - 0.5 / face.s
+                and real.bbox[i, 2] >= face.v[0] + 0.5 / face.s and real.bbox[i, 1] <= face.v[1] - 0.5 / face.s
+                and real.bbox[i, 3] >= face.v[1] + 0.5 / face.s]
+    assert chosen in covering
+    assert real.density[chosen] == max(real.density[i] for i in covering)
+    assert real.keys[chosen].startswith("synth_face")

@@ -86,8 +86,7 @@ def view(
     server = make_server(viewer, host, port)
     server.start()
     shown = f"{len(real)} real samples, " if real else ""
-    typer.echo(f"uh-view: {ckpt} (r = {r}, {shown}{mode} on {device}) at http://{host}:{port}/  (Ctrl-C to stop)",
-               )
+    typer.echo(f"uh-view: {ckpt} (r = {r}, {shown}{mode} on {device}) at http://{host}:{port}/  (Ctrl-C to stop)")
     try:
         server.io_loop.start()
     except KeyboardInterrupt:

@@ -84,7 +84,8 @@ class Viewer:
         """Render the view for each seed at view.size and write OUT/seedNNNN.png with OUT/command.txt, where
         OUT is a new folder of save_dir; the future gives (OUT, command)."""
         view.check(self.r, MAX_SAVE_SIZE)
-        name = f"seed{seeds[0]}-{len(seeds)}-v{view.v[0]:.4f},{view.v[1]:.4f}-s{view.s:.4g}-psi{view.psi:g}-{view.size}px"
+        name = (f"seed{seeds[0]}-{len(seeds)}-v{view.v[0]:.4f},{view.v[1]:.4f}-s{view.s:.4g}-psi{view.psi:g}"
+                f"-{view.size}px")
         out = self.save_dir / name
         seed_text = ",".join(str(s) for s in seeds)
         command = view.command(self.ckpt, out, self.mode, self.device, seeds=seed_text)
