@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import numpy as np
@@ -36,7 +37,9 @@ from uh_train.format.geometry import SCALE_MAX
 
 from .queue import QueueFull, Superseded
 from .request import MAX_SAVE_SIZE, PSI_RANGE, SCALE_RANGE, SEED_LIMIT, BadView, View, parse_view
-from .server import Viewer
+
+if TYPE_CHECKING:  # the server builds pages; a page only uses the Viewer it is given
+    from .server import Viewer
 
 MAX_PANELS = 4
 OVERLAYS = ["scale grid", "real sample"]
