@@ -161,7 +161,10 @@ def make_server(viewer: Viewer, host: str, port: int):
     from .page import build_document
 
     app = Application(FunctionHandler(lambda doc: build_document(doc, viewer)))
-    origins = [f"{host}:{port}"] + ([f"localhost:{port}"] if host == "127.0.0.1" else [])
+    if host in ("0.0.0.0", "::"):
+        origins = ["*"]  # every address of the machine: the page may be opened under any of its names
+    else:
+        origins = [f"{host}:{port}"] + ([f"localhost:{port}"] if host == "127.0.0.1" else [])
     return Server({"/": app}, address=host, port=port, allow_websocket_origin=origins, num_procs=1,
                   extra_patterns=[(r"/view\.png", ViewHandler, {"viewer": viewer}),
                                   (r"/status\.json", StatusHandler, {"viewer": viewer})])
