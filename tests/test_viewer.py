@@ -352,3 +352,14 @@ def test_real_sample_is_the_densest_covering_one_warped_into_the_window(tmp_path
     assert chosen in covering
     assert real.density[chosen] == max(real.density[i] for i in covering)
     assert real.keys[chosen].startswith("synth_face")
+
+
+def test_cli_refuses_a_missing_checkpoint_and_a_size_off_the_patch_grid(tmp_path):
+    from typer.testing import CliRunner
+
+    from uh_train.viewer.cli import app
+
+    missing = CliRunner().invoke(app, [str(tmp_path / "none.safetensors")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+    off_grid = CliRunner().invoke(app, [str(CKPT), "--size", "500", "--device", "cpu"])
+    assert off_grid.exit_code == 2 and "multiple of the patch resolution 32" in off_grid.output
