@@ -37,6 +37,10 @@ learn *ARGS: setup
 report-check: setup
     {{py}} scripts/report_check.py demo/report.html
 
+# Browse a checkpoint's people in the browser at any zoom (http://127.0.0.1:8000/; `just view CKPT --help`).
+view CKPT *ARGS: setup
+    {{venv}}/bin/uh-view {{CKPT}} {{ARGS}}
+
 # Lint with ruff.
 lint: setup
     {{venv}}/bin/ruff check mst_pipeline uh_train blender_scripts tests scripts

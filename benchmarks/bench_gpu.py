@@ -118,8 +118,12 @@ def measure(preset: str, device: str, batch: int, steps: int, tiles: int, compil
             s2 = measure_training(shards, root, preset, device, batch, steps, compiled, workers, teacher=s1["out"])
             runs[compiled] = (s1, s2)
         render = measure_render(preset, device, tiles)
+    from bench_viewer import view_latency
+
+    views = [view_latency(p, device) for p in ("tiny", "small", preset)]
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    return {"device": name, "preset": preset, "batch": batch, "steps": steps, "runs": runs, "render": render}
+    return {"device": name, "preset": preset, "batch": batch, "steps": steps, "runs": runs, "render": render,
+            "views": views}
 
 
 def report(m: dict) -> str:
@@ -142,6 +146,11 @@ def report(m: dict) -> str:
     for name, sec in r["seconds"].items():
         p = r["psnr"].get(name)
         lines.append(f"| {name} | {sec:.2f} | {'reference' if p is None else f'{p:.1f}'} |")
+    if "views" in m:
+        from bench_viewer import table
+
+        lines += ["", "`uh-view`: time to a new 512 px view (float32, as `uh-generate` renders):", "",
+                  table(m["views"])]
     return "\n".join(lines) + "\n"
 
 

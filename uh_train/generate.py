@@ -114,7 +114,7 @@ def render(
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .render import MODES, render_region, seed_latents, to_uint8
+    from .render import MODES, render_seed
 
     if out is None:
         raise typer.BadParameter("--out is required", param_hint="--out")
@@ -150,20 +150,14 @@ def render(
     if size % r:
         raise typer.BadParameter(f"{size} is not a multiple of the patch resolution {r}", param_hint="--size")
     out.mkdir(parents=True, exist_ok=True)
-    import torch
-
     tiles = (size // r) ** 2
     images = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   transient=False) as progress:
         task = progress.add_task(f"{mode} {size}px", total=len(seed_list) * tiles)
         for seed in seed_list:
-            z = seed_latents([seed], G.z_dim).to(device)
-            with torch.no_grad():
-                ws = G.mapping(z, truncation_psi=truncation)
-            img = render_region(G, ws, size, center=center, scale=region_scale, mode=mode,
+            array = render_seed(G, seed, truncation, size, center=center, scale=region_scale, mode=mode,
                                 max_bytes=int(max_gib * (1 << 30)), on_block=lambda n: progress.advance(task, n))
-            array = to_uint8(img)[0]
             write_png(out / f"seed{seed:04d}.png", array)
             images.append(array)
     write_png(out / "grid.png", sample_grid(images))

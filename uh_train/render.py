@@ -14,6 +14,8 @@ API:
 * `render_patch(G, ws, center, scale) -> [N, C, r, r]`
 * `render_region(G, ws, size, center=(0.5, 0.5), scale=1.0, mode="stitched", max_bytes=...,
   on_block=None) -> [N, C, size, size]`
+* `render_seed(G, seed, truncation, size, center, scale, mode, ...) -> uint8 [size, size, C]`: one seed's
+  image as `uh-generate` writes it (and `uh-view` shows it)
 * `seed_latents(seeds, z_dim) -> z [len(seeds), z_dim]` (one NumPy RandomState per seed)
 * `to_uint8(images) -> uint8 [N, H, W, C]`
 """
@@ -110,6 +112,26 @@ def render_region(
         if on_block is not None:
             on_block(len(chunk) * b * b)
     return out
+
+
+@torch.no_grad()
+def render_seed(
+    G: Generator,
+    seed: int,
+    truncation: float,
+    size: int,
+    center: tuple[float, float] = (0.5, 0.5),
+    scale: float = 1.0,
+    mode: str = "stitched",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    on_block: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """One seed's region as uint8 [size, size, C]: z from the seed, w truncated towards w_avg by
+    `truncation`, then `render_region`. `uh-generate` writes exactly this array."""
+    z = seed_latents([seed], G.z_dim).to(G.mapping.w_avg.device)
+    ws = G.mapping(z, truncation_psi=truncation)
+    img = render_region(G, ws, size, center=center, scale=scale, mode=mode, max_bytes=max_bytes, on_block=on_block)
+    return to_uint8(img)[0]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 2.0) -> float:
