@@ -18,7 +18,8 @@ import uh_train.train as tr
 from mst_pipeline.shards import ShardWriter, encode_image, encode_sample, write_manifest
 from mst_pipeline.synthetic import random_figure, render, write_synthetic
 from uh_train.checkpoint import load_generator
-from uh_train.data import PatchBatches, PatchConfig
+from uh_train.data.patches import PatchConfig
+from uh_train.data.streams import PatchBatches
 from uh_train.diagnostics import sliced_wasserstein
 from uh_train.format.geometry import density, full_image_homography, image_region, scale_translate
 

@@ -47,7 +47,7 @@ from mst_pipeline.poses import load_pose_set
 from mst_pipeline.rejects import append_reject
 from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
 from mst_pipeline.space import FullBodySpace, crop_camera, load_space
-from uh_train.format.geometry import density, image_region, scale_translate
+from uh_train.format.geometry import density, image_region, square_homography
 
 SOURCE = "hands"
 MIN_COVERAGE = 0.005  # a render whose hand covers less of the image than this is rejected
@@ -98,7 +98,7 @@ def build_sample(plan: HandPlan, geom: HandGeometry, crop: tuple[float, float, f
     else:
         bg, real = fabric_background(res, rng), None
     image, mask = composite(rgba, bg, real)
-    H = scale_translate(side / res, side / res, x0, y0)
+    H = square_homography(x0, y0, side, res)
     region = image_region(H, res, res)
     lo, hi = region.min(axis=0), region.max(axis=0)
 

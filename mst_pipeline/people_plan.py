@@ -17,7 +17,7 @@ import numpy as np
 from mst_pipeline.body.layout import ARM_JOINTS, EXTRA_VERTEX_NAMES, FINGERTIPS, NUM_SMPL_JOINTS, SMPL_JOINT_NAMES
 from mst_pipeline.poses import prior_pose
 from mst_pipeline.space import FullBodySpace, upright_orientation
-from uh_train.format.geometry import scale_translate
+from uh_train.format.geometry import scale_translate, square_homography
 
 VIEWS = ("full", "upper", "face")
 UPPER_SIDE = 0.55  # the upper-body square covers this much of full-body space (head to hips)
@@ -213,7 +213,7 @@ def views(geom: PersonGeometry, plan: PersonPlan, res: int) -> list[View]:
     size = int(round(UPPER_SIDE * UPPER_DENSITY * res))
     cx = 0.5 * (v[:, 0].min() + v[:, 0].max()) + dx
     top = float(v[:, 1].min()) - margin
-    upper = View("upper", scale_translate(side / size, side / size, cx - side / 2, top), size, size)
+    upper = View("upper", square_homography(cx - side / 2, top, side, size), size, size)
     head = v[geom.dominant == JOINT["head"], :2]
     if len(head) == 0:  # a model without head vertices: the face keypoints bound the head
         head = geom.body25[[0, 15, 16, 17, 18]]
@@ -222,5 +222,5 @@ def views(geom: PersonGeometry, plan: PersonPlan, res: int) -> list[View]:
     side = float(np.max(hi - lo)) * spread
     size = max(16, int(round(side * FACE_DENSITY * res)))
     centre = 0.5 * (lo + hi) + np.array([fx, fy]) * side
-    face = View("face", scale_translate(side / size, side / size, *(centre - side / 2)), size, size)
+    face = View("face", square_homography(*(centre - side / 2), side, size), size, size)
     return [full, upper, face]

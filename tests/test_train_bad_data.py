@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 import uh_train.train as tr
 from mst_pipeline.shards import ShardWriter, encode_image, encode_sample
 from uh_train import shard_reader
-from uh_train.data import PatchBatches, PatchConfig, source_stream
+from uh_train.data.patches import PatchConfig
+from uh_train.data.streams import PatchBatches, source_stream
 from uh_train.format.image import SampleDefect
 from uh_train.shard_reader import SkipLog, decode_sample
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from mst_pipeline.synthetic import random_figure, render, write_synthetic
-from uh_train.data import (
-    PatchBatches,
+from uh_train.data.patches import (
     PatchConfig,
     ViewSettings,
     make_patch,
@@ -16,6 +15,7 @@ from uh_train.data import (
     resample_patch,
     sample_view,
 )
+from uh_train.data.streams import PatchBatches
 from uh_train.format.geometry import density, full_image_homography, image_region, patch_transform, scale_translate
 from uh_train.format.spec import ShardRecord
 from uh_train.shard_reader import shard_pipeline
@@ -259,7 +259,7 @@ def test_mirrored_sample_is_the_x_flip_of_the_original_in_full_body_space():
 
 
 def test_uint8_bilinear_sampler_equals_the_float_reference_without_converting_the_image():
-    from uh_train.data import bilinear_sample_uint8
+    from uh_train.data.patches import bilinear_sample_uint8
     from uh_train.format.geometry import bilinear_sample
 
     rng = np.random.default_rng(0)

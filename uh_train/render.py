@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .format.geometry import PatchView
 from .networks.generator import Generator, patch_transforms
 
 MODES = ("stitched", "single")
@@ -91,23 +92,17 @@ def render_region(
         raise ValueError(f"size {size} must be a multiple of the patch resolution {r}")
     k = size // r
     b = 1 if mode == "stitched" else block_size(G, k, ws.shape[0], max_bytes)
-    tile_scale = k * scale
-    cx, cy = center
     n = ws.shape[0]
     out = torch.empty(n, G.cfg.img_channels, size, size, device=ws.device)
-    # Block centres lie on multiples of 1/tile_scale from the region's corner, so every block's
-    # grids are sub-grids of the single-pass grids.
-    blocks = [(bi, bj) for bi in range(k // b) for bj in range(k // b)]
-    centers = [(cx - 0.5 / scale + (bj + 0.5) * b / tile_scale, cy - 0.5 / scale + (bi + 0.5) * b / tile_scale)
-               for bi, bj in blocks]
+    blocks = PatchView(center, scale).tiles(k, block=b)
     # Several blocks per generator call (all samples x blocks in one batch) while memory allows.
     per_call = max(1, min(len(blocks), max_bytes // max(pass_bytes(G, b, n), 1)))
     for start in range(0, len(blocks), per_call):
         chunk = range(start, min(start + per_call, len(blocks)))
-        transform = patch_transforms([centers[i] for i in chunk for _ in range(n)], tile_scale, ws.device)
+        transform = patch_transforms([blocks[i][2].v for i in chunk for _ in range(n)], blocks[0][2].s, ws.device)
         images = G.synthesis(ws.repeat(len(chunk), 1, 1), transform, canvas=b)
         for j, i in enumerate(chunk):
-            bi, bj = blocks[i]
+            bi, bj, _ = blocks[i]
             out[:, :, bi * b * r : (bi + 1) * b * r, bj * b * r : (bj + 1) * b * r] = images[j * n : (j + 1) * n]
         if on_block is not None:
             on_block(len(chunk) * b * b)

@@ -1,11 +1,14 @@
 """Full-body image space geometry, numpy only (the shard format's geometry: `shards/README.md`).
 
 Full-body space is the unit square [0,1]^2, x right, y down. A homography H maps a sample's image
-pixel coordinates (pixel centres at integer + 0.5) to full-body space. `patch_transform` is the
-paper's T(v,s) (Eq. 4).
+pixel coordinates (pixel centres at integer + 0.5) to full-body space. A window of full-body space
+is a `PatchView(v, s)`: the square of side 1/s around v, whose transform is the paper's T(v,s)
+(Eq. 4, `patch_transform`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +22,100 @@ def patch_transform(v: tuple[float, float] | np.ndarray, s: float) -> np.ndarray
     coordinates centred at 0. The patch covers the square of side 1/s around v."""
     vx, vy = float(v[0]), float(v[1])
     return np.array([[1.0 / s, 0.0, vx - 0.5], [0.0, 1.0 / s, vy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def scale_of(transform):
+    """The scale s of T(v,s) (Eq. 4), decoded from one transform [3, 3] or a batch [..., 3, 3]
+    (numpy or torch): s = 1 / T[0, 0]."""
+    return 1.0 / transform[..., 0, 0]
+
+
+@dataclass(frozen=True)
+class PatchView:
+    """A window of full-body space: the square of side 1/s around the centre v = (vx, vy); s = 1
+    with v = (0.5, 0.5) is the whole square. The one place that turns (v, s) into a transform, a
+    square, a pixel grid's homography or the tiles of a larger render."""
+
+    v: tuple[float, float]
+    s: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "v", (float(self.v[0]), float(self.v[1])))
+        object.__setattr__(self, "s", float(self.s))
+
+    @classmethod
+    def of(cls, transform: np.ndarray) -> PatchView:
+        """The view whose T(v,s) is `transform` [3, 3]."""
+        T = np.asarray(transform, dtype=np.float64)
+        return cls((T[0, 2] + 0.5, T[1, 2] + 0.5), scale_of(T))
+
+    @property
+    def half(self) -> float:
+        """Half the square's side, 0.5 / s."""
+        return 0.5 / self.s
+
+    @property
+    def centre(self) -> np.ndarray:
+        return np.array(self.v)
+
+    def transform(self) -> np.ndarray:
+        """T(v,s) of Eq. 4 [3, 3] float64."""
+        return patch_transform(self.v, self.s)
+
+    def inverse(self) -> np.ndarray:
+        """T(v,s)^-1: full-body coordinates centred at 0 -> patch coordinates centred at 0."""
+        vx, vy = self.v
+        return np.array([[self.s, 0.0, -self.s * (vx - 0.5)], [0.0, self.s, -self.s * (vy - 0.5)],
+                         [0.0, 0.0, 1.0]])
+
+    def square(self) -> np.ndarray:
+        """(x0, y0, x1, y1): the square v -+ 0.5/s in full-body space."""
+        half = self.half
+        return np.array([self.v[0] - half, self.v[1] - half, self.v[0] + half, self.v[1] + half])
+
+    def inside(self, box=(0.0, 0.0, 1.0, 1.0), tol: float = 0.0) -> bool:
+        """Whether the square lies inside box (x0, y0, x1, y1), up to tol."""
+        x0, y0, x1, y1 = self.square()
+        return bool(x0 >= box[0] - tol and y0 >= box[1] - tol and x1 <= box[2] + tol and y1 <= box[3] + tol)
+
+    def fraction_inside(self, box) -> float:
+        """The fraction of the square's area that lies inside box (x0, y0, x1, y1)."""
+        x0, y0, x1, y1 = self.square()
+        w = min(box[2], x1) - max(box[0], x0)
+        h = min(box[3], y1) - max(box[1], y0)
+        return max(w, 0.0) * max(h, 0.0) * self.s * self.s
+
+    def moved_inside(self, box) -> PatchView:
+        """The view moved the least so that its square lies inside box (x0, y0, x1, y1); centred
+        on the box along an axis where the box is smaller than the square."""
+        box = np.asarray(box, dtype=np.float64)
+        half = self.half
+        lo, hi = box[:2] + half, box[2:] - half
+        return PatchView(np.where(lo <= hi, np.clip(self.centre, lo, hi), (box[:2] + box[2:]) / 2), self.s)
+
+    def homography(self, size: int) -> np.ndarray:
+        """H of a size x size pixel grid that covers the square (pixel centres at integer + 0.5)."""
+        x0, y0, _, _ = self.square()
+        return square_homography(x0, y0, 2 * self.half, size)
+
+    def tiles(self, k: int, block: int = 1) -> list[tuple[int, int, PatchView]]:
+        """The k x k tiles that cover the square, each rendered at r px (scale k * s), grouped into
+        block x block blocks: (block row, block column, view), row-major. The view has the block's
+        centre and the tiles' scale k * s (a generator renders it on a canvas of block x block tiles).
+        Block centres lie on multiples of 1/(k s) from the square's corner, so every block's pixel
+        grid is a sub-grid of the one-pass grid of the whole square."""
+        tile_scale = k * self.s
+        x0, y0 = self.v[0] - self.half, self.v[1] - self.half
+        n = k // block
+        return [(bi, bj, PatchView((x0 + (bj + 0.5) * block / tile_scale, y0 + (bi + 0.5) * block / tile_scale),
+                                   tile_scale))
+                for bi in range(n) for bj in range(n)]
+
+
+def square_homography(x0: float, y0: float, side: float, size: int) -> np.ndarray:
+    """H of a size x size pixel image that covers the square of full-body space with corner (x0, y0)
+    and the given side (a `PatchView`'s homography, for squares chosen by their corner)."""
+    return scale_translate(side / size, side / size, x0, y0)
 
 
 def apply_homography(H: np.ndarray, points: np.ndarray) -> np.ndarray:

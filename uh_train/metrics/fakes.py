@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from uh_train.format.geometry import PatchView
 from uh_train.networks.generator import patch_transforms
 
 from .inception import to_uint8
@@ -68,8 +69,8 @@ def latents(n: int, z_dim: int, seed: int) -> torch.Tensor:
 
 def tile_transforms(tiles: int) -> np.ndarray:
     """T of each of the tiles x tiles patches that cover full-body space, row-major [tiles^2, 3, 3]."""
-    centres = [((j + 0.5) / tiles, (i + 0.5) / tiles) for i in range(tiles) for j in range(tiles)]
-    return patch_transforms(centres, float(tiles)).numpy().astype(np.float64)
+    views = [view for _, _, view in PatchView((0.5, 0.5), 1.0).tiles(tiles)]
+    return patch_transforms([view.v for view in views], views[0].s).numpy().astype(np.float64)
 
 
 @torch.no_grad()

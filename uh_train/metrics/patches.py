@@ -3,9 +3,9 @@
 * `full_images`: full-body images (kind "full") resampled into the whole of full-body space at the
   FID resolution (T = identity), padding included, as the generator's full image covers it.
 * `random_patches` (pFID): r x r patches at (v, s) drawn by the trainer's patch sampler
-  (`uh_train.data.sample_view`) from every source, the centre moved (if needed) so that the patch
+  (`uh_train.data.patches.sample_view`) from every source, the centre moved (if needed) so that the patch
   lies inside what the source shows; each is resampled from its source through H^-1
-  with antialiasing (`uh_train.data.resample_patch`) and its T(v, s) is kept so the generated
+  with antialiasing (`uh_train.data.patches.resample_patch`) and its T(v, s) is kept so the generated
   patches replay exactly the same transforms.
 * `uniform_patches` (pFID of the `paper` protocol): patches at one s with uniform centres over the
   full-body images at least `min_density` dense (the HR full-body set).
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from uh_train import shard_reader
-from uh_train.data import PatchConfig, resample_patch, sample_view
-from uh_train.format.geometry import SCALE_MAX, patch_transform
+from uh_train.data.patches import PatchConfig, resample_patch, sample_view
+from uh_train.format.geometry import SCALE_MAX, PatchView
 from uh_train.format.spec import ShardRecord
 
 from .inception import MetricsError
@@ -70,13 +70,6 @@ def _records(folders: Sequence[str | Path], seed: int) -> Iterator[ShardRecord]:
     return iter(shard_reader.shard_pipeline(folders, shuffle_buffer=SHUFFLE_BUFFER, seed=seed, split=False))
 
 
-def _square_fraction_inside(v: np.ndarray, s: float, box: tuple[float, float, float, float]) -> float:
-    half = 0.5 / s
-    w = min(box[2], v[0] + half) - max(box[0], v[0] - half)
-    h = min(box[3], v[1] + half) - max(box[1], v[1] - half)
-    return max(w, 0.0) * max(h, 0.0) * s * s
-
-
 def known_box(record: ShardRecord) -> np.ndarray:
     """(x0, y0, x1, y1) of full-body space whose content the record shows: the unit square for a
     full-body image (padding included), else its region's bounding box within the unit square."""
@@ -92,18 +85,10 @@ def region_box(record: ShardRecord) -> np.ndarray:
     return np.concatenate([lo, hi])
 
 
-def fit_inside(v: np.ndarray, s: float, box: np.ndarray) -> np.ndarray:
-    """Move the centre v the least so that the patch of side 1/s lies inside box (centred when the
-    box is smaller than the patch)."""
-    half = 0.5 / s
-    lo, hi = box[:2] + half, box[2:] - half
-    return np.where(lo <= hi, np.clip(v, lo, hi), (box[:2] + box[2:]) / 2)
-
-
 def take_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tuple[np.ndarray, float]:
     """The patch T(v, s) of a record as uint8 [3, res, res] and the fraction of it the source knows."""
     rgb, mask = resample_patch(record, np.asarray(v, np.float64), s, res)
-    coverage = _square_fraction_inside(v, s, (0.0, 0.0, 1.0, 1.0)) if record.kind == "full" else float(mask.mean())
+    coverage = PatchView(v, s).fraction_inside((0.0, 0.0, 1.0, 1.0)) if record.kind == "full" else float(mask.mean())
     image = np.round(rgb * 255).clip(0, 255).astype(np.uint8).transpose(2, 0, 1)
     return np.ascontiguousarray(image), coverage
 
@@ -125,7 +110,7 @@ def full_images(folders: Sequence[str | Path], size: int, n: int, seed: int = 0,
             continue
         image, _ = take_patch(record, np.array([0.5, 0.5]), 1.0, size)
         found += 1
-        yield RealPatch(image, patch_transform((0.5, 0.5), 1.0), record.key,
+        yield RealPatch(image, PatchView((0.5, 0.5), 1.0).transform(), record.key,
                         upsampled=not dense_enough(record, size))
     if found == 0:
         dense = f" at least {min_density:g} px dense (the HR full-body set)" if min_density > 0 else ""
@@ -139,7 +124,7 @@ def uniform_patches(folders: Sequence[str | Path], res: int, n: int, seed: int =
     so an aligned 1:2 portrait never gives a patch of pure padding), from full-body images at least
     `min_density` dense, each at its native size (at most r px); cycles through the shards (new
     centres each pass) until n patches are found."""
-    half = 0.5 / scale
+    half = PatchView((0.5, 0.5), scale).half
     found = 0
     for epoch in itertools.count():
         before = found
@@ -149,12 +134,12 @@ def uniform_patches(folders: Sequence[str | Path], res: int, n: int, seed: int =
             if record.kind != "full" or not dense_enough(record, min_density):
                 continue
             box = region_box(record)
-            v = fit_inside(np.random.default_rng([seed, epoch, i]).uniform(box[:2] + half, box[2:] - half),
-                           scale, box)
+            view = PatchView(np.random.default_rng([seed, epoch, i]).uniform(box[:2] + half, box[2:] - half),
+                             scale).moved_inside(box)
             size = native_size(record.density, scale, res)
-            image, _ = take_patch(record, v, scale, size)
+            image, _ = take_patch(record, view.centre, scale, size)
             found += 1
-            yield RealPatch(image, patch_transform(v, scale), record.key,
+            yield RealPatch(image, view.transform(), record.key,
                             upsampled=size == res and record.density < res * scale)
         if found == before:
             raise MetricsError(f"no full-body images (kind 'full') at least {min_density:g} px dense (the HR "
@@ -174,12 +159,12 @@ def random_patches(folders: Sequence[str | Path], res: int, n: int, seed: int = 
                 return
             rng = np.random.default_rng([seed, epoch, i])
             v, s = sample_view(record, cfg, rng)
-            v = fit_inside(v, s, known_box(record))
-            image, coverage = take_patch(record, v, s, res)
+            view = PatchView(v, s).moved_inside(known_box(record))
+            image, coverage = take_patch(record, view.centre, s, res)
             if coverage < MIN_COVERAGE:
                 continue
             found += 1
-            yield RealPatch(image, patch_transform(v, s), record.key, upsampled=record.density < res * s)
+            yield RealPatch(image, view.transform(), record.key, upsampled=record.density < res * s)
         if found == before:
             raise MetricsError("no usable real patches in the shards (every sampled patch fell outside its source)")
 
@@ -221,7 +206,7 @@ def keypoint_patches(folders: Sequence[str | Path], res: int, n: int, seed: int 
             if coverage < MIN_COVERAGE:
                 continue
             counts[g] += 1
-            yield RealPatch(image, patch_transform(v, scale), record.key, group=g,
+            yield RealPatch(image, PatchView(v, scale).transform(), record.key, group=g,
                             upsampled=size == res and record.density < res * scale)
     if not any_keypoints:
         raise MetricsError("the shards carry no keypoints (meta.json 'keypoints' is null); kFID needs BODY_25 "

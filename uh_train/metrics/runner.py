@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from uh_train.format.geometry import SCALE_MAX
+from uh_train.format.geometry import SCALE_MAX, scale_of
 
 from . import fakes, patches
 from .consistency import FACTORS, scale_consistency
@@ -268,7 +268,7 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
         transforms, sizes = real["transforms_0"], real["sizes_0"]
         fake = _fake_stats(fakes.patch_batches(gen, transforms, cfg.seed + 1, cfg.batch, sizes), features,
                            on_task("generated patches (real T(v,s))", len(transforms)))
-        scales = 1.0 / transforms[:, 0, 0]
+        scales = scale_of(transforms)
         result["pfid"] = {"value": fid_between(_group(real, 0), fake),
                           "n": int(real["counts"][0]), "scale_min": float(scales.min()),
                           "scale_max": float(scales.max()), "real_upsampled": int(real["upsampled"][0]),

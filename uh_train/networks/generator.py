@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..format.geometry import SCALE_MAX, patch_transform
+from ..format.geometry import SCALE_MAX, PatchView, scale_of
 from .ops import FullyConnected, filtered_lrelu, lowpass_filter, modulated_conv2d, normalize_2nd_moment
 
 SCALE_NORMS = ("none", "log", "anyres-positive", "anyres-zerocentered")
@@ -305,7 +305,7 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"transform must be [N, 3, 3] with N = {n}, got {list(transform.shape)}")
         scale_ws = [None] * self.cfg.num_ws
         if self.cfg.scale_norm != "none":
-            u = self.normalized_scale(1.0 / transform[:, 0, 0])
+            u = self.normalized_scale(scale_of(transform))
             # AnyRes normalises the 1-d scale input like z (2nd moment), which maps every value to
             # about +-1; reproduced exactly for imported AnyRes/UnitedHuman checkpoints.
             anyres = self.cfg.scale_norm.startswith("anyres")
@@ -349,8 +349,8 @@ class Generator(nn.Module):
 
 def patch_transforms(centers, scales, device=None) -> torch.Tensor:
     """T(v,s) of Eq. 4 for a batch: centers [N, 2] in [0,1]^2 and scales [N] (or one scale) ->
-    float32 [N, 3, 3], built with `uh_train.format.geometry.patch_transform`."""
+    float32 [N, 3, 3], each the transform of a `uh_train.format.geometry.PatchView`."""
     centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
     scales = np.broadcast_to(np.asarray(scales, dtype=np.float64), [len(centers)])
-    t = np.stack([patch_transform(c, s) for c, s in zip(centers, scales, strict=True)])
+    t = np.stack([PatchView(c, s).transform() for c, s in zip(centers, scales, strict=True)])
     return torch.as_tensor(t, dtype=torch.float32, device=device)
