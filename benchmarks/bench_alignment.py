@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from mst_pipeline.smplify import SmplifyConfig, smplify_p
+from mst_pipeline.fitting.smplify import SmplifyConfig, smplify_p
 
 PRIOR_EPOCHS = 100  # as `just demo` trains its prior
 
@@ -22,8 +22,8 @@ def _shared_chain_floor(model, n: int, seed: int) -> np.ndarray:
     face's shift [n] in full-body units, the error no fit of a face's keypoints can avoid."""
     from scipy.spatial.transform import Rotation
 
-    from mst_pipeline.people_plan import JOINT, plan_person, pose_person
     from mst_pipeline.space import default_space
+    from mst_pipeline.synthesis.people_plan import JOINT, plan_person, pose_person
 
     space, chain = default_space(model), [JOINT[j] for j in ("spine1", "spine2", "spine3", "neck", "head")]
     shifts = []
@@ -49,9 +49,9 @@ def _render_alignment(model) -> list[str]:
     --epochs 100`); then SMPLify-P of the upper-body and face views and the corner error of
     H(α, ᾱ) against their true H, on the same 24 people and on 60 others (seed 1) fitted against
     the same space and prior; with and without the mirror images, θ̂ either way, and no prior."""
-    from mst_pipeline.people_truth import corner_error, truth_views
-    from mst_pipeline.prior import train_prior
-    from mst_pipeline.space_fit import feet_pitch, mean_pitch, space_from_fits
+    from mst_pipeline.fitting.prior import train_prior
+    from mst_pipeline.fitting.space_fit import feet_pitch, mean_pitch, space_from_fits
+    from mst_pipeline.synthesis.people_truth import corner_error, truth_views
 
     views = truth_views(model, 24, seed=0, res=128)
     held_out = truth_views(model, 60, seed=1, res=128, kinds=("upper", "face"))

@@ -18,10 +18,10 @@ def run() -> str:
     sys.path.insert(0, str(ROOT / "tests"))
     from test_space import corner_errors, make_crops
 
+    from mst_pipeline.align.overlay import fitted_bodies, overlay_picture
     from mst_pipeline.body.model import BodyModel
     from mst_pipeline.body.open_model import build_open_model
-    from mst_pipeline.overlay import fitted_bodies, overlay_picture
-    from mst_pipeline.smplify import SmplifyConfig
+    from mst_pipeline.fitting.smplify import SmplifyConfig
     from mst_pipeline.space import default_space
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,7 +38,7 @@ def run() -> str:
     space = default_space(model)
     crops = make_crops(model, space, n=8, seed=1)
     errors = corner_errors(model, space, crops, SmplifyConfig(iterations=200, seed=0))
-    from mst_pipeline.smplify import smplify_p
+    from mst_pipeline.fitting.smplify import smplify_p
 
     fit = smplify_p(model, crops[0][5][None], crops[0][6][None], config=SmplifyConfig(iterations=50))
     verts, joints = fitted_bodies(model, fit)

@@ -30,7 +30,7 @@ from uh_train.render import psnr, render_patch, render_region  # noqa: E402
 
 
 def make_shards(root: Path, res: int, n: int = 32) -> Path:
-    from mst_pipeline.synthetic import write_synthetic
+    from mst_pipeline.synthesis.synthetic import write_synthetic
 
     folder = root / "shards"
     write_synthetic(folder, n=n, res=2 * res, seed=0)  # full bodies at 2r, crops denser

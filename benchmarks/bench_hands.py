@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mst_pipeline import hand_geometry, hands
-from mst_pipeline.shards import complete_shards, read_shard
+from mst_pipeline.shards.validate import validate_folder
+from mst_pipeline.shards.writer import complete_shards, read_shard
 from mst_pipeline.space import default_space
-from mst_pipeline.validate import validate_folder
+from mst_pipeline.synthesis import hand_geometry, hands
 from uh_train.format.geometry import apply_homography
 
 RUNS = ((64, 8), (128, 16))  # (resolution, number of hands)

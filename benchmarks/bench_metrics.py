@@ -23,7 +23,7 @@ def _machine() -> str:
 def run() -> str:
     from typer.testing import CliRunner
 
-    from mst_pipeline.synthetic import random_figure, render, write_synthetic
+    from mst_pipeline.synthesis.synthetic import random_figure, render, write_synthetic
     from uh_train.evaluate import app
     from uh_train.format.geometry import scale_translate
     from uh_train.metrics import InceptionFeatures, fid_from_features, frechet_distance, precision_recall

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mst_pipeline.shards import ShardWriter, encode_image, encode_sample
-from mst_pipeline.validate import validate_folder
+from mst_pipeline.shards.validate import validate_folder
+from mst_pipeline.shards.writer import ShardWriter, encode_image, encode_sample
 from uh_train.format.geometry import density, full_image_homography, image_region
 from uh_train.shard_reader import shard_pipeline
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mst_pipeline.smplify import SmplifyConfig, smplify_p
+from mst_pipeline.fitting.smplify import SmplifyConfig, smplify_p
 
 N = 64  # images fitted in one batch per set
 N_REF = 8  # images fitted one by one (slow): every solver's error is also reported on these
@@ -47,7 +47,7 @@ def _posed(model, n: int):
 
 def _renders(model, n: int):
     """The keypoints of `mst render-people` views (full, upper, face; shapes and poses varied)."""
-    from mst_pipeline.people_truth import truth_views
+    from mst_pipeline.synthesis.people_truth import truth_views
 
     views = truth_views(model, n // 3 + 1, seed=0, res=128)[:n]  # per person: full, upper, face
     return np.stack([v["targets"] for v in views]), np.stack([v["confidence"] for v in views])

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 import uh_train.train as tr
-from mst_pipeline.shards import ShardWriter, encode_image, encode_sample, write_manifest
-from mst_pipeline.synthetic import random_figure, render, write_synthetic
+from mst_pipeline.shards.writer import ShardWriter, encode_image, encode_sample, write_manifest
+from mst_pipeline.synthesis.synthetic import random_figure, render, write_synthetic
 from uh_train.checkpoint import load_generator
 from uh_train.data.patches import PatchConfig
 from uh_train.data.streams import PatchBatches

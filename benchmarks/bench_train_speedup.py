@@ -50,7 +50,7 @@ def steps(tree: Path, shards: Path, out: Path, preset: str, stage: int, batch: i
 def compare(root: Path, old_tree: Path) -> tuple[list[dict], list[dict]]:
     sys.path.insert(0, str(ROOT))
     import uh_train.train as tr
-    from mst_pipeline.synthetic import write_synthetic
+    from mst_pipeline.synthesis.synthetic import write_synthetic
 
     shards = root / "shards"
     write_synthetic(shards, n=24, res=128, seed=0)

@@ -8,8 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mst_pipeline.synthetic import write_synthetic
-from mst_pipeline.validate import validate_folder
+from mst_pipeline.shards.validate import validate_folder
+from mst_pipeline.synthesis.synthetic import write_synthetic
 
 REPEATS = 3
 

@@ -40,7 +40,7 @@ def validate(
 
     Exit code 0: clean; 1: at least one defect; 2: unusable arguments (missing folder).
     """
-    from mst_pipeline.validate import print_report, validate_folder
+    from mst_pipeline.shards.validate import print_report, validate_folder
 
     if not folder.exists():
         err.print(f"[red]error:[/red] {folder} does not exist")
@@ -69,8 +69,8 @@ def preview(
 
     Faces should land on the head and hands at the wrists of the faint reference silhouette.
     """
-    from mst_pipeline.preview import make_contact_sheet
-    from mst_pipeline.shards import ShardError
+    from mst_pipeline.shards.preview import make_contact_sheet
+    from mst_pipeline.shards.writer import ShardError
 
     if not folder.is_dir():
         err.print(f"[red]error:[/red] {folder} is not a shard folder")
@@ -96,8 +96,8 @@ def synthetic(
     Sources: full-body images at RES, upper-body crops and face crops rendered at higher
     resolution. Useful to test the trainer and the tools without any dataset. Resumable.
     """
-    from mst_pipeline.shards import ShardError
-    from mst_pipeline.synthetic import write_synthetic
+    from mst_pipeline.shards.writer import ShardError
+    from mst_pipeline.synthesis.synthetic import write_synthetic
 
     try:
         counts = write_synthetic(out, n=n, res=res, seed=seed)
@@ -144,8 +144,8 @@ def render_hands(
     H is exact. Deterministic per index, resumable (done keys are skipped), failed renders go to
     OUT/rejects.jsonl.
     """
-    from mst_pipeline.hands import RenderSettings, blender_command
-    from mst_pipeline.hands import render_hands as run
+    from mst_pipeline.synthesis.hands import RenderSettings, blender_command
+    from mst_pipeline.synthesis.hands import render_hands as run
 
     if engine not in ("auto", "cycles", "eevee", "workbench"):
         err.print(f"[red]error:[/red] --engine must be auto, cycles, eevee or workbench, not {engine!r}")
@@ -189,7 +189,7 @@ def fit_hands(
     """
     from mst_pipeline.body import load_body_model
     from mst_pipeline.body.fingers import finger_rigs
-    from mst_pipeline.hand_poses import fit_hand_poses
+    from mst_pipeline.fitting.hand_poses import fit_hand_poses
 
     try:
         model = load_body_model(body_model)
@@ -228,7 +228,7 @@ def render_people(
     [bold]NAME_keypoints.json[/bold] (for [bold]mst align --detector openpose-json[/bold]) and its
     exact H in OUT/truth.jsonl. Deterministic per index, resumable (existing images are kept).
     """
-    from mst_pipeline.people import render_people as run
+    from mst_pipeline.synthesis.people import render_people as run
 
     try:
         summary = run(out, n=n, res=res, seed=seed, body_model=body_model, poses_file=poses, space_file=space)
@@ -299,8 +299,8 @@ def align(
     With [bold]--aligned[/bold] the folder is an aligned full-body set, which defines full-body
     space: its images are stored as they are, without fitting.
     """
-    from mst_pipeline.align import PERSON_CHOICES
-    from mst_pipeline.smplify import PRIOR_MODES
+    from mst_pipeline.align.folder import PERSON_CHOICES
+    from mst_pipeline.fitting.smplify import PRIOR_MODES
     from uh_train.format import spec as shardspec
     from uh_train.format.spec import sanitise_part
 
@@ -363,12 +363,12 @@ def _align_run(dataset, out, src, kind, tier, space, detector, keypoints_dir, pr
     of the libraries' output when DIVERTED, a `DivertedStderr`, holds it) when the run cannot go on."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mst_pipeline.align import AlignSettings, align_folder
+    from mst_pipeline.align.folder import AlignSettings, align_folder
     from mst_pipeline.body import load_body_model
     from mst_pipeline.detect import BackendUnavailable
-    from mst_pipeline.prior import load_prior
-    from mst_pipeline.shards import ShardError
-    from mst_pipeline.smplify import SmplifyConfig
+    from mst_pipeline.fitting.prior import load_prior
+    from mst_pipeline.fitting.smplify import SmplifyConfig
+    from mst_pipeline.shards.writer import ShardError
     from mst_pipeline.space import load_space
 
     def fail(e: Exception) -> typer.Exit:
@@ -436,8 +436,8 @@ def derive_sr_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mst_pipeline.derive_sr import RESAMPLE, derive_sr
-    from mst_pipeline.shards import ShardError
+    from mst_pipeline.shards.writer import ShardError
+    from mst_pipeline.synthesis.derive_sr import RESAMPLE, derive_sr
 
     if resample not in RESAMPLE:
         err.print(f"[red]error:[/red] --resample must be one of {', '.join(RESAMPLE)}, not {resample!r}")
@@ -497,7 +497,7 @@ def fit_prior(
     import numpy as np
 
     from mst_pipeline.body import load_body_model
-    from mst_pipeline.prior import save_prior, train_prior
+    from mst_pipeline.fitting.prior import save_prior, train_prior
     from mst_pipeline.space import load_space
 
     try:
@@ -544,8 +544,8 @@ def space_cmd(
     its spread is recorded in the space file; the fits then use Eq. 1's pitch term towards it.
     """
     from mst_pipeline.body import load_body_model
-    from mst_pipeline.smplify import SmplifyConfig
-    from mst_pipeline.space_fit import build_space
+    from mst_pipeline.fitting.smplify import SmplifyConfig
+    from mst_pipeline.fitting.space_fit import build_space
 
     if not dataset.is_dir():
         err.print(f"[red]error:[/red] {dataset} is not a folder of images")

@@ -132,7 +132,7 @@ def mst_vs_truth(render: Path, shards: Path, out: Path) -> None:
     """Markdown table: corner error of the MST's H against the renders' exact H, per source."""
     import numpy as np
 
-    from mst_pipeline.people_truth import read_truth, truth_errors
+    from mst_pipeline.synthesis.people_truth import read_truth, truth_errors
     from uh_train.format.manifest import read_manifest
 
     truth = read_truth(render / "truth.jsonl")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
+from mst_pipeline.shards.writer import ShardWriter, encode_sample, write_manifest
 from uh_train.format.geometry import apply_homography, density, image_region, scale_translate
 
 

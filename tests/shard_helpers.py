@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mst_pipeline.shards import encode_image, encode_sample, write_manifest
+from mst_pipeline.shards.writer import encode_image, encode_sample, write_manifest
 from uh_train.format.geometry import density, full_image_homography, image_region
 from uh_train.format.spec import FORMAT, KEYPOINT_GROUPS
 

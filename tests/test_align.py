@@ -17,15 +17,15 @@ from PIL import Image
 from test_space import make_crops
 from typer.testing import CliRunner
 
-from mst_pipeline.align import AlignSettings, align_folder
+from mst_pipeline.align.folder import AlignSettings, align_folder
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
-from mst_pipeline.images import list_images
-from mst_pipeline.rejects import read_rejects
-from mst_pipeline.shards import complete_shards, read_shard
-from mst_pipeline.smplify import SmplifyConfig
+from mst_pipeline.detect.images import list_images
+from mst_pipeline.fitting.smplify import SmplifyConfig
+from mst_pipeline.shards.rejects import read_rejects
+from mst_pipeline.shards.validate import validate_folder
+from mst_pipeline.shards.writer import complete_shards, read_shard
 from mst_pipeline.space import default_space, normalised_to_pixels
-from mst_pipeline.validate import validate_folder
 from uh_train.format.geometry import image_region
 from uh_train.format.manifest import read_manifest
 
@@ -194,10 +194,10 @@ def _cube():
 
 
 def test_front_faces_are_those_towards_the_camera_and_cover_the_silhouette():
+    from mst_pipeline.align.overlay import front_faces, silhouette_mask
     from mst_pipeline.body.rotations import axis_angle_to_rotmat
-    from mst_pipeline.mesh_render import triangle_ids
-    from mst_pipeline.overlay import front_faces, silhouette_mask
     from mst_pipeline.space import upright_orientation
+    from mst_pipeline.synthesis.mesh_render import triangle_ids
 
     v, faces = _cube()
     # The body model's front (+z) posed as a person facing the camera, then a little turned.
@@ -214,7 +214,7 @@ def test_front_faces_are_those_towards_the_camera_and_cover_the_silhouette():
 
 
 def test_overlay_tints_the_body_silhouette_and_leaves_the_rest():
-    from mst_pipeline.overlay import SILHOUETTE_ALPHA, SILHOUETTE_RGB, overlay_picture
+    from mst_pipeline.align.overlay import SILHOUETTE_ALPHA, SILHOUETTE_RGB, overlay_picture
 
     image = np.full((120, 100, 3), 128, dtype=np.uint8)
     empty = {"body": np.zeros((25, 3))}
@@ -371,7 +371,7 @@ def _no_fit(*args, **kwargs):
 
 
 def test_an_aligned_portrait_enters_full_body_space_as_it_is(tmp_path, monkeypatch):
-    import mst_pipeline.align as align_module
+    import mst_pipeline.align.folder as align_module
     from uh_train.format.geometry import full_image_homography
 
     monkeypatch.setattr(align_module, "smplify_p", _no_fit)
@@ -460,8 +460,8 @@ def test_mst_space_and_align_aligned_read_the_same_folder(tmp_path, toy, monkeyp
     """`mst space` estimates ᾱ, ô and the pose set from an aligned full-body folder, and
     `mst align --aligned` stores the same folder with the exact padded-identity H, which the
     space's own fits reproduce to within fit noise."""
-    import mst_pipeline.align as align_module
-    from mst_pipeline.space_fit import build_space
+    import mst_pipeline.align.folder as align_module
+    from mst_pipeline.fitting.space_fit import build_space
 
     data = tmp_path / "data"
     truth = {stem: t for stem, t in write_dataset(data, toy, default_space(toy), n=3).items() if t[0] == "full"}

@@ -16,16 +16,16 @@ from PIL import Image
 from test_align import write_dataset
 from typer.testing import CliRunner
 
-import mst_pipeline.align as align_module
-import mst_pipeline.shards as shards_module
-from mst_pipeline.align import AlignSettings, align_folder, key_collisions
+import mst_pipeline.align.folder as align_module
+import mst_pipeline.shards.writer as shards_module
+from mst_pipeline.align.folder import AlignSettings, align_folder, key_collisions
 from mst_pipeline.cli import app
-from mst_pipeline.images import Rejected, read_image
-from mst_pipeline.rejects import read_rejects
-from mst_pipeline.shards import ShardWriter, WriterBusy, complete_shards, read_shard
-from mst_pipeline.smplify import SmplifyConfig
+from mst_pipeline.detect.images import Rejected, read_image
+from mst_pipeline.fitting.smplify import SmplifyConfig
+from mst_pipeline.shards.rejects import read_rejects
+from mst_pipeline.shards.validate import validate_folder
+from mst_pipeline.shards.writer import ShardWriter, WriterBusy, complete_shards, read_shard
 from mst_pipeline.space import default_space
-from mst_pipeline.validate import validate_folder
 
 from shard_helpers import valid_sample
 
@@ -181,7 +181,7 @@ def test_collisions_are_found_across_parts(tmp_path):
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from mst_pipeline.shards import ShardWriter
+    from mst_pipeline.shards.writer import ShardWriter
     w = ShardWriter(sys.argv[1], "s", part=0)
     print("locked", flush=True)
     time.sleep(60)

@@ -115,7 +115,7 @@ def test_a_refused_generator_is_one_line_in_uh_eval(files):
 
 
 def test_a_refused_prior_names_the_file_and_never_suggests_unsafe_loading(files):
-    from mst_pipeline.prior import CheckpointError, load_prior
+    from mst_pipeline.fitting.prior import CheckpointError, load_prior
 
     with pytest.raises(CheckpointError) as info:
         load_prior(files / "evil.ckpt")

@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mst_pipeline.cli import app
-from mst_pipeline.preview import make_contact_sheet
-from mst_pipeline.synthetic import random_figure, render, views, write_synthetic
+from mst_pipeline.shards.preview import make_contact_sheet
+from mst_pipeline.synthesis.synthetic import random_figure, render, views, write_synthetic
 from uh_train.format.geometry import apply_homography, warp_to_canvas
 from uh_train.shard_reader import read_manifests, shard_pipeline
 

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mst_pipeline.align import AlignSettings, align_folder
+from mst_pipeline.align.folder import AlignSettings, align_folder
 from mst_pipeline.cli import app
-from mst_pipeline.derive_sr import derive_sr, lower_half_sr
-from mst_pipeline.rejects import read_rejects
-from mst_pipeline.shards import complete_shards, read_shard
-from mst_pipeline.validate import validate_folder
+from mst_pipeline.shards.rejects import read_rejects
+from mst_pipeline.shards.validate import validate_folder
+from mst_pipeline.shards.writer import complete_shards, read_shard
+from mst_pipeline.synthesis.derive_sr import derive_sr, lower_half_sr
 from uh_train.format.geometry import apply_homography, full_image_homography, image_region, scale_translate
 from uh_train.format.manifest import read_manifest
 

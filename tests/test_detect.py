@@ -12,14 +12,14 @@ import pytest
 import torch
 from test_smplify import toy_body_model
 
-from mst_pipeline.align import infer_kind
+from mst_pipeline.align.folder import infer_kind
 from mst_pipeline.body.keypoints import from_coco_wholebody133, from_mediapipe_pose33
 from mst_pipeline.detect import BackendUnavailable, DetectionError, make_detector
+from mst_pipeline.detect.images import read_image
 from mst_pipeline.detect.openpose_json import OpenPoseJsonDetector, parse_openpose
 from mst_pipeline.detect.persons import rank_people
 from mst_pipeline.detect.pool import fitting_input
-from mst_pipeline.images import read_image
-from mst_pipeline.smplify import SmplifyConfig, smplify_p
+from mst_pipeline.fitting.smplify import SmplifyConfig, smplify_p
 from mst_pipeline.space import default_space
 from uh_train.format.geometry import apply_homography
 

@@ -16,7 +16,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    from mst_pipeline.synthetic import write_synthetic
+    from mst_pipeline.synthesis.synthetic import write_synthetic
 
     folder = tmp_path_factory.mktemp("synthetic")
     write_synthetic(folder, n=6, res=64, seed=0)

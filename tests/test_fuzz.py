@@ -19,9 +19,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mst_pipeline.images import Rejected, read_image
-from mst_pipeline.shards import ShardError, ShardWriter, complete_shards, encode_sample, read_shard, write_manifest
-from mst_pipeline.validate import check_sample, validate_folder
+from mst_pipeline.detect.images import Rejected, read_image
+from mst_pipeline.shards.validate import check_sample, validate_folder
+from mst_pipeline.shards.writer import (
+    ShardError,
+    ShardWriter,
+    complete_shards,
+    encode_sample,
+    read_shard,
+    write_manifest,
+)
 from uh_train.shard_reader import decode_sample, shard_pipeline
 
 from shard_helpers import random_image, sample_fields, write_raw_tar

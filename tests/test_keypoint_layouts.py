@@ -198,7 +198,7 @@ def test_head_crop_is_a_square_around_the_head_clipped_to_the_image():
 
 def _portrait() -> np.ndarray:
     mpl = pytest.importorskip("matplotlib.cbook")
-    from mst_pipeline.images import read_image
+    from mst_pipeline.detect.images import read_image
 
     return read_image(Path(mpl.get_sample_data("grace_hopper.jpg", asfileobj=False)))
 

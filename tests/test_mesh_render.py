@@ -1,4 +1,4 @@
-"""pyrender's visibility buffer (`mst_pipeline.mesh_render`): which triangle each pixel centre sees."""
+"""pyrender's visibility buffer (`mst_pipeline.synthesis.mesh_render`): which triangle each pixel centre sees."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mst_pipeline import mesh_render
-from mst_pipeline.mesh_render import RendererUnavailable, barycentrics, triangle_ids
+from mst_pipeline.synthesis import mesh_render
+from mst_pipeline.synthesis.mesh_render import RendererUnavailable, barycentrics, triangle_ids
 
 
 def _square(lo, hi, z):
@@ -118,7 +118,7 @@ def test_a_missing_platform_reaches_the_caller_as_a_clear_error(monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_rendering_leaves_the_process_free_to_load_triton():
     """OpenGL stays in the worker: Mesa's LLVM in this process would crash triton's import (torch)."""
-    code = ("import numpy as np; from mst_pipeline.mesh_render import triangle_ids; "
+    code = ("import numpy as np; from mst_pipeline.synthesis.mesh_render import triangle_ids; "
             "print(triangle_ids(np.array([[0, 0, 0], [5, 0, 0], [0, 5, 0.]]), np.array([[0, 1, 2]]), 8, 8).max()); "
             "import triton; print('imported')")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))

@@ -23,7 +23,7 @@ def inception():
 @pytest.fixture(scope="module")
 def figures() -> np.ndarray:
     """Five synthetic full-body figures at 64 px, uint8 [5, 64, 64, 3]."""
-    from mst_pipeline.synthetic import random_figure, render
+    from mst_pipeline.synthesis.synthetic import random_figure, render
     from uh_train.format.geometry import scale_translate
 
     H = scale_translate(1 / 64, 1 / 64, 0, 0)

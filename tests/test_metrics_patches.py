@@ -139,7 +139,7 @@ def test_fid_without_full_body_images_gives_a_clear_error(tmp_path):
     folder = write_pattern_shards(tmp_path / "s", n=2)
     for tar in folder.glob("pat_full-*.tar"):
         tar.unlink()
-    from mst_pipeline.shards import write_manifest
+    from mst_pipeline.shards.writer import write_manifest
 
     write_manifest(folder)
     with pytest.raises(MetricsError, match="no full-body images"):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from metrics_helpers import PatternGenerator, PoolFeatures, body_keypoints, render_pattern
 from typer.testing import CliRunner
 
-from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
+from mst_pipeline.shards.writer import ShardWriter, encode_sample, write_manifest
 from uh_train.format.geometry import density, image_region, scale_translate
 from uh_train.metrics import EvalConfig, MetricsError, evaluate, fakes, patches
 from uh_train.metrics.protocol import native_size, paper_sizes

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from mst_pipeline.body.rotations import axis_angle_to_rotmat, rot6d_to_rotmat
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
-from mst_pipeline.pare import (
+from mst_pipeline.fitting.pare import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     IMG_RES,
@@ -31,10 +31,10 @@ from mst_pipeline.pare import (
     pare_start,
     part_attention,
 )
-from mst_pipeline.shards import complete_shards, read_shard
-from mst_pipeline.smplify import fitting_joints, project
+from mst_pipeline.fitting.smplify import fitting_joints, project
+from mst_pipeline.shards.validate import validate_folder
+from mst_pipeline.shards.writer import complete_shards, read_shard
 from mst_pipeline.space import normalised_to_pixels
-from mst_pipeline.validate import validate_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

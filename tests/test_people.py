@@ -16,14 +16,14 @@ from PIL import Image
 from test_render_hands import toy_model_data
 from typer.testing import CliRunner
 
-from mst_pipeline import people, people_plan, people_truth
 from mst_pipeline.body.layout import SMPL_JOINT_NAMES
 from mst_pipeline.body.model import BodyModel
+from mst_pipeline.body.poses import load_pose_set
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
 from mst_pipeline.detect.openpose_json import OpenPoseJsonDetector
-from mst_pipeline.poses import load_pose_set
 from mst_pipeline.space import DEFAULT_FEET, DEFAULT_HEAD_TOP, default_space
+from mst_pipeline.synthesis import people, people_plan, people_truth
 from uh_train.format.geometry import apply_homography, bilinear_sample, density, scale_translate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -247,8 +247,8 @@ def test_command_writes_the_folder_and_rejects_bad_input(tmp_path):
 
 
 def test_mst_align_on_the_renders_recovers_their_true_H(body, rendered, tmp_path):
-    from mst_pipeline.align import AlignSettings, align_folder
-    from mst_pipeline.smplify import SmplifyConfig
+    from mst_pipeline.align.folder import AlignSettings, align_folder
+    from mst_pipeline.fitting.smplify import SmplifyConfig
     from uh_train.format.manifest import read_manifest
 
     space = default_space(body)
@@ -266,8 +266,8 @@ def test_mst_align_on_the_renders_recovers_their_true_H(body, rendered, tmp_path
 def test_full_renders_are_an_aligned_set_and_enter_with_their_true_H(rendered, tmp_path):
     """The full renders are square views of the whole of full-body space: `mst align --aligned`
     stores them as they are, with exactly the H they were rendered with."""
-    from mst_pipeline.align import AlignSettings, align_folder
-    from mst_pipeline.shards import complete_shards, read_shard
+    from mst_pipeline.align.folder import AlignSettings, align_folder
+    from mst_pipeline.shards.writer import complete_shards, read_shard
     from uh_train.format.manifest import read_manifest
 
     summary = align_folder(rendered / "full", tmp_path, "people-full", None, None,

@@ -16,17 +16,17 @@ import pytest
 from PIL import Image, ImageDraw
 from test_align import write_dataset
 
-from mst_pipeline.align import AlignSettings, align_folder
+from mst_pipeline.align.folder import AlignSettings, align_folder
+from mst_pipeline.align.overlay import TARGET_NAMES, draw_residuals, residual_colour
 from mst_pipeline.body.keypoints import PersonKeypoints
 from mst_pipeline.body.smpl_file import write_model_npz
+from mst_pipeline.detect.images import read_image
 from mst_pipeline.detect.persons import is_person, rank_people
-from mst_pipeline.images import read_image
-from mst_pipeline.overlay import TARGET_NAMES, draw_residuals, residual_colour
-from mst_pipeline.rejects import read_rejects
-from mst_pipeline.shards import complete_shards, read_shard
-from mst_pipeline.smplify import SmplifyConfig
+from mst_pipeline.fitting.smplify import SmplifyConfig
+from mst_pipeline.shards.rejects import read_rejects
+from mst_pipeline.shards.validate import validate_folder
+from mst_pipeline.shards.writer import complete_shards, read_shard
 from mst_pipeline.space import default_space
-from mst_pipeline.validate import validate_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,16 +270,16 @@ def test_cli_prior_target_reaches_the_fit(tmp_path, monkeypatch, target):
     """`mst align --prior-target` sets θ̂ of the fits (default: the prior's reconstruction, Eq. 1)."""
     from typer.testing import CliRunner
 
-    import mst_pipeline.align
+    import mst_pipeline.align.folder
     from mst_pipeline.cli import app
 
     seen = []
 
     def fake_align_folder(*args, settings=None, **kwargs):
-        seen.append(settings or next(a for a in args if isinstance(a, mst_pipeline.align.AlignSettings)))
+        seen.append(settings or next(a for a in args if isinstance(a, mst_pipeline.align.folder.AlignSettings)))
         raise ValueError("stop here")
 
-    monkeypatch.setattr(mst_pipeline.align, "align_folder", fake_align_folder)
+    monkeypatch.setattr(mst_pipeline.align.folder, "align_folder", fake_align_folder)
     (tmp_path / "d").mkdir()
     Image.new("RGB", (64, 128)).save(tmp_path / "d" / "a.png")
     args = ["align", str(tmp_path / "d"), "--out", str(tmp_path / "s")]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from mst_pipeline.body.rotations import axis_angle_to_rotmat, rot6d_to_rotmat, rotmat_to_axis_angle
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
-from mst_pipeline.prior import CheckpointError, PosePrior, VertexLoss, load_prior, save_prior, train_prior
+from mst_pipeline.fitting.prior import CheckpointError, PosePrior, VertexLoss, load_prior, save_prior, train_prior
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small batches: one thread is faster
 
@@ -167,7 +167,7 @@ def test_mirror_pose_reflects_the_body_in_its_sagittal_plane(toy):
     """The mirrored pose's joints are the original's reflected (x -> -x) with left and right swapped,
     on the (left-right symmetric) stick figure; twice mirrored is the original; the prior's 63-value
     layout and the body pose's 69 mirror as the full 72 do."""
-    from mst_pipeline.poses import MIRROR_ORDER, mirror_pose
+    from mst_pipeline.body.poses import MIRROR_ORDER, mirror_pose
 
     pose = np.random.default_rng(3).normal(0, 0.4, (5, 72))
     pose[:, 0] += np.pi  # facing the camera, as fitted poses are

@@ -23,16 +23,16 @@ import torch
 import trimesh
 from PIL import Image, ImageDraw
 
-from mst_pipeline import backgrounds, blender, hand_geometry, hands
 from mst_pipeline import space as space_defaults
 from mst_pipeline.body import layout
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, SMPL_JOINT_NAMES, SMPL_PARENTS
 from mst_pipeline.body.model import BodyModel
+from mst_pipeline.body.poses import load_pose_set
 from mst_pipeline.body.smpl_file import BodyModelData, write_model_npz
-from mst_pipeline.poses import load_pose_set
-from mst_pipeline.rejects import read_rejects
-from mst_pipeline.shards import complete_shards, read_shard
-from mst_pipeline.validate import validate_folder
+from mst_pipeline.shards.rejects import read_rejects
+from mst_pipeline.shards.validate import validate_folder
+from mst_pipeline.shards.writer import complete_shards, read_shard
+from mst_pipeline.synthesis import backgrounds, blender, hand_geometry, hands
 from uh_train.format.geometry import apply_homography
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -475,7 +475,7 @@ def test_composite_over_a_real_patch_puts_the_whole_patch_in_the_mask():
 
 def upper_shard(folder: Path, w: int = 256, h: int = 200, dens: float = 800.0) -> Path:
     """One aligned upper-body sample: red = its x coordinate, a mask with 20-px stripes of padding."""
-    from mst_pipeline.shards import ShardWriter, encode_sample
+    from mst_pipeline.shards.writer import ShardWriter, encode_sample
     from uh_train.format.geometry import image_region, scale_translate
 
     from shard_helpers import sample_fields
@@ -501,7 +501,7 @@ def test_shard_backgrounds_are_cut_at_the_hands_scale_and_keep_the_sample_mask(t
     assert 74 <= int(rgb[..., 0].max()) - int(rgb[..., 0].min()) <= 82
     assert (real == 0).any() and (real == 255).any()  # the padding stripes stay out of the mask
     with pytest.raises(ValueError, match="no upper samples"):
-        from mst_pipeline.shards import ShardWriter
+        from mst_pipeline.shards.writer import ShardWriter
 
         from shard_helpers import valid_sample
 
@@ -549,8 +549,8 @@ def test_fit_hands_poses_the_rendered_fingers(open_model, tmp_path):
     """`mst fit-hands` on shards whose hand keypoints come from a hand posed with known finger
     angles; render-hands then poses the open model's fingers with the fitted angles."""
     from mst_pipeline.body.fingers import articulate_np, finger_rigs, project
-    from mst_pipeline.hand_poses import fit_hand_poses, load_hand_poses
-    from mst_pipeline.shards import ShardWriter, encode_sample
+    from mst_pipeline.fitting.hand_poses import fit_hand_poses, load_hand_poses
+    from mst_pipeline.shards.writer import ShardWriter, encode_sample
 
     from shard_helpers import sample_fields
 
@@ -591,7 +591,7 @@ def test_fit_hands_poses_the_rendered_fingers(open_model, tmp_path):
 
 
 def test_fit_hands_names_a_missing_folder_and_one_without_shards(tmp_path):
-    from mst_pipeline.hand_poses import collect_hand_keypoints
+    from mst_pipeline.fitting.hand_poses import collect_hand_keypoints
 
     with pytest.raises(ValueError, match="is not a folder"):
         collect_hand_keypoints([tmp_path / "missing"])

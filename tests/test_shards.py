@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mst_pipeline.shards import ShardWriter, complete_shards, encode_sample, read_shard, write_manifest
-from mst_pipeline.validate import validate_folder
+from mst_pipeline.shards.validate import validate_folder
+from mst_pipeline.shards.writer import ShardWriter, complete_shards, encode_sample, read_shard, write_manifest
 from uh_train.shard_reader import decode_sample, shard_pipeline
 
 from shard_helpers import random_image, sample_fields, valid_sample
@@ -100,7 +100,7 @@ def test_rerun_skips_keys_in_complete_shards(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {tests!r})
-    from mst_pipeline.shards import ShardWriter
+    from mst_pipeline.shards.writer import ShardWriter
     from shard_helpers import valid_sample
     w = ShardWriter({folder!r}, "s", max_count=3)
     for i in range({n}):

@@ -16,8 +16,8 @@ import torch
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, HAND_SLOTS, NUM_TARGETS, SMPL_PARENTS
 from mst_pipeline.body.model import BodyModel
 from mst_pipeline.body.smpl_file import BodyModelData
-from mst_pipeline.prior import PosePrior
-from mst_pipeline.smplify import (
+from mst_pipeline.fitting.prior import PosePrior
+from mst_pipeline.fitting.smplify import (
     SmplifyConfig,
     facing_from_keypoints,
     fitting_joints,

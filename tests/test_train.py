@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 import uh_train.train as tr
-from mst_pipeline.synthetic import write_synthetic
+from mst_pipeline.synthesis.synthetic import write_synthetic
 from uh_train.checkpoint import load_generator
 
 BIN = Path(sys.executable).parent
@@ -62,7 +62,7 @@ def test_stage_one_then_stage_two_with_the_teacher(shards, tmp_path):
 
 
 def test_stage_one_needs_a_full_body_source(tmp_path):
-    from mst_pipeline.shards import ShardWriter, encode_sample
+    from mst_pipeline.shards.writer import ShardWriter, encode_sample
 
     from shard_helpers import random_image, sample_fields
 

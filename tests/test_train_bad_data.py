@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import uh_train.train as tr
-from mst_pipeline.shards import ShardWriter, encode_image, encode_sample
+from mst_pipeline.shards.writer import ShardWriter, encode_image, encode_sample
 from uh_train import shard_reader
 from uh_train.data.patches import PatchConfig
 from uh_train.data.streams import PatchBatches, source_stream

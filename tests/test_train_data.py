@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mst_pipeline.synthetic import random_figure, render, write_synthetic
+from mst_pipeline.synthesis.synthetic import random_figure, render, write_synthetic
 from uh_train.data.patches import (
     PatchConfig,
     ViewSettings,

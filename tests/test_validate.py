@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mst_pipeline.cli import app
-from mst_pipeline.shards import ShardWriter, encode_image, write_manifest
+from mst_pipeline.shards.writer import ShardWriter, encode_image, write_manifest
 from uh_train.format.geometry import density, image_region, scale_translate
 from uh_train.format.spec import meta_defects
 
@@ -265,7 +265,7 @@ def test_empty_shard_is_a_defect(tmp_path):
 
 
 def test_shards_are_checked_in_parallel_with_the_same_report_in_the_same_order(tmp_path, monkeypatch):
-    import mst_pipeline.validate as validate
+    import mst_pipeline.shards.validate as validate
 
     shards = {f"src-000-{i:06d}.tar": raw_sample(key=f"src/s{i}") + raw_sample(key=f"src/t{i}") for i in range(4)}
     shards["src-000-000004.tar"] = raw_sample(key="src/s1")  # a duplicate of a key in shard 1

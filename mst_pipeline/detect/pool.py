@@ -23,8 +23,8 @@ import numpy as np
 
 from mst_pipeline.body.keypoints import PersonKeypoints
 from mst_pipeline.detect import BackendUnavailable, DetectionError, make_detector
+from mst_pipeline.detect.images import Rejected, aligned_shape_defect, read_image
 from mst_pipeline.detect.persons import SEEN, SeenPerson, rank_people, why_no_person
-from mst_pipeline.images import Rejected, aligned_shape_defect, read_image
 from mst_pipeline.space import pixels_to_normalised
 
 

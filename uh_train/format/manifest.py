@@ -1,5 +1,5 @@
 """The per-folder `manifest.parquet` of a shard folder (shards/README.md): its file name, its schema
-and the row a sample contributes. `mst_pipeline.shards` writes it; the trainer and `mst validate`
+and the row a sample contributes. `mst_pipeline.shards.writer` writes it; the trainer and `mst validate`
 read it with `read_manifest`."""
 
 from __future__ import annotations

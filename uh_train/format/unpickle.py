@@ -6,7 +6,7 @@ foreign file runs whatever it names. `AllowListUnpickler` resolves a name only t
 by default. Each reader subclasses it with its own allow-list and its own answer to unknown names:
 network snapshots (`uh_train.checkpoint`) refuse them, SMPL-format model files
 (`mst_pipeline.body.smpl_file`) turn chumpy and scipy-sparse objects into inert stand-ins, PARE
-checkpoints (`mst_pipeline.pare`) turn every other name into an inert stand-in that can hold state
+checkpoints (`mst_pipeline.fitting.pare`) turn every other name into an inert stand-in that can hold state
 but never be called.
 
 `torch_pickle_module(cls)` wraps a subclass so that `torch.load(..., pickle_module=...)` reads a

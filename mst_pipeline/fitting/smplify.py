@@ -18,7 +18,7 @@ most σ². Fitting is batched: many images are optimised together on any device,
 L-BFGS keeping one curvature history and one step size per image (`_run_batched_lbfgs`); each image
 leaves the batch when its energy has converged, and its losses, visible-keypoint count and
 iterations are recorded in a `FitResult`. The keypoint-based start (`keypoint_init`) is the offline default
-initialisation; PARE's prediction (`mst_pipeline.pare`) can replace it.
+initialisation; PARE's prediction (`mst_pipeline.fitting.pare`) can replace it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, HAND_SLOTS, NUM_SMPL_JOINTS, NUM_TARGETS, SMPL_JOINT_NAMES
 from mst_pipeline.body.rotations import axis_angle_to_rotmat
-from mst_pipeline.prior import PosePrior
+from mst_pipeline.fitting.prior import PosePrior
 from mst_pipeline.space import pitch_of_rotation, upright_orientation
 
 # Fitting targets (`layout.NUM_TARGETS`): BODY_25, then wrist + 5 fingertips (`layout.HAND_SLOTS`)

@@ -16,7 +16,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from mst_pipeline.shards import TMP_SUFFIX, ShardError, read_shard
+from mst_pipeline.shards.writer import TMP_SUFFIX, ShardError, read_shard
 from uh_train.format import spec as shardspec
 from uh_train.format.image import SampleDefect, open_image
 from uh_train.format.manifest import MANIFEST, read_manifest

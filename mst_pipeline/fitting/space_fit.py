@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from mst_pipeline.detect.images import Rejected, list_images, stem_of
 from mst_pipeline.detect.pool import batches, detect_image
-from mst_pipeline.images import Rejected, list_images, stem_of
 from mst_pipeline.space import FullBodySpace, pitch_of_rotation
 
 # Feet of BODY_25 (ankle, big toe, small toe, heel), left then right: the rigid points whose
@@ -53,7 +53,7 @@ def feet_pitch(model: Any, targets: np.ndarray, confidence: np.ndarray, threshol
     import torch
 
     from mst_pipeline.body.rotations import axis_angle_to_rotmat
-    from mst_pipeline.smplify import facing_from_keypoints, initial_guess, visibility
+    from mst_pipeline.fitting.smplify import facing_from_keypoints, initial_guess, visibility
 
     if hasattr(model, "joint_model"):
         model = model.joint_model()
@@ -146,14 +146,14 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
     """
     from mst_pipeline.body.rotations import axis_angle_to_rotmat_np
     from mst_pipeline.detect import make_detector
-    from mst_pipeline.smplify import FitInit, SmplifyConfig, smplify_p
+    from mst_pipeline.fitting.smplify import FitInit, SmplifyConfig, smplify_p
 
     root = Path(root)
     cfg = config or SmplifyConfig()
     detect = detect or make_detector(detector, keypoints_dir, root)
     net = None
     if pare is not None:
-        from mst_pipeline.pare import load_pare_checkpoint, pare_start
+        from mst_pipeline.fitting.pare import load_pare_checkpoint, pare_start
 
         net = load_pare_checkpoint(pare, device, strict=True)[0]
     # Pass 1: keypoints (and PARE's start) of every image, and its pitch.

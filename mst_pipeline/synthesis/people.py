@@ -1,7 +1,7 @@
 """`mst render-people`: full-body renders of the body model with exact homographies.
 
 Each index is one person: betas, a standing pose (from a pose set, else the built-in prior of
-`mst_pipeline.poses` with some leg variation) and clothing colours, all drawn from
+`mst_pipeline.body.poses` with some leg variation) and clothing colours, all drawn from
 `numpy.random.default_rng([seed, index])`. The posed mesh is mapped into full-body space with the
 full-body set's average weak-perspective camera ᾱ (paper Eq. 2; docs/mst.md, "Geometry"),
 rescaled per person so that every body spans the rows of the mean body (head top near y = 0.04,
@@ -16,9 +16,9 @@ Each person is rendered three times, every view an exact scale + translation of 
 Next to each image, ``<stem>_keypoints.json`` holds the ground-truth projected BODY_25 and hand
 keypoints in OpenPose's JSON layout (`mst align --detector openpose-json` reads it), and
 ``truth.jsonl`` holds every image's exact H (image pixels -> full-body space), against which the
-MST's fitted H can be checked (`mst_pipeline.people_truth`).
+MST's fitted H can be checked (`mst_pipeline.synthesis.people_truth`).
 
-pyrender rasterises which triangle each pixel sees (`mst_pipeline.mesh_render`, headless OpenGL:
+pyrender rasterises which triangle each pixel sees (`mst_pipeline.synthesis.mesh_render`, headless OpenGL:
 identical bytes for the same seed on the same machine) and numpy shades it: Lambert shading of
 smooth normals, colours by each vertex's dominant skinning joint
 (shirt on the torso and upper arms, trousers on the legs, skin on head, hands and forearms, hair on
@@ -37,14 +37,23 @@ from typing import Any
 
 import numpy as np
 
-from mst_pipeline import mesh_render
 from mst_pipeline.body import load_body_model
 from mst_pipeline.body.layout import HAND_SLOTS, NUM_SMPL_JOINTS
-from mst_pipeline.mesh_render import barycentrics, triangle_ids
-from mst_pipeline.people_plan import JOINT, VIEWS, PersonGeometry, PersonPlan, View, plan_person, pose_person, views
-from mst_pipeline.poses import load_pose_set
-from mst_pipeline.shards import encode_image
+from mst_pipeline.body.poses import load_pose_set
+from mst_pipeline.shards.writer import encode_image
 from mst_pipeline.space import load_space
+from mst_pipeline.synthesis import mesh_render
+from mst_pipeline.synthesis.mesh_render import barycentrics, triangle_ids
+from mst_pipeline.synthesis.people_plan import (
+    JOINT,
+    VIEWS,
+    PersonGeometry,
+    PersonPlan,
+    View,
+    plan_person,
+    pose_person,
+    views,
+)
 from uh_train.format.atomic import atomic_write_bytes, atomic_write_text
 from uh_train.format.geometry import apply_homography, scale_translate
 

@@ -37,12 +37,12 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.body.keypoints import PersonKeypoints
+from mst_pipeline.detect.images import IMAGE_EXTS, Rejected, list_images, stem_of
 from mst_pipeline.detect.pool import NO_DETECTOR, DetectedImage, batches, detections, image_detector
-from mst_pipeline.images import IMAGE_EXTS, Rejected, list_images, stem_of
-from mst_pipeline.pare import load_pare_checkpoint, pare_start
-from mst_pipeline.rejects import reject_file
-from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
-from mst_pipeline.smplify import FitResult, SmplifyConfig, smplify_p
+from mst_pipeline.fitting.pare import load_pare_checkpoint, pare_start
+from mst_pipeline.fitting.smplify import FitResult, SmplifyConfig, smplify_p
+from mst_pipeline.shards.rejects import reject_file
+from mst_pipeline.shards.writer import ShardWriter, encode_sample, write_manifest
 from mst_pipeline.space import DEFAULT_DENSITY, FullBodySpace, region_and_density
 from uh_train.format.geometry import apply_homography, full_image_homography
 from uh_train.format.spec import make_key, sha256_file
@@ -154,7 +154,7 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
     With `settings.workers` > 1, detection (image decoding and keypoints) runs in that many
     processes, each building its detector once (or unpickling `detector` when one is given);
     results are consumed in file order, so the output equals a one-worker run. With
-    `settings.overlay`, each newly aligned image also gets OVERLAY/<stem>.jpg (`mst_pipeline.overlay`).
+    `settings.overlay`, each newly aligned image also gets OVERLAY/<stem>.jpg (`mst_pipeline.align.overlay`).
     With `settings.aligned`, nothing is fitted: `model` and `prior` are unused and `space` (None:
     the built-in density) only sets the tier.
     """
@@ -295,7 +295,7 @@ def _write_aligned(tasks: list, detected: Iterator, writer: ShardWriter, out: Pa
 
 def _write_overlays(folder: Path, aligned: list, model, settings: AlignSettings) -> None:
     """OVERLAY/<stem>.jpg for each (item, fit, meta) of a batch; the meshes are posed together."""
-    from mst_pipeline.overlay import fitted_bodies, overlay_picture, write_overlay
+    from mst_pipeline.align.overlay import fitted_bodies, overlay_picture, write_overlay
 
     vertices, joints = fitted_bodies(model, [fit for _, fit, _ in aligned], settings.device)
     faces = model.faces

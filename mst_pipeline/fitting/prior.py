@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mst_pipeline.body.rotations import axis_angle_to_rotmat, rot6d_to_rotmat, rotmat_to_axis_angle
-from mst_pipeline.state_keys import compare_state
+from mst_pipeline.fitting.state_keys import compare_state
 from uh_train.format.atomic import atomic_path
 
 NUM_BODY_JOINTS = 21
@@ -237,7 +237,7 @@ def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr:
     kl_weight · KL(q(z|θ) ‖ N(0, I)) + rot_weight · the mean squared rotation-matrix error (VPoser's
     rotation term; in the first `rot_epochs` epochs only when given, as VPoser; every epoch by default).
 
-    mirror: train on every pose and its left-right mirror image (`mst_pipeline.poses.mirror_pose`).
+    mirror: train on every pose and its left-right mirror image (`mst_pipeline.body.poses.mirror_pose`).
     People are as likely to lean, turn or raise an arm to the left as to the right; a set of a few
     dozen fitted poses is not, and a prior learnt from it alone completes an unseen spine with the
     set's sideways bias, which moves a face crop sideways in full-body space (docs/mst.md).
@@ -251,7 +251,7 @@ def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr:
         raise ValueError("need at least 2 poses to train the prior")
     num_poses = len(poses)
     if mirror:
-        from mst_pipeline.poses import mirror_pose
+        from mst_pipeline.body.poses import mirror_pose
 
         poses = np.concatenate([poses, mirror_pose(poses).astype(np.float32)])
     if body is None:

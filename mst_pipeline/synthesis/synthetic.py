@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from rich.progress import Progress
 
-from mst_pipeline.shards import ShardWriter, encode_image, encode_sample
+from mst_pipeline.shards.writer import ShardWriter, encode_image, encode_sample
 from uh_train.format.geometry import apply_homography, density, full_image_homography, image_region, scale_translate
 
 SUPERSAMPLE = 3
@@ -210,7 +210,7 @@ def write_synthetic(out: str | Path, n: int = 32, res: int = 256, seed: int = 0,
     finally:
         for writer in writers.values():
             writer.close()
-        from mst_pipeline.shards import write_manifest
+        from mst_pipeline.shards.writer import write_manifest
 
         write_manifest(out)
     return counts

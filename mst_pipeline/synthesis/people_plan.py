@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.body.layout import ARM_JOINTS, EXTRA_VERTEX_NAMES, FINGERTIPS, NUM_SMPL_JOINTS, SMPL_JOINT_NAMES
-from mst_pipeline.poses import prior_pose
+from mst_pipeline.body.poses import prior_pose
 from mst_pipeline.space import FullBodySpace, upright_orientation
 from uh_train.format.geometry import scale_translate, square_homography
 

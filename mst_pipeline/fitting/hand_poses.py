@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.body.fingers import NUM_FINGER_JOINTS, NUM_HAND_KEYPOINTS, fit_finger_poses
-from mst_pipeline.poses import read_npz
-from mst_pipeline.shards import complete_shards
+from mst_pipeline.body.poses import read_npz
+from mst_pipeline.shards.writer import complete_shards
 from uh_train.format.atomic import atomic_write
 
 FORMAT = "unitedhuman-hand-poses/1"

@@ -32,7 +32,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mst_pipeline.backgrounds import (
+from mst_pipeline.body import load_body_model
+from mst_pipeline.body.poses import load_pose_set
+from mst_pipeline.shards.rejects import append_reject
+from mst_pipeline.shards.writer import ShardWriter, encode_sample, write_manifest
+from mst_pipeline.space import FullBodySpace, crop_camera, load_space
+from mst_pipeline.synthesis.backgrounds import (
     Backgrounds,
     background_name,
     composite,
@@ -40,13 +45,8 @@ from mst_pipeline.backgrounds import (
     find_backgrounds,
     list_photos,
 )
-from mst_pipeline.blender import BlenderWorker, RenderError, blender_command, gpu_present, scratch_folder
-from mst_pipeline.body import load_body_model
-from mst_pipeline.hand_geometry import HandGeometry, HandPlan, hand_crop, plan_hand, pose_hand
-from mst_pipeline.poses import load_pose_set
-from mst_pipeline.rejects import append_reject
-from mst_pipeline.shards import ShardWriter, encode_sample, write_manifest
-from mst_pipeline.space import FullBodySpace, crop_camera, load_space
+from mst_pipeline.synthesis.blender import BlenderWorker, RenderError, blender_command, gpu_present, scratch_folder
+from mst_pipeline.synthesis.hand_geometry import HandGeometry, HandPlan, hand_crop, plan_hand, pose_hand
 from uh_train.format.geometry import density, image_region, square_homography
 
 SOURCE = "hands"
@@ -183,7 +183,7 @@ def render_hands(
     hand_poses = rigs = None
     if hand_poses_file is not None:
         from mst_pipeline.body.fingers import finger_rigs
-        from mst_pipeline.hand_poses import load_hand_poses
+        from mst_pipeline.fitting.hand_poses import load_hand_poses
 
         hand_poses = load_hand_poses(hand_poses_file)
         rigs = finger_rigs(model)

@@ -5,9 +5,9 @@ this visibility buffer: pyrender draws every triangle in a colour that encodes i
 no multisampling, depth test on), and the barycentric weights of each pixel centre follow exactly
 from its triangle's corners (the projection is orthographic, so they are linear in pixels).
 Shading stays in numpy because the materials are per-pixel functions of the rest-pose surface
-(`mst_pipeline.people`), which pyrender's fixed shaders cannot express.
+(`mst_pipeline.synthesis.people`), which pyrender's fixed shaders cannot express.
 
-OpenGL runs in a worker process (`python -m mst_pipeline.mesh_render`, started on first use and fed
+OpenGL runs in a worker process (`python -m mst_pipeline.synthesis.mesh_render`, started on first use and fed
 arrays over a pipe): Mesa's software renderer loads its own LLVM, which crashes the process when
 torch later imports triton (another LLVM), and PyOpenGL binds its platform at import, which a
 fresh process can still choose. The platform is PYOPENGL_PLATFORM when set (egl or osmesa), else
@@ -211,7 +211,7 @@ class _Worker:
         root = str(Path(__file__).resolve().parents[1])  # this package importable in the worker
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.pid = os.getpid()
-        self.process = subprocess.Popen([sys.executable, "-m", "mst_pipeline.mesh_render"], env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "mst_pipeline.synthesis.mesh_render"], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.lock = threading.Lock()
 

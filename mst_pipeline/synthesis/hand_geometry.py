@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.body.layout import ARM_JOINTS, FINGERTIPS, HAND_SLOTS, NUM_SMPL_JOINTS
-from mst_pipeline.poses import prior_pose
+from mst_pipeline.body.poses import prior_pose
 from mst_pipeline.space import FullBodySpace
 
 THUMB_CURL = 0.6  # the thumb flexes less than the fingers

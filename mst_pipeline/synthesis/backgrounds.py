@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mst_pipeline.images import list_images
+from mst_pipeline.detect.images import list_images
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -131,7 +131,7 @@ def find_backgrounds(folder: str | os.PathLike | None) -> Backgrounds | None:
         return None
     import tarfile
 
-    from mst_pipeline.shards import complete_shards
+    from mst_pipeline.shards.writer import complete_shards
 
     folder = Path(folder)
     if folder.is_dir() and complete_shards(folder):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from mst_pipeline.shards import ShardError, complete_shards, read_shard
+from mst_pipeline.shards.writer import ShardError, complete_shards, read_shard
 from uh_train.format.atomic import atomic_path
 from uh_train.format.geometry import warp_to_canvas
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mst_pipeline.body.rotations import rot6d_to_rotmat, rotmat_to_axis_angle
-from mst_pipeline.smplify import (
+from mst_pipeline.fitting.smplify import (
     FitInit,
     facing_from_keypoints,
     fitting_joints,
@@ -48,8 +48,8 @@ from mst_pipeline.smplify import (
     project,
     visibility,
 )
+from mst_pipeline.fitting.state_keys import KeyReport, compare_state
 from mst_pipeline.space import normalised_to_pixels
-from mst_pipeline.state_keys import KeyReport, compare_state
 from uh_train.format.geometry import bilinear_sample
 from uh_train.format.unpickle import (
     NUMPY_ARRAYS,

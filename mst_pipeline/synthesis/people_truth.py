@@ -73,8 +73,8 @@ def truth_views(model: Any, n: int, seed: int = 0, res: int = 128, space: Any = 
     per view with index, view, width, height, H (image pixels -> full-body space) and the
     keypoints its OpenPose JSON holds in the fit's layout: targets [37, 2] in the image's
     normalised coordinates and confidence [37] (1 inside the image, 0 outside)."""
-    from mst_pipeline.people_plan import plan_person, pose_person, views
     from mst_pipeline.space import default_space, pixels_to_normalised
+    from mst_pipeline.synthesis.people_plan import plan_person, pose_person, views
 
     space = space if space is not None else default_space(model)
     out = []

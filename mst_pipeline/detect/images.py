@@ -2,7 +2,7 @@
 
 `list_images` is the one lister (`mst align`, `mst space`, `mst derive-sr`, and the photo folders
 of `mst render-hands`), `read_image` the one decoder; a file that cannot be used raises `Rejected`
-with the reason that goes to rejects.jsonl (`mst_pipeline.rejects`).
+with the reason that goes to rejects.jsonl (`mst_pipeline.shards.rejects`).
 """
 
 from __future__ import annotations

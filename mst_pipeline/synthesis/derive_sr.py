@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mst_pipeline.images import Rejected, aligned_shape_defect, list_images, read_image, stem_of
-from mst_pipeline.rejects import reject_file
-from mst_pipeline.shards import (
+from mst_pipeline.detect.images import Rejected, aligned_shape_defect, list_images, read_image, stem_of
+from mst_pipeline.shards.rejects import reject_file
+from mst_pipeline.shards.writer import (
     ShardError,
     ShardWriter,
     complete_shards,

@@ -1,0 +1,4 @@
+"""The MST's fits (paper §3.1, App. B): SMPLify-P (Eq. 1: `energy`; the batched fit: `smplify`,
+its solvers: `solvers`, keypoint targets and start: `targets`), the optional PARE start (`pare/`),
+the VPoser-style pose prior (`prior`), the full-body space measured from an aligned set
+(`space_fit`) and finger poses fitted to hand keypoints (`hand_poses`)."""
