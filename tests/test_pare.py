@@ -16,22 +16,19 @@ from typer.testing import CliRunner
 from mst_pipeline.body.rotations import axis_angle_to_rotmat, rot6d_to_rotmat
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
-from mst_pipeline.fitting.pare import (
+from mst_pipeline.fitting.pare.checkpoint import PareCheckpointError, load_pare_checkpoint
+from mst_pipeline.fitting.pare.crops import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     IMG_RES,
     KEYPOINT_BOX_SCALE,
-    Pare,
-    PareCheckpointError,
-    PareOutput,
     bbox_from_keypoints,
     crop_cam_to_full_image,
     crop_person,
-    load_pare_checkpoint,
-    pare_start,
-    part_attention,
 )
-from mst_pipeline.fitting.smplify import fitting_joints, project
+from mst_pipeline.fitting.pare.network import Pare, PareOutput, part_attention
+from mst_pipeline.fitting.pare.start import pare_start
+from mst_pipeline.fitting.targets import fitting_joints, project
 from mst_pipeline.shards.validate import validate_folder
 from mst_pipeline.shards.writer import complete_shards, read_shard
 from mst_pipeline.space import normalised_to_pixels

@@ -16,20 +16,10 @@ import torch
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, HAND_SLOTS, NUM_TARGETS, SMPL_PARENTS
 from mst_pipeline.body.model import BodyModel
 from mst_pipeline.body.smpl_file import BodyModelData
+from mst_pipeline.fitting.energy import geman_mcclure, lean_regulariser, pitch_regulariser, prior_target
 from mst_pipeline.fitting.prior import PosePrior
-from mst_pipeline.fitting.smplify import (
-    SmplifyConfig,
-    facing_from_keypoints,
-    fitting_joints,
-    geman_mcclure,
-    invisible_joints,
-    keypoint_init,
-    lean_regulariser,
-    pitch_regulariser,
-    prior_target,
-    project,
-    smplify_p,
-)
+from mst_pipeline.fitting.smplify import SmplifyConfig, smplify_p
+from mst_pipeline.fitting.targets import facing_from_keypoints, fitting_joints, invisible_joints, keypoint_init, project
 from mst_pipeline.space import upright_orientation
 
 BODY_JOINTS = ("left_hip right_hip spine1 left_knee right_knee spine2 left_ankle right_ankle spine3 left_foot "

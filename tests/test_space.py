@@ -16,7 +16,8 @@ import torch
 from test_smplify import fitting_joints, random_pose
 
 from mst_pipeline.body.layout import NUM_TARGETS
-from mst_pipeline.fitting.smplify import SmplifyConfig, project, smplify_p
+from mst_pipeline.fitting.smplify import SmplifyConfig, smplify_p
+from mst_pipeline.fitting.targets import project
 from mst_pipeline.space import (
     FullBodySpace,
     crop_camera,
@@ -204,7 +205,7 @@ def test_pitch_sign_convention_is_shared_by_the_renders_and_eq1(open_model):
     """A body turned by the renders' pitch o has `pitch_of_rotation` o, and Eq. 1's pitch term is
     zero there when ô = o (one convention for `mst render-people`, `mst space` and SMPLify-P)."""
     from mst_pipeline.body.rotations import axis_angle_to_rotmat_np
-    from mst_pipeline.fitting.smplify import pitch_regulariser
+    from mst_pipeline.fitting.energy import pitch_regulariser
     from mst_pipeline.space import pitch_of_rotation
     from mst_pipeline.synthesis.people_plan import plan_person
 
@@ -292,7 +293,7 @@ def test_mst_space_with_pare_takes_the_mean_pitch_from_pares_global_orientation(
     from test_pare import steer_pose
     from test_smplify import random_pose
 
-    from mst_pipeline.fitting.pare import Pare
+    from mst_pipeline.fitting.pare.network import Pare
     from mst_pipeline.fitting.space_fit import build_space
 
     pose = random_pose(np.random.default_rng(5), 1, spread=0.12)[0]  # write_dataset's person

@@ -36,7 +36,7 @@ def test_a_subclass_reads_what_its_own_allow_list_names():
 
 def test_every_pickle_reader_uses_the_one_unpickler():
     from mst_pipeline.body import smpl_file
-    from mst_pipeline.fitting import pare
+    from mst_pipeline.fitting.pare import checkpoint as pare
     from uh_train import checkpoint
 
     readers = [checkpoint.SnapshotUnpickler, smpl_file.ModelFileUnpickler, pare._StubbingUnpickler]

@@ -39,7 +39,8 @@ import numpy as np
 from mst_pipeline.body.keypoints import PersonKeypoints
 from mst_pipeline.detect.images import IMAGE_EXTS, Rejected, list_images, stem_of
 from mst_pipeline.detect.pool import NO_DETECTOR, DetectedImage, batches, detections, image_detector
-from mst_pipeline.fitting.pare import load_pare_checkpoint, pare_start
+from mst_pipeline.fitting.pare.checkpoint import load_pare_checkpoint
+from mst_pipeline.fitting.pare.start import pare_start
 from mst_pipeline.fitting.smplify import FitResult, SmplifyConfig, smplify_p
 from mst_pipeline.shards.rejects import reject_file
 from mst_pipeline.shards.writer import ShardWriter, encode_sample, write_manifest

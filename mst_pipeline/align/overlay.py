@@ -6,7 +6,8 @@ hand skeletons), the fitted model's projected joints with a line from each visib
 joint (the residual of Eq. 1's data term, coloured green → yellow → red by its size,
 `draw_residuals`), and a legend with kind, tier, visible keypoints, fit loss and the joints that
 fit worst, so a failed joint can be named.
-The silhouette is rasterised by pyrender (`mst_pipeline.synthesis.mesh_render`, as `mst render-people`); drawing uses PIL.
+The silhouette is rasterised by pyrender (`mst_pipeline.synthesis.mesh_render`, as `mst render-people`);
+drawing uses PIL.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from mst_pipeline.body.layout import BODY25_NAMES
-from mst_pipeline.fitting.smplify import fitting_joints, project
+from mst_pipeline.fitting.targets import fitting_joints, project
 from mst_pipeline.space import normalised_to_pixels
 from mst_pipeline.synthesis.mesh_render import triangle_ids
 from uh_train.format.atomic import atomic_write_bytes

@@ -13,9 +13,9 @@ E(α_opt) = λv · Σ_vis ρ(J_i − J'_i) + λi · Σ_invis MSE(θ_i, θ̂_i) +
 * o: pitch of the global orientation (`space.pitch_of_rotation`), ô: the full-body set's mean.
 
 The keypoint term is robust: each coordinate's residual goes through the Geman-McClure function
-(`geman_mcclure`, σ = `SmplifyConfig.robust_sigma`), as in SMPLify, so a wrong keypoint costs at
+(`energy.geman_mcclure`, σ = `SmplifyConfig.robust_sigma`), as in SMPLify, so a wrong keypoint costs at
 most σ². Fitting is batched: many images are optimised together on any device, by default with
-L-BFGS keeping one curvature history and one step size per image (`_run_batched_lbfgs`); each image
+L-BFGS keeping one curvature history and one step size per image (`solvers.run_batched_lbfgs`); each image
 leaves the batch when its energy has converged, and its losses, visible-keypoint count and
 iterations are recorded in a `FitResult`. The keypoint-based start (`keypoint_init`) is the offline default
 initialisation; PARE's prediction (`mst_pipeline.fitting.pare`) can replace it.
@@ -30,82 +30,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, HAND_SLOTS, NUM_SMPL_JOINTS, NUM_TARGETS, SMPL_JOINT_NAMES
-from mst_pipeline.body.rotations import axis_angle_to_rotmat
+from mst_pipeline.body.layout import NUM_TARGETS
+from mst_pipeline.fitting.energy import Eq1Batch, smplify_p_energy
 from mst_pipeline.fitting.prior import PosePrior
-from mst_pipeline.space import pitch_of_rotation, upright_orientation
-
-# Fitting targets (`layout.NUM_TARGETS`): BODY_25, then wrist + 5 fingertips (`layout.HAND_SLOTS`)
-# of the left and the right hand.
-LHAND = slice(25, 25 + len(HAND_SLOTS))
-RHAND = slice(25 + len(HAND_SLOTS), NUM_TARGETS)
-
-
-def _model_joint(name: str) -> int:
-    if name in SMPL_JOINT_NAMES:
-        return SMPL_JOINT_NAMES.index(name)
-    return NUM_SMPL_JOINTS + EXTRA_VERTEX_NAMES.index(name)
-
-
-# Indices into the model's 45 joints of the 12 hand targets (after BODY_25).
-HAND_MODEL_JOINTS = tuple(
-    _model_joint(n) for n in ("left_wrist", "lthumb", "lindex", "lmiddle", "lring", "lpinky",
-                              "right_wrist", "rthumb", "rindex", "rmiddle", "rring", "rpinky")
-)  # fmt: skip
-
-# Body joints 1..21 (the prior's joints) and the targets whose position they determine: a joint
-# with none of them visible is "invisible" and pulled towards the prior's reconstruction.
-_B = {n: i for i, n in enumerate((
-    "Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow", "LWrist", "MidHip", "RHip",
-    "RKnee", "RAnkle", "LHip", "LKnee", "LAnkle", "REye", "LEye", "REar", "LEar", "LBigToe",
-    "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel"))}
-_HEAD = ("Nose", "REye", "LEye", "REar", "LEar")
-_JOINT_TARGETS: dict[str, tuple[int, ...]] = {
-    "left_hip": (_B["LKnee"],), "right_hip": (_B["RKnee"],),
-    "spine1": (_B["Neck"], _B["LShoulder"], _B["RShoulder"]),
-    "left_knee": (_B["LAnkle"],), "right_knee": (_B["RAnkle"],),
-    "spine2": (_B["Neck"], _B["LShoulder"], _B["RShoulder"]),
-    "left_ankle": (_B["LBigToe"], _B["LSmallToe"], _B["LHeel"]),
-    "right_ankle": (_B["RBigToe"], _B["RSmallToe"], _B["RHeel"]),
-    "spine3": (_B["Neck"], _B["LShoulder"], _B["RShoulder"]),
-    "left_foot": (_B["LBigToe"], _B["LSmallToe"]), "right_foot": (_B["RBigToe"], _B["RSmallToe"]),
-    "neck": tuple(_B[n] for n in _HEAD), "left_collar": (_B["LShoulder"],),
-    "right_collar": (_B["RShoulder"],), "head": tuple(_B[n] for n in _HEAD),
-    "left_shoulder": (_B["LElbow"],), "right_shoulder": (_B["RElbow"],),
-    "left_elbow": (_B["LWrist"], LHAND.start), "right_elbow": (_B["RWrist"], RHAND.start),
-    "left_wrist": tuple(range(LHAND.start + 1, LHAND.stop)),
-    "right_wrist": tuple(range(RHAND.start + 1, RHAND.stop)),
-}  # fmt: skip
-# A joint's rotation is relative to its parent's: it is seen only when keypoints on both sides of
-# it are, those it moves and one on the parent's side. Without the pelvis a spine bend is
-# indistinguishable from the global orientation; without the shoulders a neck bend from a spine
-# bend, and a head turn or tilt from either: a face alone fixes the head's orientation in the
-# camera, not how the unseen chain below it (spine, neck, head) shares it. That share decides
-# where the face sits above the pelvis, so it is left to the prior rather than given to the head.
-_PELVIS = (_B["MidHip"], _B["RHip"], _B["LHip"])
-_SHOULDERS = (_B["RShoulder"], _B["LShoulder"])
-_CHEST = (_B["Neck"],) + _SHOULDERS
-_PARENT_TARGETS: dict[str, tuple[int, ...]] = {
-    "left_hip": _PELVIS, "right_hip": _PELVIS, "spine1": _PELVIS, "spine2": _PELVIS, "spine3": _PELVIS,
-    "left_knee": (_B["LHip"],), "right_knee": (_B["RHip"],),
-    "left_ankle": (_B["LKnee"],), "right_ankle": (_B["RKnee"],),
-    "left_foot": (_B["LAnkle"], _B["LHeel"]), "right_foot": (_B["RAnkle"], _B["RHeel"]),
-    "neck": _SHOULDERS, "head": _SHOULDERS,
-    "left_collar": (_B["Neck"], _B["RShoulder"]), "right_collar": (_B["Neck"], _B["LShoulder"]),
-    "left_shoulder": (_B["LShoulder"],), "right_shoulder": (_B["RShoulder"],),
-    "left_elbow": (_B["LElbow"],), "right_elbow": (_B["RElbow"],),
-    "left_wrist": (_B["LWrist"], LHAND.start), "right_wrist": (_B["RWrist"], RHAND.start),
-}  # fmt: skip
-JOINT_TARGET_MASK = np.zeros((21, NUM_TARGETS), dtype=bool)  # [21 body joints, targets it moves]
-PARENT_TARGET_MASK = np.zeros((21, NUM_TARGETS), dtype=bool)  # [21 body joints, targets on the parent's side]
-for _j, _name in enumerate(SMPL_JOINT_NAMES[1:22]):
-    JOINT_TARGET_MASK[_j, list(_JOINT_TARGETS[_name])] = True
-    PARENT_TARGET_MASK[_j, list(_PARENT_TARGETS[_name])] = True
-
-# Targets for the camera start, in order of preference: torso and face, then hands.
-TORSO_FACE = tuple(_B[n] for n in ("Neck", "RShoulder", "LShoulder", "MidHip", "RHip", "LHip") + _HEAD)
-HANDS = tuple(range(25, NUM_TARGETS))
-
+from mst_pipeline.fitting.solvers import run_adam, run_batched_lbfgs, run_lbfgs
+from mst_pipeline.fitting.targets import (
+    PELVIS,
+    SHOULDERS,
+    facing_from_keypoints,
+    fitting_joints,
+    invisible_joints,
+    keypoint_init,
+    visibility,
+)
+from mst_pipeline.space import upright_orientation
 
 PRIOR_MODES = ("reconstruct", "complete")  # SmplifyConfig.prior_mode: how θ̂ is made
 
@@ -181,129 +119,6 @@ class FitResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure pieces
-
-
-def fitting_joints(joints: Tensor, body25: Tensor) -> Tensor:
-    """Model joints in the target layout. joints [B,45,3], body25 [B,25,3] -> [B,37,3]."""
-    return torch.cat([body25, joints[:, list(HAND_MODEL_JOINTS)]], dim=1)
-
-
-def visibility(targets: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
-    """Visible keypoints: confident and inside the image's normalised box.
-
-    targets [B,N,2] normalised, confidence [B,N] -> bool [B,N]. Points outside [-1, 1]² lie outside
-    the padded square; points in the padding of a non-square image are rejected by the caller
-    passing the image's own box through `inside`.
-    """
-    inside = np.all(np.abs(targets) <= 1.0, axis=-1)
-    return (confidence >= threshold) & inside & np.all(np.isfinite(targets), axis=-1)
-
-
-def invisible_joints(visible: Tensor) -> Tensor:
-    """Body joints 1..21 with no visible target among those they move, or none on their parent's
-    side. visible [B,37] -> [B,21]."""
-    moved = torch.as_tensor(JOINT_TARGET_MASK, device=visible.device)
-    parent = torch.as_tensor(PARENT_TARGET_MASK, device=visible.device)
-    return ~((visible[:, None, :] & moved[None]).any(-1) & (visible[:, None, :] & parent[None]).any(-1))
-
-
-def pitch_regulariser(global_orient: Tensor, mean_pitch: float) -> Tensor:
-    """(o − ô)² per image, o the pitch of global_orient [B,3] (Eq. 1's third term). -> [B]."""
-    return (pitch_of_rotation(axis_angle_to_rotmat(global_orient)) - mean_pitch) ** 2
-
-
-def lean_regulariser(global_orient: Tensor) -> Tensor:
-    """Squared sideways lean of the body's up axis in the image plane, atan2(up_x, −up_y)², per
-    image. global_orient [B,3] -> [B]. Applied to images of a head alone (see `_fit`)."""
-    R = axis_angle_to_rotmat(global_orient)
-    return torch.atan2(R[:, 0, 1], -R[:, 1, 1]) ** 2
-
-
-def prior_target(prior: PosePrior, theta: Tensor, invisible: Tensor) -> Tensor:
-    """θ̂ of Eq. 1 for the invisible joints: the prior's reconstruction of the pose with the invisible
-    joints at rest (zero), so it completes them from the seen joints and their own current values
-    cannot vouch for themselves (a plain reconstruction accepts any pose the prior can reproduce,
-    which, from a prior with a sideways bias, includes spine bends that slide an unseen body under
-    a face crop). theta [B,21,3], invisible
-    [B,21] (1 = invisible) -> [B,21,3]."""
-    seen = torch.where(invisible[..., None] > 0, torch.zeros_like(theta), theta)
-    return prior.reconstruct(seen.reshape(len(theta), 63)).pose_body.reshape(len(theta), 21, 3)
-
-
-def project(points: Tensor, cam: Tensor) -> Tensor:
-    """Weak-perspective u = s · (X_xy + t). points [B,N,3], cam [B,3] -> [B,N,2]."""
-    return cam[:, None, :1] * (points[..., :2] + cam[:, None, 1:])
-
-
-def keypoint_init(rest_joints: Tensor, targets: Tensor, visible: Tensor) -> tuple[Tensor, Tensor]:
-    """Camera (s, tx, ty) aligning the rest body's joints to the visible keypoints.
-
-    rest_joints [B,37,3] (already oriented), targets [B,37,2], visible [B,37] bool -> (cam [B,3],
-    ok [B] bool). Uses torso and face keypoints when at least two are visible, otherwise the hand
-    keypoints (wrist + fingertips), otherwise everything visible. Least squares in scale and
-    translation: s = Σ⟨u−ū, X−X̄⟩ / Σ|X−X̄|², t = ū/s − X̄.
-    """
-    B = targets.shape[0]
-    torso = torch.zeros(NUM_TARGETS, dtype=torch.bool, device=targets.device)
-    torso[list(TORSO_FACE)] = True
-    hands = torch.zeros_like(torso)
-    hands[list(HANDS)] = True
-    use = visible & torso
-    few = use.sum(1) < 2
-    use = torch.where(few[:, None], visible & hands, use)
-    few = use.sum(1) < 2
-    use = torch.where(few[:, None], visible, use)
-    w = use.to(targets.dtype)
-    n = w.sum(1, keepdim=True).clamp_min(1)
-    X = rest_joints[..., :2]
-    Xm = (w[..., None] * X).sum(1) / n
-    um = (w[..., None] * targets).sum(1) / n
-    dX, du = X - Xm[:, None], targets - um[:, None]
-    num = (w[..., None] * dX * du).sum((1, 2))
-    den = (w[..., None] * dX * dX).sum((1, 2))
-    s = num / den.clamp_min(1e-9)
-    ok = (use.sum(1) >= 2) & (s > 1e-3) & torch.isfinite(s)
-    s = torch.where(ok, s, torch.ones_like(s))
-    t = um / s[:, None] - Xm
-    return torch.cat([s[:, None], t], dim=1).reshape(B, 3), ok
-
-
-def facing_from_keypoints(targets: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Which way each person faces, from the left/right order of paired keypoints.
-
-    Facing the camera, the person's left side appears on the image's right (larger x). Returns
-    (back [B] bool, ambiguous [B] bool): ambiguous when the shoulders (or, without them, the
-    hips, ears or eyes) are closer together than a quarter of the torso length or unknown.
-    """
-    B = targets.shape[0]
-    back = np.zeros(B, dtype=bool)
-    ambiguous = np.ones(B, dtype=bool)
-    pairs = [("LShoulder", "RShoulder"), ("LHip", "RHip"), ("LEar", "REar"), ("LEye", "REye")]
-    for b in range(B):
-        for left, right in pairs:
-            li, ri = _B[left], _B[right]
-            if not (visible[b, li] and visible[b, ri]):
-                continue
-            dx = targets[b, li, 0] - targets[b, ri, 0]
-            scale = _torso_length(targets[b], visible[b])
-            back[b] = dx < 0
-            ambiguous[b] = scale is not None and abs(dx) < 0.25 * scale if left == "LShoulder" else False
-            break
-    return back, ambiguous
-
-
-def _torso_length(t: np.ndarray, v: np.ndarray) -> float | None:
-    neck, hip = _B["Neck"], _B["MidHip"]
-    if v[neck] and v[hip]:
-        return float(np.linalg.norm(t[neck] - t[hip]))
-    ls, rs = _B["LShoulder"], _B["RShoulder"]
-    if v[ls] and v[rs] and v[_B["Nose"]]:
-        return 2.5 * float(np.linalg.norm(0.5 * (t[ls] + t[rs]) - t[_B["Nose"]]))
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
 # The fit
 
 
@@ -366,28 +181,20 @@ def initial_guess(model, targets: np.ndarray, vis: np.ndarray, back: np.ndarray,
                    betas=torch.zeros(B, model.num_betas, device=device))
 
 
-def geman_mcclure(residual: Tensor, sigma: float) -> Tensor:
-    """Geman-McClure ρ(r) = σ²·r² / (σ² + r²), elementwise: ≈ r² for |r| ≪ σ, at most σ² however far
-    a keypoint lies, so one wrong keypoint cannot pull the fit further than σ allows (SMPLify's data
-    term). residual [...] -> [...]."""
-    sq = residual ** 2
-    return sigma ** 2 * sq / (sigma ** 2 + sq)
-
-
 def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, init: FitInit,
          prior: PosePrior | None, mean_pitch: float, cfg: SmplifyConfig, dev: torch.device) -> list[FitResult]:
     torch.manual_seed(cfg.seed)
     B = targets.shape[0]
     f32 = torch.float32
-    tgt = torch.as_tensor(targets, dtype=f32, device=dev)
     visible = torch.as_tensor(vis, device=dev)
-    w = visible.to(f32) * torch.as_tensor(np.clip(confidence, 0, 1), dtype=f32, device=dev)
-    inv = invisible_joints(visible).to(f32)  # [B, 21]
     # A head seen alone (no shoulder or pelvis keypoint; the Neck point only shows the neck's
     # direction) says nothing about the body's sideways lean: it is pulled to upright, as the pitch
     # is to ô, so a tilted head bends the unseen chain rather than swinging the whole body about
     # the pelvis.
-    head_only = (~visible[:, list(_PELVIS + _SHOULDERS)].any(1)).to(f32)
+    eq1 = Eq1Batch(targets=torch.as_tensor(targets, dtype=f32, device=dev),
+                   weights=visible.to(f32) * torch.as_tensor(np.clip(confidence, 0, 1), dtype=f32, device=dev),
+                   invisible=invisible_joints(visible).to(f32),
+                   head_only=(~visible[:, list(PELVIS + SHOULDERS)].any(1)).to(f32), mean_pitch=mean_pitch)
     n_vis = visible.sum(1)
     if prior is not None:
         prior = prior.to(dev).eval()
@@ -417,31 +224,13 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
                 betas0[rows] + kr * x[:, 69:])
 
     def energy(x: Tensor, rows: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        """Eq. 1 per image for the images `rows` at parameters x [len(rows), P]."""
+        """Eq. 1 (`smplify_p_energy`) per image for the images `rows` at parameters x [len(rows), P]."""
         cam, go, body, betas = current(x, rows)
-        out = model(betas=betas, global_orient=go, body_pose=torch.cat([body, hands[rows]], 1))
-        r = project(fitting_joints(out.joints, out.body25), cam) - tgt[rows]  # [b, 37, 2]
-        rho = geman_mcclure(r, sigma[0]).sum(-1) if sigma[0] else (r ** 2).sum(-1)
-        wr = w[rows]
-        e_vis = (wr * rho).sum(1) / wr.sum(1).clamp_min(1e-6)
-        theta = body.view(len(rows), 21, 3)
-        ir = inv[rows]
-        if prior is None:
-            theta_hat = torch.zeros_like(theta)
-        elif cfg.prior_mode == "reconstruct":
-            theta_hat = prior.reconstruct(body).pose_body.view_as(theta)
-        else:
-            theta_hat = prior_target(prior, theta, ir)
-        e_inv = (ir[..., None] * (theta - theta_hat) ** 2).sum((1, 2)) / (3 * ir.sum(1)).clamp_min(1)
-        terms = {"keypoints": cfg.lambda_visible * e_vis, "prior": cfg.lambda_invisible * e_inv,
-                 "pitch": cfg.lambda_pitch * (pitch_regulariser(go, mean_pitch)
-                                              + head_only[rows] * lean_regulariser(go)),
-                 "shape": cfg.lambda_shape * (betas ** 2).mean(1)}
-        return sum(terms.values()), terms, (r ** 2).sum(-1)
+        return smplify_p_energy(model, prior, cfg, eq1, rows, cam, go, body, betas, hands[rows], sigma[0])
 
     if cfg.prior_mode not in PRIOR_MODES:
         raise ValueError(f"prior_mode must be one of {', '.join(PRIOR_MODES)}, not {cfg.prior_mode!r}")
-    solvers = {"adam": _run_adam, "lbfgs": _run_lbfgs, "batched-lbfgs": _run_batched_lbfgs}
+    solvers = {"adam": run_adam, "lbfgs": run_lbfgs, "batched-lbfgs": run_batched_lbfgs}
     if cfg.optimizer not in solvers:
         raise ValueError(f"optimizer must be one of {', '.join(solvers)}, not {cfg.optimizer!r}")
     iterations = np.zeros(B, dtype=np.int64)
@@ -489,169 +278,3 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
             failure=failure,
         ))
     return results
-
-
-def _run_adam(energy, x: Tensor, free: Tensor, n_iter: int, cfg: SmplifyConfig, iterations: np.ndarray,
-              converged: np.ndarray) -> Tensor:
-    """Batched Adam; an image whose loss stalls is frozen (its parameters restored after each step)."""
-    x = x.detach().clone().requires_grad_(True)
-    x.register_hook(lambda g: g * free)
-    rows = torch.arange(x.shape[0], device=x.device)
-    opt = torch.optim.Adam([x], lr=cfg.lr)
-    # Adam's steps do not shrink with the gradient: decay the rate so the fit settles.
-    decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay ** (1.0 / max(1, n_iter)))
-    prev = None
-    still = np.zeros(len(iterations), dtype=np.int64)
-    for _ in range(n_iter):
-        opt.zero_grad(set_to_none=True)
-        per_image = energy(x, rows)[0]
-        per_image.sum().backward()
-        frozen = torch.as_tensor(converged, device=x.device)
-        saved = x.detach().clone()
-        opt.step()
-        decay.step()
-        with torch.no_grad():
-            x[frozen] = saved[frozen]
-        loss = per_image.detach().cpu().numpy()
-        iterations[~converged] += 1
-        if prev is not None:
-            rel = np.abs(prev - loss) / np.maximum(np.abs(prev), 1e-12)
-            still = np.where(rel < cfg.tolerance, still + 1, 0)
-            converged |= still >= cfg.patience
-        prev = loss
-        if converged.all():
-            break
-    return x.detach()
-
-
-def _run_lbfgs(energy, x: Tensor, free: Tensor, n_iter: int, cfg: SmplifyConfig, iterations: np.ndarray,
-               converged: np.ndarray) -> Tensor:
-    """torch's L-BFGS (strong Wolfe) on the summed energy, as smplify-x runs it on one image. Over a
-    batch, the images share one line search; stops when the total stalls."""
-    x = x.detach().clone().requires_grad_(True)
-    x.register_hook(lambda g: g * free)
-    rows = torch.arange(x.shape[0], device=x.device)
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=20, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_change=1e-12, tolerance_grad=1e-10)
-
-    def closure():
-        opt.zero_grad(set_to_none=True)
-        total = energy(x, rows)[0].sum()
-        total.backward()
-        return total
-
-    prev = None
-    start = 0
-    for _ in range(max(1, math.ceil(n_iter / 20))):
-        loss = float(opt.step(closure).detach())
-        done = int(opt.state[x].get("n_iter", 0))
-        iterations += done - start
-        start = done
-        if not math.isfinite(loss):
-            break
-        if prev is not None and abs(prev - loss) <= cfg.tolerance * max(abs(prev), 1e-12):
-            converged[:] = True
-            break
-        prev = loss
-    return x.detach()
-
-
-_MAX_STEP = 0.2  # batched-lbfgs: largest change of any parameter in one iteration (radians, log s, ...)
-
-
-def _run_batched_lbfgs(energy, x: Tensor, free: Tensor, n_iter: int, cfg: SmplifyConfig, iterations: np.ndarray,
-                       converged: np.ndarray) -> Tensor:
-    """L-BFGS with one history and one backtracking (Armijo) line search per image, all images in
-    one batched evaluation; an image leaves the batch when it has converged, so later iterations
-    cost only what is still moving. An image converges when its energy falls by less than
-    `tolerance` (relative) in `patience` iterations in a row, or when no step lowers it."""
-    B, P = x.shape
-    dev = x.device
-    m = cfg.history
-    x = x.detach().clone()
-
-    def value_grad(xs: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        xs = xs.detach().requires_grad_(True)
-        f = energy(xs, rows)[0]
-        (g,) = torch.autograd.grad(f.sum(), xs)
-        return f.detach(), g * free
-
-    f, g = value_grad(x, torch.arange(B, device=dev))
-    S = torch.zeros(m, B, P, device=dev)
-    Y = torch.zeros(m, B, P, device=dev)
-    rho = torch.zeros(m, B, device=dev)  # 0 marks an empty or skipped pair: it leaves the two loops unchanged
-    gamma = torch.ones(B, device=dev)
-    fresh = torch.ones(B, dtype=torch.bool, device=dev)  # no curvature pair yet: a cautious first step
-    next_t = torch.full((B,), math.nan, device=dev)  # each image's first trial step; NaN: a cautious one
-    still = torch.zeros(B, dtype=torch.long, device=dev)
-    done = torch.as_tensor(converged, device=dev).clone()
-    head = 0
-    for it in range(n_iter):
-        act = torch.nonzero(~done).flatten()
-        if len(act) == 0:
-            break
-        ga = g[act]
-        # Two-loop recursion over the stored pairs, newest first, every image at once.
-        q = -ga
-        alphas = []
-        for j in range(min(it, m)):
-            i = (head - 1 - j) % m
-            a = rho[i, act] * (S[i, act] * q).sum(1)
-            q = q - a[:, None] * Y[i, act]
-            alphas.append((i, a))
-        d = q * gamma[act, None]
-        for i, a in reversed(alphas):
-            bta = rho[i, act] * (Y[i, act] * d).sum(1)
-            d = d + S[i, act] * (a - bta)[:, None]
-        slope = (ga * d).sum(1)
-        uphill = ~(slope < 0)  # a lost descent direction: fall back to the gradient
-        d = torch.where(uphill[:, None], -ga, d)
-        slope = torch.where(uphill, -(ga * ga).sum(1), slope)
-        # First trial: twice the step the image's last line search accepted (at most the unit step),
-        # or where the last trial failed the step it backtracked to; 1/|g|₁ without curvature.
-        cautious = (1.0 / ga.abs().sum(1).clamp_min(1e-12)).clamp(max=1.0)
-        t = torch.where(uphill | torch.isnan(next_t[act]), cautious, next_t[act])
-        # No parameter moves more than _MAX_STEP per iteration: a poor curvature estimate early on
-        # (or across a Geman-McClure knee) must not throw the pose far off in one step.
-        t = torch.minimum(t, _MAX_STEP / d.abs().amax(1).clamp_min(1e-12))
-        x_new, f_new, g_new = x[act].clone(), f[act].clone(), ga.clone()
-        accepted = torch.zeros(len(act), dtype=torch.bool, device=dev)
-        for _ in range(cfg.line_search_steps):
-            try_ = torch.nonzero(~accepted).flatten()
-            if len(try_) == 0:
-                break
-            xt = x[act[try_]] + t[try_, None] * d[try_]
-            ft, gt = value_grad(xt, act[try_])
-            f0, sl, tt = f[act[try_]], slope[try_], t[try_]
-            ok = torch.isfinite(ft) & (ft <= f0 + 1e-4 * tt * sl)
-            good = try_[ok]
-            x_new[good], f_new[good], g_new[good] = xt[ok], ft[ok], gt[ok]
-            accepted[good] = True
-            # Backtrack to the minimum of the quadratic through f(0), f'(0) and f(t), within [t/10, t/2].
-            quad = -sl * tt ** 2 / (2 * (ft - f0 - sl * tt)).clamp_min(1e-30)
-            t[try_] = torch.where(ok, tt, torch.where(torch.isfinite(quad), quad.clamp(0.1 * tt, 0.5 * tt), 0.1 * tt))
-        next_t[act] = torch.where(accepted, (2.0 * t).clamp(max=1.0), t)
-        iterations[act.cpu().numpy()] += 1
-        # Curvature pair s, y of the accepted step (kept only when sᵀy > 0, so H stays positive).
-        s_k, y_k = x_new - x[act], g_new - ga
-        sy = (s_k * y_k).sum(1)
-        keep = accepted & (sy > 1e-10)
-        S[head, act], Y[head, act] = s_k, y_k
-        rho[head] = 0.0
-        rho[head, act] = torch.where(keep, 1.0 / sy.clamp_min(1e-10), torch.zeros_like(sy))
-        gamma[act] = torch.where(keep, sy / (y_k * y_k).sum(1).clamp_min(1e-20), gamma[act])
-        head = (head + 1) % m
-        # An image whose trials keep failing resumes the search at the next iteration from the
-        # shorter step; once no step of any useful length lowers the energy, it restarts from the
-        # gradient, and from there it has converged.
-        failed = ~accepted & (t * d.abs().amax(1) < 1e-9)
-        stuck = failed & fresh[act]
-        rho[:, act[failed & ~stuck]] = 0.0
-        next_t[act[failed]] = math.nan
-        fresh[act] = torch.where(failed, torch.ones_like(failed), fresh[act] & ~keep)
-        rel = (f[act] - f_new) / f[act].abs().clamp_min(1e-12)
-        still[act] = torch.where(accepted & (rel < cfg.tolerance), still[act] + 1, torch.zeros_like(still[act]))
-        done[act] = stuck | (still[act] >= cfg.patience)
-        x[act], f[act], g[act] = x_new, f_new, g_new
-    converged[:] = done.cpu().numpy()
-    return x

@@ -53,7 +53,8 @@ def feet_pitch(model: Any, targets: np.ndarray, confidence: np.ndarray, threshol
     import torch
 
     from mst_pipeline.body.rotations import axis_angle_to_rotmat
-    from mst_pipeline.fitting.smplify import facing_from_keypoints, initial_guess, visibility
+    from mst_pipeline.fitting.smplify import initial_guess
+    from mst_pipeline.fitting.targets import facing_from_keypoints, visibility
 
     if hasattr(model, "joint_model"):
         model = model.joint_model()
@@ -153,7 +154,8 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
     detect = detect or make_detector(detector, keypoints_dir, root)
     net = None
     if pare is not None:
-        from mst_pipeline.fitting.pare import load_pare_checkpoint, pare_start
+        from mst_pipeline.fitting.pare.checkpoint import load_pare_checkpoint
+        from mst_pipeline.fitting.pare.start import pare_start
 
         net = load_pare_checkpoint(pare, device, strict=True)[0]
     # Pass 1: keypoints (and PARE's start) of every image, and its pitch.
