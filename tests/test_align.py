@@ -17,7 +17,8 @@ from PIL import Image
 from test_space import make_crops
 from typer.testing import CliRunner
 
-from mst_pipeline.align.folder import AlignSettings, align_folder
+from mst_pipeline.align.folder import align_folder
+from mst_pipeline.align.settings import AlignSettings
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.cli import app
 from mst_pipeline.detect.images import list_images

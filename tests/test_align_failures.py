@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import mst_pipeline.align.folder as align_module
 import mst_pipeline.shards.writer as shards_module
-from mst_pipeline.align.folder import AlignSettings, align_folder, key_collisions
+from mst_pipeline.align.folder import align_folder, key_collisions
+from mst_pipeline.align.settings import AlignSettings
 from mst_pipeline.cli import app
 from mst_pipeline.detect.images import Rejected, read_image
 from mst_pipeline.fitting.smplify import SmplifyConfig

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mst_pipeline.align.folder import AlignSettings, align_folder
+from mst_pipeline.align.folder import align_folder
+from mst_pipeline.align.settings import AlignSettings
 from mst_pipeline.cli import app
 from mst_pipeline.shards.rejects import read_rejects
 from mst_pipeline.shards.validate import validate_folder

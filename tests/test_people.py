@@ -247,7 +247,8 @@ def test_command_writes_the_folder_and_rejects_bad_input(tmp_path):
 
 
 def test_mst_align_on_the_renders_recovers_their_true_H(body, rendered, tmp_path):
-    from mst_pipeline.align.folder import AlignSettings, align_folder
+    from mst_pipeline.align.folder import align_folder
+    from mst_pipeline.align.settings import AlignSettings
     from mst_pipeline.fitting.smplify import SmplifyConfig
     from uh_train.format.manifest import read_manifest
 
@@ -266,7 +267,8 @@ def test_mst_align_on_the_renders_recovers_their_true_H(body, rendered, tmp_path
 def test_full_renders_are_an_aligned_set_and_enter_with_their_true_H(rendered, tmp_path):
     """The full renders are square views of the whole of full-body space: `mst align --aligned`
     stores them as they are, with exactly the H they were rendered with."""
-    from mst_pipeline.align.folder import AlignSettings, align_folder
+    from mst_pipeline.align.folder import align_folder
+    from mst_pipeline.align.settings import AlignSettings
     from mst_pipeline.shards.writer import complete_shards, read_shard
     from uh_train.format.manifest import read_manifest
 

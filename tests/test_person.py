@@ -16,8 +16,9 @@ import pytest
 from PIL import Image, ImageDraw
 from test_align import write_dataset
 
-from mst_pipeline.align.folder import AlignSettings, align_folder
+from mst_pipeline.align.folder import align_folder
 from mst_pipeline.align.overlay import TARGET_NAMES, draw_residuals, residual_colour
+from mst_pipeline.align.settings import AlignSettings
 from mst_pipeline.body.keypoints import PersonKeypoints
 from mst_pipeline.body.smpl_file import write_model_npz
 from mst_pipeline.detect.images import read_image
@@ -271,12 +272,13 @@ def test_cli_prior_target_reaches_the_fit(tmp_path, monkeypatch, target):
     from typer.testing import CliRunner
 
     import mst_pipeline.align.folder
+    import mst_pipeline.align.settings
     from mst_pipeline.cli import app
 
     seen = []
 
     def fake_align_folder(*args, settings=None, **kwargs):
-        seen.append(settings or next(a for a in args if isinstance(a, mst_pipeline.align.folder.AlignSettings)))
+        seen.append(settings or next(a for a in args if isinstance(a, mst_pipeline.align.settings.AlignSettings)))
         raise ValueError("stop here")
 
     monkeypatch.setattr(mst_pipeline.align.folder, "align_folder", fake_align_folder)

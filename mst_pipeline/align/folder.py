@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from mst_pipeline.align.settings import AlignSettings
 from mst_pipeline.body.keypoints import PersonKeypoints
 from mst_pipeline.detect.images import IMAGE_EXTS, Rejected, list_images, stem_of
 from mst_pipeline.detect.pool import NO_DETECTOR, DetectedImage, batches, detections, image_detector
 from mst_pipeline.fitting.pare.checkpoint import load_pare_checkpoint
 from mst_pipeline.fitting.pare.start import pare_start
-from mst_pipeline.fitting.smplify import FitResult, SmplifyConfig, smplify_p
+from mst_pipeline.fitting.smplify import FitResult, smplify_p
 from mst_pipeline.shards.rejects import reject_file
 from mst_pipeline.shards.writer import ShardWriter, encode_sample, write_manifest
 from mst_pipeline.space import DEFAULT_DENSITY, FullBodySpace, region_and_density
@@ -49,25 +50,6 @@ from uh_train.format.geometry import apply_homography, full_image_homography
 from uh_train.format.spec import make_key, sha256_file
 
 HR_FACTOR = 1.5  # an image denser than this many times the full-body set's density is HR
-PERSON_CHOICES = ("best", "all")
-
-
-@dataclass
-class AlignSettings:
-    kind: str | None = None  # None: inferred per image from its visible keypoints
-    tier: str | None = None  # None: from the image's density relative to the space
-    detector: str = "mediapipe"
-    keypoints_dir: Path | None = None
-    batch_size: int = 16
-    device: str = "cpu"
-    part: tuple[int, int] = (0, 1)
-    max_count: int = 1000
-    smplify: SmplifyConfig = field(default_factory=SmplifyConfig)
-    overlay: Path | None = None  # folder for a check picture per newly aligned image
-    workers: int = 1  # detection processes feeding the batched fits (1: detect inline)
-    pare: Path | None = None  # PARE checkpoint to start SMPLify-P from; None: the keypoint start
-    aligned: bool = False  # an aligned full-body set: padded-identity H, no fit (see the module docstring)
-    person: str = "best"  # best: the most fully visible person of each image; all: every person (module docstring)
 
 
 @dataclass
@@ -160,20 +142,8 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
     the built-in density) only sets the tier.
     """
     root, out = Path(root), Path(out)
-    if settings.workers < 1:
-        raise ValueError(f"workers must be at least 1, got {settings.workers}")
-    if settings.aligned and (settings.kind or "full") != "full":
-        raise ValueError(f"an aligned full-body set holds kind 'full', not {settings.kind!r}")
-    if settings.person not in PERSON_CHOICES:
-        raise ValueError(f"person must be one of {', '.join(PERSON_CHOICES)}, not {settings.person!r}")
-    if settings.aligned and settings.person != "best":
-        raise ValueError("an aligned full-body set shows one person per image: every person ('all') does not apply")
-    if settings.aligned and (settings.overlay is not None or settings.pare is not None):
-        raise ValueError("an aligned full-body set is not fitted: overlays and a PARE start do not apply")
     if not settings.aligned and (space is None or model is None):
         raise ValueError("fitted alignment needs a full-body space and a body model")
-    if not settings.aligned and settings.detector == NO_DETECTOR:
-        raise ValueError(f"detector {NO_DETECTOR!r} only applies to an aligned full-body set (fits need keypoints)")
     everything = list_images(root)
     if not everything:  # an empty slice of a full folder is fine, an empty folder is not
         raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) under {root}")

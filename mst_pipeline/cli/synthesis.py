@@ -1,0 +1,189 @@
+"""`mst synthetic`, `mst render-people`, `mst render-hands`, `mst derive-sr`: the data the project makes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mst_pipeline.cli.app import app, err
+from uh_train.format import cli_args
+
+
+@app.command()
+def synthetic(
+    out: Path = typer.Argument(..., help="Shard folder to write.", callback=cli_args.folder_to_write),
+    n: int = typer.Option(32, "--n", help="Number of synthetic people.", callback=cli_args.at_least_one),
+    res: int = typer.Option(256, help="Full-body image resolution (16 to 4096).",
+                            callback=cli_args.number(16, high=4096)),
+    seed: int = typer.Option(0, help="Random seed (same seed -> same shards)."),
+) -> None:
+    """Write a small multi-source set of synthetic figures with exact homographies.
+
+    Sources: full-body images at RES, upper-body crops and face crops rendered at higher
+    resolution. Useful to test the trainer and the tools without any dataset. Resumable.
+    """
+    from mst_pipeline.shards.writer import ShardError
+    from mst_pipeline.synthesis.synthetic import write_synthetic
+
+    try:
+        counts = write_synthetic(out, n=n, res=res, seed=seed)
+    except (ShardError, ValueError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    err.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@app.command("render-people")
+def render_people(
+    out: Path = typer.Argument(..., help="Folder to write: full/, upper/, face/ images with OpenPose JSON, "
+                               "and truth.jsonl.", callback=cli_args.folder_to_write),
+    n: int = typer.Option(32, "--n", help="Number of people (indices 0..N-1)."),
+    res: int = typer.Option(256, help="Full-body image size in pixels (square); the upper-body views are "
+                            "about 3x and the face views 8x as dense."),
+    seed: int = typer.Option(0, help="Random seed: the same seed and index give identical images."),
+    body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
+    poses: Path | None = typer.Option(None, help=".npz of poses (`pose` [N, 72]), e.g. `mst space`'s; "
+                                      "default: the built-in standing-pose prior."),
+    space: Path | None = typer.Option(None, help="`mst space` output whose average camera frames the full "
+                                      "images; default: the built-in full-body space."),
+) -> None:
+    """Render people from the body model with exact homographies (ground truth for the MST).
+
+    Varied shapes, standing poses and clothing colours; full-body images at RES, upper-body and
+    face views at higher pixel density, each with its ground-truth keypoints as
+    [bold]NAME_keypoints.json[/bold] (for [bold]mst align --detector openpose-json[/bold]) and its
+    exact H in OUT/truth.jsonl. Deterministic per index, resumable (existing images are kept).
+    """
+    from mst_pipeline.synthesis.people import render_people as run
+
+    try:
+        summary = run(out, n=n, res=res, seed=seed, body_model=body_model, poses_file=poses, space_file=space)
+    except (ValueError, RuntimeError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    coverage = ", ".join(f"{k} {v:.0%}" for k, v in summary.coverage.items())
+    err.print(f"wrote {out}: rendered {summary.rendered} images, skipped {summary.skipped} already done in "
+              f"{summary.seconds:.0f} s" + (f" (person covers {coverage})" if coverage else ""))
+
+
+@app.command("render-hands")
+def render_hands(
+    out: Path = typer.Option(Path("shards"), "--out", "-o", help="Shard folder to write (source 'hands')."),
+    n: int = typer.Option(7000, "--n", help="Number of hands (indices 0..N-1)."),
+    res: int = typer.Option(512, help="Image size in pixels (square)."),
+    seed: int = typer.Option(0, help="Random seed: the same seed and index give identical image bytes."),
+    workers: int = typer.Option(1, help="Blender worker processes rendering in parallel."),
+    engine: str = typer.Option("auto", help="auto | cycles | eevee | workbench. auto: EEVEE with a GPU, "
+                               "else Cycles with few samples on the CPU."),
+    samples: int = typer.Option(16, help="Render samples (Cycles, EEVEE)."),
+    backgrounds: Path | None = typer.Option(None, help="DeepFashion-HR-like backgrounds: a folder of high-resolution "
+                                            "photos, or of aligned shards (their upper-body samples). The whole "
+                                            "composite is then the training image. Default: generated fabric "
+                                            "(only the hand counts as real)."),
+    textures: Path | None = typer.Option(None, help="Folder of skin texture images (e.g. DART); default: "
+                                         "a procedural skin material."),
+    hdr: Path | None = typer.Option(None, help="Environment map (.hdr/.exr) to light with; default: a "
+                                    "neutral studio setup."),
+    body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
+    space: Path | None = typer.Option(None, help="`mst space` output with cam_bar and pitch; default: the "
+                                      "built-in full-body space."),
+    poses: Path | None = typer.Option(None, help=".npz of fitted poses (`pose` [N, 72], optional `betas`); "
+                                      "default: the built-in arm prior."),
+    hand_poses: Path | None = typer.Option(None, help="Finger poses from `mst fit-hands` (open model); default: "
+                                           "a procedural finger curl."),
+    blender: str | None = typer.Option(None, help="Blender executable to render with instead of the bpy module."),
+    image_format: str = typer.Option("jpg", "--format", help="jpg or png for img."),
+    max_count: int = typer.Option(500, help="Samples per shard."),
+    timeout: float = typer.Option(300.0, help="Seconds before a render is abandoned (rejected)."),
+) -> None:
+    """Render synthetic hands with Blender at the full-body set's average camera (paper App. A).
+
+    Each hand (forearm + hand of the posed body model, fingers posed from --hand-poses) is composited
+    over a background patch; mask.png covers the composite (the hand's alpha over generated fabric),
+    H is exact. Deterministic per index, resumable (done keys are skipped), failed renders go to
+    OUT/rejects.jsonl.
+    """
+    from mst_pipeline.synthesis.hands import RenderSettings, blender_command
+    from mst_pipeline.synthesis.hands import render_hands as run
+
+    if engine not in ("auto", "cycles", "eevee", "workbench"):
+        err.print(f"[red]error:[/red] --engine must be auto, cycles, eevee or workbench, not {engine!r}")
+        raise typer.Exit(2)
+    if image_format not in ("jpg", "png"):
+        err.print(f"[red]error:[/red] --format must be jpg or png, not {image_format!r}")
+        raise typer.Exit(2)
+    settings = RenderSettings(res=res, engine=engine, samples=samples, image_format=image_format,
+                              timeout=timeout, hdr=str(hdr) if hdr else None)
+    try:
+        summary = run(out, n=n, seed=seed, settings=settings, workers=workers, body_model=body_model,
+                      space_file=space, poses_file=poses, backgrounds=backgrounds, textures=textures,
+                      hand_poses_file=hand_poses, worker_command=blender_command(blender) if blender else None,
+                      max_count=max_count)
+    except (ValueError, RuntimeError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    per_hand = sum(summary.render_seconds) / max(1, len(summary.render_seconds))
+    err.print(f"wrote {out}: rendered {summary.rendered}, skipped {summary.skipped} already done, "
+              f"rejected {summary.rejected} in {summary.seconds:.0f} s ({per_hand:.2f} s per render)")
+    if summary.rejected:
+        err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+
+
+@app.command("derive-sr")
+def derive_sr_cmd(
+    hr: Path = typer.Argument(..., metavar="HR_SET", help="HR full-body shards (e.g. the folder that "
+                              "`mst align shhq/ --aligned --tier HR` wrote; every 'full' sample is used) or a folder "
+                              "of aligned full-body images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Shard folder to write (may be the input shard folder).",
+                             callback=cli_args.folder_to_write),
+    from_sources: list[str] | None = typer.Option(None, "--from", help="Shard input: use only this source's "
+                                                  "samples (repeatable); default: every source's full-body samples."),
+    source: str | None = typer.Option(None, help="Image-folder input: its source name; default: the folder's name."),
+    limit: int | None = typer.Option(None, min=1, help="Use only the first N full-body inputs (shard or file "
+                                     "order); the paper derives 5K from 10K HR images."),
+    resample: str = typer.Option("lanczos", help="Up-sampling filter: lanczos | bicubic."),
+    image_format: str = typer.Option("png", "--format", help="png (the up-sampled pixels exactly) or jpg."),
+    max_count: int = typer.Option(1000, help="Samples per shard.", callback=cli_args.at_least_one),
+) -> None:
+    """Derive the SR lower-body source from an HR full-body set (paper Tab. 2, SHHQ^SR).
+
+    Each full-body image's lower half (rows h/2 to h) is up-sampled 2x and written as kind
+    [bold]lower[/bold], tier [bold]SR[/bold], with its exact H (the HR sample's H composed with the
+    crop and the 2x scale; no fitting) and twice the HR density. Input source NAME is written as
+    NAME_sr. Resumable (done keys are skipped); failures go to OUT/rejects.jsonl.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mst_pipeline.shards.writer import ShardError
+    from mst_pipeline.synthesis.derive_sr import RESAMPLE, derive_sr
+
+    if resample not in RESAMPLE:
+        err.print(f"[red]error:[/red] --resample must be one of {', '.join(RESAMPLE)}, not {resample!r}")
+        raise typer.Exit(2)
+    if image_format not in ("png", "jpg"):
+        err.print(f"[red]error:[/red] --format must be png or jpg, not {image_format!r}")
+        raise typer.Exit(2)
+    if not hr.is_dir():
+        err.print(f"[red]error:[/red] {hr} is not a folder of HR full-body shards or images")
+        raise typer.Exit(2)
+    columns = (TextColumn("derive-sr"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("derive-sr", total=None)
+        try:
+            summary = derive_sr(hr, out, sources=from_sources, source=source, limit=limit, resample=resample,
+                                image_format=image_format, max_count=max_count,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except (ValueError, OSError, ShardError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from None
+    sources = ", ".join(f"{k} {v}" for k, v in sorted(summary.sources.items())) or "none new"
+    err.print(f"wrote {out}: {summary.written} SR lower halves ({sources}), {summary.skipped} already done, "
+              f"{summary.rejected} rejected in {summary.seconds:.0f} s")
+    for reason, count in summary.reasons.most_common():
+        err.print(f"  rejected {count}: {reason}")
+    if summary.rejected:
+        err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
+    if summary.written + summary.skipped + summary.rejected == 0:
+        err.print("[red]error:[/red] no full-body samples to derive from")
+        raise typer.Exit(1)
