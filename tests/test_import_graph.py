@@ -1,7 +1,8 @@
 """The layout rules of the two packages, checked on the source (ast), lazy imports inside functions
 included: `mst_pipeline` imports from `uh_train` only the contract `uh_train.format`, `uh_train`
-never imports `mst_pipeline`, the contract imports neither torch nor the rest of either package, and
-neither package has an import circle."""
+never imports `mst_pipeline`, the contract imports neither torch nor the rest of either package,
+neither package has an import circle, and within each package a module imports only from its own
+layer or the layers below it (LAYERS, the one statement of the layer order; docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,28 @@ CONTRACT = "uh_train.format"
 # Third-party packages the contract must not pull in (the trainer's and the MST's heavy dependencies).
 HEAVY = ("torch", "torchvision", "webdataset", "lpips", "safetensors", "scipy", "mediapipe", "smplx", "anny",
          "trimesh", "pyrender", "bpy", "warp")
+
+# Each package's layers, lowest first; an entry is a module or a folder (every module under it).
+# A module may import from its own layer and the layers below, never from a layer above.
+LAYERS = {
+    "mst_pipeline": (
+        ("mst_pipeline.space", "mst_pipeline.shards"),  # full-body space geometry; the shard writer and checks
+        ("mst_pipeline.body",),  # body models, keypoint layouts, pose sets
+        ("mst_pipeline.detect",),  # images in, 2-D keypoints out
+        ("mst_pipeline.fitting",),  # SMPLify-P (Eq. 1), PARE, the pose prior, the measured space
+        ("mst_pipeline.synthesis",),  # data the project makes: renders, hands, SR, synthetic figures
+        ("mst_pipeline.align",),  # `mst align`: detect -> fit -> H -> shards
+        ("mst_pipeline.cli",),  # the `mst` command line
+    ),
+    "uh_train": (
+        ("uh_train.format",),  # the shard contract (no torch)
+        ("uh_train.shard_reader", "uh_train.networks", "uh_train.losses", "uh_train.diagnostics",
+         "uh_train.train_state"),  # reading shards; G and D; Eq. 6-10's terms
+        ("uh_train.data", "uh_train.checkpoint", "uh_train.render"),  # patches and streams; weights; rendering
+        ("uh_train.metrics",),  # FID, pFID, kFID, precision/recall
+        ("uh_train.train", "uh_train.generate", "uh_train.evaluate"),  # the loop and the command lines
+    ),
+}
 
 
 def module_files(root: Path, packages=PACKAGES) -> dict[str, Path]:
@@ -139,6 +162,35 @@ def boundary_violations(edges: dict[str, set[str]], external: dict[str, list]) -
     return out
 
 
+def layer_of(module: str, layers) -> int | None:
+    """Index of the layer whose entry names MODULE or a folder above it (the longest match)."""
+    best, index = -1, None
+    for i, entries in enumerate(layers):
+        for entry in entries:
+            if (module == entry or module.startswith(entry + ".")) and len(entry) > best:
+                best, index = len(entry), i
+    return index
+
+
+def layering_violations(edges: dict[str, set[str]], layers=None) -> list[str]:
+    """Every import of a higher layer, and every module of a package that no layer lists."""
+    layers = LAYERS if layers is None else layers
+    out = []
+    for package, order in layers.items():
+        for module, targets in sorted(edges.items()):
+            if not module.startswith(package + "."):
+                continue
+            own = layer_of(module, order)
+            if own is None:
+                out.append(f"{module} is in no layer")
+                continue
+            for target in sorted(targets):
+                theirs = layer_of(target, order)
+                if theirs is not None and theirs > own:
+                    out.append(f"{module} (layer {own}) -> {target} (layer {theirs})")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The rules, on this repository
 
@@ -158,6 +210,11 @@ def test_mst_pipeline_has_no_import_circle():
     edges, _ = import_graph()
     found = circles({m: t for m, t in edges.items() if m.startswith("mst_pipeline")})
     assert found == [], [" ".join(c) for c in found]
+
+
+def test_lower_layers_never_import_higher_ones():
+    edges, _ = import_graph()
+    assert layering_violations(edges) == []
 
 
 def test_the_contract_imports_without_torch_or_either_package():
@@ -213,4 +270,22 @@ def test_checker_flags_each_kind_of_boundary_crossing(tmp_path):
         "uh_train.checkpoint -> mst_pipeline.fitting.pare",
         "uh_train.format.atomic -> uh_train.checkpoint (the contract imports only itself)",
         "uh_train.format.spec:3 -> torch (heavy)",
+    ]
+
+
+def test_checker_flags_an_import_of_a_higher_layer_and_an_unlisted_module(tmp_path):
+    root = _tree(tmp_path, {
+        "uh_train/__init__.py": "",
+        "mst_pipeline/__init__.py": "",
+        "mst_pipeline/body/__init__.py": "",
+        "mst_pipeline/body/model.py": "def f():\n    from mst_pipeline.fitting import energy\n",
+        "mst_pipeline/fitting/__init__.py": "",
+        "mst_pipeline/fitting/energy.py": "from mst_pipeline.body.model import f\n",
+        "mst_pipeline/stray.py": "",
+    })
+    edges, _ = import_graph(root)
+    layers = {"mst_pipeline": (("mst_pipeline.body",), ("mst_pipeline.fitting",))}
+    assert layering_violations(edges, layers) == [
+        "mst_pipeline.body.model (layer 0) -> mst_pipeline.fitting.energy (layer 1)",
+        "mst_pipeline.stray is in no layer",
     ]
