@@ -162,6 +162,25 @@ def boundary_violations(edges: dict[str, set[str]], external: dict[str, list]) -
     return out
 
 
+def missing_modules(files: list[Path], root: Path = ROOT, packages=PACKAGES) -> list[str]:
+    """Absolute imports, in FILES, of a module of our packages that is not in the tree under ROOT
+    (a path left behind by a move; where an older copy of the package is installed, it would even
+    import). `from pkg import name` needs the module `pkg`, `import pkg.mod` the module `pkg.mod`."""
+    modules = module_files(root, packages)
+    out = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            out += [f"{path.relative_to(root)}:{node.lineno} -> {name}" for name in names
+                    if name.split(".")[0] in packages and name not in modules]
+    return out
+
+
 def layer_of(module: str, layers) -> int | None:
     """Index of the layer whose entry names MODULE or a folder above it (the longest match)."""
     best, index = -1, None
@@ -210,6 +229,23 @@ def test_mst_pipeline_has_no_import_circle():
     edges, _ = import_graph()
     found = circles({m: t for m, t in edges.items() if m.startswith("mst_pipeline")})
     assert found == [], [" ".join(c) for c in found]
+
+
+def test_every_import_of_ours_names_a_module_in_the_tree():
+    files = [p for folder in (*PACKAGES, "tests", "scripts", "benchmarks", "blender_scripts")
+             for p in sorted((ROOT / folder).rglob("*.py"))]
+    assert missing_modules(files) == []
+
+
+def test_checker_finds_an_import_of_a_module_that_moved(tmp_path):
+    root = _tree(tmp_path, {
+        "uh_train/__init__.py": "",
+        "mst_pipeline/__init__.py": "",
+        "mst_pipeline/synthesis/__init__.py": "",
+        "mst_pipeline/synthesis/synthetic.py": "",
+        "tests/test_x.py": "from mst_pipeline.synthetic import f\nfrom mst_pipeline.synthesis import synthetic\n",
+    })
+    assert missing_modules([root / "tests" / "test_x.py"], root) == ["tests/test_x.py:1 -> mst_pipeline.synthetic"]
 
 
 def test_lower_layers_never_import_higher_ones():

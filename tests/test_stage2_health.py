@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import uh_train.train as tr
-from mst_pipeline.synthetic import write_synthetic
+from mst_pipeline.synthesis.synthetic import write_synthetic
 from uh_train.metrics.consistency import lanczos_reduce, scale_consistency
 
 

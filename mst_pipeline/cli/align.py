@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mst_pipeline.cli.app import app, err
+from mst_pipeline.cli.app import app, check_fit_inputs, err
 from mst_pipeline.detect.quiet import DivertedStderr
 from uh_train.format import cli_args
 
@@ -77,12 +77,7 @@ def align(
     from uh_train.format import spec as shardspec
     from uh_train.format.spec import sanitise_part
 
-    if not dataset.is_dir():
-        err.print(f"[red]error:[/red] {dataset} is not a folder of images")
-        raise typer.Exit(2)
-    if pare is not None and not pare.is_file():
-        err.print(f"[red]error:[/red] --pare {pare} is not a file (the PARE .ckpt)")
-        raise typer.Exit(2)
+    check_fit_inputs(dataset, pare)
     for name, value, allowed in (("kind", kind, shardspec.KINDS), ("tier", tier, shardspec.TIERS),
                                  ("optimizer", optimizer, ("batched-lbfgs", "adam", "lbfgs")),
                                  ("prior-target", prior_target, PRIOR_MODES)):

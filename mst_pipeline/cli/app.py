@@ -3,6 +3,8 @@ themselves on it from the modules of `mst_pipeline.cli`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 
@@ -14,3 +16,13 @@ app = typer.Typer(
     "image space and write [bold]unitedhuman-shard/1[/bold] shards for [bold]uh-train[/bold].",
 )
 err = Console(stderr=True, soft_wrap=True)
+
+
+def check_fit_inputs(dataset: Path, pare: Path | None) -> None:
+    """Exit 2 unless DATASET is a folder and --pare, when given, a file (`mst align`, `mst space`)."""
+    if not dataset.is_dir():
+        err.print(f"[red]error:[/red] {dataset} is not a folder of images")
+        raise typer.Exit(2)
+    if pare is not None and not pare.is_file():
+        err.print(f"[red]error:[/red] --pare {pare} is not a file (the PARE .ckpt)")
+        raise typer.Exit(2)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mst_pipeline.cli.app import app, err
+from mst_pipeline.cli.app import app, check_fit_inputs, err
 from mst_pipeline.detect.quiet import DivertedStderr
 from uh_train.format import cli_args
 
@@ -39,12 +39,7 @@ def space_cmd(
     from mst_pipeline.fitting.smplify import SmplifyConfig
     from mst_pipeline.fitting.space_fit import build_space
 
-    if not dataset.is_dir():
-        err.print(f"[red]error:[/red] {dataset} is not a folder of images")
-        raise typer.Exit(2)
-    if pare is not None and not pare.is_file():
-        err.print(f"[red]error:[/red] --pare {pare} is not a file (the PARE .ckpt)")
-        raise typer.Exit(2)
+    check_fit_inputs(dataset, pare)
     diverted = None if verbose else DivertedStderr(out.with_suffix(".log"))
     with contextlib.ExitStack() as stack:
         if diverted is not None:  # as `mst align`: the keypoint models' C++ messages go to the log
