@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: blender_scripts/ lies beside mst_pipeline/
 SCRIPT = ROOT / "blender_scripts" / "render_hands.py"
 
 

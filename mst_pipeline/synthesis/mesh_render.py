@@ -208,7 +208,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 class _Worker:
     def __init__(self):
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])  # this package importable in the worker
+        root = str(Path(__file__).resolve().parents[2])  # this package importable in the worker
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.pid = os.getpid()
         self.process = subprocess.Popen([sys.executable, "-m", "mst_pipeline.synthesis.mesh_render"], env=env,
