@@ -36,7 +36,7 @@ LAYERS = {
          "uh_train.train_state"),  # reading shards; G and D; Eq. 6-10's terms
         ("uh_train.data", "uh_train.checkpoint", "uh_train.render"),  # patches and streams; weights; rendering
         ("uh_train.metrics",),  # FID, pFID, kFID, precision/recall
-        ("uh_train.train", "uh_train.generate", "uh_train.evaluate"),  # the loop and the command lines
+        ("uh_train.train", "uh_train.generate", "uh_train.evaluate", "uh_train.viewer"),  # the loop; command lines
     ),
 }
 

@@ -326,7 +326,7 @@ def test_panels_side_by_side_show_consecutive_seeds(server, browser):
 # --- a real sample in the same window (--shards) -------------------------------------------------------------------
 
 def test_real_sample_is_the_densest_covering_one_warped_into_the_window(tmp_path):
-    from mst_pipeline.synthetic import write_synthetic
+    from mst_pipeline.synthesis.synthetic import write_synthetic
     from uh_train.format.geometry import warp_to_canvas
     from uh_train.viewer.real import RealSamples
 

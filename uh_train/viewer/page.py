@@ -33,7 +33,7 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
-from uh_train.format.geometry import SCALE_MAX
+from uh_train.format.geometry import SCALE_MAX, PatchView
 
 from .queue import QueueFull, Superseded
 from .request import MAX_SAVE_SIZE, PSI_RANGE, SCALE_RANGE, SEED_LIMIT, BadView, View, parse_view
@@ -94,12 +94,9 @@ def build_document(doc: Document, viewer: Viewer) -> None:
     if viewer.real is None:
         overlays0 = [i for i in overlays0 if i != 1]
 
-    half = 0.5 / s0
-    vx = min(max(start.v[0], half), 1 - half)
-    vy = min(max(start.v[1], half), 1 - half)
-    x_range = Range1d(vx - half, vx + half, bounds=(0, 1), min_interval=1 / SCALE_RANGE[1], max_interval=1,
-                      name="x_range")
-    y_range = Range1d(vy + half, vy - half, bounds=(0, 1), min_interval=1 / SCALE_RANGE[1], max_interval=1,
+    x0, y0, x1, y1 = PatchView(start.v, s0).moved_inside((0.0, 0.0, 1.0, 1.0)).square()
+    x_range = Range1d(x0, x1, bounds=(0, 1), min_interval=1 / SCALE_RANGE[1], max_interval=1, name="x_range")
+    y_range = Range1d(y1, y0, bounds=(0, 1), min_interval=1 / SCALE_RANGE[1], max_interval=1,
                       name="y_range")  # start at the bottom: full-body space's y points down
     grid_data = scale_grid()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from uh_train.format.geometry import scale_translate, warp_to_canvas
+from uh_train.format.geometry import PatchView, warp_to_canvas
 from uh_train.format.manifest import MANIFEST
 from uh_train.format.spec import ShardRecord
 from uh_train.shard_reader import decode_sample, read_manifests
@@ -32,8 +32,7 @@ def shard_folders(root: Path) -> list[Path]:
 
 def window_homography(view: View) -> np.ndarray:
     """Full-body space -> the window's unit square (the inverse of T(v, s) with the corner at 0)."""
-    side = 1.0 / view.s
-    return np.linalg.inv(scale_translate(side, side, view.v[0] - side / 2, view.v[1] - side / 2))
+    return np.linalg.inv(PatchView(view.v, view.s).homography(1))
 
 
 class RealSamples:
