@@ -29,10 +29,13 @@ def module_files(root: Path, packages=PACKAGES) -> dict[str, Path]:
 
 
 def _type_checking_only(tree: ast.AST) -> set[int]:
-    """ids of the import nodes under `if TYPE_CHECKING:` (never run, so no edge)."""
+    """ids of the import nodes under `if TYPE_CHECKING:` or `if __name__ == "__main__":` (never run
+    when the module is imported, so no edge: `python -m uh_train.train` runs the CLI, which imports
+    the loop as a module of its own)."""
     skipped = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if isinstance(node, ast.If) and ("TYPE_CHECKING" in ast.unparse(node.test)
+                                         or ast.unparse(node.test) == "__name__ == '__main__'"):
             skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     return skipped
 
