@@ -88,7 +88,7 @@ def config_changes(saved: dict[str, Any], current: TrainConfig) -> dict[str, lis
     if preset is not None:
         defaults.update({k: getattr(preset.training, k) for k in PRESET_FIELDS})
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    saved.update({k: defaults[k] for k in PRESET_FIELDS if saved.get(k) is None and k in defaults})
+    saved.update({k: defaults[k] for k in PRESET_FIELDS if saved[k] is None})
     return {k: [saved.get(k), now.get(k)] for k in sorted(set(saved) | set(now))
             if k not in RESUME_FREE and saved.get(k) != now.get(k)}
 
