@@ -29,7 +29,7 @@ VARIANTS = ("default", "channels_last D", "bf16 autocast", "torch.compile")
 
 def _networks(preset: str, variant: str):
     from uh_train.networks import Discriminator, Generator, get_preset
-    from uh_train.train import channels_last_inputs
+    from uh_train.training.models import channels_last_inputs
 
     torch.manual_seed(0)
     p = get_preset(preset)

@@ -22,6 +22,8 @@ from uh_train.data.patches import PatchConfig
 from uh_train.data.streams import PatchBatches
 from uh_train.diagnostics import sliced_wasserstein
 from uh_train.format.geometry import density, full_image_homography, image_region, scale_translate
+from uh_train.training.config import TrainConfig
+from uh_train.training.models import build_networks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_parts import NESTED_PARTS, PART_ORDER, parts_table, step_seconds, timed_run  # noqa: E402
@@ -45,10 +47,10 @@ def loader_rate(shards: Path, batches: int = 8) -> float:
 
 
 def learning_curve(shards: Path, out: Path, kimg: float = 0.48, snapshots: int = 4) -> list[tuple[float, float]]:
-    cfg = tr.TrainConfig(shards=[str(shards)], out=str(out), stage=1, preset="tiny", batch=8, kimg=kimg,
+    cfg = TrainConfig(shards=[str(shards)], out=str(out), stage=1, preset="tiny", batch=8, kimg=kimg,
                          snapshot_kimg=kimg / snapshots, lpips="off", seed=0)
     torch.manual_seed(cfg.seed)
-    G0, _ = tr.build_networks(cfg)
+    G0, _ = build_networks(cfg)
     real = next(iter(PatchBatches([shards], 128, PatchConfig(res=G0.img_resolution, stage=1), seed=99)))["image"]
     z = torch.randn(128, G0.z_dim, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -155,12 +157,12 @@ def run() -> str:
 
 ### Where a step's time goes
 
-Seconds per training step by part (`uh_train.train.StepClock`; median over the steps after the first,
+Seconds per training step by part (`uh_train.training.monitor.StepClock`; median over the steps after the first,
 without R1; R1 runs every 16 steps and its own row is the median over the steps that ran it). {runs};
 CPU, synthetic shards. Stage 2 starts from the stage-1 run and includes the teacher and Eq. 8 with LPIPS
-(its AlexNet randomly initialised where the weights are absent: the same cost). "consistency" is the
-Eq. 9 term's forward, timed inside the D part; the G step's backward through D is in "D
-forward/backward: fakes for G", the rest of it in "G backward". Absolute times depend on what else
+(its AlexNet randomly initialised where the weights are absent: the same cost). Eq. 9's consistency
+term is in the D part; the G step's backward through D and the pixel loss (to the image) is in
+"backward to the image: D, pixel loss", the rest of it in "G backward". Absolute times depend on what else
 runs on the machine (on a shared 2-core machine they can be several times a quiet one's); compare
 parts within a column, and the trainers against each other only interleaved ("train_speedup").
 

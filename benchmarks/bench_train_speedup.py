@@ -51,13 +51,14 @@ def compare(root: Path, old_tree: Path) -> tuple[list[dict], list[dict]]:
     sys.path.insert(0, str(ROOT))
     import uh_train.train as tr
     from mst_pipeline.synthesis.synthetic import write_synthetic
+    from uh_train.training.config import TrainConfig
 
     shards = root / "shards"
     write_synthetic(shards, n=24, res=128, seed=0)
     teachers = {}
     for preset in ("tiny", "small"):  # one stage-1 state per preset: both trainers start stage 2 from it
         teachers[preset] = root / f"s1-{preset}"
-        tr.train(tr.TrainConfig(shards=[str(shards)], out=str(teachers[preset]), preset=preset, batch=4,
+        tr.train(TrainConfig(shards=[str(shards)], out=str(teachers[preset]), preset=preset, batch=4,
                                 kimg=0.004, snapshot_kimg=1e9, lpips="off", seed=0))
     rows = []
     for preset, stage, batch, n in CASES:

@@ -9,14 +9,16 @@ from pathlib import Path
 import torch
 
 import uh_train.train as tr
+from uh_train.training.config import TrainConfig
+from uh_train.training.monitor import StepClock
 
 # The parts in the order a step runs them (nested parts are also inside their enclosing part).
 PART_ORDER = (
-    "data", "G forward", "G forward (D step)", "D forward/backward: reals, fakes, CutMix", "consistency (Eq. 9)",
-    "R1", "D forward/backward: fakes for G", "teacher forward", "pixel loss: L1 + LPIPS (Eq. 8)", "G backward",
-    "optimiser", "EMA",
+    "data", "G forward", "G forward (D step)", "D forward/backward: reals, fakes, CutMix", "R1",
+    "D forward: fakes for G", "teacher forward", "pixel loss: L1 + LPIPS (Eq. 8)",
+    "backward to the image: D, pixel loss", "G backward", "optimiser", "EMA",
 )
-NESTED_PARTS = ("consistency (Eq. 9)",)  # timed inside the D part, so not added to the step's sum
+NESTED_PARTS: tuple[str, ...] = ()  # parts timed inside another part, so not added to the step's sum
 
 
 def random_lpips(device: torch.device):
@@ -27,12 +29,12 @@ def random_lpips(device: torch.device):
     return lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).to(device).eval().requires_grad_(False)
 
 
-def timed_run(out: Path, steps: int, lpips_for_timing: bool = True, **config) -> tuple[tr.StepClock, dict]:
+def timed_run(out: Path, steps: int, lpips_for_timing: bool = True, **config) -> tuple[StepClock, dict]:
     """`steps` training steps with a StepClock. With `lpips_for_timing` and a teacher, LPIPS runs even
     where its AlexNet weights are absent (random backbone, same cost)."""
-    cfg = tr.TrainConfig(out=str(out), kimg=config["batch"] * steps / 1000, snapshot_kimg=1e9, **config)
+    cfg = TrainConfig(out=str(out), kimg=config["batch"] * steps / 1000, snapshot_kimg=1e9, **config)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    clock = tr.StepClock(device)
+    clock = StepClock(device)
     original = tr.make_lpips
     if lpips_for_timing and cfg.lpips != "off":
         tr.make_lpips = lambda mode, dev, preset="tiny": random_lpips(dev)
@@ -43,7 +45,7 @@ def timed_run(out: Path, steps: int, lpips_for_timing: bool = True, **config) ->
     return clock, summary
 
 
-def step_seconds(clock: tr.StepClock, skip: int = 1) -> dict[str, float]:
+def step_seconds(clock: StepClock, skip: int = 1) -> dict[str, float]:
     """Median seconds per part over the steps after the first `skip` (warm-up, compilation), and the
     total; steps with R1 (every r1_interval, the first one included) are counted apart."""
     steps = clock.steps[skip:] or clock.steps

@@ -32,17 +32,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-import demo  # noqa: E402  (the data stages are the demo's, at a larger size)
+import stage_plan  # noqa: E402  (the data stages are the demo's, at a larger size)
 
 BIN = Path(sys.executable).parent
-DATA_STAGES = ("body model", "render people", "full-body space", "pose prior", "align full", "align upper",
-               "align face", "fit hands", "render hands", "validate", "MST vs truth")
 PARTIAL_SOURCES = ("people-upper", "people-face", "hands")
 KFID_GROUPS = ("face", "hand")  # the groups the partial sources are for
 GRID_SEEDS = tuple(range(6))
 GRID_CELL = 96  # px per grid cell
 # The grid's columns: name -> (centre v, scale s) in full-body space.
-GRID_VIEWS = {"full body": ((0.5, 0.5), 1.0), **demo.ZOOMS}
+GRID_VIEWS = {"full body": ((0.5, 0.5), 1.0), **stage_plan.ZOOMS}
 DEFAULT_SHIP = ROOT / "checkpoints" / "learned-tiny.safetensors"
 
 
@@ -87,10 +85,11 @@ def log(text: str) -> None:
 
 
 def make_data(out: Path, plan: Plan) -> Path:
-    size = replace(demo.Size(), people=plan.people, hands=plan.hands, res=plan.res, hand_res=plan.res)
-    wanted = [s for s in demo.stages(out, size) if s.name in DATA_STAGES]
+    size = replace(stage_plan.Size(), people=plan.people, hands=plan.hands, res=plan.res, hand_res=plan.res)
+    # the rendered people and hands only (no photographs: their kind is inferred), no preview image
+    wanted = stage_plan.data_stages(out, size, photos=False, preview=False)
     for number, stage in enumerate(wanted, 1):
-        res = demo.run_stage(stage, f"[data {number}/{len(wanted)}] ")
+        res = stage_plan.run_stage(stage, f"[data {number}/{len(wanted)}] ")
         if res["status"] not in ("ok", "reused"):
             raise SystemExit(f"data stage '{stage.name}' failed; fix the error above and run again (it resumes)")
     return out / "shards"
@@ -112,7 +111,7 @@ def train(run: Path, shards: Path, plan: Plan, stage: int, kimg: float, snapshot
            "--seed", str(plan.seed if seed is None else seed), "--lpips", "off" if stage == 1 else "auto", *extra]
     if teacher is not None:
         cmd += ["--teacher", str(teacher)]
-    log("$ " + " ".join(demo.shown(c) for c in cmd))
+    log("$ " + " ".join(stage_plan.shown(c) for c in cmd))
     start = time.time()
     code = subprocess.run(cmd, cwd=ROOT).returncode
     if code:
@@ -575,11 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     save_record(out, record)
     plot_curves(record, out / "curves.png")
     (out / "learn.md").write_text(report(record, out))
-    log(f"wrote {demo.shown(out / 'learn.md')} ({time.time() - start:.0f} s this call)")
+    log(f"wrote {stage_plan.shown(out / 'learn.md')} ({time.time() - start:.0f} s this call)")
     final = out / "runs" / ship_run(plan) / "network-latest.safetensors"
     if args.ship and final.exists():
         ship(final, args.ship.resolve(), record)
-        log(f"wrote {demo.shown(args.ship.resolve())}")
+        log(f"wrote {stage_plan.shown(args.ship.resolve())}")
     if args.docs:
         write_docs(record, out)
     return 0

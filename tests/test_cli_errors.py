@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from mst_pipeline.cli import app as mst
 from uh_train.evaluate import app as uh_eval
 from uh_train.generate import app as uh_generate
-from uh_train.train import app as uh_train
+from uh_train.training.cli import app as uh_train
 
 runner = CliRunner()
 

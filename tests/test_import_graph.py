@@ -36,7 +36,9 @@ LAYERS = {
          "uh_train.train_state"),  # reading shards; G and D; Eq. 6-10's terms
         ("uh_train.data", "uh_train.checkpoint", "uh_train.render"),  # patches and streams; weights; rendering
         ("uh_train.metrics",),  # FID, pFID, kFID, precision/recall
-        ("uh_train.train", "uh_train.generate", "uh_train.evaluate", "uh_train.viewer"),  # the loop; command lines
+        ("uh_train.training",),  # what the loop needs: config, run folder, models, distributed, monitoring
+        ("uh_train.train",),  # the loop
+        ("uh_train.training.cli", "uh_train.generate", "uh_train.evaluate", "uh_train.viewer"),  # command lines
     ),
 }
 
@@ -52,10 +54,13 @@ def module_files(root: Path, packages=PACKAGES) -> dict[str, Path]:
 
 
 def _type_checking_only(tree: ast.AST) -> set[int]:
-    """ids of the import nodes under `if TYPE_CHECKING:` (never run, so no edge)."""
+    """ids of the import nodes under `if TYPE_CHECKING:` or `if __name__ == "__main__":` (never run
+    when the module is imported, so no edge: `python -m uh_train.train` runs the CLI, which imports
+    the loop as a module of its own)."""
     skipped = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if isinstance(node, ast.If) and ("TYPE_CHECKING" in ast.unparse(node.test)
+                                         or ast.unparse(node.test) == "__name__ == '__main__'"):
             skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     return skipped
 

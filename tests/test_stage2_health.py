@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 import uh_train.train as tr
 from mst_pipeline.synthesis.synthetic import write_synthetic
 from uh_train.metrics.consistency import lanczos_reduce, scale_consistency
+from uh_train.training.config import TrainConfig
+from uh_train.training.monitor import TrainingDiverged
 
 
 class SmoothPerson:
@@ -87,11 +89,11 @@ def shards(tmp_path_factory):
     return folder
 
 
-def cfg(shards, out, **kw) -> tr.TrainConfig:
+def cfg(shards, out, **kw) -> TrainConfig:
     args = dict(shards=[str(shards)], out=str(out), preset="tiny", kimg=0.016, batch=4, snapshot_kimg=0.008,
                 lpips="off", seed=1)
     args.update(kw)
-    return tr.TrainConfig(**args)
+    return TrainConfig(**args)
 
 
 def read_log(out: Path) -> list[dict]:
@@ -124,7 +126,7 @@ def test_a_run_whose_losses_explode_stops_and_names_the_last_good_snapshot(shard
 
     monkeypatch.setattr(tr.losses, "nonsaturating_g_loss", exploding)
     out = tmp_path / "runaway"
-    with pytest.raises(tr.TrainingDiverged) as info:
+    with pytest.raises(TrainingDiverged) as info:
         tr.train(cfg(shards, out, kimg=0.2, snapshot_kimg=0.008, diverge_limit=1000.0, diverge_steps=5))
     message = str(info.value)
     assert "G/adv" in message and "step 8" in message

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from typer.testing import CliRunner
 import uh_train.train as tr
 from mst_pipeline.synthesis.synthetic import write_synthetic
 from uh_train.checkpoint import load_generator
+from uh_train.networks.presets import PRESETS
+from uh_train.training import cli, models, monitor
+from uh_train.training.config import TrainConfig, config_changes
 
 BIN = Path(sys.executable).parent
 
@@ -29,11 +33,11 @@ def shards(tmp_path_factory):
     return folder
 
 
-def small_cfg(shards, out, **kw) -> tr.TrainConfig:
+def small_cfg(shards, out, **kw) -> TrainConfig:
     args = dict(shards=[str(shards)], out=str(out), preset="tiny", kimg=0.016, batch=4, snapshot_kimg=0.008,
                 lpips="off", seed=1)
     args.update(kw)
-    return tr.TrainConfig(**args)
+    return TrainConfig(**args)
 
 
 def read_log(out):
@@ -48,7 +52,7 @@ def test_stage_one_then_stage_two_with_the_teacher(shards, tmp_path):
     log1 = read_log(tmp_path / "s1")
     assert "G/pixel_l1" not in log1[-1] and "D/consistency" in log1[-1]
 
-    result = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "s2"),
+    result = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "s2"),
                                          "--stage", "2", "--teacher", str(ckpt), "--preset", "tiny", "--kimg", "0.008",
                                          "--batch", "4", "--lpips", "off"])
     assert result.exit_code == 0, result.output
@@ -106,7 +110,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(shards, tmp_path,
         tr.train(cfg)
     # skipped steps leave the weights as they were initialised
     torch.manual_seed(cfg.seed)
-    fresh, _ = tr.build_networks(cfg)
+    fresh, _ = models.build_networks(cfg)
     saved = load_generator(tmp_path / "nan" / "network-latest.safetensors")
     for (name, a), b in zip(fresh.named_parameters(), saved.parameters(), strict=True):
         assert torch.equal(a, b), name
@@ -128,13 +132,13 @@ def test_two_process_ddp_on_cpu_with_gloo(shards, tmp_path):
 def test_lpips_is_never_dropped_silently(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))  # no cached AlexNet weights here
     with pytest.raises(RuntimeError, match="alexnet-owt-7be5be79.pth .missing.*--lpips off"):
-        tr.make_lpips("on", torch.device("cpu"), "tiny")
+        models.make_lpips("on", torch.device("cpu"), "tiny")
     # auto may fall back to L1 for the CPU presets only; the paper preset stops at start-up
-    assert tr.make_lpips("auto", torch.device("cpu"), "tiny") is None
-    assert tr.make_lpips("auto", torch.device("cpu"), "small") is None
+    assert models.make_lpips("auto", torch.device("cpu"), "tiny") is None
+    assert models.make_lpips("auto", torch.device("cpu"), "small") is None
     with pytest.raises(RuntimeError, match="paper preset trains with LPIPS.*checkpoints.alexnet-owt-7be5be79.pth"):
-        tr.make_lpips("auto", torch.device("cpu"), "paper")
-    assert tr.make_lpips("off", torch.device("cpu"), "paper") is None
+        models.make_lpips("auto", torch.device("cpu"), "paper")
+    assert models.make_lpips("off", torch.device("cpu"), "paper") is None
 
 
 def test_stage_two_starts_from_stage_one_g_g_ema_and_d(shards, tmp_path, monkeypatch):
@@ -144,16 +148,16 @@ def test_stage_two_starts_from_stage_one_g_g_ema_and_d(shards, tmp_path, monkeyp
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
     tr.train(small_cfg(shards, tmp_path / "s1", kimg=0.008))
-    start = tr.find_stage_one(tmp_path / "s1" / "network-latest.safetensors")
+    start = models.find_stage_one(tmp_path / "s1" / "network-latest.safetensors")
     assert start.state == tmp_path / "s1" / "training-state-000000k-008.safetensors"
-    assert tr.find_stage_one(tmp_path / "s1").state == start.state
+    assert models.find_stage_one(tmp_path / "s1").state == start.state
     state = load_state(start.state)
     cfg = small_cfg(shards, tmp_path / "s2", stage=2, teacher=str(tmp_path / "s1"), kimg=0.004, lpips="auto")
-    G, D = tr.build_networks(cfg)
+    G, D = models.build_networks(cfg)
     import copy
 
     G_ema = copy.deepcopy(G)
-    teacher, note = tr.start_from_stage_one(start, G, G_ema, D, torch.device("cpu"))
+    teacher, note = models.start_from_stage_one(start, G, G_ema, D, torch.device("cpu"))
     for name, module in (("G", G), ("G_ema", G_ema), ("D", D)):
         for key, value in module.state_dict().items():
             assert torch.equal(value, state[name][key]), (name, key)
@@ -174,13 +178,13 @@ def test_stage_two_starts_from_stage_one_g_g_ema_and_d(shards, tmp_path, monkeyp
 
 
 def test_mirror_and_views_reach_the_patch_sampler(shards, tmp_path):
-    result = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "v"), "--stage", "2",
+    result = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "v"), "--stage", "2",
                                          "--preset", "tiny", "--kimg", "0.004", "--batch", "4", "--lpips", "off",
                                          "--view", "synth_face:scale=uniform-size,s_min=2", "--mirror"])
     assert result.exit_code == 0, result.output
     cfg = json.loads((tmp_path / "v" / "run.json").read_text())["config"]
     assert cfg["mirror"] is True and cfg["views"] == ["synth_face:scale=uniform-size,s_min=2"]
-    bad = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "b"), "--stage", "2",
+    bad = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "b"), "--stage", "2",
                                       "--view", "synth_face:zoom=2"])
     assert bad.exit_code != 0 and "unknown setting 'zoom'" in bad.output
 
@@ -193,7 +197,7 @@ def test_a_short_cpu_run_moves_the_generator_towards_the_data(tmp_path):
     write_synthetic(tmp_path / "shards", n=32, res=64, seed=0)
     cfg = small_cfg(tmp_path / "shards", tmp_path / "run", kimg=0.48, batch=8, snapshot_kimg=0.48, seed=0)
     torch.manual_seed(cfg.seed)
-    G0, _ = tr.build_networks(cfg)
+    G0, _ = models.build_networks(cfg)
     real = next(iter(PatchBatches([tmp_path / "shards"], 128, PatchConfig(res=32, stage=1), seed=99)))["image"]
     z = torch.randn(128, G0.z_dim, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -223,7 +227,7 @@ def test_resume_with_other_settings_is_refused_unless_allowed_and_recorded(shard
     tr.train(small_cfg(shards, out, kimg=0.004))
     with pytest.raises(ValueError, match=r"other settings \(batch 4 -> 8\).*--allow-config-change"):
         tr.train(small_cfg(shards, out, kimg=0.016, batch=8))
-    result = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(out), "--preset", "small",
+    result = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(out), "--preset", "small",
                                          "--kimg", "0.016", "--batch", "4", "--lpips", "off", "--seed", "1"])
     assert result.exit_code == 1 and "preset 'tiny' -> 'small'" in result.output
     summary = tr.train(small_cfg(shards, out, kimg=0.012, batch=8, allow_config_change=True))
@@ -235,10 +239,45 @@ def test_resume_with_other_settings_is_refused_unless_allowed_and_recorded(shard
 
 def test_mirror_is_on_by_default_for_the_paper_preset_only():
     base = dict(shards=["s"], out="o")
-    assert tr.resolve_mirror(tr.TrainConfig(**base, preset="paper")) is True
-    assert tr.resolve_mirror(tr.TrainConfig(**base, preset="tiny")) is False
-    assert tr.resolve_mirror(tr.TrainConfig(**base, preset="paper", mirror=False)) is False
-    assert tr.resolve_mirror(tr.TrainConfig(**base, preset="small", mirror=True)) is True
+    assert TrainConfig(**base, preset="paper").mirror is True
+    assert TrainConfig(**base, preset="tiny").mirror is False
+    assert TrainConfig(**base, preset="paper", mirror=False).mirror is False
+    assert TrainConfig(**base, preset="small", mirror=True).mirror is True
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_the_python_api_and_the_cli_train_the_same_run_for_each_preset(preset, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(tr, "train", lambda cfg: seen.append(cfg) or {"steps": 0, "kimg": 0.0})
+    (tmp_path / "shards").mkdir()
+    result = CliRunner().invoke(cli.app, ["run", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "run"),
+                                         "--preset", preset])
+    assert result.exit_code == 0, result.output
+    api = TrainConfig(shards=[str(tmp_path / "shards")], out=str(tmp_path / "run"), preset=preset)
+    assert asdict(seen[0]) == asdict(api)
+    defaults = PRESETS[preset].training
+    assert (api.batch, api.kimg, api.snapshot_kimg, api.mirror) == (
+        defaults.batch, defaults.kimg, defaults.snapshot_kimg, defaults.mirror)
+
+
+def test_cli_help_shows_each_presets_defaults():
+    result = CliRunner().invoke(cli.app, ["run", "--help"], env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    for name, p in PRESETS.items():
+        assert f"{name} {p.training.batch:g}" in text and f"{name} {p.training.kimg:g}" in text
+        assert f"{name} {p.training.snapshot_kimg:g}" in text
+        assert f"{name} {'on' if p.training.mirror else 'off'}" in text
+
+
+def test_an_older_runs_config_resumes_unchanged_with_the_preset_defaults_resolved(tmp_path):
+    """Saved configs hold concrete batch/kimg/snapshot values and `mirror: null` (the preset's)."""
+    cfg = TrainConfig(shards=["s"], out=str(tmp_path), preset="paper")
+    saved = json.loads(json.dumps(asdict(cfg)))
+    assert config_changes({**saved, "mirror": None}, cfg) == {}
+    assert config_changes({**saved, "mirror": None}, TrainConfig(**{**asdict(cfg), "mirror": False})) == {
+        "mirror": [True, False]}
+    # an older default batch, stored as a number, is still a change of batch
+    assert config_changes({**saved, "batch": 16}, cfg) == {"batch": [16, 32]}
 
 
 def _count_calls(monkeypatch):
@@ -265,14 +304,14 @@ def test_a_step_renders_once_and_runs_d_once_over_reals_fakes_and_cutmix(shards,
     Step 2: reals, fakes and CutMix in one pass (minibatch statistics per chunk), fakes for G. The
     generator renders once per step, with the EMA update, for both the D and the G step."""
     calls = _count_calls(monkeypatch)
-    clock = tr.StepClock()
+    clock = monitor.StepClock()
     tr.train(small_cfg(shards, tmp_path / "run", kimg=0.008, snapshot_kimg=1.0), clock=clock)
     snapshot_renders = 4  # sample grid at the end: fixed z at 4 views
     assert calls["G"][:-snapshot_renders] == [(4, True, True)] * 2
     assert calls["D"] == [(4, 1), (8, 2), (4, 1), (12, 3), (4, 1)]
     assert len(clock.steps) == 2 and "R1" in clock.steps[0] and "R1" not in clock.steps[1]
-    for part in ("data", "G forward", "D forward/backward: reals, fakes, CutMix", "consistency (Eq. 9)",
-                 "D forward/backward: fakes for G", "G backward", "optimiser", "EMA"):
+    for part in ("data", "G forward", "D forward/backward: reals, fakes, CutMix", "D forward: fakes for G",
+                 "backward to the image: D, pixel loss", "G backward", "optimiser", "EMA"):
         assert clock.steps[1][part] >= 0
     assert "teacher forward" not in clock.totals  # stage 1
 
@@ -285,9 +324,9 @@ def test_no_share_fakes_renders_the_d_steps_fakes_from_fresh_z(shards, tmp_path,
 
 
 def test_a_setting_newer_than_the_checkpoint_counts_as_unchanged_at_its_default(tmp_path):
-    cfg = tr.TrainConfig(shards=["s"], out=str(tmp_path))
-    saved = json.loads(json.dumps(tr.asdict(cfg)))
+    cfg = TrainConfig(shards=["s"], out=str(tmp_path))
+    saved = json.loads(json.dumps(asdict(cfg)))
     del saved["share_fakes"]  # a checkpoint written before the setting existed
-    assert tr.config_changes(saved, cfg) == {}
-    assert tr.config_changes(saved, tr.TrainConfig(shards=["s"], out=str(tmp_path), share_fakes=False)) == {
+    assert config_changes(saved, cfg) == {}
+    assert config_changes(saved, TrainConfig(shards=["s"], out=str(tmp_path), share_fakes=False)) == {
         "share_fakes": [True, False]}

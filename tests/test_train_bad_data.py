@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import uh_train.train as tr
 from mst_pipeline.shards.writer import ShardWriter, encode_image, encode_sample
 from uh_train import shard_reader
 from uh_train.data.patches import PatchConfig
 from uh_train.data.streams import PatchBatches, source_stream
 from uh_train.format.image import SampleDefect
 from uh_train.shard_reader import SkipLog, decode_sample
+from uh_train.training import cli
 
 from shard_helpers import random_image, raw_folder, raw_sample, sample_fields, valid_meta, valid_sample
 
@@ -130,7 +130,7 @@ def test_training_on_a_source_without_usable_samples_stops_at_start_up(tmp_path,
     folder = mixed_folder(tmp_path, extra)
     if members is None:  # a 0-byte file where a tar should be
         (tmp_path / "shards" / f"{name}-000-000000.tar").write_bytes(b"")
-    result = CliRunner().invoke(tr.app, ["run", "--shards", folder, "--out", str(tmp_path / "out"), "--stage", "2",
+    result = CliRunner().invoke(cli.app, ["run", "--shards", folder, "--out", str(tmp_path / "out"), "--stage", "2",
                                          "--preset", "tiny", "--kimg", "0.008", "--batch", "4", "--lpips", "off"])
     assert result.exit_code == 1, result.output
     assert f"source '{name}' has no usable sample" in result.output and "Traceback" not in result.output

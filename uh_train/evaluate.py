@@ -158,7 +158,7 @@ def run(
             if "consistency" in names:
                 import torch
 
-                from .train import make_lpips
+                from .training.models import make_lpips
 
                 lpips_fn = make_lpips("auto", torch.device(device), "tiny")  # None (with a note) without AlexNet
             result = evaluate(GeneratorSampler(G, truncation, device), shards, cfg, features, stats_cache, on_task,

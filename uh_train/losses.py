@@ -3,8 +3,8 @@
 The U-Net discriminator returns (global logits [N, 1], pixel logits [N, 1, r, r]); both heads get
 the non-saturating loss. Real partial patches are completed by CutMix with the fake patch of the
 same T(v, s) through their coverage mask M (Eq. 6), and the decoder's per-pixel output on the mix
-must equal the mix of its outputs (consistency, Eq. 9). The stage-1 loss (Eq. 7) and the total G and D
-losses (Eq. 10) are sums of these terms, formed in the training loop (`uh_train.train.train`).
+must equal the mix of its outputs (consistency, Eq. 9). The totals of Eq. 10 (stage 1: Eq. 7) are
+`d_loss` and `g_loss`; the training loop (`uh_train.train.train`) calls them.
 """
 
 from __future__ import annotations
@@ -155,3 +155,47 @@ def pixel_loss(student_patch: torch.Tensor, teacher_image: torch.Tensor, transfo
     """Eq. 8 over a batch: the mean of `pixel_loss_per_patch` (l1, lpips) as scalars."""
     l1, lp = pixel_loss_per_patch(student_patch, teacher_image, transform, lpips_fn)
     return l1.mean(), lp.mean()
+
+
+Logits = tuple[torch.Tensor, torch.Tensor]  # the discriminator's (global [N, 1], pixel [N, 1, r, r])
+
+
+def d_loss(real: Logits, fake: Logits, mixed_pixel: torch.Tensor, mask: torch.Tensor, mix_mask: torch.Tensor,
+           whole: torch.Tensor, lambda_cr: float, consistency_target: str = "joint",
+           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_D of Eq. 10 (stage 1, all reals whole: Eq. 7's D side): both heads' non-saturating loss, the
+    pixel head on CutMix images (Eq. 6) and λ_cr · consistency (Eq. 9). R1 is added apart (lazily).
+
+    mask: the reals' coverage [N, 1, r, r]; mix_mask: M of Eq. 6; whole [N]: 1 for whole real views.
+    Returns (total, {"global", "pixel", "cutmix", "consistency"})."""
+    (r_g, r_p), (f_g, f_p) = real, fake
+    terms = {
+        # Only whole views are real images to the global head; a partial patch completed by CutMix
+        # is partly fake and reaches D through the pixel head.
+        "global": nonsaturating_d_loss(r_g, f_g, real_weight=whole.view(-1, 1)),
+        "pixel": nonsaturating_d_loss(r_p, f_p, real_weight=mask.expand_as(r_p)),
+        "cutmix": per_pixel_target_loss(mixed_pixel, mix_mask),
+        "consistency": consistency_loss(mixed_pixel, r_p, f_p, mix_mask, target=consistency_target),
+    }
+    total = terms["global"] + terms["pixel"] + terms["cutmix"] + lambda_cr * terms["consistency"]
+    return total, terms
+
+
+def d_r1(real_in: torch.Tensor, real: Logits, mask: torch.Tensor) -> torch.Tensor:
+    """R1 of both heads w.r.t. the reals. The pixel head enters as its per-image mean over covered
+    pixels: summing r*r logits would make the penalty scale with the patch area and swamp the global
+    head's."""
+    r_g, r_p = real
+    pixel_mean = (r_p.float() * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(1)
+    return r1_penalty(real_in, [r_g.float(), pixel_mean])
+
+
+def g_loss(fake: Logits, pixel_l1: torch.Tensor | None = None, pixel_lpips: torch.Tensor | None = None,
+           lambda_p: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_G of Eq. 10: fool both heads, plus λ_p · the teacher pixel loss (Eq. 8: L1 + LPIPS) when a
+    teacher is given (stage 1, Eq. 7: the adversarial part alone). Returns (total, {"adv"[,
+    "pixel_l1", "pixel_lpips"]})."""
+    adv = nonsaturating_g_loss(fake[0]) + nonsaturating_g_loss(fake[1])
+    if pixel_l1 is None:
+        return adv, {"adv": adv}
+    return adv + lambda_p * (pixel_l1 + pixel_lpips), {"adv": adv, "pixel_l1": pixel_l1, "pixel_lpips": pixel_lpips}

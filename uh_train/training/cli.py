@@ -1,0 +1,146 @@
+"""`uh-train`: the command line of the trainer (`run`, the default, and `import-snapshot`). Its
+defaults are `TrainConfig`'s and the presets' (`uh_train.networks.presets`), shown in --help."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+
+from uh_train.format import cli_args
+from uh_train.networks.presets import PRESETS
+from uh_train.training.config import TrainConfig, default, parse_views
+from uh_train.training.monitor import console
+
+app = typer.Typer(add_completion=False, rich_markup_mode="rich", no_args_is_help=True,
+                  help="Train the continuous-resolution UnitedHuman generator from shards.")
+
+
+def _per_preset(name: str, fmt=lambda v: f"{v:g}") -> str:
+    """'default per preset: paper 32, small 16, tiny 8' for a preset training default."""
+    return "default per preset: " + ", ".join(f"{p} {fmt(getattr(PRESETS[p].training, name))}" for p in PRESETS)
+
+
+def _parse_mix(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, w = item.partition("=")
+        try:
+            out[name] = float(w)
+        except ValueError:
+            raise typer.BadParameter(f"--mix expects SOURCE=WEIGHT, got {item!r}") from None
+        if not name or not math.isfinite(out[name]) or out[name] < 0:
+            raise typer.BadParameter(f"--mix expects SOURCE=WEIGHT with a finite weight >= 0, got {item!r}")
+    return out
+
+
+@app.command("run")
+def run_cmd(
+    shards: list[Path] = typer.Option(..., "--shards", help="Shard folder(s); repeat for several sources."),
+    out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, samples, log, TensorBoard).",
+                             callback=cli_args.folder_to_write),
+    stage: int = typer.Option(default("stage"), "--stage", min=1, max=2,
+                              help="1: full-body images; 2: multi-source patches."),
+    teacher: Path | None = typer.Option(None, "--teacher", help="Stage-1 generator (stage 2's teacher and start)."),
+    preset: str = typer.Option(default("preset"), "--preset",
+                               help=f"{' | '.join(PRESETS)} (network size and the defaults below)."),
+    res: int | None = typer.Option(None, "--res", help="Patch resolution r (default: the preset's).",
+                                   callback=cli_args.power_of_two),
+    kimg: float | None = typer.Option(None, "--kimg", callback=cli_args.positive,
+                                      help=f"Training length in thousands of real images ({_per_preset('kimg')})."),
+    batch: int | None = typer.Option(None, "--batch", callback=cli_args.at_least_one,
+                                     help=f"Global batch size ({_per_preset('batch')})."),
+    batch_gpu: int | None = typer.Option(None, "--batch-gpu", help="Per-process batch (accumulates gradients).",
+                                         callback=cli_args.at_least_one),
+    snapshot_kimg: float | None = typer.Option(None, "--snapshot-kimg", callback=cli_args.positive,
+                                               help=f"Checkpoint interval in kimg ({_per_preset('snapshot_kimg')})."),
+    lpips: str = typer.Option(default("lpips"), "--lpips", help="auto | on | off: LPIPS in the teacher pixel loss."),
+    mix: list[str] = typer.Option([], "--mix", help="Per-source mixing weight SOURCE=W (repeatable)."),
+    view: list[str] = typer.Option([], "--view", help="Per-source patch sampling (stage 2), repeatable: "
+                                   "SOURCE:scale=log-uniform|uniform-size,s_min=1,s_max=8,keypoints=0.5,jitter=0.25 "
+                                   "(any subset; see docs/training.md)."),
+    whole_prob: float = typer.Option(default("whole_prob"), "--whole-prob", min=0.0, max=1.0,
+                                     help="Stage 2: probability that a full-body sample is seen whole at T = identity "
+                                          "(the rest are patches at sampled (v, s))."),
+    diverge_limit: float = typer.Option(default("diverge_limit"), "--diverge-limit", callback=cli_args.non_negative,
+                                        help="Stop when an adversarial loss term stays above this for --diverge-steps "
+                                             "steps in a row, naming the last snapshot in bounds (0: never)."),
+    diverge_steps: int = typer.Option(default("diverge_steps"), "--diverge-steps", callback=cli_args.at_least_one,
+                                      help="Steps in a row above --diverge-limit that stop the run."),
+    mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", show_default=False,
+                                       help="x-flip half of the samples "
+                                            f"({_per_preset('mirror', lambda v: 'on' if v else 'off')})."),
+    seed: int = typer.Option(default("seed"), "--seed"),
+    workers: int = typer.Option(default("workers"), "--workers", help="Data loader worker processes.",
+                                callback=cli_args.non_negative),
+    device: str = typer.Option(default("device"), "--device", help="auto | cpu | cuda",
+                               callback=cli_args.torch_device_or_auto),
+    gamma: float = typer.Option(default("r1_gamma"), "--gamma", help="R1 weight.", callback=cli_args.non_negative),
+    share_fakes: bool = typer.Option(default("share_fakes"), "--share-fakes/--no-share-fakes",
+                                     help="D trains on the G step's fakes (one render per step), or renders its "
+                                          "own from fresh z as StyleGAN3 does (slower)."),
+    compile_networks: bool = typer.Option(default("compile"), "--compile", help="torch.compile G and D (pays on a "
+                                          "GPU; compiling takes minutes on a CPU)."),
+    allow_config_change: bool = typer.Option(default("allow_config_change"), "--allow-config-change",
+                                             help="Resume even if settings differ from the checkpoint's "
+                                                  "(the changes are recorded in run.json)."),
+) -> None:
+    """Train (resumes automatically when OUT holds a checkpoint)."""
+    from uh_train.train import train
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r} ({', '.join(PRESETS)})", param_hint="--preset")
+    if lpips not in ("auto", "on", "off"):
+        raise typer.BadParameter("--lpips must be auto, on or off")
+    for folder in shards:
+        if not folder.is_dir():
+            console.print(f"[red]error:[/red] shard folder {folder} does not exist")
+            raise typer.Exit(2)
+    if teacher is not None and not teacher.exists():
+        console.print(f"[red]error:[/red] teacher checkpoint {teacher} does not exist")
+        raise typer.Exit(2)
+    try:
+        parse_views(view, 0.5)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--view") from None
+    # kimg, batch, snapshot_kimg and mirror left None: TrainConfig takes the preset's.
+    cfg = TrainConfig(
+        shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
+        preset=preset, res=res, kimg=kimg, batch=batch, batch_gpu=batch_gpu, snapshot_kimg=snapshot_kimg,
+        lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers, device=device, r1_gamma=gamma,
+        views=list(view), mirror=mirror, whole_prob=whole_prob, diverge_limit=diverge_limit,
+        diverge_steps=diverge_steps, allow_config_change=allow_config_change, share_fakes=share_fakes,
+        compile=compile_networks,
+    )
+    try:
+        summary = train(cfg)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"done: {summary['steps']} steps, {summary['kimg']:.3f} kimg -> {out}")
+
+
+@app.command("import-snapshot")
+def import_snapshot_cmd(
+    pkl: Path = typer.Argument(..., help="StyleGAN3 / AnyRes / UnitedHuman network-snapshot .pkl"),
+    out: Path = typer.Argument(..., help="Output .safetensors generator checkpoint"),
+) -> None:
+    """Convert a snapshot pickle into our checkpoint format without executing its embedded code."""
+    from uh_train.checkpoint import import_snapshot
+
+    try:
+        import_snapshot(pkl, out)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {out}")
+
+
+def main() -> None:
+    import sys
+
+    # `uh-train --shards ...` is the training command; other first words name subcommands.
+    if len(sys.argv) > 1 and sys.argv[1] not in ("run", "import-snapshot", "--help", "-h"):
+        sys.argv.insert(1, "run")
+    app()
