@@ -467,6 +467,22 @@ def ablation_table(record: dict, plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def ship_pick(record: dict, plan: Plan) -> dict | None:
+    """The shipped run's snapshot to ship: among its evaluated snapshots whose FID is within 10 % of the
+    stage-1 teacher's, the one whose worst scale consistency (the lowest PSNR over 2r, 4r, 8r) is
+    highest; without any within 10 %, the one with the lowest FID. Model selection on the two
+    measured criteria of the shipped checkpoint, recorded in its provenance."""
+    s1, s2 = rows(record, "stage1"), rows(record, ship_run(plan))
+    if not s2:
+        return None
+    teacher_fid = s1[-1]["fid"] if s1 else float("inf")
+    worst = [min(r.get(f"psnr_k{k}", float("-inf")) for k in FACTORS) for r in s2]
+    near = [(w, r) for w, r in zip(worst, s2, strict=True) if r["fid"] <= 1.1 * teacher_fid]
+    if near:
+        return max(near, key=lambda wr: wr[0])[1]
+    return min(s2, key=lambda r: r["fid"])
+
+
 def ship(final: Path, dest: Path, record: dict) -> None:
     """The final generator with its provenance in the file's metadata."""
     from uh_train.checkpoint import load_checkpoint, save_checkpoint
@@ -575,8 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     plot_curves(record, out / "curves.png")
     (out / "learn.md").write_text(report(record, out))
     log(f"wrote {stage_plan.shown(out / 'learn.md')} ({time.time() - start:.0f} s this call)")
-    final = out / "runs" / ship_run(plan) / "network-latest.safetensors"
-    if args.ship and final.exists():
+    picked = ship_pick(record, plan)
+    final = None
+    if picked is not None:
+        final = dict(snapshots(out / "runs" / ship_run(plan))).get(round(picked["kimg"] * 1000))
+    if args.ship and final is not None and final.exists():
         ship(final, args.ship.resolve(), record)
         log(f"wrote {stage_plan.shown(args.ship.resolve())}")
     if args.docs:
@@ -601,7 +620,10 @@ def provenance(plan: Plan, record: dict) -> dict:
                 f"{plan.hands} synthetic hands; all made by the command",
         "preset": plan.preset, "batch": plan.batch, "seed": plan.seed, "stage2_seed": seeds_of(plan)[0],
         "stage1_kimg": record.get("stage1_kimg"),
-        "stage2_kimg": ship_rows[-1]["kimg"] if ship_rows else None,
+        "stage2_kimg": (ship_pick(record, plan) or {}).get("kimg"),
+        "stage2_trained_kimg": ship_rows[-1]["kimg"] if ship_rows else None,
+        "picked": "the stage-2 snapshot with the best worst-k scale consistency among those within 10 % of the "
+                  "teacher's FID",
         "date": time.strftime("%Y-%m-%d"),
     }
 

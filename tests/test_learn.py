@@ -66,9 +66,17 @@ def test_quick_learn_run_picks_by_fid_trains_both_arms_and_ships_its_network(tmp
     provenance = load_checkpoint(ship).config["provenance"]
     assert provenance["stage1_kimg"] == pytest.approx(record["stage1_kimg"])
     assert provenance["preset"] == best["preset"] and provenance["command"].startswith("just learn")
-    shipped = load_generator(ship)
-    final = load_generator(out / "runs" / "stage2-all-s0" / "network-latest.safetensors")
-    for (key, a), (_, b) in zip(shipped.state_dict().items(), final.state_dict().items(), strict=True):
+    # ... the snapshot with the best worst-k consistency among those within 10 % of the teacher's FID
+    ship_rows = list(record["curves"]["stage2-all-s0"].values())
+    teacher_fid = max(record["curves"]["stage1"].values(), key=lambda r: r["kimg"])["fid"]
+    near = [r for r in ship_rows if r["fid"] <= 1.1 * teacher_fid]
+    expected = (max(near, key=lambda r: min(r["psnr_k2"], r["psnr_k4"], r["psnr_k8"])) if near
+                else min(ship_rows, key=lambda r: r["fid"]))
+    assert provenance["stage2_kimg"] == pytest.approx(expected["kimg"])
+    nimg = round(expected["kimg"] * 1000)
+    picked_file = out / "runs" / "stage2-all-s0" / f"network-{nimg // 1000:06d}k-{nimg % 1000:03d}.safetensors"
+    shipped, picked = load_generator(ship), load_generator(picked_file)
+    for (key, a), (_, b) in zip(shipped.state_dict().items(), picked.state_dict().items(), strict=True):
         assert torch.equal(a, b), key
     report = (out / "learn.md").read_text()
     assert "full-body source only" in report and "mean ± sd" in report and (out / "curves.png").is_file()

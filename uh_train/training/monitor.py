@@ -175,7 +175,8 @@ class StepLog:
             self.tb.add_scalar("progress/kimg_per_s", rate, nimg)
         if step % 10 == 0 or nimg >= total_nimg or step == 1:
             console.print(f"step {step:6d}  kimg {nimg / 1000:8.3f}/{self.kimg:g}  {rate:6.3f} kimg/s  "
-                          f"ETA {_fmt(eta)}  " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(values.items())))
+                          f"ETA {_fmt(eta)}  " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(values.items())
+                                                           if not k.startswith("bin/")))  # per-bin: log only
 
     def image(self, name: str, image, nimg: int) -> None:
         if self.tb is not None:
