@@ -64,6 +64,7 @@ class Plan:
     fid_n: int = 256
     kfid_n: int = 48
     consistency_n: int = 16
+    lambda_p: float = 5.0  # stage 2's teacher weight (the paper's)
     seed: int = 0  # stage 1's seed
 
 
@@ -109,6 +110,8 @@ def train(run: Path, shards: Path, plan: Plan, stage: int, kimg: float, snapshot
     cmd = [str(BIN / "uh-train"), "--shards", str(shards), "--out", str(run), "--stage", str(stage), "--preset",
            plan.preset, "--kimg", f"{kimg:g}", "--batch", str(plan.batch), "--snapshot-kimg", f"{snapshot:g}",
            "--seed", str(plan.seed if seed is None else seed), "--lpips", "off" if stage == 1 else "auto", *extra]
+    if stage == 2:
+        cmd += ["--lambda-p", f"{plan.lambda_p:g}"]
     if teacher is not None:
         cmd += ["--teacher", str(teacher)]
     log("$ " + " ".join(stage_plan.shown(c) for c in cmd))
@@ -514,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     for field, kind in (("people", int), ("hands", int), ("batch", int), ("preset", str), ("minutes1", float),
                         ("minutes2", float), ("pilot_minutes", float), ("candidates", str), ("kimg1", float),
                         ("kimg2", float), ("kimg_ship", float), ("seeds", str), ("snap1", float), ("snap2", float),
-                        ("fid_n", int), ("kfid_n", int), ("consistency_n", int)):
+                        ("fid_n", int), ("kfid_n", int), ("consistency_n", int), ("lambda_p", float)):
         parser.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()

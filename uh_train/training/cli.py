@@ -56,6 +56,10 @@ def run_cmd(
     snapshot_kimg: float | None = typer.Option(None, "--snapshot-kimg", callback=cli_args.positive,
                                                help=f"Checkpoint interval in kimg ({_per_preset('snapshot_kimg')})."),
     lpips: str = typer.Option(default("lpips"), "--lpips", help="auto | on | off: LPIPS in the teacher pixel loss."),
+    lambda_p: float = typer.Option(default("lambda_p"), "--lambda-p", callback=cli_args.non_negative,
+                                   help="Stage 2: weight λ_p of the teacher pixel loss (Eq. 8, 10)."),
+    lambda_cr: float = typer.Option(default("lambda_cr"), "--lambda-cr", callback=cli_args.non_negative,
+                                    help="Weight λ_cr of D's consistency term (Eq. 9, 10)."),
     mix: list[str] = typer.Option([], "--mix", help="Per-source mixing weight SOURCE=W (repeatable)."),
     view: list[str] = typer.Option([], "--view", help="Per-source patch sampling (stage 2), repeatable: "
                                    "SOURCE:scale=log-uniform|uniform-size,s_min=1,s_max=8,keypoints=0.5,jitter=0.25 "
@@ -108,6 +112,7 @@ def run_cmd(
     cfg = TrainConfig(
         shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
         preset=preset, res=res, kimg=kimg, batch=batch, batch_gpu=batch_gpu, snapshot_kimg=snapshot_kimg,
+        lambda_p=lambda_p, lambda_cr=lambda_cr,
         lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers, device=device, r1_gamma=gamma,
         views=list(view), mirror=mirror, whole_prob=whole_prob, diverge_limit=diverge_limit,
         diverge_steps=diverge_steps, allow_config_change=allow_config_change, share_fakes=share_fakes,
