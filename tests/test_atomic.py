@@ -28,3 +28,42 @@ def test_atomic_path_replaces_only_when_the_block_completes(tmp_path):
         tmp.write_bytes(b"png")
         assert not target.exists()
     assert target.read_bytes() == b"png" and not tmp.exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_mode_the_umask_allows_not_the_temporary_files(tmp_path, umask, mode):
+    import os
+    import stat
+
+    from uh_train.format.atomic import atomic_path, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    for name in ("a.json", "b.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_files_the_clis_write_are_readable_by_others_under_umask_022(tmp_path):
+    """A checkpoint and a sample grid written by the trainer's helpers, as a lab-mate would read them."""
+    import os
+    import stat
+
+    import torch
+
+    from uh_train.checkpoint import save_checkpoint
+    from uh_train.generate import write_png
+    from uh_train.networks import Generator, get_preset
+
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "g.safetensors", {"G_ema": Generator(get_preset("tiny").generator)})
+        write_png(tmp_path / "grid.png", torch.zeros(8, 8, 3, dtype=torch.uint8).numpy())
+    finally:
+        os.umask(old)
+    for name in ("g.safetensors", "grid.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name

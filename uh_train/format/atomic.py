@@ -3,6 +3,9 @@
 The data goes to a temporary file in the target's folder (same file system, so the rename is
 atomic) that is renamed over the target only when complete; on any error the temporary file is
 removed and the target is untouched. A killed process leaves at most a stray `*.tmp` file.
+The finished file gets the mode a plain `open()` would give it (0666 less the umask, so 0644
+under the usual 022), not the owner-only mode of the temporary file: lab-mates on a shared
+machine can read checkpoints, samples and shards.
 """
 
 from __future__ import annotations
@@ -15,6 +18,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc tells it (Linux), else by setting and
+    restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to PATH; on success it replaces PATH. For writers that want a
@@ -25,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
