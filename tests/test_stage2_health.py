@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 import uh_train.train as tr
-from mst_pipeline.synthesis.synthetic import write_synthetic
 from uh_train.metrics.consistency import lanczos_reduce, scale_consistency
-from uh_train.training.config import TrainConfig
 from uh_train.training.monitor import TrainingDiverged
+
+from train_helpers import read_log, small_cfg, write_train_shards
 
 
 class SmoothPerson:
@@ -84,25 +83,12 @@ def test_uh_eval_consistency_needs_no_shards_and_reports_each_factor(tmp_path):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shards")
-    write_synthetic(folder, n=8, res=64, seed=0, max_count=4)
-    return folder
-
-
-def cfg(shards, out, **kw) -> TrainConfig:
-    args = dict(shards=[str(shards)], out=str(out), preset="tiny", kimg=0.016, batch=4, snapshot_kimg=0.008,
-                lpips="off", seed=1)
-    args.update(kw)
-    return TrainConfig(**args)
-
-
-def read_log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return write_train_shards(tmp_path_factory.mktemp("shards"))
 
 
 def test_stage_two_logs_teacher_loss_and_d_accuracy_per_scale_bin_and_consistency_at_snapshots(shards, tmp_path):
-    tr.train(cfg(shards, tmp_path / "s1", kimg=0.008))
-    tr.train(cfg(shards, tmp_path / "s2", stage=2, teacher=str(tmp_path / "s1"), consistency_n=2))
+    tr.train(small_cfg(shards, tmp_path / "s1", kimg=0.008))
+    tr.train(small_cfg(shards, tmp_path / "s2", stage=2, teacher=str(tmp_path / "s1"), consistency_n=2))
     log = read_log(tmp_path / "s2")
     binned = [k for row in log for k in row if k.startswith("bin/")]
     assert any(k.endswith("/teacher_l1") for k in binned)
@@ -127,11 +113,11 @@ def test_a_run_whose_losses_explode_stops_and_names_the_last_good_snapshot(shard
     monkeypatch.setattr(tr.losses, "nonsaturating_g_loss", exploding)
     out = tmp_path / "runaway"
     with pytest.raises(TrainingDiverged) as info:
-        tr.train(cfg(shards, out, kimg=0.2, snapshot_kimg=0.008, diverge_limit=1000.0, diverge_steps=5))
+        tr.train(small_cfg(shards, out, kimg=0.2, snapshot_kimg=0.008, diverge_limit=1000.0, diverge_steps=5))
     message = str(info.value)
     assert "G/adv" in message and "step 8" in message
     assert "network-000000k-008.safetensors" in message  # step 2's snapshot; step 4's came after the blow-up
     assert (out / "network-000000k-008.safetensors").exists()
     # a run within bounds is not stopped
     monkeypatch.setattr(tr.losses, "nonsaturating_g_loss", real)
-    assert tr.train(cfg(shards, tmp_path / "calm", diverge_limit=1000.0, diverge_steps=1))["steps"] == 4
+    assert tr.train(small_cfg(shards, tmp_path / "calm", diverge_limit=1000.0, diverge_steps=1))["steps"] == 4

@@ -23,25 +23,14 @@ from uh_train.networks.presets import PRESETS
 from uh_train.training import cli, models, monitor
 from uh_train.training.config import TrainConfig, config_changes
 
+from train_helpers import read_log, small_cfg, write_train_shards
+
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shards")
-    write_synthetic(folder, n=8, res=64, seed=0, max_count=4)
-    return folder
-
-
-def small_cfg(shards, out, **kw) -> TrainConfig:
-    args = dict(shards=[str(shards)], out=str(out), preset="tiny", kimg=0.016, batch=4, snapshot_kimg=0.008,
-                lpips="off", seed=1)
-    args.update(kw)
-    return TrainConfig(**args)
-
-
-def read_log(out):
-    return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    return write_train_shards(tmp_path_factory.mktemp("shards"))
 
 
 def test_stage_one_then_stage_two_with_the_teacher(shards, tmp_path):
