@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from uh_train.format import spec as shardspec
-from uh_train.format.manifest import MANIFEST, MANIFEST_SCHEMA, manifest_row, read_manifest
 from uh_train.format.locks import holder, is_held, take_lock
+from uh_train.format.manifest import MANIFEST, MANIFEST_SCHEMA, manifest_row, read_manifest
 from uh_train.format.spec import FORMAT, SHARD_NAME
 
 TMP_SUFFIX = ".tmp"
@@ -371,25 +371,29 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 def write_manifest(folder: str | os.PathLike) -> int:
     """Rebuild `manifest.parquet` from the folder's complete shards; replaced atomically.
 
-    Rows of shards the current manifest already describes are reused (same shard name and size);
-    other shards are read. Unreadable shards are left out (`mst validate` reports them).
-    Returns the number of rows.
+    Rows of shards the current manifest already describes are reused (same shard name and size, and
+    not modified since the manifest was written); other shards are read. Unreadable shards are left
+    out (`mst validate` reports them). Returns the number of rows.
     """
     folder = Path(folder)
     with _folder_lock(folder):
         old_rows: dict[str, list[dict[str, Any]]] = {}
         try:
             old = read_manifest(folder)
-        except (OSError, pa.ArrowException):
-            old = None  # a damaged manifest is simply rebuilt
+        except (OSError, pa.ArrowException, ValueError):
+            old = None  # a damaged manifest (or one of another schema) is simply rebuilt
         if old is not None and "shard_bytes" in old.column_names:
             for row in old.to_pylist():
                 old_rows.setdefault(row["shard"], []).append(row)
+        made = (folder / MANIFEST).stat().st_mtime_ns if old is not None else 0
         rows: list[dict[str, Any]] = []
         for shard in complete_shards(folder):
-            size = shard.stat().st_size
+            stat = shard.stat()
+            size = stat.st_size
             cached = old_rows.get(shard.name)
-            if cached and cached[0]["shard_bytes"] == size:
+            # Reused only when unchanged: same size, and not modified since the manifest was written
+            # (a shard edited in place at the same size is read again).
+            if cached and cached[0]["shard_bytes"] == size and stat.st_mtime_ns < made:
                 rows += cached
                 continue
             try:
