@@ -376,10 +376,10 @@ class TestManifestSchemaIsChecked:
 
 class TestDeriveSrChecksItsInputs:
     def test_an_invalid_input_sample_is_rejected_not_laundered(self, tmp_path):
-        from shard_helpers import raw_sample, valid_meta
-
         from mst_pipeline.shards.rejects import read_rejects
         from mst_pipeline.synthesis.derive_sr import derive_sr
+
+        from shard_helpers import raw_sample, valid_meta
 
         inp, out = tmp_path / "in", tmp_path / "out"
         inp.mkdir()

@@ -330,3 +330,29 @@ def test_a_setting_newer_than_the_checkpoint_counts_as_unchanged_at_its_default(
     assert config_changes(saved, cfg) == {}
     assert config_changes(saved, TrainConfig(shards=["s"], out=str(tmp_path), share_fakes=False)) == {
         "share_fakes": [True, False]}
+
+
+def test_a_second_run_on_the_same_out_stops_at_once_and_the_first_finishes_untouched(shards, tmp_path):
+    reference = tr.train(small_cfg(shards, tmp_path / "reference"))
+    out = tmp_path / "run"
+    cmd = [str(BIN / "uh-train"), "--shards", str(shards), "--out", str(out), "--preset", "tiny", "--kimg", "0.016",
+           "--batch", "4", "--snapshot-kimg", "0.008", "--lpips", "off", "--seed", "1"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while f"pid {first.pid}" not in ((out / ".lock").read_text() if (out / ".lock").exists() else ""):
+            assert first.poll() is None and time.time() < deadline, "the first run never took its lock"
+            time.sleep(0.02)
+        started = time.time()
+        second = CliRunner().invoke(tr.app, ["run", *cmd[1:]])
+        assert time.time() - started < 5
+        lines = [line for line in second.output.splitlines() if line.strip()]
+        assert second.exit_code == 1 and len(lines) == 1 and f"pid {first.pid}" in lines[0], second.output
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    assert [r["step"] for r in read_log(out)] == list(range(1, reference["steps"] + 1))
+    for a, b in zip(read_log(tmp_path / "reference"), read_log(out), strict=True):  # as if it ran alone
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
+    tr.train(small_cfg(shards, out, kimg=0.024))  # the lock went with the first run: it resumes
