@@ -356,3 +356,14 @@ def test_a_second_run_on_the_same_out_stops_at_once_and_the_first_finishes_untou
     for a, b in zip(read_log(tmp_path / "reference"), read_log(out), strict=True):  # as if it ran alone
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
     tr.train(small_cfg(shards, out, kimg=0.024))  # the lock went with the first run: it resumes
+
+
+def test_mix_with_every_source_at_zero_is_a_short_error(shards, tmp_path):
+    from uh_train.shard_reader import read_manifests
+
+    sources = sorted(set(read_manifests([shards]).column("source").to_pylist()))
+    result = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "o"), "--stage", "2",
+                                         "--kimg", "0.004", "--batch", "4", "--lpips", "off",
+                                         *[a for s in sources for a in ("--mix", f"{s}=0")]])
+    assert result.exit_code == 1 and "no source with a positive weight" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o" / "latest.json").exists()
