@@ -395,3 +395,15 @@ class TestDeriveSrChecksItsInputs:
         (reject,) = read_rejects(out)
         assert reject["key"] == "src_sr/a" and "16x16" in reject["reason"]
         assert validate_folder(out).ok
+
+
+class TestTheSpecStatesWhatTheCodeEnforces:
+    def test_the_pixel_cap_in_the_readme_is_the_one_enforced(self):
+        import re
+
+        from uh_train.format.spec import MAX_IMAGE_PIXELS
+
+        text = (Path(__file__).resolve().parents[1] / "shards" / "README.md").read_text()
+        digits = "⁰¹²³⁴⁵⁶⁷⁸⁹"
+        (power,) = re.findall(f"width·height ≤ 2([{digits}]+)", text)
+        assert 2 ** int(power.translate(str.maketrans(digits, "0123456789"))) == MAX_IMAGE_PIXELS

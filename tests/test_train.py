@@ -367,3 +367,22 @@ def test_mix_with_every_source_at_zero_is_a_short_error(shards, tmp_path):
                                          *[a for s in sources for a in ("--mix", f"{s}=0")]])
     assert result.exit_code == 1 and "no source with a positive weight" in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "o" / "latest.json").exists()
+
+
+@pytest.mark.parametrize("latest", ["[]", '{"state": 5}', '{"network": "n.safetensors"}', "{", '{"state": "../x"}'])
+def test_a_malformed_latest_json_is_a_one_line_error(shards, tmp_path, latest):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "latest.json").write_text(latest)
+    result = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(out), "--kimg", "0.004",
+                                         "--batch", "4", "--lpips", "off"])
+    assert result.exit_code == 1 and "latest.json" in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
+
+
+def test_a_checkpoint_write_cut_off_by_a_kill_leaves_no_tmp_after_the_next_run(shards, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".training-state-000000k-004.safetensors.abc123.tmp").write_bytes(b"half a state")
+    tr.train(small_cfg(shards, out, kimg=0.004))
+    assert not list(out.glob(".*.tmp")) and (out / "latest.json").exists()

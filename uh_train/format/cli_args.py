@@ -61,6 +61,13 @@ def folder_to_write(value: Path | None) -> Path | None:
     return value
 
 
+def existing_folder(value: Path | None) -> Path | None:
+    """An input folder that must exist."""
+    if value is not None and not value.is_dir():
+        raise typer.BadParameter(f"{value} is not an existing folder")
+    return value
+
+
 def file_to_write(value: Path | None) -> Path | None:
     """An output file: it may not exist yet, but it must not be a folder."""
     if value is not None and value.is_dir():
