@@ -344,7 +344,7 @@ def test_a_second_run_on_the_same_out_stops_at_once_and_the_first_finishes_untou
             assert first.poll() is None and time.time() < deadline, "the first run never took its lock"
             time.sleep(0.02)
         started = time.time()
-        second = CliRunner().invoke(tr.app, ["run", *cmd[1:]])
+        second = CliRunner().invoke(cli.app, ["run", *cmd[1:]])
         assert time.time() - started < 5
         lines = [line for line in second.output.splitlines() if line.strip()]
         assert second.exit_code == 1 and len(lines) == 1 and f"pid {first.pid}" in lines[0], second.output
@@ -362,7 +362,7 @@ def test_mix_with_every_source_at_zero_is_a_short_error(shards, tmp_path):
     from uh_train.shard_reader import read_manifests
 
     sources = sorted(set(read_manifests([shards]).column("source").to_pylist()))
-    result = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "o"), "--stage", "2",
+    result = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "o"), "--stage", "2",
                                          "--kimg", "0.004", "--batch", "4", "--lpips", "off",
                                          *[a for s in sources for a in ("--mix", f"{s}=0")]])
     assert result.exit_code == 1 and "no source with a positive weight" in result.output, result.output
@@ -374,7 +374,7 @@ def test_a_malformed_latest_json_is_a_one_line_error(shards, tmp_path, latest):
     out = tmp_path / "o"
     out.mkdir()
     (out / "latest.json").write_text(latest)
-    result = CliRunner().invoke(tr.app, ["run", "--shards", str(shards), "--out", str(out), "--kimg", "0.004",
+    result = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(out), "--kimg", "0.004",
                                          "--batch", "4", "--lpips", "off"])
     assert result.exit_code == 1 and "latest.json" in result.output and "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
