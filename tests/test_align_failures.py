@@ -4,6 +4,7 @@ to share a source and part."""
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -18,17 +19,17 @@ from typer.testing import CliRunner
 
 import mst_pipeline.align.folder as align_module
 import mst_pipeline.shards.writer as shards_module
-from mst_pipeline.align.folder import align_folder, key_collisions
+from mst_pipeline.align.folder import align_folder
 from mst_pipeline.align.settings import AlignSettings
 from mst_pipeline.cli import app
-from mst_pipeline.detect.images import Rejected, read_image
+from mst_pipeline.detect.images import Rejected, read_image, sample_stems
 from mst_pipeline.fitting.smplify import SmplifyConfig
 from mst_pipeline.shards.rejects import read_rejects
 from mst_pipeline.shards.validate import validate_folder
 from mst_pipeline.shards.writer import ShardWriter, WriterBusy, complete_shards, read_shard
 from mst_pipeline.space import default_space
 
-from shard_helpers import valid_sample
+from shard_helpers import valid_sample, write_raw_tar
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,7 +51,7 @@ def _portraits(folder: Path, names: list[str]) -> None:
     for i, name in enumerate(names):
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (32, 64), (10 * i, 100, 50)).save(path)
+        Image.new("RGB", (32, 64), (10 * i, 100, 50)).save(path, format="JPEG" if path.suffix == ".jpg" else "PNG")
 
 
 ALIGNED = AlignSettings(aligned=True, detector="none")
@@ -147,25 +148,26 @@ def test_a_sample_cut_off_mid_write_leaves_the_shard_readable(tmp_path, monkeypa
 # Names that map to one key
 
 
-def test_colliding_names_are_rejected_by_name_and_the_summary_counts_the_written(tmp_path):
+def test_colliding_names_get_distinct_keys_and_keep_their_paths(tmp_path):
     data = tmp_path / "data"
     names = ["dup.jpg", "dup.png", "a.b.png", "a-b.png", "sub/x.png", "sub_x.png", "solo.png"]
     _portraits(data, names)
-    files = [data / n for n in names]
-    lost = key_collisions(files, data, "s")
-    assert {p.relative_to(data).as_posix(): w.relative_to(data).as_posix() for p, w in lost.items()} == {
-        "dup.png": "dup.jpg", "a.b.png": "a-b.png", "sub_x.png": "sub/x.png"}
+    stems = {p.relative_to(data).as_posix(): s for p, s in sample_stems([data / n for n in names], data).items()}
+    assert len(set(stems.values())) == len(names)
+    assert {n: stems[n] for n in ("dup.jpg", "a-b.png", "sub/x.png", "solo.png")} == {
+        "dup.jpg": "dup", "a-b.png": "a-b", "sub/x.png": "sub_x", "solo.png": "solo"}  # the first keeps its key
+    assert stems["dup.png"].startswith("dup-") and len(stems["dup.png"]) == len("dup-") + 8
     out = tmp_path / "shards"
     res = CliRunner().invoke(app, ["align", str(data), "--out", str(out), "--aligned", "--detector", "none",
                                    "--source", "s"])
     assert res.exit_code == 0, res.output
-    assert "4 aligned" in res.output and "3 rejected" in res.output and "key collision" in res.output
-    assert _keys(out) == ["s/a-b", "s/dup", "s/solo", "s/sub_x"]
-    reasons = {r["path"]: r["reason"] for r in read_rejects(out)}
-    assert "same sample key as dup.jpg" in reasons["dup.png"] and set(reasons) == {"dup.png", "a.b.png", "sub_x.png"}
+    assert "7 aligned" in res.output and not read_rejects(out)
+    assert len(_keys(out)) == 7 and validate_folder(out).ok
+    paths = sorted(json.loads(f["meta.json"])["orig"]["path"] for s in complete_shards(out) for _, f in read_shard(s))
+    assert paths == sorted(names)
 
 
-def test_collisions_are_found_across_parts(tmp_path):
+def test_keys_are_the_same_in_every_part(tmp_path):
     data = tmp_path / "data"
     _portraits(data, [f"n{i}.png" for i in range(6)] + [f"n{i}.jpg" for i in range(6)])
     out = tmp_path / "shards"
@@ -173,8 +175,92 @@ def test_collisions_are_found_across_parts(tmp_path):
     for k in range(3):
         written += align_folder(data, out, "s", None, None, AlignSettings(aligned=True, detector="none",
                                                                            part=(k, 3))).written
-    assert written == 6 and len(_keys(out)) == 6 and validate_folder(out).ok
-    assert all(r["path"].endswith(".png") for r in read_rejects(out))  # n*.jpg sort first and keep the keys
+    assert written == 12 and len(_keys(out)) == 12 and validate_folder(out).ok
+    again = sum(align_folder(data, out, "s", None, None, AlignSettings(aligned=True, detector="none",
+                                                                         part=(k, 3))).skipped for k in range(3))
+    assert again == 12  # a re-run finds every key, wherever a slice put it
+
+
+BAD_NAMES = ["_.png", "\u00e9.png", "....png", "-.png", ("x" * 120) + ".png",
+             "d" * 60 + "/" + "e" * 60 + "/" + "f" * 30 + ".png"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("bad", BAD_NAMES, ids=["underscore", "accent", "dots", "dash", "long", "nested-long"])
+def test_any_file_name_among_good_ones_is_aligned(tmp_path, workers, bad):
+    data = tmp_path / "data"
+    _portraits(data, [f"img{i:03d}.png" for i in range(100)] + [bad])
+    out = tmp_path / "shards"
+    summary = align_folder(data, out, "s", None, None, AlignSettings(aligned=True, detector="none",
+                                                                      workers=workers))
+    assert (summary.written, summary.rejected) == (101, 0)
+    assert validate_folder(out).ok
+    metas = {k: json.loads(f["meta.json"]) for s in complete_shards(out) for k, f in read_shard(s)}
+    assert bad in {m["orig"]["path"] for m in metas.values()}  # the name itself is kept
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_unwritable_file_is_a_reject_naming_it_and_the_run_goes_on(tmp_path, monkeypatch, workers):
+    data = tmp_path / "data"
+    _portraits(data, [f"img{i:03d}.png" for i in range(100)] + ["zz-bad.png"])
+    real = shards_module._add_member
+
+    def refuse(tar, name, data, mtime):
+        if "zz-bad" in name:
+            raise ValueError("name is too long")
+        real(tar, name, data, mtime)
+
+    monkeypatch.setattr(shards_module, "_add_member", refuse)
+    out = tmp_path / "shards"
+    summary = align_folder(data, out, "s", None, None, AlignSettings(aligned=True, detector="none",
+                                                                      workers=workers))
+    assert (summary.written, summary.rejected) == (100, 1)
+    (reject,) = read_rejects(out)
+    assert reject["path"] == "zz-bad.png" and "name is too long" in reject["reason"]
+    assert validate_folder(out).ok
+
+
+def test_a_first_sample_that_fails_leaves_no_empty_shard(tmp_path, monkeypatch):
+    real = shards_module._add_member
+
+    def refuse(tar, name, data, mtime):
+        raise ValueError("name is too long")
+
+    monkeypatch.setattr(shards_module, "_add_member", refuse)
+    with pytest.raises(ValueError), ShardWriter(tmp_path, "s") as w:
+        w.write(valid_sample("s", "k0"))
+    monkeypatch.setattr(shards_module, "_add_member", real)
+    assert not complete_shards(tmp_path) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_next_run_removes_an_empty_or_unreadable_shard_of_its_part(tmp_path):
+    with ShardWriter(tmp_path, "s") as w:
+        w.write(valid_sample("s", "k0"))
+    write_raw_tar(tmp_path / "s-000-000001.tar", [])  # left by an older aborted run
+    (tmp_path / "s-000-000002.tar").write_bytes(b"not a tar at all, cut short")
+    write_raw_tar(tmp_path / "t-000-000000.tar", [])  # another source's: not this writer's to remove
+    assert not validate_folder(tmp_path).ok
+    with ShardWriter(tmp_path, "s") as w:
+        w.write(valid_sample("s", "k1", seed=1))
+    names = sorted(p.name for p in tmp_path.glob("*.tar"))
+    assert names == ["s-000-000000.tar", "s-000-000003.tar", "t-000-000000.tar"]
+
+
+def test_validate_passes_after_an_interrupted_run_and_the_rerun_finishes(tmp_path):
+    data = tmp_path / "data"
+    _portraits(data, [f"img{i:03d}.png" for i in range(30)] + ["_.png"])
+    out = tmp_path / "shards"
+
+    def interrupt(done, total):
+        if done == 17:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        align_folder(data, out, "s", None, None, AlignSettings(aligned=True, detector="none", max_count=5),
+                     progress=interrupt)
+    assert validate_folder(out).ok and 0 < len(_keys(out)) < 31
+    summary = align_folder(data, out, "s", None, None, AlignSettings(aligned=True, detector="none", max_count=5))
+    assert summary.written + summary.skipped == 31 and len(_keys(out)) == 31 and validate_folder(out).ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +280,7 @@ def test_a_second_writer_of_a_source_and_part_is_refused_while_the_first_lives(t
     try:
         assert holder.stdout.readline().strip() == "locked"
         (tmp_path / "s-000-000000.tar.tmp").write_bytes(b"the live shard of the other run")
-        with pytest.raises(WriterBusy, match="another run is writing source 's' part 0"):
+        with pytest.raises(WriterBusy, match=f"another run is writing source 's' part 0.*pid {holder.pid}"):
             ShardWriter(tmp_path, "s", part=0)
         assert (tmp_path / "s-000-000000.tar.tmp").exists()  # the other run's shard is untouched
         ShardWriter(tmp_path, "s", part=1).close()  # another part is fine
@@ -219,3 +305,36 @@ def test_a_closed_writer_releases_its_lock(tmp_path):
         w.write(valid_sample("s", "b", seed=1))
     assert _keys(tmp_path) == ["s/a", "s/b"]
 
+
+
+def test_overlapping_part_slices_are_refused_and_disjoint_ones_run_together(tmp_path):
+    from mst_pipeline.shards.writer import slices_overlap
+
+    assert slices_overlap((0, 1), (1, 2)) and slices_overlap((1, 2), (1, 4)) and slices_overlap((1, 2), (0, 3))
+    assert not any(slices_overlap(a, b) for a, b in (((0, 2), (1, 2)), ((1, 4), (2, 4)), ((0, 2), (3, 4))))
+    first, second = ShardWriter(tmp_path, "s", part=0, parts=2), ShardWriter(tmp_path, "s", part=1, parts=2)
+    try:
+        for k, n in ((0, 1), (1, 4), (2, 4), (0, 3)):
+            with pytest.raises(WriterBusy, match="overlaps"):
+                ShardWriter(tmp_path, "s", part=k, parts=n)
+        ShardWriter(tmp_path, "t", part=0, parts=1).close()  # another source is fine
+    finally:
+        first.close()
+    ShardWriter(tmp_path, "s", part=2, parts=4).close()  # 0/2 is gone; 2/4 only overlaps it
+    second.close()
+
+
+def test_an_align_of_an_overlapping_part_stops_at_once_naming_the_other_run(tmp_path):
+    hold = HOLD.replace('part=0)', 'part=1, parts=2)')
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        data = tmp_path / "data"
+        _portraits(data, [f"p{i}.png" for i in range(4)])
+        res = CliRunner().invoke(app, ["align", str(data), "--out", str(tmp_path / "out"), "--aligned",
+                                       "--detector", "none", "--source", "s", "--part", "0/1"])
+        assert res.exit_code == 1 and "overlaps" in res.output and f"pid {holder.pid}" in res.output
+        assert not complete_shards(tmp_path / "out")
+    finally:
+        holder.kill()
+        holder.wait()

@@ -62,11 +62,29 @@ BAD_ARGUMENTS = [
     (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/o", "--gamma", "inf"], "--gamma"),
     (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/o", "--mix", "a=-1"], "--mix"),
     (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/a_file"], "is a file"),
+    (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/a_file/o"], "which is a file"),
+    (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/o", "--kimg", "1e306"], "--kimg 1e+306 is not in"),
+    (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/o", "--res", "512"], "--res 512 is beyond preset"),
+    (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/o", "--batch", "2", "--batch-gpu", "16"],
+     "--batch-gpu 16 must divide --batch 2"),
+    (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/o", "--batch", "8", "--batch-gpu", "3"],
+     "--batch-gpu 3 must divide"),
+    (uh_train, ["run", "--shards", "{t}/shards", "--shards", "{t}/shards/", "--out", "{t}/o"], "same folder"),
+    (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/o", "--view", "face:s_min=1e300"], "s_min"),
+    (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/o", "--view", "face:jitter=inf"], "jitter"),
+    (uh_train, ["run", "--shards", "{t}/shards", "--out", "{t}/o", "--view", "face:s_min=20"], "largest scale"),
+    (uh_eval, ["--init", "random", "--shards", "{t}/shards", "--out", "{t}/a_file/o"], "which is a file"),
+    (uh_eval, ["--init", "random", "--shards", "{t}/shards", "--out", "{t}/o", "--cache", "{t}/a_file/c"],
+     "which is a file"),
+    (uh_generate, ["--init", "random", "--out", "{t}/a_file/o"], "which is a file"),
     (mst, ["synthetic", "{t}/o", "--res", "0"], "--res"),
     (mst, ["synthetic", "{t}/o", "--n", "0"], "--n"),
     (mst, ["synthetic", "{t}/a_file"], "is a file"),
     (mst, ["align", "{t}/images", "--out", "{t}/a_file"], "is a file"),
     (mst, ["align", "{t}/images", "--batch-size", "0"], "--batch-size"),
+    (mst, ["align", "{t}/images", "--out", "{t}/o", "--source", "___"], "--source"),
+    (mst, ["align", "{t}/images", "--out", "{t}/o", "--keypoints-dir", "{t}/missing"], "not an existing folder"),
+    (mst, ["align", "{t}/images", "--out", "{t}/o", "--overlay", "{t}/a_file"], "is a file"),
     (mst, ["align", "{t}/images", "--iterations", "0"], "--iterations"),
     (mst, ["align", "{t}/images", "--max-count", "0"], "--max-count"),
     (mst, ["align", "{t}/images", "--prior-target", "mean"], "--prior-target must be one of reconstruct, complete"),
@@ -137,3 +155,23 @@ def test_align_with_a_refused_prior_is_a_short_error(files):
                                  "--prior", str(files / "evil.ckpt")])
     _short_error(result, "evil.ckpt", "refused")
     assert result.exit_code == 1
+
+
+HOLD_OUT = "import sys, time\nfrom uh_train.format.locks import run_lock\nwith run_lock(sys.argv[1], 'uh-train'):\n" \
+    "    print('locked', flush=True)\n    time.sleep(60)\n"
+
+
+def test_uh_eval_on_an_out_in_use_stops_at_once_naming_the_other_run(files):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OUT, str(files / "o")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = runner.invoke(uh_eval, ["--init", "random", "--metrics", "consistency", "--n", "1",
+                                         "--out", str(files / "o")])
+        _short_error(result, "in use by another run", f"pid {holder.pid}")
+        assert not (files / "o" / "metrics.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()

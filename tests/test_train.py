@@ -319,3 +319,59 @@ def test_a_setting_newer_than_the_checkpoint_counts_as_unchanged_at_its_default(
     assert config_changes(saved, cfg) == {}
     assert config_changes(saved, TrainConfig(shards=["s"], out=str(tmp_path), share_fakes=False)) == {
         "share_fakes": [True, False]}
+
+
+def test_a_second_run_on_the_same_out_stops_at_once_and_the_first_finishes_untouched(shards, tmp_path):
+    reference = tr.train(small_cfg(shards, tmp_path / "reference"))
+    out = tmp_path / "run"
+    cmd = [str(BIN / "uh-train"), "--shards", str(shards), "--out", str(out), "--preset", "tiny", "--kimg", "0.016",
+           "--batch", "4", "--snapshot-kimg", "0.008", "--lpips", "off", "--seed", "1"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while f"pid {first.pid}" not in ((out / ".lock").read_text() if (out / ".lock").exists() else ""):
+            assert first.poll() is None and time.time() < deadline, "the first run never took its lock"
+            time.sleep(0.02)
+        started = time.time()
+        second = CliRunner().invoke(cli.app, ["run", *cmd[1:]])
+        assert time.time() - started < 5
+        lines = [line for line in second.output.splitlines() if line.strip()]
+        assert second.exit_code == 1 and len(lines) == 1 and f"pid {first.pid}" in lines[0], second.output
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    assert [r["step"] for r in read_log(out)] == list(range(1, reference["steps"] + 1))
+    for a, b in zip(read_log(tmp_path / "reference"), read_log(out), strict=True):  # as if it ran alone
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
+    tr.train(small_cfg(shards, out, kimg=0.024))  # the lock went with the first run: it resumes
+
+
+def test_mix_with_every_source_at_zero_is_a_short_error(shards, tmp_path):
+    from uh_train.shard_reader import read_manifests
+
+    sources = sorted(set(read_manifests([shards]).column("source").to_pylist()))
+    result = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "o"), "--stage", "2",
+                                         "--kimg", "0.004", "--batch", "4", "--lpips", "off",
+                                         *[a for s in sources for a in ("--mix", f"{s}=0")]])
+    assert result.exit_code == 1 and "no source with a positive weight" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o" / "latest.json").exists()
+
+
+@pytest.mark.parametrize("latest", ["[]", '{"state": 5}', '{"network": "n.safetensors"}', "{", '{"state": "../x"}'])
+def test_a_malformed_latest_json_is_a_one_line_error(shards, tmp_path, latest):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "latest.json").write_text(latest)
+    result = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(out), "--kimg", "0.004",
+                                         "--batch", "4", "--lpips", "off"])
+    assert result.exit_code == 1 and "latest.json" in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
+
+
+def test_a_checkpoint_write_cut_off_by_a_kill_leaves_no_tmp_after_the_next_run(shards, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".training-state-000000k-004.safetensors.abc123.tmp").write_bytes(b"half a state")
+    tr.train(small_cfg(shards, out, kimg=0.004))
+    assert not list(out.glob(".*.tmp")) and (out / "latest.json").exists()

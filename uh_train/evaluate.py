@@ -16,7 +16,9 @@ docs/metrics.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -131,50 +133,65 @@ def run(
     for folder in shards:
         if not folder.is_dir():
             _fail(f"shard folder {folder} does not exist")
-    G = _load_generator(ckpt, init, preset, device)
-    r = G.img_resolution
-    if fid_res is not None and (fid_res <= 0 or fid_res % r):
-        _fail(f"--fid-res {fid_res} must be a positive multiple of the patch resolution {r}")
-    label = method or (ckpt.stem if init == "checkpoint" and ckpt else f"random-{preset}")
+    with _held(out):
+        G = _load_generator(ckpt, init, preset, device)
+        r = G.img_resolution
+        if fid_res is not None and (fid_res <= 0 or fid_res % r):
+            _fail(f"--fid-res {fid_res} must be a positive multiple of the patch resolution {r}")
+        label = method or (ckpt.stem if init == "checkpoint" and ckpt else f"random-{preset}")
+        try:
+            cfg = EvalConfig(metrics=names, n=n, fid_res=fid_res, seed=seed, batch=batch,
+                             kfid_min_density=kfid_min_density, protocol=protocol,
+                             kfid_groups=tuple(g.strip() for g in kfid_groups.split(",")) if kfid_groups else None)
+            features = InceptionFeatures(inception, device=device, batch=batch)
+            pr_features = None
+            if vgg16 is not None and "pr" in names:
+                from .metrics.vgg import VGG16Features
+
+                pr_features = VGG16Features(vgg16, device=device, batch=batch)
+            stats_cache = StatsCache(None if no_cache else (cache or default_cache()))
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=Console(stderr=True)) as progress:
+
+                def on_task(description: str, total: int):
+                    task = progress.add_task(description, total=total)
+                    return lambda count: progress.advance(task, count)
+
+                lpips_fn = None
+                if "consistency" in names:
+                    import torch
+
+                    from .training.models import make_lpips
+
+                    lpips_fn = make_lpips("auto", torch.device(device), "tiny")  # None (with a note) without AlexNet
+                result = evaluate(GeneratorSampler(G, truncation, device), shards, cfg, features, stats_cache, on_task,
+                                  pr_features=pr_features, lpips_fn=lpips_fn)
+        except (MetricsError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        result["generator"] = {"checkpoint": ckpt.name if ckpt and init == "checkpoint" else None,
+                               "init": init, "preset": preset if init == "random" else None,
+                               "truncation_psi": truncation}
+        if init == "checkpoint" and ckpt is not None:
+            from .format.spec import sha256_file
+
+            result["generator"]["sha256"] = sha256_file(ckpt)
+        json_path, md_path = write_report(out, result, label)
+        typer.echo(markdown_table(result, label))
+        typer.echo(f"wrote {json_path} and {md_path}")
+
+
+@contextlib.contextmanager
+def _held(out: Path) -> Iterator[None]:
+    """One evaluation per --out: another one writing there stops this one at once, naming it."""
+    from .format.locks import Busy, run_lock
+
+    stack = contextlib.ExitStack()
     try:
-        cfg = EvalConfig(metrics=names, n=n, fid_res=fid_res, seed=seed, batch=batch,
-                         kfid_min_density=kfid_min_density, protocol=protocol,
-                         kfid_groups=tuple(g.strip() for g in kfid_groups.split(",")) if kfid_groups else None)
-        features = InceptionFeatures(inception, device=device, batch=batch)
-        pr_features = None
-        if vgg16 is not None and "pr" in names:
-            from .metrics.vgg import VGG16Features
-
-            pr_features = VGG16Features(vgg16, device=device, batch=batch)
-        stats_cache = StatsCache(None if no_cache else (cache or default_cache()))
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=Console(stderr=True)) as progress:
-
-            def on_task(description: str, total: int):
-                task = progress.add_task(description, total=total)
-                return lambda count: progress.advance(task, count)
-
-            lpips_fn = None
-            if "consistency" in names:
-                import torch
-
-                from .training.models import make_lpips
-
-                lpips_fn = make_lpips("auto", torch.device(device), "tiny")  # None (with a note) without AlexNet
-            result = evaluate(GeneratorSampler(G, truncation, device), shards, cfg, features, stats_cache, on_task,
-                              pr_features=pr_features, lpips_fn=lpips_fn)
-    except (MetricsError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    result["generator"] = {"checkpoint": ckpt.name if ckpt and init == "checkpoint" else None,
-                           "init": init, "preset": preset if init == "random" else None,
-                           "truncation_psi": truncation}
-    if init == "checkpoint" and ckpt is not None:
-        from .format.spec import sha256_file
-
-        result["generator"]["sha256"] = sha256_file(ckpt)
-    json_path, md_path = write_report(out, result, label)
-    typer.echo(markdown_table(result, label))
-    typer.echo(f"wrote {json_path} and {md_path}")
+        stack.enter_context(run_lock(out, "uh-eval"))
+    except Busy as e:
+        _fail(str(e))
+    with stack:
+        yield
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ looping forever.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -22,10 +21,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from uh_train.format import spec
-from uh_train.format.image import SampleDefect, open_image
+from uh_train.format.image import GREY16_MODES, SampleDefect, grey8, image_pixels, open_image
 from uh_train.format.manifest import MANIFEST, read_manifest
 from uh_train.format.spec import SHARD_NAME, ShardRecord
 
@@ -61,37 +59,6 @@ class NoSamples(RuntimeError):
     """A shard list that, read whole, yielded no sample at all."""
 
 
-_GREY16 = ("I", "I;16", "I;16B", "I;16L", "I;16N")
-
-
-def _grey8(img: Image.Image) -> np.ndarray:
-    """uint8 [h, w] of a grey image of any bit depth (16-bit grey rescaled, not clipped to white)."""
-    if img.mode in _GREY16:
-        arr = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
-        return ((arr * 255 + 32767) // 65535).astype(np.uint8)
-    return np.asarray(img.convert("L"))
-
-
-def image_pixels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """(uint8 RGB [h, w, 3], uint8 alpha [h, w] or None) of an image in any mode a JPEG or PNG can
-    hold: grey of 1, 8 or 16 bits, palette (with transparency), CMYK, with or without alpha.
-    Transparent pixels are composited over the padding white; the alpha is returned so that they
-    do not count as real."""
-    alpha = None
-    if img.mode in _GREY16:
-        return np.repeat(_grey8(img)[..., None], 3, axis=2), None
-    if "transparency" in img.info and img.mode in ("1", "L", "RGB", "P") or img.mode == "PA":
-        img = img.convert("RGBA")
-    if img.mode in ("LA", "La", "RGBA", "RGBa"):
-        alpha = np.asarray(img.getchannel("A"))
-    rgb = np.asarray(img.convert("RGB"))
-    if alpha is None or alpha.min() == 255:
-        return rgb, None
-    a = alpha[..., None].astype(np.float32) / 255.0
-    rgb = np.round(rgb * a + 255.0 * (1.0 - a)).astype(np.uint8)
-    return rgb, alpha
-
-
 def decode_sample(sample: dict[str, Any]) -> ShardRecord:
     """Turn a raw WebDataset sample (bytes per field) into a typed record, or raise SampleDefect.
 
@@ -100,10 +67,12 @@ def decode_sample(sample: dict[str, Any]) -> ShardRecord:
     decoding), the mask single-channel."""
     key = sample.get("__key__")
     try:
-        meta = json.loads(sample["meta.json"])
+        meta = spec.loads_meta(sample["meta.json"])
     except KeyError:
         raise SampleDefect(key, ["no meta.json"]) from None
-    except (ValueError, RecursionError) as e:  # bad UTF-8 / JSON, or nesting deeper than Python's stack
+    except spec.MetaTooComplex as e:
+        raise SampleDefect(key, [str(e)]) from None
+    except ValueError as e:  # bad UTF-8 or JSON
         raise SampleDefect(key, [f"meta.json is not valid JSON ({type(e).__name__})"]) from None
     defects = spec.meta_defects(meta)
     if defects:
@@ -117,9 +86,9 @@ def decode_sample(sample: dict[str, Any]) -> ShardRecord:
         mask = None
         if "mask.png" in sample:
             m = open_image(sample["mask.png"], "mask.png", w, h)
-            if m.mode not in ("1", "L", "P", *_GREY16):
+            if m.mode not in ("1", "L", "P", *GREY16_MODES):
                 raise SampleDefect(key, [f"mask.png has mode {m.mode}, expected a single channel"])
-            mask = _grey8(m)
+            mask = grey8(m)
     except SampleDefect as e:
         raise SampleDefect(key, e.reasons) from None
     if alpha is not None:

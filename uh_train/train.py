@@ -25,7 +25,13 @@ from uh_train.training.monitor import StepClock, console
 
 def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
     """Run training; returns a summary (steps, kimg, final losses, bad steps). `clock` records where
-    each step's time goes (nested parts are also counted in their enclosing part)."""
+    each step's time goes (nested parts are also counted in their enclosing part). One run per --out
+    (`run_folder.held`)."""
+    with rf.held(cfg.out):
+        return _train(cfg, clock)
+
+
+def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
     clock = clock or monitor.NoClock()
     device, d = distributed.start_process(cfg.device, cfg.seed)
     out = Path(cfg.out)

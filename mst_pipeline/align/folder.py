@@ -5,8 +5,10 @@ starts the body from them (or from PARE), fits SMPLify-P in batches, maps the im
 space with H(α_opt, ᾱ) and writes a `unitedhuman-shard/1` sample: the image, H, the region it
 covers, its density, the keypoints in full-body space and the fit. Images that fail (unreadable,
 no person, too few keypoints, diverged fit, an H outside full-body space) go to `rejects.jsonl`
-with their reason and the run continues (so do files whose sample key another file already has:
-`a.png`/`a.jpg`). Re-runs skip keys already in complete shards, and
+with their reason and the run continues. Any file name gives a sample key
+(`mst_pipeline.detect.images.sample_stems`: a name that sanitises to nothing, one too long for a
+tar header, or one whose key another file already has gets its path's hash as suffix; `orig.path`
+keeps the name). Re-runs skip keys already in complete shards, and
 `part=(k, n)` processes the k-th of n disjoint slices (a cluster job array).
 
 An image is fitted for the person most fully visible in it (`mst_pipeline.detect.persons`); its
@@ -38,7 +40,7 @@ import numpy as np
 
 from mst_pipeline.align.settings import AlignSettings
 from mst_pipeline.body.keypoints import PersonKeypoints
-from mst_pipeline.detect.images import IMAGE_EXTS, Rejected, list_images, stem_of
+from mst_pipeline.detect.images import IMAGE_EXTS, Rejected, list_images, sample_stems
 from mst_pipeline.detect.pool import NO_DETECTOR, DetectedImage, batches, detections, image_detector
 from mst_pipeline.fitting.pare.checkpoint import load_pare_checkpoint
 from mst_pipeline.fitting.pare.start import pare_start
@@ -65,25 +67,6 @@ class AlignSummary:
 
 # ---------------------------------------------------------------------------------------------
 # Pure decisions
-
-
-def key_collisions(files: list[Path], root: Path, source: str) -> dict[Path, Path]:
-    """{path: the path that keeps its key} for files whose sample key another file already has.
-
-    Keys map the relative path onto [A-Za-z0-9_-] (`dup.jpg`/`dup.png`, `a.b.png`/`a-b.png` and
-    `sub/x.png`/`sub_x.png` share one), so the first of each group in sorted order keeps the key and
-    the others are rejected by name. FILES must be the whole folder, not one --part slice: partners
-    may fall into different slices.
-    """
-    owner: dict[str, Path] = {}
-    lost = {}
-    for path in sorted(files):
-        key = make_key(source, stem_of(path, root))
-        if key in owner:
-            lost[path] = owner[key]
-        else:
-            owner[key] = path
-    return lost
 
 
 def infer_kind(targets: np.ndarray, visible: np.ndarray) -> str:
@@ -148,7 +131,7 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
     if not everything:  # an empty slice of a full folder is fine, an empty folder is not
         raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) under {root}")
     files = list_images(root, settings.part)
-    collisions = key_collisions(everything, root, source)
+    stems = sample_stems(everything, root)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     summary = AlignSummary()
@@ -156,23 +139,18 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
         detector = image_detector(settings.detector, settings.keypoints_dir, root)
     pare = load_pare_checkpoint(settings.pare, settings.device, strict=True)[0] if settings.pare is not None else None
     try:
-        with ShardWriter(out, source, part=settings.part[0], max_count=settings.max_count,
+        with ShardWriter(out, source, part=settings.part[0], parts=settings.part[1], max_count=settings.max_count,
                          update_manifest=False) as writer:
             todo = []
             for path in files:
-                if path in collisions:
-                    reject_file(out, make_key(source, stem_of(path, root)), path.relative_to(root),
-                                f"key collision (same sample key as {collisions[path].relative_to(root).as_posix()}; "
-                                "rename one of the two files)", summary)
-                elif settings.person == "best" and writer.has(make_key(source, stem_of(path, root))):
+                if settings.person == "best" and writer.has(make_key(source, stems[path])):
                     summary.skipped += 1
                 else:
                     todo.append(path)
-            done = summary.skipped + summary.rejected
+            done = summary.skipped
             if progress:
                 progress(done, len(files))
-            tasks = [(path, stem_of(path, root), make_key(source, stem_of(path, root)), settings.aligned)
-                     for path in todo]
+            tasks = [(path, stems[path], make_key(source, stems[path]), settings.aligned) for path in todo]
             spec = (settings.detector, settings.keypoints_dir, root)
             found_all = detections(tasks, settings.workers, detector, spec, settings.batch_size)
             with contextlib.closing(found_all) as detected:
@@ -205,15 +183,14 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                             for item, fit in zip(items, fits, strict=True):
                                 try:
                                     sample = build_sample(item, fit, root, source, space, settings)
-                                    if not writer.write(sample):
-                                        raise Rejected("duplicate key (already written)")
+                                    _write(writer, sample)
                                     summary.written += 1
                                     summary.kinds[sample.meta["kind"]] += 1
                                     aligned.append((item, fit, sample.meta))
                                 except Rejected as e:
                                     reject_file(out, item.key, item.path.relative_to(root), str(e), summary)
                             if settings.overlay is not None and aligned:
-                                _write_overlays(settings.overlay, aligned, model, settings)
+                                _write_overlays(settings.overlay, root, aligned, model, settings)
                         done += len(batch)
                         if progress:
                             progress(done, len(files))
@@ -221,6 +198,16 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
         write_manifest(out)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _write(writer: ShardWriter, sample) -> None:
+    """Write SAMPLE; Rejected (this file's reason, the run goes on) when it cannot be."""
+    try:
+        written = writer.write(sample)
+    except ValueError as e:  # a member the tar format cannot hold; the writer cut it off
+        raise Rejected(f"cannot be written to a shard ({e})") from None
+    if not written:
+        raise Rejected("duplicate key (already written)")
 
 
 def _every_person(found: DetectedImage, source: str, root: Path, writer: ShardWriter, out: Path,
@@ -250,8 +237,7 @@ def _write_aligned(tasks: list, detected: Iterator, writer: ShardWriter, out: Pa
         try:
             if isinstance(found, Rejected):
                 raise found
-            if not writer.write(build_aligned_sample(found, root, source, space, settings)):
-                raise Rejected("duplicate key (already written)")
+            _write(writer, build_aligned_sample(found, root, source, space, settings))
         except Rejected as e:
             reject_file(out, key, path.relative_to(root), str(e), summary)
         else:
@@ -264,8 +250,9 @@ def _write_aligned(tasks: list, detected: Iterator, writer: ShardWriter, out: Pa
     return done
 
 
-def _write_overlays(folder: Path, aligned: list, model, settings: AlignSettings) -> None:
-    """OVERLAY/<stem>.jpg for each (item, fit, meta) of a batch; the meshes are posed together."""
+def _write_overlays(folder: Path, root: Path, aligned: list, model, settings: AlignSettings) -> None:
+    """OVERLAY/<relative path>.jpg (`-p{k}` added for the k-th person) for each (item, fit, meta) of a
+    batch, nested like the input; the meshes are posed together."""
     from mst_pipeline.align.overlay import fitted_bodies, overlay_picture, write_overlay
 
     vertices, joints = fitted_bodies(model, [fit for _, fit, _ in aligned], settings.device)
@@ -275,7 +262,8 @@ def _write_overlays(folder: Path, aligned: list, model, settings: AlignSettings)
         legend = f"{meta['kind']} | {meta['tier']} | {fit.visible} visible | loss {loss:.3g}"
         picture = overlay_picture(item.image, item.keypoints.groups(), item.keypoints.targets()[:, :2],
                                   item.confidence >= settings.smplify.confidence, verts, joint, faces, legend)
-        write_overlay(folder / f"{item.stem}.jpg", picture)
+        name = item.path.relative_to(root).with_suffix("").as_posix() + (f"-p{item.person}" if item.person else "")
+        write_overlay(folder / f"{name}.jpg", picture)
 
 
 
@@ -311,7 +299,8 @@ def build_aligned_sample(item: DetectedImage, root: Path, source: str, space: Fu
         **item.people_meta(),
     }
     try:
-        return encode_sample(source, item.stem, item.image, fields, ext=ext, encoded=encoded)
+        return encode_sample(source, item.stem, item.image, fields, mask=item.mask, ext=ext,
+                             encoded=encoded if item.mask is None else None)
     except ValueError as e:
         raise Rejected(f"invalid sample ({e})") from None
 
@@ -341,7 +330,7 @@ def build_sample(item: DetectedImage, fit: FitResult, root: Path, source: str, s
         **item.people_meta(),
     }
     try:
-        return encode_sample(source, item.stem, item.image, fields, ext=ext)
+        return encode_sample(source, item.stem, item.image, fields, mask=item.mask, ext=ext)
     except ValueError as e:
         raise Rejected(f"invalid sample ({e})") from None
 

@@ -35,7 +35,7 @@ def align(
     detector: str = typer.Option("mediapipe", help="Keypoints: mediapipe | openpose-json | mmpose | none "
                                  "(none: with --aligned only)."),
     keypoints_dir: Path | None = typer.Option(None, help="Folder of OpenPose JSON files (openpose-json); "
-                                              "default: next to each image."),
+                                              "default: next to each image.", callback=cli_args.existing_folder),
     prior: Path | None = typer.Option(None, help="Pose prior (VPoser V02_05 snapshot or `mst fit-prior` file)."),
     pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt) to start SMPLify-P "
                                      "from; default: the keypoint start."),
@@ -51,7 +51,8 @@ def align(
     part: str = typer.Option("0/1", help="k/n: process the k-th of n disjoint slices (job arrays)."),
     max_count: int = typer.Option(1000, help="Samples per shard.", callback=cli_args.at_least_one),
     overlay: Path | None = typer.Option(None, help="Folder for a check picture per aligned image (DIR/<stem>.jpg): "
-                                        "keypoints, fitted joints and body silhouette."),
+                                        "keypoints, fitted joints and body silhouette.",
+                                        callback=cli_args.folder_to_write),
     workers: int = typer.Option(1, min=1, help="Processes decoding images and detecting keypoints for the fits."),
     aligned: bool = typer.Option(False, "--aligned", help="DATASET is an aligned full-body set (SHHQ-like: one "
                                  "person centred, head to feet, portrait or square): each image enters as it is, "
@@ -94,7 +95,12 @@ def align(
     except ValueError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
-    src = sanitise_part(source or dataset.resolve().name)
+    try:
+        src = sanitise_part(source or dataset.resolve().name)
+    except ValueError as e:
+        err.print(f"[red]error:[/red] source name {source or dataset.resolve().name!r}: {e}; give one made of "
+                  "[A-Za-z0-9_-] with --source")
+        raise typer.Exit(2) from None
     log = out / "logs" / "align.log"
     diverted = None if verbose else DivertedStderr(log)
     with contextlib.ExitStack() as stack:

@@ -1,8 +1,9 @@
 """Input images of the MST steps: finding them, reading them, and why one is rejected.
 
 `list_images` is the one lister (`mst align`, `mst space`, `mst derive-sr`, and the photo folders
-of `mst render-hands`), `read_image` the one decoder; a file that cannot be used raises `Rejected`
-with the reason that goes to rejects.jsonl (`mst_pipeline.shards.rejects`).
+of `mst render-hands`), `sample_stems` the one naming of their samples, `read_image_and_alpha` the
+one decoder (every mode kept: `uh_train.format.image.image_pixels`); a file that cannot be used
+raises `Rejected` with the reason that goes to rejects.jsonl (`mst_pipeline.shards.rejects`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from uh_train.format.spec import file_stem
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 MAX_PIXELS = 1 << 27  # 134 M pixels (16384 x 8192): larger "images" are decompression bombs, not photos
@@ -34,8 +37,32 @@ def stem_of(path: Path, root: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
 
 
+def sample_stems(files: list[Path], root: Path) -> dict[Path, str]:
+    """The sample key stem of each file under ROOT (`uh_train.format.spec.file_stem`): any name gives
+    one. Where several files map to one stem (`dup.jpg`/`dup.png`, `a.b.png`/`a-b.png`,
+    `sub/x.png`/`sub_x.png`), the first in sorted order keeps it and the others get their path's hash
+    suffix. FILES must be the whole folder, not one --part slice, so every slice names alike."""
+    taken: set[str] = set()
+    out = {}
+    for path in sorted(files):
+        stem = file_stem(stem_of(path, root))
+        if stem in taken:
+            stem = file_stem(stem_of(path, root), distinct=True)
+        taken.add(stem)
+        out[path] = stem
+    return out
+
+
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 [h, w, 3] with EXIF orientation applied; Rejected for any file that cannot be read.
+    """RGB uint8 [h, w, 3] of `read_image_and_alpha`, transparent pixels composited over white."""
+    return read_image_and_alpha(path)[0]
+
+
+def read_image_and_alpha(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGB uint8 [h, w, 3], alpha uint8 [h, w] or None) with EXIF orientation applied; Rejected for
+    any file that cannot be read. Every mode keeps its information: 16-bit grey is rescaled, not
+    clipped; palette and CMYK are converted exactly; transparency is composited over white and
+    returned as the alpha (None when every pixel is opaque), which becomes the sample's mask.
 
     The size is checked from the header before any pixel is decoded; a corrupt EXIF block (which
     Pillow may fail on with any exception type) only loses the rotation, never the image.
@@ -43,6 +70,8 @@ def read_image(path: Path) -> np.ndarray:
     import warnings
 
     from PIL import Image, ImageOps
+
+    from uh_train.format.image import image_pixels
 
     try:
         with warnings.catch_warnings():
@@ -55,7 +84,8 @@ def read_image(path: Path) -> np.ndarray:
                     upright = ImageOps.exif_transpose(im)
                 except Exception:  # noqa: BLE001 - a corrupt EXIF block: keep the image as stored
                     upright = im
-                arr = np.asarray(upright.convert("RGB"))
+                upright.load()
+                arr, alpha = image_pixels(upright)
     except Rejected:
         raise
     except Image.DecompressionBombError as e:
@@ -64,7 +94,7 @@ def read_image(path: Path) -> np.ndarray:
         raise Rejected(f"unreadable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if arr.ndim != 3 or arr.shape[0] < 8 or arr.shape[1] < 8:
         raise Rejected(f"image too small ({arr.shape[1]}x{arr.shape[0]})")
-    return arr
+    return arr, alpha
 
 
 def aligned_shape_defect(width: int, height: int) -> str | None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from mst_pipeline.body.keypoints import PersonKeypoints
 from mst_pipeline.detect import BackendUnavailable, DetectionError, make_detector
-from mst_pipeline.detect.images import Rejected, aligned_shape_defect, read_image
+from mst_pipeline.detect.images import Rejected, aligned_shape_defect, read_image_and_alpha
 from mst_pipeline.detect.persons import SEEN, SeenPerson, rank_people, why_no_person
 from mst_pipeline.space import pixels_to_normalised
 
@@ -42,6 +42,7 @@ class DetectedImage:
     confidence: np.ndarray | None
     people: list[SeenPerson] = field(default_factory=list)  # every person seen, most fully visible first
     person: int = 0
+    mask: np.ndarray | None = None  # the image's alpha (uint8 [h, w]; None: every pixel opaque)
 
     def people_meta(self) -> dict:
         """The sample's `person` (this one) and `other_people` (the rest) records; {} without people."""
@@ -57,7 +58,7 @@ class DetectedImage:
         kp = self.people[index].keypoints
         targets, conf = fitting_input(kp, w, h)
         _check_enough(conf)
-        return DetectedImage(self.path, stem, key, self.image, kp, targets, conf, self.people, index)
+        return DetectedImage(self.path, stem, key, self.image, kp, targets, conf, self.people, index, self.mask)
 
 
 
@@ -110,19 +111,19 @@ def detect_image(path: Path, stem: str, key: str, detector, aligned: bool = Fals
     """IMAGE read and its people found; the result is fitted for the most fully visible one."""
     if aligned:
         return read_aligned(path, stem, key, detector)
-    image = read_image(path)
+    image, alpha = read_image_and_alpha(path)
     h, w = image.shape[:2]
     people = people_in(detector, image, path)
     targets, conf = fitting_input(people[0].keypoints, w, h)
     _check_enough(conf)
-    return DetectedImage(path, stem, key, image, people[0].keypoints, targets, conf, people)
+    return DetectedImage(path, stem, key, image, people[0].keypoints, targets, conf, people, mask=alpha)
 
 
 
 def read_aligned(path: Path, stem: str, key: str, detector) -> DetectedImage:
     """An aligned full-body image and, when the detector finds them, its keypoints; nothing here
     rejects an image except an unreadable file or a landscape shape (no fit depends on them)."""
-    image = read_image(path)
+    image, alpha = read_image_and_alpha(path)
     h, w = image.shape[:2]
     if (defect := aligned_shape_defect(w, h)) is not None:
         raise Rejected(defect)
@@ -135,7 +136,7 @@ def read_aligned(path: Path, stem: str, key: str, detector) -> DetectedImage:
         except Rejected:  # no person found, a malformed JSON: the image is kept without keypoints
             people = []
     kp = people[0].keypoints if people else None
-    return DetectedImage(path, stem, key, image, kp, None, None, people)
+    return DetectedImage(path, stem, key, image, kp, None, None, people, mask=alpha)
 
 
 WORKER_QUEUE = 2  # tasks queued per worker, so it never waits for the next one

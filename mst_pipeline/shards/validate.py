@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -108,12 +107,12 @@ def check_sample(key: str, fields: dict[str, bytes]) -> tuple[dict[str, Any] | N
         problems.append("no meta.json")
         return None, problems
     try:
-        meta = json.loads(fields["meta.json"])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        problems.append(f"meta.json is not valid JSON ({e})")
+        meta = shardspec.loads_meta(fields["meta.json"])
+    except shardspec.MetaTooComplex as e:
+        problems.append(str(e))
         return None, problems
-    except RecursionError:
-        problems.append("meta.json is nested too deeply to read")
+    except ValueError as e:  # bad UTF-8 or JSON
+        problems.append(f"meta.json is not valid JSON ({e})")
         return None, problems
     meta_problems = shardspec.meta_defects(meta)
     problems += meta_problems

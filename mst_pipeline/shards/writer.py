@@ -6,8 +6,12 @@ The writer is crash-safe and resumable:
 * an exception inside the writer (an unexpected error in the caller, a full disk) closes the open
   shard with the samples written completely so far (a half-written sample is cut off first), so
   finished work is never thrown away;
-* one writer per (folder, source, part) at a time: a second one is refused (`WriterBusy`) instead
-  of deleting the first one's live temporary shard;
+* one writer per (folder, source, part) at a time, and no two writers of overlapping slices of a
+  source's keys (`--part k/n`): a second one is refused (`WriterBusy`, naming the other process)
+  instead of deleting the first one's live temporary shard or writing its keys again;
+* a shard is only ever completed with at least one whole sample: an aborted run leaves no empty
+  shard, and the next run of a (source, part) deletes an empty or unreadable one it finds (its
+  samples, if any, are redone);
 * `ShardWriter.has(key)` tells a resumed run which keys complete shards already hold;
 * `manifest.parquet` is rebuilt from the complete shards and replaced atomically.
 """
@@ -17,7 +21,9 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import math
 import os
+import re
 import tarfile
 import time
 from collections.abc import Iterator
@@ -32,6 +38,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from uh_train.format import spec as shardspec
+from uh_train.format.locks import holder, is_held, take_lock
 from uh_train.format.manifest import MANIFEST, MANIFEST_SCHEMA, manifest_row, read_manifest
 from uh_train.format.spec import FORMAT, SHARD_NAME
 
@@ -164,7 +171,9 @@ def shard_keys(path: str | os.PathLike) -> list[str]:
 class ShardWriter:
     """Write samples of one source into rolling shards `{source}-{part:03d}-{index:06d}.tar`.
 
-    Use as a context manager. `part` separates concurrent writers of the same source.
+    Use as a context manager. `part` separates concurrent writers of the same source; PARTS (n of
+    `--part k/n`, with part = k) declares the slice of keys the writer owns, so that a writer of an
+    overlapping slice is refused; 0 claims only the part number.
     """
 
     _lock = None  # the writer's lock file, once acquired
@@ -174,6 +183,7 @@ class ShardWriter:
         folder: str | os.PathLike,
         source: str,
         part: int = 0,
+        parts: int = 0,
         max_count: int = 1000,
         max_bytes: int = 1 << 30,
         update_manifest: bool = True,
@@ -191,7 +201,7 @@ class ShardWriter:
         self._tmp_path: Path | None = None
         self._count = 0
         self._pending: set[str] = set()
-        self._lock = _writer_lock(self.folder, source, part)
+        self._lock = _writer_lock(self.folder, source, part, parts)
         prefix = f"{source}-{part:03d}-"
         for stale in self.folder.glob(f"{prefix}*.tar{TMP_SUFFIX}"):
             stale.unlink()  # half-written by a killed run: discard, its samples are redone
@@ -201,12 +211,17 @@ class ShardWriter:
             m = SHARD_NAME.match(shard.name)
             if m["source"] != source:
                 continue
-            if int(m["part"]) == part:
+            own = int(m["part"]) == part
+            if own:
                 self._next_index = max(self._next_index, int(m["index"]) + 1)
             try:
-                self._existing.update(shard_keys(shard))
+                keys = shard_keys(shard)
             except ShardError:
-                pass  # `mst validate` reports it; its samples are not trusted as done
+                keys = None  # `mst validate` reports it; its samples are not trusted as done
+            if own and not keys:
+                shard.unlink()  # empty or unreadable, left by an earlier run: its samples are redone
+                continue
+            self._existing.update(keys or ())
 
     def has(self, key: str) -> bool:
         """True when `key` is already in a complete shard (or written in this run)."""
@@ -255,6 +270,10 @@ class ShardWriter:
         fileobj = self._tar.fileobj
         self._tar.close()
         del fileobj
+        if not self._pending:  # no whole sample (the first one failed): never an empty shard
+            self._tmp_path.unlink()
+            self._tar, self._tmp_path = None, None
+            return
         with open(self._tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(self._tmp_path, self._tmp_path.with_suffix(""))
@@ -294,20 +313,44 @@ class ShardWriter:
         self._release()
 
 
-def _writer_lock(folder: Path, source: str, part: int):
-    """An exclusive, non-blocking lock on FOLDER/.{source}-{part}.lock held while the writer lives.
+def slices_overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether two writers' claims (part k, of n slices; n = 0: the part number alone) can share a key.
 
-    A second writer of the same source and part would delete the first one's live temporary shard
-    (it looks like one left by a killed run) and number its shards the same: it is refused instead.
-    The lock belongs to the open file, so a killed writer's lock goes with it.
+    Slice k/n holds the files whose hash h has h mod n = k; h mod n = k and h mod n' = k' have a
+    common solution exactly when k = k' mod gcd(n, n') (Chinese remainder theorem).
     """
-    handle = open(folder / f".{source}-{part:03d}.lock", "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise WriterBusy(f"another run is writing source {source!r} part {part} into {folder}; wait for it "
-                         "to finish, or give this run another --part or --out") from None
+    (k, n), (k2, n2) = a, b
+    if k == k2:
+        return True
+    if n == 0 or n2 == 0:
+        return False
+    return (k - k2) % math.gcd(n, n2) == 0
+
+
+def _writer_lock(folder: Path, source: str, part: int, parts: int):
+    """An exclusive lock on FOLDER/.{source}-{part}-of-{parts}.lock held while the writer lives, taken
+    only when no live writer holds a slice overlapping this one.
+
+    A second writer of the same part would delete the first one's live temporary shard (it looks
+    like one left by a killed run) and number its shards the same; one of an overlapping slice would
+    write the same keys again: both are refused. The lock belongs to the open file, so a killed
+    writer's lock goes with it.
+    """
+    claim = f"part {part}" + (f" (slice {part}/{parts})" if parts else "")
+    pattern = re.compile(rf"^\.{re.escape(source)}-(\d{{3}})-of-(\d+)\.lock$")
+    with open(folder / f".{source}.slices.lock", "a") as mutex:
+        fcntl.flock(mutex, fcntl.LOCK_EX)  # one writer at a time looks at the others' claims
+        for other in sorted(folder.glob(f".{source}-*-of-*.lock")):
+            m = pattern.match(other.name)
+            if m is None or not slices_overlap((part, parts), (int(m[1]), int(m[2]))) or not is_held(other):
+                continue
+            theirs = f"part {int(m[1])}" + (f" (slice {int(m[1])}/{int(m[2])})" if int(m[2]) else "")
+            raise WriterBusy(f"another run is writing source {source!r} {theirs} into {folder}, which overlaps "
+                             f"this run's {claim} ({holder(other)}); wait for it to finish, or give this run "
+                             "a disjoint --part or another --out")
+        handle = take_lock(folder / f".{source}-{part:03d}-of-{parts}.lock", f"writing {source} {claim}")
+    if handle is None:  # cannot happen under the mutex; kept as a refusal, never a second writer
+        raise WriterBusy(f"another run is writing source {source!r} {claim} into {folder}")
     return handle
 
 
@@ -328,31 +371,35 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 def write_manifest(folder: str | os.PathLike) -> int:
     """Rebuild `manifest.parquet` from the folder's complete shards; replaced atomically.
 
-    Rows of shards the current manifest already describes are reused (same shard name and size);
-    other shards are read. Unreadable shards are left out (`mst validate` reports them).
-    Returns the number of rows.
+    Rows of shards the current manifest already describes are reused (same shard name and size, and
+    not modified since the manifest was written); other shards are read. Unreadable shards are left
+    out (`mst validate` reports them). Returns the number of rows.
     """
     folder = Path(folder)
     with _folder_lock(folder):
         old_rows: dict[str, list[dict[str, Any]]] = {}
         try:
             old = read_manifest(folder)
-        except (OSError, pa.ArrowException):
-            old = None  # a damaged manifest is simply rebuilt
+        except (OSError, pa.ArrowException, ValueError):
+            old = None  # a damaged manifest (or one of another schema) is simply rebuilt
         if old is not None and "shard_bytes" in old.column_names:
             for row in old.to_pylist():
                 old_rows.setdefault(row["shard"], []).append(row)
+        made = (folder / MANIFEST).stat().st_mtime_ns if old is not None else 0
         rows: list[dict[str, Any]] = []
         for shard in complete_shards(folder):
-            size = shard.stat().st_size
+            stat = shard.stat()
+            size = stat.st_size
             cached = old_rows.get(shard.name)
-            if cached and cached[0]["shard_bytes"] == size:
+            # Reused only when unchanged: same size, and not modified since the manifest was written
+            # (a shard edited in place at the same size is read again).
+            if cached and cached[0]["shard_bytes"] == size and stat.st_mtime_ns < made:
                 rows += cached
                 continue
             try:
                 new = []
                 for _key, fields in read_shard(shard):
-                    meta = json.loads(fields["meta.json"])
+                    meta = shardspec.loads_meta(fields["meta.json"])
                     if shardspec.meta_defects(meta):
                         continue
                     new.append(manifest_row(meta, shard.name, size))

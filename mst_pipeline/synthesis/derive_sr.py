@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import time
 from collections import Counter
@@ -31,8 +30,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mst_pipeline.detect.images import Rejected, aligned_shape_defect, list_images, read_image, stem_of
+from mst_pipeline.detect.images import Rejected, aligned_shape_defect, list_images, read_image_and_alpha, sample_stems
 from mst_pipeline.shards.rejects import reject_file
+from mst_pipeline.shards.validate import check_sample
 from mst_pipeline.shards.writer import (
     ShardError,
     ShardWriter,
@@ -43,7 +43,7 @@ from mst_pipeline.shards.writer import (
 )
 from uh_train.format.geometry import density, full_image_homography, image_region, scale_translate
 from uh_train.format.manifest import read_manifest
-from uh_train.format.spec import make_key, region_bbox, sanitise_part, sha256_file
+from uh_train.format.spec import loads_meta, make_key, region_bbox, sanitise_part, sha256_file
 
 SR_FACTOR = 2  # paper Tab. 2: lower halves up-sampled 2×
 RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}
@@ -96,9 +96,8 @@ class _HRSample:
     source: str  # the input source
     stem: str
     ref: str  # the input's key (shards) or relative path (image folder)
-    load: Callable[[], tuple[np.ndarray, np.ndarray | None, dict[str, Any]]]  # (image, mask, orig); may raise Rejected
-    H: np.ndarray | None  # None: the padded identity of an aligned image
-    keypoints: dict[str, Any] | None
+    # (image, mask, orig, H or None for the padded identity of an aligned image, keypoints); may raise Rejected
+    load: Callable[[], tuple[np.ndarray, np.ndarray | None, dict[str, Any], np.ndarray | None, dict | None]]
 
 
 def _decode(data: bytes, what: str) -> np.ndarray:
@@ -110,43 +109,50 @@ def _decode(data: bytes, what: str) -> np.ndarray:
 
 
 def _shard_inputs(folder: Path, sources: set[str] | None) -> Iterator[_HRSample]:
-    """The `full` samples of a shard folder, in shard order; unreadable shards and samples are
-    passed over (`mst validate` reports them)."""
+    """The `full` samples of a shard folder, in shard order; unreadable shards are passed over
+    (`mst validate` reports them). A sample is checked as `mst validate` checks it when it is
+    loaded: an invalid one is a reject with its defects, never the start of a sample that validates."""
     for shard in complete_shards(folder):
         try:
             for key, fields in read_shard(shard):
                 try:
-                    meta = json.loads(fields["meta.json"])
-                    H = np.asarray(meta["H"], dtype=np.float64).reshape(3, 3)
-                except (KeyError, ValueError, TypeError):
+                    meta = loads_meta(fields["meta.json"])
+                except (KeyError, ValueError):
+                    meta = None
+                if not isinstance(meta, dict) or meta.get("kind") != "full" or (
+                        sources is not None and meta.get("source") not in sources):
                     continue
-                if meta.get("kind") != "full" or (sources is not None and meta.get("source") not in sources):
-                    continue
+                source = meta.get("source") if isinstance(meta.get("source"), str) else key.split("/")[0]
 
-                def load(img=fields.get("img.png") or fields.get("img.jpg"), mask=fields.get("mask.png"),
-                         orig=meta.get("orig")):
-                    if img is None:
-                        raise Rejected("the sample holds no image")
-                    return _decode(img, "image"), (_decode(mask, "mask") if mask is not None else None), orig
+                def load(key=key, fields=fields):
+                    checked, defects = check_sample(key, fields)
+                    if defects:
+                        raise Rejected("invalid input sample (" + "; ".join(defects) + ")")
+                    assert checked is not None
+                    img, mask = fields.get("img.png") or fields.get("img.jpg"), fields.get("mask.png")
+                    return _decode(img, "image"), (_decode(mask, "mask") if mask is not None else None), \
+                        checked["orig"], np.asarray(checked["H"], dtype=np.float64), checked.get("keypoints")
 
-                yield _HRSample(meta["source"], key.split("/", 1)[1], key, load, H, meta.get("keypoints"))
+                yield _HRSample(source, key.split("/", 1)[-1], key, load)
         except ShardError:
             continue
 
 
 def _folder_inputs(folder: Path, source: str) -> Iterator[_HRSample]:
-    """The images of an aligned full-body folder, in file order."""
-    for path in list_images(folder):
+    """The images of an aligned full-body folder, in file order, named as `mst align` names them."""
+    files = list_images(folder)
+    stems = sample_stems(files, folder)
+    for path in files:
         rel = path.relative_to(folder).as_posix()
 
         def load(path=path, rel=rel):
-            image = read_image(path)
+            image, alpha = read_image_and_alpha(path)
             h, w = image.shape[:2]
             if (defect := aligned_shape_defect(w, h)) is not None:
                 raise Rejected(defect)
-            return image, None, {"path": rel, "sha256": sha256_file(path), "width": w, "height": h}
+            return image, alpha, {"path": rel, "sha256": sha256_file(path), "width": w, "height": h}, None, None
 
-        yield _HRSample(source, stem_of(path, folder), rel, load, None, None)
+        yield _HRSample(source, stems[path], rel, load)
 
 
 def _count_inputs(folder: Path, sources: set[str] | None) -> int | None:
@@ -243,17 +249,17 @@ def derive_sr(inp: str | os.PathLike, out: str | os.PathLike, *, sources: list[s
 
 def _sr_sample(hr: _HRSample, name: str, resample: str, image_format: str):
     """The SR sample of one HR full-body input (Rejected when it cannot be read)."""
-    image, mask, orig = hr.load()
+    image, mask, orig, H, keypoints = hr.load()
     h, w = image.shape[:2]
     if h < 2:
         raise Rejected(f"image too small to halve ({w}x{h})")
-    H = hr.H if hr.H is not None else full_image_homography(w, h)
+    H = H if H is not None else full_image_homography(w, h)
     sr, H_sr, sr_mask = lower_half_sr(image, H, SR_FACTOR, resample, mask)
     height, width = sr.shape[:2]
     region = image_region(H_sr, width, height)
     fields: dict[str, Any] = {
         "kind": "lower", "tier": "SR", "H": H_sr, "region": region, "density": density(H_sr, width, height),
-        "keypoints": keypoints_inside(hr.keypoints, region), "smpl": None, "fit": None, "orig": orig,
+        "keypoints": keypoints_inside(keypoints, region), "smpl": None, "fit": None, "orig": orig,
         "derived": {"from": hr.ref, "rows": [h // 2, h], "factor": SR_FACTOR, "resample": resample},
     }
     try:

@@ -31,6 +31,13 @@ PAD_VALUE = 1.0
 SCALE_DISTRIBUTIONS = ("log-uniform", "uniform-size")
 
 
+# Bounds of a view's settings: no source is denser than the spec's 1e6 pixels per full-body unit, so
+# no patch of any resolution r >= 8 can use s beyond this; a jitter past a few patch sides is no
+# longer near the keypoint.
+VIEW_SCALE_LIMIT = 1e6 / 8
+VIEW_JITTER_LIMIT = 4.0
+
+
 @dataclass(frozen=True)
 class ViewSettings:
     """How stage 2 chooses (v, s) for one source (docs/training.md, "Patch sampling").
@@ -53,14 +60,14 @@ class ViewSettings:
     def __post_init__(self) -> None:
         if self.scale not in SCALE_DISTRIBUTIONS:
             raise ValueError(f"unknown scale distribution {self.scale!r} ({', '.join(SCALE_DISTRIBUTIONS)})")
-        if not (self.s_min >= 1.0 and math.isfinite(self.s_min)):
-            raise ValueError(f"s_min must be a finite number >= 1, got {self.s_min}")
-        if self.s_max is not None and not (self.s_max >= self.s_min):
-            raise ValueError(f"s_max ({self.s_max}) must be >= s_min ({self.s_min})")
+        if not (1.0 <= self.s_min <= VIEW_SCALE_LIMIT):
+            raise ValueError(f"s_min must be a number from 1 to {VIEW_SCALE_LIMIT:g}, got {self.s_min}")
+        if self.s_max is not None and not (self.s_min <= self.s_max <= VIEW_SCALE_LIMIT):
+            raise ValueError(f"s_max ({self.s_max}) must lie from s_min ({self.s_min}) to {VIEW_SCALE_LIMIT:g}")
         if not 0.0 <= self.keypoint_prob <= 1.0:
             raise ValueError(f"keypoint probability must lie in [0, 1], got {self.keypoint_prob}")
-        if not self.jitter >= 0.0:
-            raise ValueError(f"jitter must be >= 0, got {self.jitter}")
+        if not 0.0 <= self.jitter <= VIEW_JITTER_LIMIT:
+            raise ValueError(f"jitter must lie in [0, {VIEW_JITTER_LIMIT:g}] patch sides, got {self.jitter}")
         if self.whole_prob is not None and not 0.0 <= self.whole_prob <= 1.0:
             raise ValueError(f"whole-image probability must lie in [0, 1], got {self.whole_prob}")
 

@@ -173,6 +173,9 @@ class PatchBatches(torch.utils.data.IterableDataset):
             if not self.weights:
                 raise ValueError("stage 1 needs a full-body source (kind 'full'); none of the shard folders has one")
         self.weights = {s: w for s, w in self.weights.items() if w > 0}
+        if not self.weights:
+            raise ValueError("--mix leaves no source with a positive weight (sources: "
+                             f"{', '.join(sorted(self.sources))})")
         self.state = state or StreamState()
         self.shuffle_buffer = shuffle_buffer
         self.max_unusable = max_unusable

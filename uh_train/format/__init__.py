@@ -7,6 +7,7 @@ a network, never a module of `mst_pipeline`.
 * `manifest`  -- the per-folder `manifest.parquet`: file name, schema, one row per sample
 * `geometry`  -- full-body image space: H, regions, densities, the patch transform T(v,s)
 * `atomic`    -- atomic file writes
+* `locks`     -- one run per output: run folders and slices of a source's keys, naming the holder
 * `unpickle`  -- the one allow-list unpickler (each caller passes its own allow-list)
 * `cli_args`  -- argument checks shared by the command lines of both packages
 

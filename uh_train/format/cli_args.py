@@ -7,6 +7,7 @@ option and what it accepts (exit code 2), before any work or import of torch.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -39,10 +40,31 @@ non_negative = number(0)
 at_least_one = number(1)
 
 
+def _writable_place(value: Path) -> None:
+    """The nearest existing folder at or above VALUE must be a folder this process can write in (a
+    path below a file, or in a read-only folder, is refused before any work)."""
+    for place in (value, *value.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise typer.BadParameter(f"{value} is below {place}, which is a file; give a folder to write into")
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise typer.BadParameter(f"{value} cannot be written ({place} is not writable)")
+            return
+
+
 def folder_to_write(value: Path | None) -> Path | None:
-    """An output folder: it may not exist yet, but it must not be a file."""
+    """An output folder: it may not exist yet, but it must not be a file or below one."""
     if value is not None and value.exists() and not value.is_dir():
         raise typer.BadParameter(f"{value} is a file; give a folder to write into")
+    if value is not None:
+        _writable_place(value)
+    return value
+
+
+def existing_folder(value: Path | None) -> Path | None:
+    """An input folder that must exist."""
+    if value is not None and not value.is_dir():
+        raise typer.BadParameter(f"{value} is not an existing folder")
     return value
 
 
@@ -50,6 +72,8 @@ def file_to_write(value: Path | None) -> Path | None:
     """An output file: it may not exist yet, but it must not be a folder."""
     if value is not None and value.is_dir():
         raise typer.BadParameter(f"{value} is a folder; give the file to write")
+    if value is not None:
+        _writable_place(value.parent)
     return value
 
 

@@ -56,9 +56,35 @@ def manifest_row(meta: dict[str, Any], shard: str, shard_bytes: int) -> dict[str
     }
 
 
+class ManifestError(ValueError):
+    """A manifest.parquet that cannot be used: not a file, not Parquet, or not of MANIFEST_SCHEMA."""
+
+
+# Columns a manifest written before `shard_bytes` existed may lack (the rebuild then reads every shard).
+OPTIONAL_COLUMNS = ("shard_bytes",)
+
+
 def read_manifest(folder: str | os.PathLike) -> pa.Table | None:
-    """The folder's manifest, or None when it has none."""
+    """The folder's manifest (only the columns of MANIFEST_SCHEMA, checked), or None when it has none;
+    ManifestError when it is unusable. The one manifest reader: `mst validate`, the writer's rebuild,
+    `mst derive-sr` and the trainer all read it here."""
     path = Path(folder) / MANIFEST
     if not path.exists():
         return None
-    return pq.read_table(path)
+    if not path.is_file():
+        raise ManifestError(f"{path} is not a file")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ManifestError(f"{path} is not a readable Parquet file ({type(e).__name__}: {e})") from None
+    problems = []
+    for column in MANIFEST_SCHEMA:
+        if column.name not in table.column_names:
+            if column.name not in OPTIONAL_COLUMNS:
+                problems.append(f"no column {column.name!r}")
+        elif not table.schema.field(column.name).type.equals(column.type):
+            problems.append(f"column {column.name!r} is {table.schema.field(column.name).type}, expected {column.type}")
+    if problems:
+        raise ManifestError(f"{path} does not have the manifest schema: " + "; ".join(problems)
+                            + " (delete it: the next `mst` command that writes into the folder rebuilds it)")
+    return table.select([c.name for c in MANIFEST_SCHEMA if c.name in table.column_names])

@@ -38,6 +38,16 @@ DENSITY_TOLERANCE = 1e-3
 DENSITY_RANGE = (1.0, 1e6)
 # Largest image a sample may declare (pixels); readers refuse larger ones before decoding them.
 MAX_IMAGE_PIXELS = 1 << 27
+# A key part must fit the tar header: ustar stores `{source}/` in its 155-byte prefix and
+# `{stem}.meta.json` (the longest member suffix, 10 bytes) in its 100-byte name field.
+MAX_KEY_PART = 90
+# Stems derived from file names stay this short, leaving room for a `-p{k}` person suffix.
+DERIVED_STEM_CHARS = 80
+# meta.json bounds: readers refuse larger, deeper or longer-numbered documents before building them
+# (a 200,000-deep nesting overflows the parser's stack; a 5,000-digit integer exceeds Python's limit).
+MAX_META_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+MAX_NUMBER_CHARS = 40
 SHARD_NAME = re.compile(r"^(?P<source>[A-Za-z0-9_-]+)-(?P<part>\d{3})-(?P<index>\d{6})\.tar$")
 # No dots inside key parts: WebDataset splits a member name at the first dot of its base name
 # (`source/stem.img.jpg` -> key `source/stem`, field `img.jpg`), so a dot in a stem would break grouping.
@@ -58,17 +68,41 @@ def shard_name(source: str, part: int, index: int) -> str:
     return f"{source}-{part:03d}-{index:06d}.tar"
 
 
+def _map_to_key_alphabet(text: str) -> str:
+    text = text.replace("\\", "/").strip("/").replace("/", "_")
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)
+
+
 def sanitise_part(text: str) -> str:
-    """Map an arbitrary stem (file name, relative path) onto the key alphabet `[A-Za-z0-9_-]`.
+    """Map a name the user chose (a source name) onto the key alphabet `[A-Za-z0-9_-]`.
 
     Path separators become `_`, dots and other characters `-`, so the result can never be `..`,
-    absolute, or contain a second `/`.
+    absolute, or contain a second `/`. ValueError when nothing of the name is left or it is too long
+    for a key part; stems of files use `file_stem`, which never fails.
     """
-    text = text.replace("\\", "/").strip("/").replace("/", "_")
-    text = re.sub(r"[^A-Za-z0-9_-]", "-", text)
+    text = _map_to_key_alphabet(text)
     if not text.strip("-_"):
         raise ValueError("cannot make a key part from an empty name")
+    if len(text) > MAX_KEY_PART:
+        raise ValueError(f"name is longer than {MAX_KEY_PART} characters")
     return text
+
+
+def name_hash(text: str) -> str:
+    """8 hex digits naming TEXT (a relative path), stable across runs and machines."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def file_stem(relative: str, distinct: bool = False) -> str:
+    """The key stem of the file at RELATIVE path (suffix removed): its sanitised form, or, when that
+    is empty, longer than DERIVED_STEM_CHARS or (DISTINCT) taken by another file, the sanitised
+    head followed by `-{name_hash(relative)}`. Any file name gives a valid stem; `orig.path` keeps
+    the name itself."""
+    text = _map_to_key_alphabet(relative)
+    if text.strip("-_") and len(text) <= DERIVED_STEM_CHARS and not distinct:
+        return text
+    head = text[:DERIVED_STEM_CHARS - 9].strip("-_")
+    return f"{head}-{name_hash(relative)}" if head else name_hash(relative)
 
 
 def make_key(source: str, stem: str) -> str:
@@ -92,7 +126,37 @@ def key_defects(key: str) -> list[str]:
             out.append(f"key {key!r} has an empty, '.' or '..' part")
         elif not _KEY_PART.match(part):
             out.append(f"key {key!r} has characters outside [A-Za-z0-9_-]")
+        elif len(part) > MAX_KEY_PART:
+            out.append(f"key {_short(key)} has a part longer than {MAX_KEY_PART} characters")
     return out
+
+
+class MetaTooComplex(ValueError):
+    """A meta.json beyond the bounds readers accept (size, nesting depth, length of a number)."""
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def loads_meta(data: bytes | str) -> Any:
+    """Parse a meta.json within MAX_META_BYTES, MAX_JSON_DEPTH and MAX_NUMBER_CHARS; the one parser
+    every reader of shards uses. MetaTooComplex (a ValueError) names the bound; other invalid JSON
+    raises ValueError as `json.loads` does. NaN and Infinity parse (as Python's reader does); the
+    schema check names the field that holds one."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if len(raw) > MAX_META_BYTES:
+        raise MetaTooComplex(f"meta.json has {len(raw)} bytes, more than {MAX_META_BYTES}")
+    skeleton = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    steps = np.isin(skeleton, (ord("["), ord("{"))).astype(np.int64) - np.isin(skeleton, (ord("]"), ord("}")))
+    if steps.size and int(np.cumsum(steps).max()) > MAX_JSON_DEPTH:
+        raise MetaTooComplex(f"meta.json is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+
+    def number(text: str, convert):
+        if len(text) > MAX_NUMBER_CHARS:
+            raise MetaTooComplex(f"meta.json has a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+        return convert(text)
+
+    return json.loads(raw.decode("utf-8"), parse_int=lambda t: number(t, int), parse_float=lambda t: number(t, float))
 
 
 def _is_number(x: Any) -> bool:

@@ -109,15 +109,18 @@ def run_cmd(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--view") from None
     # kimg, batch, snapshot_kimg and mirror left None: TrainConfig takes the preset's.
-    cfg = TrainConfig(
-        shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
-        preset=preset, res=res, kimg=kimg, batch=batch, batch_gpu=batch_gpu, snapshot_kimg=snapshot_kimg,
-        lambda_p=lambda_p, lambda_cr=lambda_cr,
-        lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers, device=device, r1_gamma=gamma,
-        views=list(view), mirror=mirror, whole_prob=whole_prob, diverge_limit=diverge_limit,
-        diverge_steps=diverge_steps, allow_config_change=allow_config_change, share_fakes=share_fakes,
-        compile=compile_networks,
-    )
+    try:  # TrainConfig checks what no single option can (config_problems)
+        cfg = TrainConfig(
+            shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
+            preset=preset, res=res, kimg=kimg, batch=batch, batch_gpu=batch_gpu, snapshot_kimg=snapshot_kimg,
+            lambda_p=lambda_p, lambda_cr=lambda_cr,
+            lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers, device=device, r1_gamma=gamma,
+            views=list(view), mirror=mirror, whole_prob=whole_prob, diverge_limit=diverge_limit,
+            diverge_steps=diverge_steps, allow_config_change=allow_config_change, share_fakes=share_fakes,
+            compile=compile_networks,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     try:
         summary = train(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -5,7 +5,8 @@ may change."""
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from uh_train.data import ViewSettings, parse_view
@@ -65,6 +66,47 @@ class TrainConfig:
         for name in PRESET_FIELDS:
             if getattr(self, name) is None:
                 setattr(self, name, getattr(PRESETS[self.preset].training, name))
+        problems = config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+# Longest run a config may ask for: 10^12 images (the paper trains 25,000 kimg); beyond it the
+# image and step counters stop being exact.
+MAX_KIMG = 1e9
+
+
+def config_problems(cfg: TrainConfig) -> list[str]:
+    """What makes CFG impossible to run as asked (empty: runnable), each naming its option."""
+    from uh_train.networks.discriminator import discriminator_channels
+
+    out = []
+    for name, value in (("--kimg", cfg.kimg), ("--snapshot-kimg", cfg.snapshot_kimg)):
+        if not 0 < value <= MAX_KIMG:
+            out.append(f"{name} {value:g} is not in (0, {MAX_KIMG:g}] thousand images")
+    if cfg.res is not None:
+        d = replace(PRESETS[cfg.preset].discriminator, img_resolution=cfg.res)
+        if cfg.res & (cfg.res - 1) or not 8 <= cfg.res or min(discriminator_channels(d).values()) < 1:
+            top = PRESETS[cfg.preset].discriminator.channel_base
+            out.append(f"--res {cfg.res} is beyond preset {cfg.preset!r} (a power of two from 8 to {top})")
+    if cfg.batch < 1:
+        out.append(f"--batch {cfg.batch} must be at least 1")
+    elif cfg.batch_gpu is not None and not (1 <= cfg.batch_gpu <= cfg.batch and cfg.batch % cfg.batch_gpu == 0):
+        out.append(f"--batch-gpu {cfg.batch_gpu} must divide --batch {cfg.batch} (images counted per step are "
+                   "--batch)")
+    folders = [os.path.realpath(s) for s in cfg.shards]
+    if len(set(folders)) != len(folders):
+        twice = sorted({s for s, f in zip(cfg.shards, folders, strict=True) if folders.count(f) > 1})
+        out.append(f"--shards names the same folder more than once ({', '.join(twice)}); weight sources with --mix")
+    try:
+        views = parse_views(cfg.views, cfg.keypoint_prob)
+    except ValueError as e:
+        out.append(f"--view: {e}")
+    else:
+        for source, view in views.items():
+            if view.s_min > cfg.scale_max:
+                out.append(f"--view {source}: s_min {view.s_min:g} is above the run's largest scale {cfg.scale_max:g}")
+    return out
 
 
 def default(name: str) -> Any:

@@ -4,7 +4,10 @@ A resumed run must train what its checkpoint trained: its settings are checked b
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import torch
 
 from uh_train.data import StreamState
 from uh_train.format.atomic import atomic_path, atomic_write_text
+from uh_train.format.locks import run_lock
 from uh_train.train_state import load_state, save_state
 from uh_train.training.config import TrainConfig, config_changes
 from uh_train.training.monitor import console
@@ -63,10 +67,34 @@ def save_training_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, op
 
 
 def find_resume(out: Path) -> Path | None:
+    """The training state latest.json names, or None without one; ValueError (one line) when it is
+    not the object the trainer writes."""
     latest = out / "latest.json"
     if not latest.exists():
         return None
-    return out / json.loads(latest.read_text())["state"]
+    try:
+        info = json.loads(latest.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{latest} cannot be read ({type(e).__name__}); delete it to start afresh") from None
+    if not (isinstance(info, dict) and all(isinstance(info.get(k), str) and info[k] and "/" not in info[k]
+                                           for k in ("state", "network"))):
+        raise ValueError(f"{latest} does not name a training state and network; delete it to start afresh")
+    return out / info["state"]
+
+
+@contextlib.contextmanager
+def held(out: str | os.PathLike) -> Iterator[None]:
+    """One run per --out: OUT/.lock is held while the block runs, and a second run stops at once
+    (`uh_train.format.locks.Busy`, naming the first). The holder first removes the `.*.tmp` files a
+    run killed mid-write left (atomic writes: never read, never finished). Under torchrun the
+    process of rank 0 holds it for all."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    with run_lock(out, "uh-train"):
+        for stale in Path(out).glob(".*.tmp"):
+            stale.unlink()
+        yield
 
 
 @dataclass
