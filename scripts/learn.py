@@ -309,16 +309,22 @@ def chosen(found: list[tuple[int, Path]], every: float, most: int) -> list[tuple
 
 def evaluate_runs(out: Path, runs: dict[str, Path], shards: Path, plan: Plan, record: dict,
                   ablation_nimg: int | None = None) -> None:
-    """Evaluate and draw the chosen snapshots not yet in `record` (saved after each). Stage-2 runs
-    are also evaluated at their snapshot nearest `ablation_nimg` (the ablation's common length)."""
+    """Evaluate and draw the chosen snapshots not yet in `record` (saved after each): a curve along
+    stage 1 and along the shipped run; each ablation run at its last snapshot and at its snapshot
+    nearest `ablation_nimg` (the ablation's common length), where the shipped run is evaluated too."""
     evaluator = None
     for name, run in runs.items():
         done = record.setdefault("curves", {}).setdefault(name, {})
-        every, most = (plan.snap1, 9) if name == "stage1" else (plan.snap2, 7)
         found = snapshots(run)
-        picked = chosen(found, every, most)
+        if name == "stage1":
+            picked = chosen(found, plan.snap1, 6)
+        elif name == ship_run(plan):
+            picked = chosen(found, plan.snap2, 8)
+        else:
+            picked = found[-1:]
         if name != "stage1" and ablation_nimg and found:
-            nearest = min(found, key=lambda f: abs(f[0] - ablation_nimg))
+            nearest = min((f for f in found if f[0] <= ablation_nimg * 1.05), default=found[0],
+                          key=lambda f: abs(f[0] - ablation_nimg))
             picked = sorted(set(picked) | {nearest})
         for nimg, ckpt in picked:
             key = str(nimg)

@@ -43,7 +43,7 @@ def test_quick_learn_run_picks_by_fid_trains_both_arms_and_ships_its_network(tmp
     # with its scale consistency and its 8r render.
     for name in ("stage1", "stage2-all-s0", "stage2-full-s0"):
         rows = record["curves"][name].values()
-        assert len(rows) >= 2, name
+        assert len(rows) >= (1 if name == "stage2-full-s0" else 2), name
         for row in rows:
             assert all(math.isfinite(row[k]) for k in ("fid", "kfid_face", "kfid_hand", "kfid_mean"))
             assert (out / row["grid"]).is_file()
