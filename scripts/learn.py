@@ -621,7 +621,8 @@ def git_commit() -> str:
 
 
 def provenance(plan: Plan, record: dict) -> dict:
-    ship_rows = rows(record, ship_run(plan))
+    ship_rows, s1_rows = rows(record, ship_run(plan)), rows(record, "stage1")
+    picked = ship_pick(record, plan)
     return {
         "command": "just learn",
         "commit": git_commit(),
@@ -629,10 +630,15 @@ def provenance(plan: Plan, record: dict) -> dict:
                 f"{plan.hands} synthetic hands; all made by the command",
         "preset": plan.preset, "batch": plan.batch, "seed": plan.seed, "stage2_seed": seeds_of(plan)[0],
         "stage1_kimg": record.get("stage1_kimg"),
-        "stage2_kimg": (ship_pick(record, plan) or {}).get("kimg"),
+        "stage2_kimg": (picked or {}).get("kimg"),
         "stage2_trained_kimg": ship_rows[-1]["kimg"] if ship_rows else None,
         "picked": "the stage-2 snapshot with the best worst-k scale consistency among those within 10 % of the "
                   "teacher's FID",
+        "consistency_psnr_db": {f"{k}r": round(picked[f"psnr_k{k}"], 2) for k in FACTORS
+                                if picked.get(f"psnr_k{k}") is not None} if picked else None,
+        "fid": round(picked["fid"], 2) if picked else None,
+        "teacher_fid": round(s1_rows[-1]["fid"], 2) if s1_rows else None,
+        "lambda_p": plan.lambda_p,
         "date": time.strftime("%Y-%m-%d"),
     }
 
