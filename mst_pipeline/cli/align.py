@@ -148,7 +148,7 @@ def _align_run(dataset: Path, out: Path, source: str, settings, space: Path | No
             model, pose_prior = None, None
             fb_space = load_space(space) if space else None
         else:
-            model = load_body_model(body_model).to(settings.device)
+            model = load_body_model(body_model, detector=settings.detector).to(settings.device)
             fb_space = load_space(space, model)
             pose_prior = load_prior(settings.prior, settings.device) if settings.prior else None
     except (ValueError, RuntimeError, OSError) as e:

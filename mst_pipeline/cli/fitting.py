@@ -46,7 +46,7 @@ def space_cmd(
             err.file = stack.enter_context(diverted)
             stack.callback(setattr, err, "file", None)
         try:
-            model = load_body_model(body_model).to(device)
+            model = load_body_model(body_model, detector=detector).to(device)
             result, rejected = build_space(dataset, model, detector=detector, keypoints_dir=keypoints_dir,
                                            device=device, batch_size=batch_size,
                                            config=SmplifyConfig(iterations=iterations), pare=pare)

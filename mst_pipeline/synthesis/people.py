@@ -14,7 +14,9 @@ Each person is rendered three times, every view an exact scale + translation of 
 * ``face/``: a square around the head at ~8× the density.
 
 Next to each image, ``<stem>_keypoints.json`` holds the ground-truth projected BODY_25 and hand
-keypoints in OpenPose's JSON layout (`mst align --detector openpose-json` reads it), and
+keypoints in OpenPose's JSON layout, BODY_25 where a detector would put it (the model's calibrated
+openpose-body25 convention, `mst_pipeline.body.conventions`, unless the given model already follows
+one) (`mst align --detector openpose-json` reads it), and
 ``truth.jsonl`` holds every image's exact H (image pixels -> full-body space), against which the
 MST's fitted H can be checked (`mst_pipeline.synthesis.people_truth`).
 
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from mst_pipeline.body import load_body_model
+from mst_pipeline.body import load_body_model, use_convention
 from mst_pipeline.body.layout import HAND_SLOTS, NUM_SMPL_JOINTS
 from mst_pipeline.body.poses import load_pose_set
 from mst_pipeline.shards.writer import encode_image
@@ -247,6 +249,8 @@ def render_people(out: str | os.PathLike, n: int, res: int = 256, seed: int = 0,
     for name in VIEWS:
         (out / name).mkdir(parents=True, exist_ok=True)
     model = model if model is not None else load_body_model(body_model)
+    if model.keypoints is None:  # the keypoint files say what `--detector openpose-json` expects of them
+        use_convention(model, "openpose-json")
     space = load_space(space_file, model)
     poses = load_pose_set(poses_file) if poses_file is not None else None
     faces = model.faces
