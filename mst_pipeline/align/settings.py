@@ -30,6 +30,9 @@ class AlignSettings:
     prior: Path | None = None  # pose prior file the caller loads for the fits (`align_folder` takes it loaded)
     aligned: bool = False  # an aligned full-body set: padded-identity H, no fit (`mst_pipeline.align.folder`)
     person: str = "best"  # best: the most fully visible person of each image; all: every person
+    # What aligned the samples, recorded in each one's meta (`aligned_with`): the space and prior by
+    # hash, the keypoint convention; filled by `align_folder` from what it was given.
+    provenance: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problem = self.problem()

@@ -123,6 +123,19 @@ def align(
                   "--verbose shows them")
 
 
+def builtin_notice(no_space: bool, no_prior: bool) -> str | None:
+    """The one line `mst align` prints when it falls back on a built-in: which, and what it means."""
+    parts = []
+    if no_space:
+        parts.append("no --space: the built-in full-body space (ô = 0°, ᾱ of the mean body at rest), so images "
+                     "land where an upright mean body's would, not where your full-body set puts people")
+    if no_prior:
+        parts.append("no --prior: joints no keypoint sees are pulled to rest (θ̂ = 0)")
+    if not parts:
+        return None
+    return "note: " + "; ".join(parts) + " (measure them with `mst space` and `mst fit-prior`)"
+
+
 def _align_run(dataset: Path, out: Path, source: str, settings, space: Path | None, body_model: Path | None,
                diverted: DivertedStderr | None):
     """`mst align`'s work after its settings are checked: loads the body model, the space and the
@@ -153,6 +166,10 @@ def _align_run(dataset: Path, out: Path, source: str, settings, space: Path | No
             pose_prior = load_prior(settings.prior, settings.device) if settings.prior else None
     except (ValueError, RuntimeError, OSError) as e:
         raise fail(e) from None
+    if not settings.aligned:
+        notice = builtin_notice(space is None, settings.prior is None)
+        if notice:
+            err.print(notice, markup=False, highlight=False)
     columns = (TextColumn("align"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:

@@ -249,8 +249,17 @@ def render_people(out: str | os.PathLike, n: int, res: int = 256, seed: int = 0,
     for name in VIEWS:
         (out / name).mkdir(parents=True, exist_ok=True)
     model = model if model is not None else load_body_model(body_model)
-    if model.keypoints is None:  # the keypoint files say what `--detector openpose-json` expects of them
+    own = model.keypoints
+    if own is None:  # the keypoint files hold what `--detector openpose-json` expects of them
         use_convention(model, "openpose-json")
+    try:
+        return _render_people(out, n, res, seed, model, poses_file, space_file, progress, start)
+    finally:
+        model.use_keypoints(own)
+
+
+def _render_people(out: Path, n: int, res: int, seed: int, model: Any, poses_file, space_file, progress: bool,
+                   start: float) -> PeopleSummary:
     space = load_space(space_file, model)
     poses = load_pose_set(poses_file) if poses_file is not None else None
     faces = model.faces
