@@ -228,13 +228,74 @@ def _detector_alignment(model) -> list[str]:
     return lines + ["", f"({time.perf_counter() - t0:.0f} s)", ""]
 
 
+def _photo_face_scales(model, photos) -> list[tuple[str, float, float]]:
+    """Per photo (an upper-body portrait): the face's scale from a face crop cut from it over the
+    scale from the photo itself, (name, with the model's own keypoints, calibrated). Both images go
+    through the default detector and SMPLify-P in the built-in space; the crop is a square of 2.2×
+    the detected head's extent around it, so its true H is the photo's H shifted: the ratio of the
+    two fits' scales should be 1."""
+    from PIL import Image
+
+    from mst_pipeline.body import use_convention
+    from mst_pipeline.detect import make_detector
+    from mst_pipeline.detect.persons import rank_people
+    from mst_pipeline.detect.pool import fitting_input
+    from mst_pipeline.space import default_space
+
+    detector = make_detector("mediapipe")
+    out = []
+    for path in photos:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        h, w = image.shape[:2]
+        kp = rank_people(detector(image, path), w, h)[0].keypoints
+        head = kp.body[[0, 15, 16, 17, 18]]
+        head = head[head[:, 2] >= 0.5, :2]
+        centre, half = 0.5 * (head.min(0) + head.max(0)), 1.1 * float(np.ptp(head, axis=0).max())
+        x0, y0 = (int(max(c - half, 0)) for c in centre)
+        x1, y1 = int(min(centre[0] + half, w)), int(min(centre[1] + half, h))
+        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+        crop_kp = rank_people(detector(crop, path), x1 - x0, y1 - y0)[0].keypoints
+        ratios = []
+        for backend in (None, "mediapipe"):
+            if backend is None:
+                model.use_keypoints(None)
+            else:
+                use_convention(model, backend)
+            space = default_space(model)
+            scales = []
+            for pts, (iw, ih) in ((kp, (w, h)), (crop_kp, (x1 - x0, y1 - y0))):
+                u, c = fitting_input(pts, iw, ih)
+                (fit,) = smplify_p(model, u[None], c[None], mean_pitch=space.pitch)
+                scales.append(space.homography(fit.cam, iw, ih)[0, 0])
+            ratios.append(scales[1] / scales[0])
+        out.append((path.name, *ratios))
+    use_convention(model, "openpose-json")
+    return out
+
+
+def _real_photos(model) -> list[str]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from demo import installed_photos
+
+    rows = _photo_face_scales(model, installed_photos())
+    lines = ["**Real photographs** (the upper-body portraits that ship inside installed packages, through the "
+             "default detector; *face scale*: the face's scale in full-body space from a face crop cut from the "
+             "photo over the scale from the photo itself; 1 is right):", "",
+             "| photo | model's own keypoints | calibrated keypoints (mediapipe) |", "|---|---|---|"]
+    lines += [f"| {name} | {own:.3f} | {cal:.3f} |" for name, own, cal in rows]
+    return lines + [""]
+
+
 def run() -> str:
     from mst_pipeline.body import load_body_model
 
     lines = ["## The MST against rendered truth", "",
              "`.venv/bin/python scripts/bench.py alignment` — open default body model, CPU.", ""]
     model = load_body_model()
-    return "\n".join(lines + _detector_alignment(model) + _render_alignment(model))
+    return "\n".join(lines + _detector_alignment(model) + _real_photos(model) + _render_alignment(model))
 
 
 if __name__ == "__main__":

@@ -235,3 +235,20 @@ def test_openpose_json_of_the_renders_holds_the_calibrated_points(tmp_path, open
     seen = body[:, 2] > 0
     assert seen[[B["LEar"], B["REar"], B["Nose"]]].all()
     assert np.abs(body[seen, :2] - px[seen]).max() < 0.01
+
+
+def test_cli_calibrate_writes_a_calibration_the_pipeline_reads(tmp_path, open_model):
+    pytest.importorskip("mediapipe")
+    from typer.testing import CliRunner
+
+    from mst_pipeline.cli import app
+
+    out = tmp_path / "cal.json"
+    result = CliRunner().invoke(app, ["body-model", "calibrate", "--n", "3", "--res", "128", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    reg = KeypointRegressor.from_json(json.loads(out.read_text()))
+    assert reg.convention == "mediapipe" and reg.model_hash == open_model.hash
+    assert {"Nose", "LEar", "REar"} <= set(reg.slots)  # seen in all nine renders
+    assert reg.settings["people"] == 3
+    bad = CliRunner().invoke(app, ["body-model", "calibrate", "--detector", "openpose-json"])
+    assert bad.exit_code == 2 and "mediapipe or mmpose" in bad.output

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mst_pipeline.detect.pool import NO_DETECTOR
+from mst_pipeline.fitting import FIT_BATCH
 from mst_pipeline.fitting.smplify import SmplifyConfig
 
 PERSON_CHOICES = ("best", "all")
@@ -19,7 +20,7 @@ class AlignSettings:
     tier: str | None = None  # None: from the image's density relative to the space
     detector: str = "mediapipe"
     keypoints_dir: Path | None = None
-    batch_size: int = 16
+    batch_size: int = FIT_BATCH
     device: str = "cpu"
     part: tuple[int, int] = (0, 1)
     max_count: int = 1000

@@ -144,7 +144,8 @@ def check_sample(key: str, fields: dict[str, bytes]) -> tuple[dict[str, Any] | N
     return (meta if not meta_problems else None), problems
 
 
-MERGE_FIELDS = ("source", "kind", "tier", "density", "width", "height", "H")  # read by _count, _check_manifest
+# read by _count and _check_manifest
+MERGE_FIELDS = ("source", "kind", "tier", "density", "width", "height", "H", "aligned_with")
 
 
 def check_shard(tar: Path) -> tuple[list[tuple[str, dict[str, Any] | None, list[str]]], str | None]:

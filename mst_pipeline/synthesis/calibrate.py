@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from mst_pipeline.body.conventions import CONVENTIONS, KeypointRegressor
-from mst_pipeline.body.layout import BODY25_NAMES
+from mst_pipeline.body.layout import BODY25_NAMES, SMPL_JOINT_NAMES
 from mst_pipeline.space import default_space
 from mst_pipeline.synthesis import mesh_render
 from mst_pipeline.synthesis.people import render_view
@@ -34,6 +34,9 @@ YAW = np.radians(35.0)  # people are turned by up to this much either way
 RADIUS = {"head": 0.07, "foot": 0.08, "body": 0.14}  # metres around the model's own point
 _HEAD = ("Nose", "REye", "LEye", "REar", "LEar")
 _FOOT = ("LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel")
+# Foot points stay rigid with the foot (`space_fit.feet_pitch` reads the camera's pitch from their
+# rest offsets): their vertices are those the ankle and foot joints move most.
+_FOOT_JOINTS = {"L": ("left_ankle", "left_foot"), "R": ("right_ankle", "right_foot")}
 KEEP = 8  # vertices per keypoint
 RIDGE = 1e-3  # per observation, in squared pixels per unit weight: spreads weight among near-equal vertices
 
@@ -62,7 +65,14 @@ def candidate_vertices(model: Any) -> dict[int, np.ndarray]:
         out = model()
         model.use_keypoints(saved)
     v, own = out.vertices[0].cpu().numpy(), out.body25[0].cpu().numpy()
-    return {i: np.flatnonzero(np.linalg.norm(v - own[i], axis=1) < _radius(n)) for i, n in enumerate(BODY25_NAMES)}
+    dominant = model.lbs_weights.cpu().numpy().argmax(axis=1)
+    out_ids = {}
+    for i, n in enumerate(BODY25_NAMES):
+        near = np.linalg.norm(v - own[i], axis=1) < _radius(n)
+        if n in _FOOT or n.endswith("Ankle"):
+            near &= np.isin(dominant, [SMPL_JOINT_NAMES.index(j) for j in _FOOT_JOINTS[n[0]]])
+        out_ids[i] = np.flatnonzero(near)
+    return out_ids
 
 
 def turned(plan: Any, yaw: float) -> None:
