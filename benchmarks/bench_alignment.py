@@ -106,12 +106,196 @@ def _render_alignment(model) -> list[str]:
     return lines + [""]
 
 
+TRUE_PITCH_DEG = 4.0  # the renders' camera pitch (the known truth ô is measured against)
+SEEDS, PEOPLE, RES = (0, 1), 12, 128  # 24 people over two seeds, full views at 128 px as the demo's
+
+
+def _rendered(model, seeds, n, res, pitch):
+    """`mst render-people`'s full, upper and face views of N people per seed, in memory: dicts with
+    image, H, width, height, view, person, and the keypoints the renders' own files hold (targets
+    [37, 2] normalised, confidence [37]), in the model's current convention."""
+    from mst_pipeline.space import default_space, pixels_to_normalised
+    from mst_pipeline.synthesis import mesh_render
+    from mst_pipeline.synthesis.people import render_view
+    from mst_pipeline.synthesis.people_plan import plan_person, pose_person, views
+    from uh_train.format.geometry import apply_homography
+
+    mesh_render.start()
+    space = default_space(model)
+    space.pitch = pitch
+    out = []
+    for seed in seeds:
+        for index in range(n):
+            plan = plan_person(index, seed, model.num_betas, pitch)
+            geom = pose_person(model, plan, space)
+            points = np.concatenate([geom.body25, geom.hands["left"], geom.hands["right"]])
+            for view in views(geom, plan, res):
+                image, _ = render_view(geom, model.faces, plan, view)
+                px = apply_homography(np.linalg.inv(view.H), points)
+                inside = (px[:, 0] >= 0) & (px[:, 0] <= view.width) & (px[:, 1] >= 0) & (px[:, 1] <= view.height)
+                out.append({"person": (seed, index), "view": view.name, "image": image, "H": view.H,
+                            "width": view.width, "height": view.height,
+                            "targets": np.where(inside[:, None], pixels_to_normalised(px, view.width, view.height), 0),
+                            "confidence": inside.astype(np.float64)})
+    return out
+
+
+def _detected(detector, views):
+    """The default detector's fitting input for each view (None where it finds no person)."""
+    from mst_pipeline.detect.base import DetectionError
+    from mst_pipeline.detect.persons import rank_people
+    from mst_pipeline.detect.pool import fitting_input
+
+    out = []
+    for v in views:
+        try:
+            people = rank_people(detector(v["image"], None), v["width"], v["height"])
+        except DetectionError:
+            people = []
+        out.append(fitting_input(people[0].keypoints, v["width"], v["height"]) if people else None)
+    return out
+
+
+def _mst_run(model, views, inputs):
+    """`mst space` on the full views, `mst fit-prior --epochs 100`, then SMPLify-P of the upper and
+    face views: (ô in degrees, {kind: corner errors [n]}, {person: {kind: fitted/true scale}})."""
+    from mst_pipeline.fitting.prior import train_prior
+    from mst_pipeline.fitting.space_fit import feet_pitch, mean_pitch, space_from_fits
+    from mst_pipeline.synthesis.people_truth import corner_error
+
+    full = [(v, i) for v, i in zip(views, inputs, strict=True) if v["view"] == "full" and i is not None]
+    u, c = np.stack([i[0] for _, i in full]), np.stack([i[1] for _, i in full])
+    pitch, _ = mean_pitch(feet_pitch(model, u, c), "feet")
+    fits = [f for f in smplify_p(model, u, c, mean_pitch=pitch) if f.ok]
+    poses = np.array([f.pose for f in fits])
+    space = space_from_fits(np.array([f.cam for f in fits]), poses, np.array([f.betas for f in fits]),
+                            np.full(len(fits), float(RES)), "full", pitch=pitch)
+    prior, _ = train_prior(poses, epochs=PRIOR_EPOCHS)
+    errors, scales = {}, {}
+    for kind in ("upper", "face"):
+        pairs = [(v, i) for v, i in zip(views, inputs, strict=True) if v["view"] == kind]
+        seen = [(v, i) for v, i in pairs if i is not None]
+        fits = smplify_p(model, np.stack([i[0] for _, i in seen]), np.stack([i[1] for _, i in seen]), prior=prior,
+                         mean_pitch=space.pitch, config=SmplifyConfig())
+        err = [np.inf] * (len(pairs) - len(seen))  # no person found: a miss
+        for f, (v, _) in zip(fits, seen, strict=True):
+            H = space.homography(f.cam, v["width"], v["height"])
+            err.append(corner_error(H, v["H"], v["width"], v["height"]) if f.ok else np.inf)
+            if f.ok:
+                scales.setdefault(v["person"], {})[kind] = H[0, 0] / v["H"][0, 0]
+        errors[kind] = np.array(err)
+    return float(np.degrees(pitch)), errors, scales
+
+
+def _detector_alignment(model) -> list[str]:
+    """The MST as a user runs it: the default detector (mediapipe) on renders with a known camera
+    pitch, against the renders' own keypoint files; both with the body model's keypoints in the
+    convention of the keypoints' source (`mst_pipeline.body.conventions`)."""
+    from mst_pipeline.body import use_convention
+    from mst_pipeline.detect import make_detector
+
+    t0 = time.perf_counter()
+    use_convention(model, "openpose-json")
+    views = _rendered(model, SEEDS, PEOPLE, RES, np.radians(TRUE_PITCH_DEG))
+    rows = []
+    for label, backend in (("default detector (mediapipe)", "mediapipe"),
+                           ("renders' own keypoint files (openpose-json)", "openpose-json")):
+        use_convention(model, backend)
+        inputs = (_detected(make_detector("mediapipe"), views) if backend == "mediapipe"
+                  else [(v["targets"], v["confidence"]) for v in views])
+        rows.append((label, *_mst_run(model, views, inputs)))
+    lines = [
+        f"**The MST as a user runs it** ({len(SEEDS) * PEOPLE} people of `mst render-people` over seeds "
+        f"{', '.join(map(str, SEEDS))}, full views at {RES} px, camera pitch {TRUE_PITCH_DEG:.1f}°; `mst space` "
+        f"on the full views, a {PRIOR_EPOCHS}-epoch prior, then SMPLify-P of the upper-body and face views at the "
+        "CLI's defaults; corner error of H(α, ᾱ) against the true H in % of full-body space; a view whose "
+        "person the detector misses counts as a miss; *face scale*: per person, the face crop's fitted "
+        "scale over the upper-body crop's, each relative to its truth):",
+        "",
+        "| keypoints | ô (truth " + f"{TRUE_PITCH_DEG:.1f}°) | upper mean | upper worst | face mean | face worst | "
+        "misses | face scale / upper scale: mean, worst |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, pitch, errors, scales in rows:
+        both = np.array([s["face"] / s["upper"] for s in scales.values() if len(s) == 2])
+        worst = both[np.argmax(np.abs(both - 1))] if len(both) else np.nan
+        finite = {k: e[np.isfinite(e)] for k, e in errors.items()}
+        misses = sum(int((~np.isfinite(e)).sum()) for e in errors.values())
+        lines.append(f"| {label} | {pitch:+.2f}° | {100 * finite['upper'].mean():.2f} % | "
+                     f"{100 * finite['upper'].max():.2f} % | {100 * finite['face'].mean():.2f} % | "
+                     f"{100 * finite['face'].max():.2f} % | {misses} | {both.mean():.3f}, {worst:.3f} |")
+    use_convention(model, "openpose-json")
+    return lines + ["", f"({time.perf_counter() - t0:.0f} s)", ""]
+
+
+def _photo_face_scales(model, photos) -> list[tuple[str, float, float]]:
+    """Per photo (an upper-body portrait): the face's scale from a face crop cut from it over the
+    scale from the photo itself, (name, with the model's own keypoints, calibrated). Both images go
+    through the default detector and SMPLify-P in the built-in space; the crop is a square of 2.2×
+    the detected head's extent around it, so its true H is the photo's H shifted: the ratio of the
+    two fits' scales should be 1."""
+    from PIL import Image
+
+    from mst_pipeline.body import use_convention
+    from mst_pipeline.detect import make_detector
+    from mst_pipeline.detect.persons import rank_people
+    from mst_pipeline.detect.pool import fitting_input
+    from mst_pipeline.space import default_space
+
+    detector = make_detector("mediapipe")
+    out = []
+    for path in photos:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        h, w = image.shape[:2]
+        kp = rank_people(detector(image, path), w, h)[0].keypoints
+        head = kp.body[[0, 15, 16, 17, 18]]
+        head = head[head[:, 2] >= 0.5, :2]
+        centre, half = 0.5 * (head.min(0) + head.max(0)), 1.1 * float(np.ptp(head, axis=0).max())
+        x0, y0 = (int(max(c - half, 0)) for c in centre)
+        x1, y1 = int(min(centre[0] + half, w)), int(min(centre[1] + half, h))
+        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+        crop_kp = rank_people(detector(crop, path), x1 - x0, y1 - y0)[0].keypoints
+        ratios = []
+        for backend in (None, "mediapipe"):
+            if backend is None:
+                model.use_keypoints(None)
+            else:
+                use_convention(model, backend)
+            space = default_space(model)
+            scales = []
+            for pts, (iw, ih) in ((kp, (w, h)), (crop_kp, (x1 - x0, y1 - y0))):
+                u, c = fitting_input(pts, iw, ih)
+                (fit,) = smplify_p(model, u[None], c[None], mean_pitch=space.pitch)
+                scales.append(space.homography(fit.cam, iw, ih)[0, 0])
+            ratios.append(scales[1] / scales[0])
+        out.append((path.name, *ratios))
+    use_convention(model, "openpose-json")
+    return out
+
+
+def _real_photos(model) -> list[str]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from demo import installed_photos
+
+    rows = _photo_face_scales(model, installed_photos())
+    lines = ["**Real photographs** (the upper-body portraits that ship inside installed packages, through the "
+             "default detector; *face scale*: the face's scale in full-body space from a face crop cut from the "
+             "photo over the scale from the photo itself; 1 is right):", "",
+             "| photo | model's own keypoints | calibrated keypoints (mediapipe) |", "|---|---|---|"]
+    lines += [f"| {name} | {own:.3f} | {cal:.3f} |" for name, own, cal in rows]
+    return lines + [""]
+
+
 def run() -> str:
     from mst_pipeline.body import load_body_model
 
     lines = ["## The MST against rendered truth", "",
              "`.venv/bin/python scripts/bench.py alignment` — open default body model, CPU.", ""]
-    return "\n".join(lines + _render_alignment(load_body_model()))
+    model = load_body_model()
+    return "\n".join(lines + _detector_alignment(model) + _real_photos(model) + _render_alignment(model))
 
 
 if __name__ == "__main__":

@@ -147,6 +147,14 @@ class FullBodySpace:
     def homography(self, cam: np.ndarray, width: int, height: int) -> np.ndarray:
         return homography(cam, np.asarray(self.cam_bar), width, height)
 
+    def digest(self) -> str:
+        """The space's identity in samples' meta (`aligned_with`): ᾱ, ô and density."""
+        import hashlib
+
+        text = json.dumps([[round(float(c), 10) for c in self.cam_bar], round(float(self.pitch), 10),
+                           round(float(self.density), 6)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def to_full_body(self, points: np.ndarray) -> np.ndarray:
         """[..., 3] model points (after the global orientation) -> [..., 3]: full-body x, y and depth
         z, all in full-body units: p = (s̄ · (X_xy + t̄) + 1) / 2."""

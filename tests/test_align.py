@@ -130,6 +130,32 @@ def test_cli_align_with_a_body_model_file(tmp_path, toy):
     assert bad.exit_code == 2 and "--workers" in bad.output
 
 
+def test_cli_align_names_the_builtins_it_uses_and_each_sample_records_what_aligned_it(tmp_path, toy):
+    model_file = tmp_path / "toy.npz"
+    write_model_npz(toy.data(), model_file)
+    data = tmp_path / "mydata"
+    write_dataset(data, toy, default_space(toy), n=1)
+    args = ["align", str(data), "--detector", "openpose-json", "--body-model", str(model_file), "--iterations", "60"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1
+    assert "no --space: the built-in full-body space (ô = 0°" in notes[0] and "no --prior" in notes[0]
+    metas = [json.loads(f["meta.json"]) for shard in complete_shards(tmp_path / "a") for _, f in read_shard(shard)]
+    assert metas and all(m["aligned_with"] == {"space": default_space(toy).digest(), "space_source": "default",
+                                               "prior": None, "keypoints": "model"} for m in metas)
+    space_file = tmp_path / "space.json"
+    space = default_space(toy)
+    space.pitch, space.source = 0.05, "mine"
+    space.save(space_file)
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--space", str(space_file)])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "no --space" not in notes[0] and "no --prior" in notes[0]
+    metas = [json.loads(f["meta.json"]) for shard in complete_shards(tmp_path / "b") for _, f in read_shard(shard)]
+    assert {m["aligned_with"]["space"] for m in metas} == {space.digest()} != {default_space(toy).digest()}
+
+
 # ---------------------------------------------------------------------------------------------
 # --overlay: check pictures of the fits
 

@@ -287,3 +287,28 @@ def test_shards_are_checked_in_parallel_with_the_same_report_in_the_same_order(t
     assert serial["samples"] == 10 and "duplicate key (also in src-000-000001.tar)" in json.dumps(serial)
     assert run_validate(folder, "--workers", "2").exit_code == 1
     assert pools == [3, 2]
+
+
+def test_a_folder_aligned_in_two_full_body_spaces_is_reported(tmp_path):
+    from mst_pipeline.shards.writer import encode_sample
+
+    from shard_helpers import random_image, sample_fields
+
+    def aligned(stem, space):
+        fields = sample_fields(16, 32, 0)
+        fields["aligned_with"] = {"space": space, "space_source": "default" if space == "a" * 16 else "shhq",
+                                  "prior": None, "keypoints": "mediapipe:0123"}
+        return encode_sample("src", stem, random_image(16, 32, 0), fields, ext="png")
+
+    with ShardWriter(tmp_path / "one", "src") as w:
+        for i in range(2):
+            w.write(aligned(f"k{i}", "a" * 16))
+    assert run_validate(tmp_path / "one").exit_code == 0
+    with ShardWriter(tmp_path / "mixed", "src") as w:
+        w.write(aligned("k0", "a" * 16))
+        w.write(aligned("k1", "b" * 16))
+    result = run_validate(tmp_path / "mixed", "--json")
+    assert result.exit_code != 0
+    report = json.loads(result.output)
+    assert report["spaces"] == {f"default:{'a' * 16}": 1, f"shhq:{'b' * 16}": 1}
+    assert any("2 different full-body spaces" in d["problem"] for d in report["defects"])

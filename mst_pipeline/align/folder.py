@@ -127,6 +127,8 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
     root, out = Path(root), Path(out)
     if not settings.aligned and (space is None or model is None):
         raise ValueError("fitted alignment needs a full-body space and a body model")
+    if not settings.aligned:
+        settings.provenance = provenance(space, prior, model)
     everything = list_images(root)
     if not everything:  # an empty slice of a full folder is fine, an empty folder is not
         raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) under {root}")
@@ -305,6 +307,25 @@ def build_aligned_sample(item: DetectedImage, root: Path, source: str, space: Fu
         raise Rejected(f"invalid sample ({e})") from None
 
 
+def provenance(space: FullBodySpace, prior, model) -> dict[str, Any]:
+    """What a fitted sample was aligned with, for its meta (`aligned_with`): the space (by
+    `FullBodySpace.digest`, and where it came from: "default" is the built-in one), the pose prior
+    (by a hash of its weights; None: no prior) and the body model's keypoint convention
+    (`mst_pipeline.body.conventions`; "model": its own points)."""
+    import hashlib
+
+    prior_hash = None
+    if prior is not None:
+        h = hashlib.sha256()
+        for name, t in sorted(prior.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().numpy().tobytes())
+        prior_hash = h.hexdigest()[:16]
+    kp = getattr(model, "keypoints", None)
+    return {"space": space.digest(), "space_source": space.source, "prior": prior_hash,
+            "keypoints": f"{kp.convention}:{kp.digest()}" if kp is not None else "model"}
+
+
 def build_sample(item: DetectedImage, fit: FitResult, root: Path, source: str, space: FullBodySpace,
                  settings: AlignSettings):
     """The shard sample of one fitted image; Rejected when the fit failed or H leaves full-body space."""
@@ -327,6 +348,7 @@ def build_sample(item: DetectedImage, fit: FitResult, root: Path, source: str, s
         "orig": {"path": item.path.relative_to(root).as_posix(), "sha256": sha256_file(item.path),
                  "width": w, "height": h},
         "detector": settings.detector,
+        "aligned_with": settings.provenance,
         **item.people_meta(),
     }
     try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mst_pipeline.detect.pool import NO_DETECTOR
+from mst_pipeline.fitting import FIT_BATCH
 from mst_pipeline.fitting.smplify import SmplifyConfig
 
 PERSON_CHOICES = ("best", "all")
@@ -19,7 +20,7 @@ class AlignSettings:
     tier: str | None = None  # None: from the image's density relative to the space
     detector: str = "mediapipe"
     keypoints_dir: Path | None = None
-    batch_size: int = 16
+    batch_size: int = FIT_BATCH
     device: str = "cpu"
     part: tuple[int, int] = (0, 1)
     max_count: int = 1000
@@ -30,6 +31,9 @@ class AlignSettings:
     prior: Path | None = None  # pose prior file the caller loads for the fits (`align_folder` takes it loaded)
     aligned: bool = False  # an aligned full-body set: padded-identity H, no fit (`mst_pipeline.align.folder`)
     person: str = "best"  # best: the most fully visible person of each image; all: every person
+    # What aligned the samples, recorded in each one's meta (`aligned_with`): the space and prior by
+    # hash, the keypoint convention; filled by `align_folder` from what it was given.
+    provenance: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problem = self.problem()

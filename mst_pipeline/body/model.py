@@ -4,6 +4,11 @@
 posed vertices, 45 joints (SMPL's 24 followed by the 21 vertex joints of
 ``layout.EXTRA_VERTEX_NAMES``) and the 25 OpenPose BODY_25 joints. Everything is batched and runs
 on the module's device; gradients flow to all inputs.
+
+BODY_25 is the model's own points (SMPL's joints and vertex joints) until `use_keypoints` attaches
+a detector's calibrated convention (`mst_pipeline.body.conventions`): then each calibrated slot is
+its sparse vertex combination, and the convention's derived slots (Neck, MidHip) the midpoints of
+theirs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mst_pipeline.body.conventions import KeypointRegressor, model_hash
 from mst_pipeline.body.layout import EXTRA_VERTEX_NAMES, SMPL_TO_BODY25
 from mst_pipeline.body.lbs import blend_shapes, lbs, vertices2joints
 from mst_pipeline.body.smpl_file import BodyModelData, BodyModelError, read_model_file
@@ -65,6 +71,58 @@ class BodyModel(nn.Module):
         self.register_buffer("faces_tensor", torch.as_tensor(data.faces, dtype=torch.long))
         self.register_buffer("extra_vertex_ids", torch.as_tensor(data.extra_vertex_ids, dtype=torch.long))
         self.register_buffer("body25_index", torch.as_tensor(SMPL_TO_BODY25, dtype=torch.long))
+        self.keypoints: KeypointRegressor | None = None
+        self._kp: tuple[Tensor, Tensor, Tensor, dict[int, tuple[int, int]]] | None = None
+
+    @property
+    def hash(self) -> str:
+        """The model's identity for its keypoint calibrations (`conventions.model_hash`)."""
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = model_hash(self.v_template.cpu().numpy(), self.faces, self.shapedirs.cpu().numpy())
+            self.__dict__["_hash"] = cached
+        return cached
+
+    def use_keypoints(self, regressor: KeypointRegressor | None, _ids: np.ndarray | None = None) -> BodyModel:
+        """Produce BODY_25 in REGRESSOR's convention from now on (None: the model's own points).
+        Returns self."""
+        self.keypoints = regressor
+        self.__dict__.pop("_joint_model", None)
+        if regressor is None:
+            self._kp = None
+            return self
+        use, ids, w = regressor.arrays()
+        if _ids is not None:  # a reduced model: ids renumbered by the caller
+            ids = _ids
+        if ids.max(initial=0) >= self.num_vertices:
+            raise BodyModelError(f"the {regressor.convention} calibration names vertex {ids.max()}, "
+                                 f"the model has {self.num_vertices}")
+        dev = self.v_template.device
+        self._kp = (torch.as_tensor(use, device=dev), torch.as_tensor(ids, device=dev),
+                    torch.as_tensor(w, dtype=self.v_template.dtype, device=dev), regressor.derived_pairs())
+        return self
+
+    def _apply(self, fn, *args, **kwargs):  # keep the calibration's tensors on the module's device
+        out = super()._apply(fn, *args, **kwargs)
+        if self.keypoints is not None and self._kp is not None:
+            use, ids, w, pairs = self._kp
+            dev = self.v_template.device
+            self._kp = (use.to(dev), ids.to(dev), w.to(device=dev, dtype=self.v_template.dtype), pairs)
+        return out
+
+    def _body25(self, joints: Tensor, vertices: Tensor) -> Tensor:
+        body25 = joints[:, self.body25_index]
+        if self._kp is None:
+            return body25
+        use, ids, w, pairs = self._kp
+        calibrated = (vertices[:, ids] * w[None, :, :, None]).sum(2)  # [B, 25, 3]
+        body25 = torch.where(use[None, :, None], calibrated, body25)
+        if pairs:
+            slots = list(pairs)
+            mids = torch.stack([0.5 * (body25[:, a] + body25[:, b]) for a, b in pairs.values()], dim=1)
+            body25 = body25.clone()
+            body25[:, slots] = mids
+        return body25
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, num_betas: int | None = None) -> BodyModel:
@@ -125,7 +183,7 @@ class BodyModel(nn.Module):
         return BodyOutput(
             vertices=vertices,
             joints=joints,
-            body25=joints[:, self.body25_index],
+            body25=self._body25(joints, vertices),
             rest_joints=rest_joints,
             betas=betas,
             global_orient=global_orient,
@@ -156,13 +214,20 @@ class BodyModel(nn.Module):
             return cached
         d = self.data()
         keep = np.union1d(np.flatnonzero(np.abs(d.J_regressor).sum(0) > 0), d.extra_vertex_ids)
+        kp_ids = None
+        if self.keypoints is not None:
+            _, kp_ids, _ = self.keypoints.arrays()
+            keep = np.union1d(keep, kp_ids.reshape(-1))
         reduced_data = BodyModelData(
             v_template=d.v_template[keep], shapedirs=d.shapedirs[keep], posedirs=d.posedirs[keep],
             J_regressor=d.J_regressor[:, keep], weights=d.weights[keep], parents=d.parents,
             faces=np.zeros((0, 3), np.int64), extra_vertex_ids=np.searchsorted(keep, d.extra_vertex_ids),
             attribution=d.attribution,
         )
-        reduced = BodyModel(reduced_data).to(self.v_template.device)
+        reduced = BodyModel(reduced_data)
+        if self.keypoints is not None:
+            reduced.use_keypoints(self.keypoints, _ids=np.searchsorted(keep, kp_ids))
+        reduced = reduced.to(self.v_template.device)
         self.__dict__["_joint_model"] = reduced  # a plain attribute: not a submodule, not in state_dict
         return reduced
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mst_pipeline.cli.app import app, err
+from uh_train.format import cli_args
 
 body_model_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="rich",
@@ -73,3 +74,43 @@ def body_model_info(
     typer.echo(f"vertices {model.num_vertices}, faces {len(model.faces)}, joints {len(model.parents)}, "
                f"betas {model.num_betas}, rest height {float(v[:, 1].max() - v[:, 1].min()):.3f} m")
     typer.echo(model.attribution or "(no attribution)")
+
+
+@body_model_app.command("calibrate")
+def body_model_calibrate(
+    detector: str = typer.Option("mediapipe", help="The keypoint backend to run on the renders (mediapipe | "
+                                 "mmpose; openpose-json takes mediapipe's by proxy)."),
+    body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
+    n: int = typer.Option(80, help="People rendered (three views each).", callback=cli_args.at_least_one),
+    seed: int = typer.Option(1000, help="Seed of the people (keep it apart from the benchmark's)."),
+    res: int = typer.Option(256, min=64, help="Full view side in pixels (the upper-body and face views are "
+                            "denser)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Calibration file; default: cached beside the body "
+                                    "model, where the pipeline finds it."),
+) -> None:
+    """Calibrate a detector's keypoint convention on renders of the body model (docs/mst.md,
+    "Keypoint conventions"): where the detector puts each keypoint on the body, as sparse vertex
+    weights; prints the file written and the mean gap per keypoint before and after."""
+    from mst_pipeline.body import load_body_model
+    from mst_pipeline.body.conventions import BACKEND_CONVENTION, calibration_path
+    from mst_pipeline.body.smpl_file import BodyModelError
+    from mst_pipeline.detect import BackendUnavailable, make_detector
+    from mst_pipeline.synthesis.calibrate import calibrate
+
+    if detector not in ("mediapipe", "mmpose"):
+        err.print(f"[red]error:[/red] --detector must be mediapipe or mmpose (a detector that runs on images), "
+                  f"not {detector!r}")
+        raise typer.Exit(2)
+    try:
+        model = load_body_model(body_model, log=lambda m: err.print(f"[dim]body model:[/dim] {m}"))
+        convention = BACKEND_CONVENTION[detector]
+        regressor, report = calibrate(model, make_detector(detector), convention, n=n, seed=seed, res=res,
+                                      log=lambda m: err.print(f"[dim]calibrate:[/dim] {m}"))
+        path = regressor.save(out or calibration_path(convention, model.hash))
+    except (BodyModelError, BackendUnavailable, OSError, ValueError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    for name, r in report.items():
+        err.print(f"  {name:10s} {r['count']:4d} detections, gap (px) calibrated {r['calibrated_px']}, "
+                  f"model's own {r['model_px']}", markup=False, highlight=False)
+    typer.echo(str(path))

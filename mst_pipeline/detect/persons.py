@@ -2,7 +2,9 @@
 
 A detection is a person only when its torso or its face is seen: a hand or a foot alone says
 nothing about where the body is, and fitting one anyway only fails later ("leaves full-body
-space") or, worse, lands somewhere plausible. Among the people of an image the one most fully
+space") or, worse, lands somewhere plausible. Nor is a pose that no body can make (`implausible`):
+too small to fit, collapsed into a sliver (a keyboard with a hand gives a confident 13-point pose
+about 6×60 px), or with a limb segment far longer than the torso. Among the people of an image the one most fully
 visible is fitted; the others are named in the sample's meta (`person`, `other_people`).
 """
 
@@ -13,12 +15,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from mst_pipeline.body.keypoints import PersonKeypoints
+from mst_pipeline.body.layout import BODY25_NAMES
 
 SEEN = 0.3  # a keypoint with this confidence is seen (SmplifyConfig.confidence's default)
 TORSO = (2, 5, 9, 12)  # BODY_25 RShoulder, LShoulder, RHip, LHip
 HEAD = (0, 15, 16, 17, 18)  # Nose, REye, LEye, REar, LEar
 FEET = (11, 14, 19, 20, 21, 22, 23, 24)  # ankles, toes and heels
 FACE_POINTS = 20  # face-landmark points (of 70) that make a face without body head points
+MIN_EXTENT = 16.0  # pixels: a pose smaller than this across is not fitted
+COLLAPSED = (0.12, 12.0)  # narrow side below this share of the long side and below this many pixels
+LIMB_TO_TORSO = 2.5  # no upper arm, forearm, thigh or shin is this many times the torso length
+_OWN = [i for i in range(25) if i not in (1, 8)]  # points a detector places itself (not Neck, MidHip)
+_SEGMENTS = ((2, 3), (3, 4), (5, 6), (6, 7), (9, 10), (10, 11), (12, 13), (13, 14))
 
 
 @dataclass(frozen=True)
@@ -35,9 +43,40 @@ class SeenPerson:
         return {"index": index, "box": [round(v, 1) for v in self.box], "visible": self.visible}
 
 
+def implausible(kp: PersonKeypoints, seen: float = SEEN) -> str | None:
+    """Why the seen BODY_25 points of a detection cannot be a person's, or None: too small (less
+    than MIN_EXTENT px across, with four points or more), collapsed (six points or more in a sliver,
+    COLLAPSED), or a limb segment LIMB_TO_TORSO times the torso (shoulders' to hips' midpoint) or
+    longer."""
+    body = kp.body
+    own = body[_OWN]
+    pts = own[own[:, 2] >= seen, :2]
+    if len(pts) >= 4:
+        extent = np.ptp(pts, axis=0)
+        if extent.max() < MIN_EXTENT:
+            return f"the pose found is {extent.max():.0f} px across, too small to be fitted"
+        if len(pts) >= 6 and extent.min() < COLLAPSED[0] * extent.max() and extent.min() < COLLAPSED[1]:
+            return f"the pose found is collapsed ({extent[0]:.0f}×{extent[1]:.0f} px for {len(pts)} points)"
+    torso = body[[2, 5, 9, 12]]
+    if (torso[:, 2] >= seen).all():
+        length = float(np.linalg.norm(torso[:2, :2].mean(0) - torso[2:, :2].mean(0)))
+        for a, b in _SEGMENTS:
+            if min(body[a, 2], body[b, 2]) >= seen:
+                limb = float(np.linalg.norm(body[a, :2] - body[b, :2]))
+                if limb >= LIMB_TO_TORSO * max(length, 1.0):
+                    return (f"limbs of impossible proportion ({BODY25_NAMES[a]}-{BODY25_NAMES[b]} is "
+                            f"{limb / max(length, 1.0):.1f}× the torso)")
+    return None
+
+
 def is_person(kp: PersonKeypoints, seen: float = SEEN) -> bool:
     """Whether a detection shows a person: two torso points (shoulders, hips) or two head points
-    (nose, eyes, ears) seen, or a face found by a face-landmark model (FACE_POINTS points)."""
+    (nose, eyes, ears) seen, or a face found by a face-landmark model (FACE_POINTS points); and its
+    pose is one a body can make (`implausible`)."""
+    return _torso_or_face(kp, seen) and implausible(kp, seen) is None
+
+
+def _torso_or_face(kp: PersonKeypoints, seen: float) -> bool:
     body = kp.body[:, 2]
     return bool((body[list(TORSO)] >= seen).sum() >= 2 or (body[list(HEAD)] >= seen).sum() >= 2
                 or (kp.face[:, 2] >= seen).sum() >= FACE_POINTS)
@@ -45,6 +84,10 @@ def is_person(kp: PersonKeypoints, seen: float = SEEN) -> bool:
 
 def why_no_person(people: list[PersonKeypoints], seen: float = SEEN) -> str:
     """The reject reason for detections none of which `is_person`: what was found instead."""
+    for k in people:
+        why = implausible(k, seen) if _torso_or_face(k, seen) else None
+        if why is not None:
+            return f"no person ({why})"
     hands = any((k.lhand[:, 2] >= seen).any() or (k.rhand[:, 2] >= seen).any() for k in people)
     feet = any((k.body[list(FEET), 2] >= seen).any() for k in people)
     found = " and ".join(w for w, f in (("hands", hands), ("feet", feet)) if f)

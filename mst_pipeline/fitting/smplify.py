@@ -32,6 +32,7 @@ from torch import Tensor
 
 from mst_pipeline.body.layout import NUM_TARGETS
 from mst_pipeline.fitting.energy import Eq1Batch, smplify_p_energy
+from mst_pipeline.fitting.plausible import MAX_TAIL, implausible_fit
 from mst_pipeline.fitting.prior import PosePrior
 from mst_pipeline.fitting.solvers import run_adam, run_batched_lbfgs, run_lbfgs
 from mst_pipeline.fitting.targets import (
@@ -41,6 +42,7 @@ from mst_pipeline.fitting.targets import (
     fitting_joints,
     invisible_joints,
     keypoint_init,
+    project,
     visibility,
 )
 from mst_pipeline.space import upright_orientation
@@ -82,6 +84,7 @@ class SmplifyConfig:
     prior_mode: str = "reconstruct"
     confidence: float = 0.3  # keypoints below this confidence are not visible
     max_error: float = 0.1  # mean reprojection error (normalised units) above which a fit failed
+    max_tail: float = MAX_TAIL  # worst visible keypoint's error above which a fit is no body (`plausible`)
     seed: int = 0
 
 
@@ -255,7 +258,11 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
     with torch.no_grad():
         per_image, terms, sq = energy(x, all_rows)
         cam_t, go, body, betas = current(x, all_rows)
+        posed = model(betas=betas, global_orient=go, body_pose=torch.cat([body, hands], 1))
+        # pelvis and nose projected (y down): where the fit puts them in the image
+        upright = project(torch.stack([posed.joints[:, 0], posed.body25[:, 0]], 1), cam_t)[..., 1].cpu().numpy()
     dist = sq.sqrt()
+    tail = torch.where(visible, dist, torch.zeros_like(dist)).amax(1).cpu().numpy()
     reproj = ((dist * visible).sum(1) / n_vis.clamp_min(1)).cpu().numpy()
     cam = cam_t.cpu().numpy().astype(np.float64)
     pose = torch.cat([go, body, hands], 1).cpu().numpy().astype(np.float64)
@@ -271,6 +278,9 @@ def _fit(model, targets: np.ndarray, vis: np.ndarray, confidence: np.ndarray, in
             failure = "fit diverged (non-finite values)"
         elif reproj[b] > cfg.max_error:
             failure = f"fit diverged (mean reprojection error {reproj[b]:.3f} > {cfg.max_error} normalised units)"
+        else:
+            failure = implausible_fit(float(upright[b, 0]), float(upright[b, 1]), pose[b], float(tail[b]),
+                                      cfg.max_tail)
         results.append(FitResult(
             betas=beta_np[b], pose=pose[b], cam=cam[b],
             losses={k: float(v[b]) for k, v in terms_np.items()}, visible=nv,

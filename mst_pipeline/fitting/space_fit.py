@@ -15,6 +15,7 @@ import numpy as np
 
 from mst_pipeline.detect.images import Rejected, list_images, stem_of
 from mst_pipeline.detect.pool import batches, detect_image
+from mst_pipeline.fitting import FIT_BATCH
 from mst_pipeline.space import FullBodySpace, pitch_of_rotation
 
 # Feet of BODY_25 (ankle, big toe, small toe, heel), left then right: the rigid points whose
@@ -124,17 +125,31 @@ def space_from_fits(cams: np.ndarray, poses: np.ndarray, betas: np.ndarray, dens
 
 
 def mean_pitch(pitches: np.ndarray, source: str) -> tuple[float, dict[str, Any]]:
-    """ô = mean of the finite per-image pitches [N] and their spread; 0 (upright) when none is
-    finite, recorded as such."""
+    """ô = mean of the finite per-image pitches [N] within Tukey's fences (`inliers`) and their
+    spread (with the number of outliers left out); 0 (upright) when none is finite, recorded as such."""
     p = np.asarray(pitches, dtype=np.float64)
     finite = p[np.isfinite(p)]
     if len(finite) == 0:
         return 0.0, {"from": "upright (no image showed a foot)", "count": 0}
-    return float(finite.mean()), pitch_spread(finite, source)
+    spread = pitch_spread(finite, source)
+    kept = finite[inliers(finite)]
+    spread["outliers"] = int(len(finite) - len(kept))
+    return float(kept.mean()), spread
+
+
+def inliers(p: np.ndarray, fence: float = 1.5) -> np.ndarray:
+    """Which of the pitches [N] lie within Tukey's fences (FENCE interquartile ranges beyond the
+    quartiles): raised heels (fashion photos) tip a foot forward by 10-30°, and a few such images
+    must not move ô."""
+    if len(p) < 4:
+        return np.ones(len(p), dtype=bool)
+    q1, q3 = np.percentile(p, [25, 75])
+    width = max(q3 - q1, np.radians(0.5))
+    return (p >= q1 - fence * width) & (p <= q3 + fence * width)
 
 
 def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapipe",
-                keypoints_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 16,
+                keypoints_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = FIT_BATCH,
                 config: Any = None, prior: Any = None, detect: Any = None,
                 pare: str | os.PathLike | None = None) -> tuple[FullBodySpace, int]:
     """`mst space`: measure the mean pitch ô, then fit every full-body image of ROOT with Eq. 1's

@@ -48,6 +48,7 @@ class Report:
     samples: int = 0
     sources: dict[str, SourceStats] = field(default_factory=dict)
     defects: list[Defect] = field(default_factory=list)
+    spaces: Counter = field(default_factory=Counter)  # fitted samples per full-body space (meta aligned_with)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +71,7 @@ class Report:
                 }
                 for name, s in sorted(self.sources.items())
             },
+            "spaces": dict(self.spaces),
             "defects": [d.__dict__ for d in self.defects],
         }
 
@@ -142,7 +144,8 @@ def check_sample(key: str, fields: dict[str, bytes]) -> tuple[dict[str, Any] | N
     return (meta if not meta_problems else None), problems
 
 
-MERGE_FIELDS = ("source", "kind", "tier", "density", "width", "height", "H")  # read by _count, _check_manifest
+# read by _count and _check_manifest
+MERGE_FIELDS = ("source", "kind", "tier", "density", "width", "height", "H", "aligned_with")
 
 
 def check_shard(tar: Path) -> tuple[list[tuple[str, dict[str, Any] | None, list[str]]], str | None]:
@@ -208,6 +211,10 @@ def _merge(report: Report, tars: list[Path], results) -> None:
             report.add(tar.name, "-", error)
         elif not rows:
             report.add(tar.name, "-", "shard holds no samples (the trainer refuses a source without usable samples)")
+    if len(report.spaces) > 1:
+        counts = ", ".join(f"{name}: {n}" for name, n in report.spaces.most_common())
+        report.add("-", "-", f"samples aligned in {len(report.spaces)} different full-body spaces ({counts}): "
+                             "their H do not share one frame; align every source with the same --space")
     _check_manifest(Path(report.folder), report, tar_rows)
 
 
@@ -219,6 +226,9 @@ def _count(report: Report, shard: str, meta: dict[str, Any]) -> None:
     stats.tiers[meta["tier"]] += 1
     stats.density_min = min(stats.density_min, float(meta["density"]))
     stats.density_max = max(stats.density_max, float(meta["density"]))
+    aligned_with = meta.get("aligned_with")
+    if isinstance(aligned_with, dict) and aligned_with.get("space"):
+        report.spaces[f"{aligned_with.get('space_source', '?')}:{aligned_with['space']}"] += 1
 
 
 def _check_manifest(folder: Path, report: Report, tar_rows: dict[str, tuple[str, dict[str, Any] | None]]) -> None:

@@ -14,7 +14,9 @@ Each person is rendered three times, every view an exact scale + translation of 
 * ``face/``: a square around the head at ~8× the density.
 
 Next to each image, ``<stem>_keypoints.json`` holds the ground-truth projected BODY_25 and hand
-keypoints in OpenPose's JSON layout (`mst align --detector openpose-json` reads it), and
+keypoints in OpenPose's JSON layout, BODY_25 where a detector would put it (the model's calibrated
+openpose-body25 convention, `mst_pipeline.body.conventions`, unless the given model already follows
+one) (`mst align --detector openpose-json` reads it), and
 ``truth.jsonl`` holds every image's exact H (image pixels -> full-body space), against which the
 MST's fitted H can be checked (`mst_pipeline.synthesis.people_truth`).
 
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from mst_pipeline.body import load_body_model
+from mst_pipeline.body import load_body_model, use_convention
 from mst_pipeline.body.layout import HAND_SLOTS, NUM_SMPL_JOINTS
 from mst_pipeline.body.poses import load_pose_set
 from mst_pipeline.shards.writer import encode_image
@@ -247,6 +249,17 @@ def render_people(out: str | os.PathLike, n: int, res: int = 256, seed: int = 0,
     for name in VIEWS:
         (out / name).mkdir(parents=True, exist_ok=True)
     model = model if model is not None else load_body_model(body_model)
+    own = model.keypoints
+    if own is None:  # the keypoint files hold what `--detector openpose-json` expects of them
+        use_convention(model, "openpose-json")
+    try:
+        return _render_people(out, n, res, seed, model, poses_file, space_file, progress, start)
+    finally:
+        model.use_keypoints(own)
+
+
+def _render_people(out: Path, n: int, res: int, seed: int, model: Any, poses_file, space_file, progress: bool,
+                   start: float) -> PeopleSummary:
     space = load_space(space_file, model)
     poses = load_pose_set(poses_file) if poses_file is not None else None
     faces = model.faces

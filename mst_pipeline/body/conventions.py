@@ -1,0 +1,180 @@
+"""Keypoint conventions: where each detector puts a keypoint on a body, and the body model's
+calibrated regressor for it (J of paper Eq. 1 as the detector would report it).
+
+A keypoint is defined by where a detector puts it, not by a geometric extreme of the mesh: the
+open model's "ears" are its widest head vertices, while detectors put the ears 0.58× as far apart.
+Each backend therefore declares the `Convention` it reports, and the body model produces each
+BODY_25 keypoint of that convention through a `KeypointRegressor`: sparse, non-negative weights
+over a few mesh vertices (summing to 1, so the point moves with the surface through every shape
+and pose), fitted on renders of the model by `mst body-model calibrate`
+(`mst_pipeline.synthesis.calibrate`). Points a convention derives (Neck, MidHip as the midpoints of
+the shoulders and hips) are derived from the calibrated points the same way.
+
+Calibrations are versioned (`CALIBRATION_VERSION`) and tied to one body model by `model_hash`; they
+are cached beside the body model (`calibration_path`), and the open model's ships with the package.
+Pure numpy and JSON; applied in `mst_pipeline.body.model.BodyModel`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mst_pipeline.body.layout import BODY25_NAMES
+
+CALIBRATION_VERSION = 1
+SHIPPED = Path(__file__).with_name("calibrations")
+_B = {n: i for i, n in enumerate(BODY25_NAMES)}
+_MIDPOINTS = {"Neck": ("RShoulder", "LShoulder"), "MidHip": ("RHip", "LHip")}
+_COCO17 = ("Nose", "REye", "LEye", "REar", "LEar", "RShoulder", "LShoulder", "RElbow", "LElbow", "RWrist",
+           "LWrist", "RHip", "LHip", "RKnee", "LKnee", "RAnkle", "LAnkle")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Convention:
+    """Which BODY_25 points a detector places itself (`reported`), which it derives from others
+    (`derived`: slot -> the two slots it is the midpoint of), and which calibration gives the body
+    model's points (`calibrated_by`: a convention actually run on renders, possibly this one)."""
+
+    name: str
+    reported: tuple[str, ...]
+    derived: tuple[str, ...]
+    calibrated_by: str
+    about: str
+
+    def derived_pairs(self) -> dict[int, tuple[int, int]]:
+        return {_B[n]: (_B[_MIDPOINTS[n][0]], _B[_MIDPOINTS[n][1]]) for n in self.derived}
+
+
+CONVENTIONS: dict[str, Convention] = {
+    "mediapipe": Convention(
+        "mediapipe",
+        _COCO17 + ("LBigToe", "LHeel", "RBigToe", "RHeel"), ("Neck", "MidHip"), "mediapipe",
+        "BlazePose's 33 landmarks (toe = tip of the second toe, eyes at the pupils, ears at the "
+        "tragus), the face mesh's nose tip and pupils where the pose misses the face; calibrated "
+        "by running the detector on renders"),
+    "openpose-body25": Convention(
+        "openpose-body25",
+        _COCO17 + ("LBigToe", "LHeel", "RBigToe", "RHeel"), ("Neck", "MidHip"), "mediapipe",
+        "OpenPose BODY_25 (COCO's annotation of face and limbs, plus feet); OpenPose does not run "
+        "offline, so its points shared with mediapipe take mediapipe's calibration (both follow "
+        "COCO's annotation of eyes, ears and joints), the small toes the model's own vertices"),
+    "coco-wholebody": Convention(
+        "coco-wholebody",
+        _COCO17 + ("LBigToe", "LHeel", "RBigToe", "RHeel"), ("Neck", "MidHip"), "mediapipe",
+        "COCO-WholeBody through mmpose (COCO-17 plus six foot points); calibrated by proxy as "
+        "openpose-body25 until mmpose is run on renders (`mst body-model calibrate --detector mmpose`)"),
+}
+# The convention each backend reports.
+BACKEND_CONVENTION = {"mediapipe": "mediapipe", "openpose-json": "openpose-body25", "mmpose": "coco-wholebody"}
+
+
+class CalibrationError(ValueError):
+    """A calibration file that is not one, or is for another model or version."""
+
+
+@dataclass
+class KeypointRegressor:
+    """A calibrated convention on one body model: per calibrated BODY_25 slot, vertex ids [K] and
+    non-negative weights [K] summing to 1; `residual_px` the slot's mean gap on the calibration
+    renders (pixels of the render it was measured on) and `count` the detections it was fitted to."""
+
+    convention: str
+    model_hash: str
+    slots: dict[str, dict[str, Any]]
+    version: int = CALIBRATION_VERSION
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def arrays(self, max_k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(use [25] bool, ids [25, K] int, weights [25, K]) with unused entries 0."""
+        k = max_k or max((len(s["ids"]) for s in self.slots.values()), default=1)
+        use, ids, w = np.zeros(25, bool), np.zeros((25, k), np.int64), np.zeros((25, k))
+        for name, slot in self.slots.items():
+            i = _B[name]
+            n = len(slot["ids"])
+            use[i], ids[i, :n], w[i, :n] = True, slot["ids"], slot["weights"]
+        return use, ids, w
+
+    def derived_pairs(self) -> dict[int, tuple[int, int]]:
+        return CONVENTIONS[self.convention].derived_pairs()
+
+    def as_convention(self, name: str) -> KeypointRegressor:
+        """This calibration serving convention NAME (whose `calibrated_by` is this one): its reported
+        slots only."""
+        conv = CONVENTIONS[name]
+        slots = {n: s for n, s in self.slots.items() if n in conv.reported}
+        return KeypointRegressor(name, self.model_hash, slots, self.version,
+                                 {**self.settings, "proxy_of": self.convention})
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "unitedhuman-keypoints", "version": self.version, "convention": self.convention,
+                "model_hash": self.model_hash, "settings": self.settings, "slots": self.slots}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> KeypointRegressor:
+        if doc.get("format") != "unitedhuman-keypoints":
+            raise CalibrationError("not a keypoint calibration (format is not unitedhuman-keypoints)")
+        if doc.get("version") != CALIBRATION_VERSION:
+            raise CalibrationError(f"calibration version {doc.get('version')}, this version reads "
+                                   f"{CALIBRATION_VERSION}: run `mst body-model calibrate` again")
+        slots = doc["slots"]
+        for name, s in slots.items():
+            w = np.asarray(s["weights"], float)
+            if name not in _B or len(s["ids"]) != len(w) or (w < 0).any() or abs(w.sum() - 1) > 1e-6:
+                raise CalibrationError(f"calibration slot {name!r} is not a convex vertex combination")
+        return cls(doc["convention"], doc["model_hash"], slots, doc["version"], doc.get("settings", {}))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+
+def model_hash(v_template: np.ndarray, faces: np.ndarray, shapedirs: np.ndarray) -> str:
+    """A body model's identity for its calibrations: its mesh, rest shape and shape space."""
+    h = hashlib.sha256()
+    for a in (np.asarray(v_template, np.float32), np.asarray(faces, np.int64), np.asarray(shapedirs, np.float32)):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_folder() -> Path:
+    """Where calibrations are cached: beside the open body model ($UNITEDHUMAN_CACHE/body/keypoints)."""
+    root = os.environ.get("UNITEDHUMAN_CACHE")
+    if root:
+        base = Path(root)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg) if xdg else Path.home() / ".cache") / "unitedhuman"
+    return base / "body" / "keypoints"
+
+
+def calibration_path(convention: str, mhash: str, folder: Path | None = None) -> Path:
+    return (folder or cache_folder()) / f"{convention}-v{CALIBRATION_VERSION}-{mhash}.json"
+
+
+def find_calibration(convention: str, mhash: str) -> KeypointRegressor | None:
+    """The calibration of CONVENTION for the model with hash MHASH: the cached one, else the one
+    shipped with the package, else (a proxy convention) its `calibrated_by`'s; None when there is none."""
+    conv = CONVENTIONS[convention]
+    source = conv.calibrated_by
+    for folder in (cache_folder(), SHIPPED):
+        path = calibration_path(source, mhash, folder)
+        if path.is_file():
+            reg = KeypointRegressor.from_json(json.loads(path.read_text()))
+            if reg.model_hash != mhash:
+                raise CalibrationError(f"{path.name} is for another body model ({reg.model_hash})")
+            return reg if source == convention else reg.as_convention(convention)
+    return None

@@ -1,0 +1,254 @@
+"""Keypoint conventions: the body model produces each detector's keypoints where that detector puts
+them (calibrated on renders), the calibration's maths recovers a known point, and the face's scale
+comes out the same from a face crop and from the upper-body crop of the same render."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mst_pipeline.body import use_convention
+from mst_pipeline.body.conventions import (
+    BACKEND_CONVENTION,
+    CONVENTIONS,
+    SHIPPED,
+    CalibrationError,
+    KeypointRegressor,
+    calibration_path,
+    find_calibration,
+)
+from mst_pipeline.body.layout import BODY25_NAMES
+from mst_pipeline.synthesis.calibrate import Observation, fit_slot, gaps
+
+B = {n: i for i, n in enumerate(BODY25_NAMES)}
+
+
+def _regressor(model, convention="mediapipe") -> KeypointRegressor:
+    """A hand-made calibration: each reported slot a combination of three vertices of its own."""
+    n = model.num_vertices
+    slots = {name: {"ids": [(2 * i) % n, (2 * i + 1) % n, (2 * i + 7) % n], "weights": [0.5, 0.25, 0.25]}
+             for i, name in enumerate(CONVENTIONS[convention].reported)}
+    return KeypointRegressor(convention, model.hash, slots)
+
+
+def test_a_calibrated_slot_is_its_vertex_combination_and_neck_the_shoulders_midpoint(toy):
+    reg = _regressor(toy)
+    pose = torch.zeros(1, 69)
+    pose[0, 50] = 0.8  # an elbow bent: the points follow the posed surface
+    own = toy(body_pose=pose)
+    toy.use_keypoints(reg)
+    try:
+        out = toy(body_pose=pose)
+    finally:
+        toy.use_keypoints(None)
+    v = out.vertices[0]
+    for name in CONVENTIONS["mediapipe"].reported:
+        ids, w = reg.slots[name]["ids"], torch.tensor(reg.slots[name]["weights"])
+        assert torch.allclose(out.body25[0, B[name]], (w[:, None] * v[ids]).sum(0), atol=1e-6)
+    b = out.body25[0]
+    assert torch.allclose(b[B["Neck"]], 0.5 * (b[B["RShoulder"]] + b[B["LShoulder"]]))
+    assert torch.allclose(b[B["MidHip"]], 0.5 * (b[B["RHip"]] + b[B["LHip"]]))
+    # the small toes mediapipe does not report stay the model's own
+    assert torch.allclose(out.body25[0, B["LSmallToe"]], own.body25[0, B["LSmallToe"]])
+    assert not torch.allclose(out.body25[0, B["LEar"]], own.body25[0, B["LEar"]])
+
+
+def test_the_reduced_model_smplify_runs_on_gives_the_same_calibrated_keypoints(open_model):
+    reg = find_calibration("mediapipe", open_model.hash)
+    assert reg is not None, "the open model's mediapipe calibration ships with the package"
+    g = torch.Generator().manual_seed(0)
+    pose, betas = 0.3 * torch.randn(2, 69, generator=g), torch.randn(2, 10, generator=g)
+    open_model.use_keypoints(reg)
+    try:
+        full = open_model(betas=betas, body_pose=pose).body25
+        reduced = open_model.joint_model()(betas=betas, body_pose=pose).body25
+    finally:
+        open_model.use_keypoints(None)
+    assert torch.allclose(full, reduced, atol=1e-5)
+
+
+def test_the_calibration_recovers_a_known_point_from_noisy_detections():
+    rng = np.random.default_rng(0)
+    truth = np.zeros(6)
+    truth[[1, 4]] = (0.7, 0.3)
+    obs = []
+    for _ in range(60):
+        cands = rng.normal(0, 1, (6, 2))
+        detected = truth @ cands + rng.normal(0, 0.01, 2)
+        obs.append(Observation(0, "full", 0, 100.0, detected, cands))
+    cols, w = fit_slot(obs, keep=3)
+    full = np.zeros(6)
+    full[cols] = w
+    assert np.abs(full - truth).max() < 0.03
+    assert gaps(obs, cols, w).mean() < 2.5  # pixels: about the detections' noise (1 px per axis)
+
+
+def test_a_calibration_file_is_checked_and_a_proxy_convention_keeps_its_reported_slots(tmp_path, toy, monkeypatch):
+    monkeypatch.setenv("UNITEDHUMAN_CACHE", str(tmp_path))
+    reg = _regressor(toy)
+    path = reg.save(calibration_path("mediapipe", toy.hash))
+    back = find_calibration("mediapipe", toy.hash)
+    assert back is not None and back.digest() == reg.digest()
+    coco = find_calibration(BACKEND_CONVENTION["mmpose"], toy.hash)  # mmpose is not run here: by proxy
+    assert coco.convention == "coco-wholebody" and set(coco.slots) == set(CONVENTIONS["coco-wholebody"].reported)
+    assert coco.settings["proxy_of"] == "mediapipe"
+    assert find_calibration("mediapipe", "0" * 16) is None  # another model: none
+    doc = json.loads(path.read_text())
+    doc["slots"]["Nose"]["weights"] = [1.5, -0.25, -0.25]
+    with pytest.raises(CalibrationError, match="convex"):
+        KeypointRegressor.from_json(doc)
+    doc["version"] = 0
+    with pytest.raises(CalibrationError, match="version"):
+        KeypointRegressor.from_json(doc)
+
+
+def test_a_model_without_a_calibration_says_so_and_keeps_its_own_points(toy):
+    lines = []
+    use_convention(toy, "mediapipe", log=lines.append)
+    assert toy.keypoints is None
+    assert len(lines) == 1 and "mst body-model calibrate --detector mediapipe" in lines[0]
+
+
+def test_the_shipped_calibration_is_the_open_models(open_model):
+    files = sorted(SHIPPED.glob("mediapipe-v*.json"))
+    assert [f.name for f in files] == [calibration_path("mediapipe", open_model.hash).name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the detector itself: renders of the open model through mediapipe
+
+# Mean gap between mediapipe's points and the calibrated ones, as a share of the render's side (a full
+# view is 128 px, an upper-body view 211, a face view 170-190): over every reported point the view
+# shows, and on face views over the head's points (mediapipe guesses the shoulders below a face
+# crop's edge). Measured: full 0.8-1.0 %, upper 1.3-1.7 %, face 2.4-5.4 %; the model's own points
+# (the widest head vertices as ears) are 2-4 times further off.
+BOUND = {"full": 0.02, "upper": 0.025, "face": 0.07}
+_HEAD = ("Nose", "REye", "LEye", "REar", "LEar")
+
+
+@pytest.fixture(scope="module")
+def rendered(open_model):
+    """Two people of `mst render-people` (seed 3, 128 px), their three views and mediapipe's output."""
+    pytest.importorskip("mediapipe")
+    from mst_pipeline.detect import make_detector
+    from mst_pipeline.detect.persons import rank_people
+    from mst_pipeline.space import default_space
+    from mst_pipeline.synthesis import mesh_render
+    from mst_pipeline.synthesis.people import render_view
+    from mst_pipeline.synthesis.people_plan import plan_person, pose_person, views
+
+    mesh_render.start()
+    detector = make_detector("mediapipe")
+    out = []
+    use_convention(open_model, "mediapipe")
+    try:
+        space = default_space(open_model)
+        for index in range(2):
+            plan = plan_person(index, 3, open_model.num_betas, space.pitch)
+            geom = pose_person(open_model, plan, space)
+            for view in views(geom, plan, 128):
+                image, _ = render_view(geom, open_model.faces, plan, view)
+                people = rank_people(detector(image, None), view.width, view.height)
+                out.append((index, view, geom, people[0].keypoints))
+    finally:
+        open_model.use_keypoints(None)
+    return out
+
+
+def test_calibrated_keypoints_of_a_render_land_on_mediapipes_own(rendered):
+    from uh_train.format.geometry import apply_homography
+
+    for _, view, geom, kp in rendered:
+        px = apply_homography(np.linalg.inv(view.H), geom.body25)
+        names = _HEAD if view.name == "face" else CONVENTIONS["mediapipe"].reported
+        inside = (px[:, 0] >= 0) & (px[:, 0] <= view.width) & (px[:, 1] >= 0) & (px[:, 1] <= view.height)
+        seen = [B[n] for n in names if kp.body[B[n], 2] >= 0.5 and inside[B[n]]]
+        gap = np.linalg.norm(px[seen] - kp.body[seen, :2], axis=1)
+        named = dict(zip([BODY25_NAMES[i] for i in seen], gap.round(1), strict=True))
+        assert gap.mean() < BOUND[view.name] * view.width, (view.name, named)
+
+
+def _face_over_upper(rendered, model) -> list[float]:
+    """Per person, the face crop's fitted scale over the upper-body crop's (each over its truth)."""
+    from mst_pipeline.detect.pool import fitting_input
+    from mst_pipeline.fitting.smplify import smplify_p
+    from mst_pipeline.space import default_space
+
+    use_convention(model, "mediapipe")
+    try:
+        space = default_space(model)
+        scales = {}
+        for index, view, _, kp in rendered:
+            if view.name == "full":
+                continue
+            u, c = fitting_input(kp, view.width, view.height)
+            (fit,) = smplify_p(model, u[None], c[None], mean_pitch=space.pitch)
+            assert fit.ok, fit.failure
+            H = space.homography(fit.cam, view.width, view.height)
+            scales.setdefault(index, {})[view.name] = H[0, 0] / view.H[0, 0]
+    finally:
+        model.use_keypoints(None)
+    return [s["face"] / s["upper"] for s in scales.values()]
+
+
+@pytest.fixture(scope="module")
+def face_over_upper(rendered, open_model) -> list[float]:
+    return _face_over_upper(rendered, open_model)
+
+
+def test_the_face_scale_from_a_face_crop_and_an_upper_body_crop_agree_within_20_percent(face_over_upper):
+    """With the model's own keypoints the face crop came out 1.74 times too large on average."""
+    assert all(abs(r - 1) < 0.20 for r in face_over_upper), face_over_upper
+
+
+@pytest.mark.xfail(strict=True, reason="issue #28's target: measured 1.17 and 0.99 on these two renders "
+                   "(the model's own points: 1.55 and 1.44)")
+def test_the_face_scale_from_a_face_crop_and_an_upper_body_crop_agree_within_10_percent(face_over_upper):
+    assert all(abs(r - 1) < 0.10 for r in face_over_upper), face_over_upper
+
+
+def test_openpose_json_of_the_renders_holds_the_calibrated_points(tmp_path, open_model):
+    """The renders' keypoint files follow the convention `--detector openpose-json` fits with, so
+    they stay a fair test of it."""
+    from mst_pipeline.synthesis.people import render_people
+
+    render_people(tmp_path, 1, res=64, seed=2, model=open_model, progress=False)
+    assert open_model.keypoints is None  # the caller's model is left as it was
+    doc = json.loads((tmp_path / "face" / "person000000_keypoints.json").read_text())
+    body = np.asarray(doc["people"][0]["pose_keypoints_2d"]).reshape(25, 3)
+    use_convention(open_model, "openpose-json")
+    try:
+        from mst_pipeline.space import default_space
+        from mst_pipeline.synthesis.people_plan import plan_person, pose_person, views
+        from uh_train.format.geometry import apply_homography
+
+        space = default_space(open_model)
+        plan = plan_person(0, 2, open_model.num_betas, space.pitch)
+        geom = pose_person(open_model, plan, space)
+        face = [v for v in views(geom, plan, 64) if v.name == "face"][0]
+        px = apply_homography(np.linalg.inv(face.H), geom.body25)
+    finally:
+        open_model.use_keypoints(None)
+    seen = body[:, 2] > 0
+    assert seen[[B["LEar"], B["REar"], B["Nose"]]].all()
+    assert np.abs(body[seen, :2] - px[seen]).max() < 0.01
+
+
+def test_cli_calibrate_writes_a_calibration_the_pipeline_reads(tmp_path, open_model):
+    pytest.importorskip("mediapipe")
+    from typer.testing import CliRunner
+
+    from mst_pipeline.cli import app
+
+    out = tmp_path / "cal.json"
+    result = CliRunner().invoke(app, ["body-model", "calibrate", "--n", "3", "--res", "128", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    reg = KeypointRegressor.from_json(json.loads(out.read_text()))
+    assert reg.convention == "mediapipe" and reg.model_hash == open_model.hash
+    assert {"Nose", "LEar", "REar"} <= set(reg.slots)  # seen in all nine renders
+    assert reg.settings["people"] == 3
+    bad = CliRunner().invoke(app, ["body-model", "calibrate", "--detector", "openpose-json"])
+    assert bad.exit_code == 2 and "mediapipe or mmpose" in bad.output
