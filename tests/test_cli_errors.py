@@ -95,6 +95,13 @@ BAD_ARGUMENTS = [
     (mst, ["space", "{t}/images", "--out", "{t}/shards"], "is a folder"),
     (mst, ["render-people", "{t}/o", "--res", "8"], "--res"),
     (mst, ["derive-sr", "{t}/shards", "--out", "{t}/o", "--max-count", "0"], "--max-count"),
+    (mst, ["render-hands", "--out", "{t}/o", "--n", "-1"], "--n"),
+    (mst, ["render-hands", "--out", "{t}/o", "--res", "0"], "--res"),
+    (mst, ["render-hands", "--out", "{t}/o", "--timeout", "nan"], "--timeout"),
+    (mst, ["render-hands", "--out", "{t}/o", "--timeout", "-1"], "--timeout"),
+    (mst, ["render-hands", "--out", "{t}/o", "--workers", "-4"], "--workers"),
+    (mst, ["render-hands", "--out", "{t}/o", "--samples", "0"], "--samples"),
+    (mst, ["render-hands", "--out", "{t}/a_file"], "is a file"),
 ]
 
 

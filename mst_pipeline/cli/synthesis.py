@@ -69,14 +69,17 @@ def render_people(
 
 @app.command("render-hands")
 def render_hands(
-    out: Path = typer.Option(Path("shards"), "--out", "-o", help="Shard folder to write (source 'hands')."),
-    n: int = typer.Option(7000, "--n", help="Number of hands (indices 0..N-1)."),
-    res: int = typer.Option(512, help="Image size in pixels (square)."),
+    out: Path = typer.Option(Path("shards"), "--out", "-o", help="Shard folder to write (source 'hands').",
+                             callback=cli_args.folder_to_write),
+    n: int = typer.Option(7000, "--n", help="Number of hands (indices 0..N-1).", callback=cli_args.at_least_one),
+    res: int = typer.Option(512, help="Image size in pixels (square, 16 to 4096).",
+                            callback=cli_args.number(16, high=4096)),
     seed: int = typer.Option(0, help="Random seed: the same seed and index give identical image bytes."),
-    workers: int = typer.Option(1, help="Blender worker processes rendering in parallel."),
+    workers: int = typer.Option(1, help="Blender worker processes rendering in parallel.",
+                                callback=cli_args.at_least_one),
     engine: str = typer.Option("auto", help="auto | cycles | eevee | workbench. auto: EEVEE with a GPU, "
                                "else Cycles with few samples on the CPU."),
-    samples: int = typer.Option(16, help="Render samples (Cycles, EEVEE)."),
+    samples: int = typer.Option(16, help="Render samples (Cycles, EEVEE).", callback=cli_args.at_least_one),
     backgrounds: Path | None = typer.Option(None, help="DeepFashion-HR-like backgrounds: a folder of high-resolution "
                                             "photos, or of aligned shards (their upper-body samples). The whole "
                                             "composite is then the training image. Default: generated fabric "
@@ -94,8 +97,9 @@ def render_hands(
                                            "a procedural finger curl."),
     blender: str | None = typer.Option(None, help="Blender executable to render with instead of the bpy module."),
     image_format: str = typer.Option("jpg", "--format", help="jpg or png for img."),
-    max_count: int = typer.Option(500, help="Samples per shard."),
-    timeout: float = typer.Option(300.0, help="Seconds before a render is abandoned (rejected)."),
+    max_count: int = typer.Option(500, help="Samples per shard.", callback=cli_args.at_least_one),
+    timeout: float = typer.Option(300.0, help="Seconds before a render is abandoned (rejected).",
+                                  callback=cli_args.positive),
 ) -> None:
     """Render synthetic hands with Blender at the full-body set's average camera (paper App. A).
 
