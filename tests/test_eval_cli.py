@@ -159,3 +159,19 @@ def test_kfid_for_chosen_groups_only_equals_those_groups_of_the_full_run(synthet
     assert part["mean"] == pytest.approx((part["groups"]["face"]["value"] + part["groups"]["hand"]["value"]) / 2)
     bad = _run(*common, "--out", tmp_path / "bad", "--kfid-groups", "face,tail")
     assert bad.exit_code != 0 and "unknown kFID group(s) tail" in bad.output
+
+
+def test_n_beyond_the_real_images_is_computed_from_those_and_said_everywhere(synthetic, fast_inception, tmp_path):
+    common = ["--init", "random", "--preset", "tiny", "--shards", synthetic, "--metrics", "fid", "--no-cache",
+              "--inception", fast_inception]
+    result = _run(*common, "--n", "64", "--out", tmp_path / "many")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "many" / "metrics.json").read_text())
+    assert record["fid"]["n_real"] == 6 and record["fid"]["n_fake"] == 64
+    assert record["fewer_than_n"] == ["FID: 6 real full-body images (--n 64), against 64 generated"]
+    assert "computed from what there was: FID: 6 real full-body images" in (tmp_path / "many" / "metrics.md").read_text()
+    assert "uh-eval: note: fewer real samples than --n 64" in result.output
+    enough = _run(*common, "--n", "4", "--out", tmp_path / "enough")
+    assert enough.exit_code == 0, enough.output
+    assert json.loads((tmp_path / "enough" / "metrics.json").read_text())["fewer_than_n"] == []
+    assert "note:" not in enough.output and "fewer" not in (tmp_path / "enough" / "metrics.md").read_text()

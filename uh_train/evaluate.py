@@ -177,6 +177,9 @@ def run(
             result["generator"]["sha256"] = sha256_file(ckpt)
         json_path, md_path = write_report(out, result, label)
         typer.echo(markdown_table(result, label))
+        for line in result["fewer_than_n"]:
+            typer.secho(f"uh-eval: note: fewer real samples than --n {n}, computed from what there was: {line}",
+                        fg="yellow", err=True)
         typer.echo(f"wrote {json_path} and {md_path}")
 
 

@@ -42,7 +42,11 @@ def markdown_table(result: dict[str, Any], method: str) -> str:
     else:
         sizes = (f"protocol: quick (r = {r}): FID/P&R at {cfg.get('fid_res')} px stitched from patches; "
                  f"kFID patches at s = {cfg.get('kfid_scale')}")
-    notes = [sizes, f"n = {cfg.get('n')} per metric (per group for kFID)",
+    short = result.get("fewer_than_n") or []
+    counts = f"n = {cfg.get('n')} per metric (per group for kFID)"
+    if short:
+        counts += "; fewer real samples existed, so these were computed from what there was: " + "; ".join(short)
+    notes = [sizes, counts,
              f"Inception: {inception.get('file')} (sha256 {str(inception.get('sha256', ''))[:16]}…)",
              f"shards: manifest sha256 {str(result.get('manifest_sha256', ''))[:16]}…"]
     if pr:

@@ -212,7 +212,8 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
     result: dict[str, Any] = {"protocol": protocol,
                               "config": {**asdict(cfg), "fid_res": fid_res, "metrics": list(cfg.metrics)},
                               "manifest_sha256": manifests, "inception": features.describe(),
-                              "resolution": r, "seconds": {}}
+                              "resolution": r, "seconds": {}, "fewer_than_n": []}
+    short = result["fewer_than_n"]  # what had fewer real samples than --n: computed from those, said here
 
     if "fid" in cfg.metrics or "pr" in cfg.metrics:
         start = time.perf_counter()
@@ -248,6 +249,9 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
             result["pr"] = {"precision": precision, "recall": recall, "k": cfg.k, "resolution": fid_res,
                             "features": {"network": "inception", **pr_fx.describe()},
                             "n_real": n_real, "n_fake": fake["pr"].n}
+        if n_real < cfg.n:
+            short.append(f"{' and '.join({'fid': 'FID', 'pr': 'P&R'}[m] for m in extractors)}: {n_real} real full-body images (--n "
+                         f"{cfg.n}), against {cfg.n} generated")
         result["seconds"]["fid+pr"] = time.perf_counter() - start
 
     if "pfid" in cfg.metrics:
@@ -273,6 +277,8 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
                           "n": int(real["counts"][0]), "scale_min": float(scales.min()),
                           "scale_max": float(scales.max()), "real_upsampled": int(real["upsampled"][0]),
                           **_size_summary(sizes, r)}
+        if result["pfid"]["n"] < cfg.n:
+            short.append(f"pFID: {result['pfid']['n']} real patches (--n {cfg.n})")
         result["seconds"]["pfid"] = time.perf_counter() - start
 
     if "kfid" in cfg.metrics:
@@ -310,6 +316,9 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
         values = [e["value"] for e in per_group.values() if e["value"] is not None]
         result["kfid"] = {"groups": per_group, "mean": float(np.mean(values)) if values else None,
                           "scale": cfg.kfid_scale}
+        few = [f"{name} {e['n']}" for name, e in per_group.items() if e["n"] < cfg.n]
+        if few:
+            short.append(f"kFID: real patches per group {', '.join(few)} (--n {cfg.n})")
         result["seconds"]["kfid"] = time.perf_counter() - start
 
     if "consistency" in cfg.metrics:
