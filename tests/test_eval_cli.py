@@ -169,7 +169,8 @@ def test_n_beyond_the_real_images_is_computed_from_those_and_said_everywhere(syn
     record = json.loads((tmp_path / "many" / "metrics.json").read_text())
     assert record["fid"]["n_real"] == 6 and record["fid"]["n_fake"] == 64
     assert record["fewer_than_n"] == ["FID: 6 real full-body images (--n 64), against 64 generated"]
-    assert "computed from what there was: FID: 6 real full-body images" in (tmp_path / "many" / "metrics.md").read_text()
+    report = (tmp_path / "many" / "metrics.md").read_text()
+    assert "computed from what there was: FID: 6 real full-body images" in report
     assert "uh-eval: note: fewer real samples than --n 64" in result.output
     enough = _run(*common, "--n", "4", "--out", tmp_path / "enough")
     assert enough.exit_code == 0, enough.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +79,25 @@ def test_cli_errors_say_what_to_do(tmp_path):
     with pytest.raises(Exception, match="seed range"):
         parse_seeds("3-x")
     assert parse_seeds("0-3,7,10-11") == [0, 1, 2, 3, 7, 10, 11]
+
+
+def test_a_size_beyond_memory_is_refused_with_the_largest_that_fits(tmp_path, monkeypatch):
+    import uh_train.render as render
+
+    G = Generator(get_preset("tiny").generator)
+    budget = render.seed_bytes(G, 256) + 1000  # room for 256 px, not for 288
+    assert render.largest_size(G, budget) == 256 and render.seed_bytes(G, 288) > budget
+    monkeypatch.setattr(render, "available_bytes", lambda device: budget)
+    common = ["--init", "random", "--preset", "tiny", "--seeds", "0"]
+    refused = runner.invoke(app, [*common, "--size", "288", "--out", str(tmp_path / "big")])
+    assert refused.exit_code == 2 and "use --size 256 or less" in " ".join(refused.output.replace("│", " ").split())
+    assert not (tmp_path / "big").exists()
+    fits = runner.invoke(app, [*common, "--size", "64", "--out", str(tmp_path / "fits")])
+    assert fits.exit_code == 0, fits.output
+
+
+def test_seed_lists_are_bounded_in_count_and_range():
+    assert parse_seeds("4294967295") == [4294967295] and len(parse_seeds("0-9999")) == 10000
+    for text, words in (("0-10000", "10001 seeds"), ("0-4000000000", "at most 10000"), ("4294967296", "2^32")):
+        with pytest.raises(Exception, match=re.escape(words)):
+            parse_seeds(text)

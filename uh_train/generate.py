@@ -28,18 +28,28 @@ app = typer.Typer(
 )
 
 
+MAX_SEEDS = 10_000  # per run: each is a PNG file and a cell of grid.png
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
-    seeds: list[int] = []
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]; seeds in [0, 2^32) (NumPy's RandomState), at most MAX_SEEDS."""
+    ranges: list[tuple[int, int]] = []
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        m = re.fullmatch(r"\s*(\d{1,20})\s*(?:-\s*(\d{1,20})\s*)?", part)
         if not m:
-            raise typer.BadParameter(f"cannot read seed range {part!r}; use e.g. 0-7 or 1,5,9")
+            raise typer.BadParameter(f"cannot read seed range {part!r}; use e.g. 0-7 or 1,5,9", param_hint="--seeds")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
-            raise typer.BadParameter(f"empty seed range {part!r}")
-        seeds.extend(range(lo, hi + 1))
-    return seeds
+            raise typer.BadParameter(f"empty seed range {part!r}", param_hint="--seeds")
+        if hi >= 1 << 32:
+            raise typer.BadParameter(f"seed {hi} is outside [0, 2^32); use seeds up to {(1 << 32) - 1}",
+                                     param_hint="--seeds")
+        ranges.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in ranges)
+    if count > MAX_SEEDS:
+        raise typer.BadParameter(f"{text} names {count} seeds; at most {MAX_SEEDS} per run (split the range "
+                                 "over several runs)", param_hint="--seeds")
+    return [seed for lo, hi in ranges for seed in range(lo, hi + 1)]
 
 
 def parse_point(text: str) -> tuple[float, float]:
@@ -72,6 +82,16 @@ def sample_grid(images: list, cell: int = 256):
         small = np.asarray(Image.fromarray(img).resize((side, side), Image.LANCZOS))
         grid[(i // cols) * side : (i // cols + 1) * side, (i % cols) * side : (i % cols + 1) * side] = small
     return grid
+
+
+def thumbnail(image, cell: int = 256):
+    """An image (uint8 [H, W, 3]) reduced to at most `cell` px for grid.png, so the grid holds no full images."""
+    import numpy as np
+    from PIL import Image
+
+    if image.shape[0] <= cell:
+        return image
+    return np.asarray(Image.fromarray(image).resize((cell, cell), Image.LANCZOS))
 
 
 def random_generator(preset: str, seed: int, device: str):
@@ -114,7 +134,7 @@ def render(
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .render import MODES, render_seed
+    from .render import MODES, available_bytes, largest_size, render_seed, seed_bytes
 
     if out is None:
         raise typer.BadParameter("--out is required", param_hint="--out")
@@ -149,6 +169,11 @@ def render(
     size = size or (r if patch else 4 * r)
     if size % r:
         raise typer.BadParameter(f"{size} is not a multiple of the patch resolution {r}", param_hint="--size")
+    need, have = seed_bytes(G, size), available_bytes(device)
+    if have is not None and need > have:
+        raise typer.BadParameter(
+            f"{size} needs about {need / (1 << 30):.3g} GiB to render one image but {have / (1 << 30):.3g} GiB is "
+            f"available on {device}; use --size {largest_size(G, have)} or less", param_hint="--size")
     out.mkdir(parents=True, exist_ok=True)
     tiles = (size // r) ** 2
     images = []
@@ -159,7 +184,7 @@ def render(
             array = render_seed(G, seed, truncation, size, center=center, scale=region_scale, mode=mode,
                                 max_bytes=int(max_gib * (1 << 30)), on_block=lambda n: progress.advance(task, n))
             write_png(out / f"seed{seed:04d}.png", array)
-            images.append(array)
+            images.append(thumbnail(array))
     write_png(out / "grid.png", sample_grid(images))
     typer.echo(f"wrote {len(images)} images of {size}x{size} px and grid.png to {out}")
 

@@ -16,12 +16,16 @@ API:
   on_block=None) -> [N, C, size, size]`
 * `render_seed(G, seed, truncation, size, center, scale, mode, ...) -> uint8 [size, size, C]`: one seed's
   image as `uh-generate` writes it (and `uh-view` shows it)
+* `seed_bytes(G, size)`, `largest_size(G, budget)`, `available_bytes(device)`: what a seed's render
+  needs and what there is, so that `uh-generate` refuses a size before rendering
 * `seed_latents(seeds, z_dim) -> z [len(seeds), z_dim]` (one NumPy RandomState per seed)
 * `to_uint8(images) -> uint8 [N, H, W, C]`
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -63,6 +67,37 @@ def pass_bytes(G: Generator, canvas: int, batch: int) -> int:
         side = (in_size + layer.conv_kernel - 1) * layer.up_factor
         peak = max(peak, side * side * spec.out_channels)
     return 3 * 4 * batch * peak
+
+
+def seed_bytes(G: Generator, size: int) -> int:
+    """Rough peak memory of rendering one seed at size x size px: the float32 output and the two
+    temporaries of its conversion to uint8, plus the smallest pass of either mode (one tile)."""
+    return 3 * 4 * G.cfg.img_channels * size * size + pass_bytes(G, 1, 1)
+
+
+def largest_size(G: Generator, budget: int) -> int:
+    """The largest multiple of r whose `seed_bytes` fits in `budget` bytes (0 when none does)."""
+    r = G.img_resolution
+    room = max(budget - pass_bytes(G, 1, 1), 0) / (3 * 4 * G.cfg.img_channels)
+    return int(math.isqrt(int(room)) // r * r)
+
+
+def available_bytes(device: str) -> int | None:
+    """Memory a render on `device` can still take: free GPU memory for CUDA, else the host's
+    available memory (MemAvailable on Linux, free pages elsewhere); None when it cannot be told."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def block_size(G: Generator, tiles: int, batch: int, max_bytes: int) -> int:

@@ -250,8 +250,8 @@ def evaluate(gen: fakes.PatchGenerator, folders: Sequence[str | Path], cfg: Eval
                             "features": {"network": "inception", **pr_fx.describe()},
                             "n_real": n_real, "n_fake": fake["pr"].n}
         if n_real < cfg.n:
-            short.append(f"{' and '.join({'fid': 'FID', 'pr': 'P&R'}[m] for m in extractors)}: {n_real} real full-body images (--n "
-                         f"{cfg.n}), against {cfg.n} generated")
+            names = " and ".join({"fid": "FID", "pr": "P&R"}[m] for m in extractors)
+            short.append(f"{names}: {n_real} real full-body images (--n {cfg.n}), against {cfg.n} generated")
         result["seconds"]["fid+pr"] = time.perf_counter() - start
 
     if "pfid" in cfg.metrics:
