@@ -312,3 +312,17 @@ def test_a_folder_aligned_in_two_full_body_spaces_is_reported(tmp_path):
     report = json.loads(result.output)
     assert report["spaces"] == {f"default:{'a' * 16}": 1, f"shhq:{'b' * 16}": 1}
     assert any("2 different full-body spaces" in d["problem"] for d in report["defects"])
+
+
+def test_singularity_of_h_does_not_depend_on_translation_or_pixel_size():
+    from uh_train.format.spec import homography_defects
+
+    far = [[1 / 32, 0, 1e4], [0, 1 / 32, -1e4], [0, 0, 1]]  # invertible, whatever its translation
+    tiny = [[1e-9, 0, 0], [0, 1e-9, 0], [0, 0, 1]]
+    projective = [[2048.0, 30, 1e6], [-12, 2048, 5e5], [1e-4, 2e-4, 1]]
+    assert homography_defects(far) == [] and homography_defects(tiny) == [] and homography_defects(projective) == []
+    singular = [[1, 2, 1e5], [2, 4, 2e5], [0, 0, 1]]  # the image collapses to a line
+    assert homography_defects(singular) == ["H is singular (not invertible)"]
+    assert homography_defects([[1, 0, 0], [0, 0, 0], [0, 0, 1]]) == ["H is singular (not invertible)"]
+    mirrored = [[-1 / 32, 0, 1e4], [0, 1 / 32, 1e4], [0, 0, 1]]
+    assert "negative determinant" in homography_defects(mirrored)[0]

@@ -213,14 +213,25 @@ def _matrix(value: Any, rows: int, cols: int, name: str, errors: list[str]) -> n
     return _numbers(value, (rows, cols), name, errors)
 
 
+def _equilibrated(arr: np.ndarray, rounds: int = 8) -> np.ndarray:
+    """ARR with its rows and columns scaled by positive factors until each one's largest entry is 1
+    (Ruiz equilibration). Invertibility and the sign of the determinant are unchanged, but a large
+    translation or a tiny pixel size no longer makes an invertible H look singular."""
+    out = arr / (float(np.abs(arr).max()) or 1.0)  # no overflow for huge entries
+    for _ in range(rounds):
+        for axis in (1, 0):
+            peak = np.abs(out).max(axis=axis, keepdims=True)
+            out = out / np.where(peak > 0, np.sqrt(peak), 1.0)
+    return out
+
+
 def homography_defects(H: Any) -> list[str]:
     """H must be 3x3, finite, invertible with a positive determinant (no reflection)."""
     errors: list[str] = []
     arr = _matrix(H, 3, 3, "H", errors)
     if arr is None:
         return errors
-    scale = float(np.abs(arr).max()) or 1.0
-    det = float(np.linalg.det(arr / scale))  # scale-free, and no overflow for huge entries
+    det = float(np.linalg.det(_equilibrated(arr)))  # same sign as det H, free of units and translation
     if abs(det) <= 1e-12:
         errors.append("H is singular (not invertible)")
     elif det < 0:
