@@ -170,3 +170,24 @@ def test_writer_refuses_what_the_reader_would_skip():
     fields = {**sample_fields(), "density": 1e300}
     with pytest.raises(ValueError, match="plausible range"):
         encode_sample("src", "a", random_image(), fields)
+
+
+def test_a_compressed_tar_is_skipped_by_the_trainer_naming_it_as_validate_refuses_it(tmp_path, caplog):
+    import gzip
+
+    from mst_pipeline.cli import app as mst
+
+    folder = raw_folder(tmp_path / "f", {"src-000-000000.tar": raw_sample("src/a")})
+    raw_folder(tmp_path / "g", {"src-000-000000.tar": raw_sample("src/b")}, manifest=False)
+    packed = folder / "src-000-000001.tar"
+    packed.write_bytes(gzip.compress((tmp_path / "g" / "src-000-000000.tar").read_bytes()))
+    with caplog.at_level(logging.WARNING, logger="uh_train.shard_reader"):
+        keys = [r.key for r in shard_reader.shard_pipeline([folder], shuffle_buffer=0, split=False)]
+    assert keys == ["src/a"]  # the gzip tar's sample src/b is not read
+    assert "skipping shard src-000-000001.tar: src-000-000001.tar is a gzip-compressed tar" in caplog.text
+    result = CliRunner().invoke(mst, ["validate", str(folder)])
+    assert result.exit_code == 1 and "gzip-compressed tar" in " ".join(result.output.split())
+    from uh_train.data.streams import probe_source
+
+    with pytest.raises(ValueError, match="gzip-compressed"):
+        probe_source("src", [str(packed)], lambda record: True)

@@ -15,7 +15,7 @@ import logging
 import random
 import re
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,14 @@ def read_manifests(folders: Sequence[str | Path]) -> pa.Table:
 
 class NoSamples(RuntimeError):
     """A shard list that, read whole, yielded no sample at all."""
+
+
+class ShardRefused(ValueError):
+    """A whole shard file that breaks the spec (a compressed tar); `shard` is its file name."""
+
+    def __init__(self, shard: str, reason: str) -> None:
+        super().__init__(reason)
+        self.shard = shard
 
 
 def decode_sample(sample: dict[str, Any]) -> ShardRecord:
@@ -124,6 +132,8 @@ skips = SkipLog()  # per process: each DataLoader worker counts its own
 def warn_and_skip(exn: Exception) -> bool:
     if isinstance(exn, SampleDefect):
         skips.record(f"sample {exn.key}", "; ".join(exn.reasons))
+    elif isinstance(exn, ShardRefused):
+        skips.record(f"shard {exn.shard}", str(exn))
     else:
         skips.record("unreadable shard data", f"{type(exn).__name__}: {exn}")
     return True
@@ -141,11 +151,15 @@ class ShardList:
 
     With `repeat`, a pass over every shard that yields no sample (empty, unreadable or 0-byte tars)
     raises NoSamples instead of listing the same shards again forever; `count_samples` is the
-    stage after the tar reader that lets the list see what its shards yielded.
+    stage after the tar reader that lets the list see what its shards yielded. A compressed tar
+    (which the tar reader would open) is not a shard: it is passed to `handler` as ShardRefused and
+    skipped, as `mst validate` refuses it.
     """
 
-    def __init__(self, urls: list[str], seed: int = 0, shuffle: bool = True, repeat: bool = False) -> None:
+    def __init__(self, urls: list[str], seed: int = 0, shuffle: bool = True, repeat: bool = False,
+                 handler: Callable[[Exception], bool] = warn_and_skip) -> None:
         self.urls, self.seed, self.shuffle, self.repeat = urls, seed, shuffle, repeat
+        self.handler = handler
         self.epoch = 0
         self.samples = 0
 
@@ -154,10 +168,17 @@ class ShardList:
             raise NoSamples("no shards to read")
         while True:
             before = self.samples
-            if self.shuffle:
-                yield from _shuffled_shards(self.urls, self.seed, self.epoch)
-            else:
-                yield from ({"url": u} for u in self.urls)
+            order = _shuffled_shards(self.urls, self.seed, self.epoch) if self.shuffle else \
+                ({"url": u} for u in self.urls)
+            for item in order:
+                try:
+                    defect = spec.shard_compression_defect(item["url"])
+                except OSError:
+                    defect = None  # the tar reader reports an unreadable file
+                if defect is None:
+                    yield item
+                else:
+                    self.handler(ShardRefused(Path(item["url"]).name, defect))
             self.epoch += 1
             if not self.repeat:
                 return

@@ -136,6 +136,12 @@ def read_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]
     """
     path = Path(path)
     try:
+        compressed = shardspec.shard_compression_defect(path)
+    except OSError as e:
+        raise ShardError(f"{path.name}: not a readable tar file ({e})") from None
+    if compressed:
+        raise ShardError(compressed)
+    try:
         tar = tarfile.open(path, "r:")
     except (tarfile.TarError, OSError) as e:
         raise ShardError(f"{path.name}: not a readable tar file ({e})") from None

@@ -103,7 +103,7 @@ def probe_source(name: str, urls: list[str], usable: Callable[[ShardRecord], boo
 
     reasons: Counter[str] = Counter()
     read = 0
-    pipe = wds.DataPipeline(shard_reader.ShardList(urls, shuffle=False),
+    pipe = wds.DataPipeline(shard_reader.ShardList(urls, shuffle=False, handler=unreadable),
                             wds.tarfile_to_samples(handler=unreadable))
     for sample in pipe:
         read += 1

@@ -54,6 +54,21 @@ SHARD_NAME = re.compile(r"^(?P<source>[A-Za-z0-9_-]+)-(?P<part>\d{3})-(?P<index>
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def shard_compression_defect(path: str | os.PathLike) -> str | None:
+    """A shard is an uncompressed tar: None for one, else the one-line reason (a compressed file,
+    which tar readers that guess the compression would otherwise accept)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    for magic, name in _COMPRESSED.items():
+        if head.startswith(magic):
+            return (f"{os.path.basename(path)} is a {name}-compressed tar; a shard is an uncompressed tar: "
+                    "decompress it under the same name")
+    return None
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes (`orig.sha256`; also names checkpoint and feature files)."""
     digest = hashlib.sha256()
