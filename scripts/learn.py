@@ -492,6 +492,25 @@ def ship_pick(record: dict, plan: Plan) -> dict | None:
     return min(s2, key=lambda r: r["fid"])
 
 
+SHIP_MIN_PSNR = 27.0  # dB at every k: a generator that holds its figure at 2r, 4r and 8r
+SHIP_MAX_FID_RATIO = 1.1  # against the stage-1 teacher's FID
+
+
+def ship_verdict(record: dict, plan: Plan) -> tuple[bool, str]:
+    """Whether the picked snapshot is good enough to replace the shipped checkpoint, and why (a
+    sentence): scale consistency of at least SHIP_MIN_PSNR dB at each k and FID within 10 % of the
+    teacher's."""
+    picked, s1 = ship_pick(record, plan), rows(record, "stage1")
+    if picked is None or not s1:
+        return False, "no evaluated snapshot of the shipped run"
+    worst = min(picked.get(f"psnr_k{k}", float("-inf")) for k in FACTORS)
+    ratio = picked["fid"] / s1[-1]["fid"]
+    ok = worst >= SHIP_MIN_PSNR and ratio <= SHIP_MAX_FID_RATIO
+    why = (f"its snapshot at {picked['kimg']:.2f} kimg has a worst-k consistency of {worst:.1f} dB (at least "
+           f"{SHIP_MIN_PSNR:g} asked) and {ratio:.2f}x the teacher's FID (at most {SHIP_MAX_FID_RATIO:g} asked)")
+    return ok, why
+
+
 def ship(final: Path, dest: Path, record: dict) -> None:
     """The final generator with its provenance in the file's metadata."""
     from uh_train.checkpoint import load_checkpoint, save_checkpoint
@@ -514,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship", type=Path, nargs="?", const=DEFAULT_SHIP, default=None,
                         help="write the final generator with its provenance here "
                              f"(default {DEFAULT_SHIP.relative_to(ROOT)})")
+    parser.add_argument("--ship-anyway", action="store_true",
+                        help=f"ship even when the pick misses {SHIP_MIN_PSNR:g} dB at some k or the FID bound")
     parser.add_argument("--redraw-grids", action="store_true", help="draw the evaluated snapshots' grids again")
     parser.add_argument("--data-only", action="store_true", help="make the data and stop")
     parser.add_argument("--until", choices=("stage1", "ship", "ablation"), default="ablation",
@@ -604,9 +625,12 @@ def main(argv: list[str] | None = None) -> int:
     final = None
     if picked is not None:
         final = dict(snapshots(out / "runs" / ship_run(plan))).get(round(picked["kimg"] * 1000))
-    if args.ship and final is not None and final.exists():
+    good, why = ship_verdict(record, plan)
+    if args.ship and final is not None and final.exists() and (good or args.ship_anyway):
         ship(final, args.ship.resolve(), record)
-        log(f"wrote {stage_plan.shown(args.ship.resolve())}")
+        log(f"wrote {stage_plan.shown(args.ship.resolve())}: {why}")
+    elif args.ship:
+        log(f"not shipped ({stage_plan.shown(args.ship.resolve())} stays as it is): {why}; --ship-anyway ships it")
     if args.docs:
         write_docs(record, out)
     return 0
@@ -718,6 +742,10 @@ def summary(record: dict, plan: Plan) -> list[str]:
                    f"{a['kimg']:.2f} kimg to {b['psnr_k2']:.1f} / {b['psnr_k4']:.1f} / {b['psnr_k8']:.1f} dB at "
                    f"{b['kimg']:.2f} kimg; FID {b['fid']:.1f} against the teacher's {s1[-1]['fid']:.1f} "
                    f"({b['fid'] / s1[-1]['fid']:.2f}x).")
+    if s2:
+        good, why = ship_verdict(record, plan)
+        out.append(("* Shipped as `checkpoints/learned-tiny.safetensors`: " if good else
+                    "* **Not shipped** (`checkpoints/learned-tiny.safetensors` stays the earlier run's): ") + why + ".")
     by_arm = ablation_rows(record, plan)
     if by_arm["all"] and by_arm["full"]:
         parts = []
