@@ -57,7 +57,7 @@ class Plan:
     candidates: str = "tiny:8,tiny:16,small:8"
     kimg1: float | None = None  # stage 1; default: from the pilot's rate and minutes1, else 60
     kimg2: float | None = None  # each stage-2 ablation run (per arm and seed); default: as kimg1, else 20
-    kimg_ship: float | None = 60.0  # the first seed's all-sources stage 2 goes on to this (the shipped run)
+    kimg_ship: float | None = 60.0  # the first seed's all-sources stage 2 goes on to this (the run to ship from)
     seeds: str = "0,1"  # stage-2 seeds of each ablation arm
     snap1: float | None = None  # default: a tenth of the stage
     snap2: float | None = None  # default: a quarter of kimg2
@@ -677,7 +677,8 @@ def report(record: dict, out: Path, images: str | None = None) -> str:
     total = sum(wall.values()) + others
     stage2_wall = sum(v for k, v in wall.items() if k.startswith("stage2-"))
     text = [
-        f"`just learn` ({wall_text(total)} wall in all on this machine, over one or more sittings: data "
+        f"`just learn` ({wall_text(total)} of stage times in all on this machine, over one or more sittings, "
+        "runs that shared the machine counted each: data "
         f"{wall_text(wall.get('data', 0))}, stage 1 {wall_text(wall.get('stage1', 0))}, the stage-2 runs "
         f"{wall_text(stage2_wall)}, evaluation {wall_text(wall.get('evaluation', 0))}"
         + (f", the pilot's other candidates {wall_text(others)}" if others else "") + ").",
@@ -687,8 +688,9 @@ def report(record: dict, out: Path, images: str | None = None) -> str:
         f"patches. Preset `{plan.preset}`, batch {plan.batch}; stage 1 {record.get('stage1_kimg', 0):g} kimg of "
         f"whole full-body images (seed {plan.seed}); stage 2 from that network (the teacher) in two arms, every "
         f"source and the full-body source alone, {plan.kimg2:g} kimg per arm and seed (seeds {plan.seeds}); the "
-        f"first seed's all-sources run goes on to {plan.kimg_ship:g} kimg and is the shipped generator. Quick "
-        f"protocol: FID of {plan.fid_n} whole images at r px; kFID of {plan.kfid_n} patches per keypoint group at "
+        f"first seed's all-sources run goes on to {plan.kimg_ship:g} kimg: the run a shipped generator comes from. "
+        f"Quick protocol: FID of {plan.fid_n} whole images at r px; kFID of {plan.kfid_n} patches per keypoint "
+        f"group at "
         f"s = 8; scale consistency of {plan.consistency_n} latents (the whole image rendered at k·r in one pass, "
         "reduced to r by Lanczos, against the render at r; PSNR in dB).",
         "",
@@ -709,7 +711,7 @@ def report(record: dict, out: Path, images: str | None = None) -> str:
         if rows(record, name):
             what = "Stage 1" if name == "stage1" else (f"Stage 2, {ARM_TEXT[run_names(plan)[name][0]]}, seed "
                                                        f"{run_names(plan)[name][1]}"
-                                                       + (" (the shipped run)" if name == ship_run(plan) else ""))
+                                                       + (" (the run to ship from)" if name == ship_run(plan) else ""))
             text += [f"{what}:", "", table(record, name), ""]
     text += [f"![FID, kFID and scale consistency against kimg]({images}curves.png)", ""]
     picks = grid_picks(record, plan)
@@ -737,7 +739,7 @@ def summary(record: dict, plan: Plan) -> list[str]:
                    f"({s1[-1]['kimg']:.1f} kimg).")
     if s1 and s2:
         a, b = s2[0], s2[-1]
-        out.append(f"* The shipped run (stage 2, all sources): scale consistency from "
+        out.append(f"* The run to ship from (stage 2, all sources): scale consistency from "
                    f"{a['psnr_k2']:.1f} / {a['psnr_k4']:.1f} / {a['psnr_k8']:.1f} dB (2r / 4r / 8r) at "
                    f"{a['kimg']:.2f} kimg to {b['psnr_k2']:.1f} / {b['psnr_k4']:.1f} / {b['psnr_k8']:.1f} dB at "
                    f"{b['kimg']:.2f} kimg; FID {b['fid']:.1f} against the teacher's {s1[-1]['fid']:.1f} "
@@ -764,8 +766,8 @@ def grid_picks(record: dict, plan: Plan) -> list[tuple[str, dict]]:
     if s1:
         picks += [("stage 1, end", s1[-1])]
     if s2:
-        picks += [("stage 2 (shipped run), start", s2[0]), ("stage 2 (shipped run), middle", s2[len(s2) // 2]),
-                  ("stage 2 (shipped run), end", s2[-1])]
+        label = "stage 2 (run to ship from)"
+        picks += [(f"{label}, start", s2[0]), (f"{label}, middle", s2[len(s2) // 2]), (f"{label}, end", s2[-1])]
     full = rows(record, f"stage2-full-s{seeds_of(plan)[0]}")
     if full:
         picks += [("stage 2 on the full-body source only (ablation), end", full[-1])]

@@ -80,7 +80,7 @@ def test_quick_learn_run_picks_by_fid_trains_both_arms_and_ships_its_network(tmp
     # pick is shipped with its provenance in the metadata.
     again = subprocess.run(cmd + ["--ship-anyway"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "uh-train" not in again.stdout and " FID " not in again.stdout
+    assert "uh-train --shards" not in again.stdout and ": FID " not in again.stdout
     assert json.loads((out / "learn.json").read_text())["curves"] == record["curves"]
     provenance = load_checkpoint(ship).config["provenance"]
     assert provenance["stage1_kimg"] == pytest.approx(record["stage1_kimg"])
