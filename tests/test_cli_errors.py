@@ -186,3 +186,38 @@ def test_uh_eval_on_an_out_in_use_stops_at_once_naming_the_other_run(files):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_silent_mistakes_now_speak_in_one_line(tmp_path):
+    """Stage 2 without --teacher, a shard folder without shards, and a CUDA device where torch sees none
+    each stop before any work with one line saying what to do; --no-teacher lets stage 2 run without."""
+    from mst_pipeline.synthesis.synthetic import write_synthetic
+
+    uh_train_app = uh_train
+    shards = tmp_path / "shards"
+    write_synthetic(shards, n=4, res=64, seed=0, max_count=4)
+    runner = CliRunner()
+    no_teacher = runner.invoke(uh_train_app, ["run", "--shards", str(shards), "--out", str(tmp_path / "s2"),
+                                              "--stage", "2", "--kimg", "0.004", "--batch", "4", "--lpips", "off"])
+    assert no_teacher.exit_code == 2 and "stage 2 needs --teacher" in no_teacher.output
+    assert "--no-teacher" in no_teacher.output and not (tmp_path / "s2" / "run.json").exists()
+    allowed = runner.invoke(uh_train_app, ["run", "--shards", str(shards), "--out", str(tmp_path / "s2"),
+                                           "--stage", "2", "--kimg", "0.004", "--batch", "4", "--lpips", "off",
+                                           "--no-teacher"])
+    assert allowed.exit_code == 0, allowed.output
+
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(uh_train_app, ["run", "--shards", str(tmp_path / "empty"), "--out", str(tmp_path / "e")])
+    assert empty.exit_code == 1 and "holds no shards" in empty.output and "mst align" in empty.output
+    assert not (tmp_path / "e" / "run.json").exists()
+
+    if not torch.cuda.is_available():
+        gen = runner.invoke(uh_generate, ["--init", "random", "--preset", "tiny", "--seeds", "0", "--size", "32",
+                                          "--device", "cuda", "--out", str(tmp_path / "g")])
+        assert gen.exit_code == 2 and "no CUDA GPU" in gen.output and "Traceback" not in gen.output
+        ev = runner.invoke(uh_eval, ["--init", "random", "--preset", "tiny", "--metrics", "consistency", "--n", "2",
+                                     "--device", "cuda", "--out", str(tmp_path / "ev")])
+        assert ev.exit_code != 0 and "no CUDA GPU" in ev.output and "Traceback" not in ev.output
+        train = runner.invoke(uh_train_app, ["run", "--shards", str(shards), "--out", str(tmp_path / "t"),
+                                             "--device", "cuda"])
+        assert train.exit_code == 2 and "no CUDA GPU" in train.output

@@ -72,7 +72,8 @@ def test_killed_run_resumes_with_the_same_next_step_losses(shards, tmp_path):
 
     out = tmp_path / "killed"
     cmd = [str(BIN / "uh-train"), "--shards", str(shards), "--out", str(out), "--stage", "2", "--preset", "tiny",
-           "--kimg", "0.024", "--batch", "4", "--snapshot-kimg", "0.004", "--lpips", "off", "--seed", "1"]
+           "--kimg", "0.024", "--batch", "4", "--snapshot-kimg", "0.004", "--lpips", "off", "--seed", "1",
+           "--no-teacher"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (out / "training-state-000000k-008.safetensors").exists():
@@ -169,12 +170,12 @@ def test_stage_two_starts_from_stage_one_g_g_ema_and_d(shards, tmp_path, monkeyp
 def test_mirror_and_views_reach_the_patch_sampler(shards, tmp_path):
     result = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "v"), "--stage", "2",
                                          "--preset", "tiny", "--kimg", "0.004", "--batch", "4", "--lpips", "off",
-                                         "--view", "synth_face:scale=uniform-size,s_min=2", "--mirror"])
+                                         "--view", "synth_face:scale=uniform-size,s_min=2", "--mirror", "--no-teacher"])
     assert result.exit_code == 0, result.output
     cfg = json.loads((tmp_path / "v" / "run.json").read_text())["config"]
     assert cfg["mirror"] is True and cfg["views"] == ["synth_face:scale=uniform-size,s_min=2"]
     bad = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "b"), "--stage", "2",
-                                      "--view", "synth_face:zoom=2"])
+                                      "--view", "synth_face:zoom=2", "--no-teacher"])
     assert bad.exit_code != 0 and "unknown setting 'zoom'" in bad.output
 
 
@@ -352,7 +353,7 @@ def test_mix_with_every_source_at_zero_is_a_short_error(shards, tmp_path):
 
     sources = sorted(set(read_manifests([shards]).column("source").to_pylist()))
     result = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "o"), "--stage", "2",
-                                         "--kimg", "0.004", "--batch", "4", "--lpips", "off",
+                                         "--kimg", "0.004", "--batch", "4", "--lpips", "off", "--no-teacher",
                                          *[a for s in sources for a in ("--mix", f"{s}=0")]])
     assert result.exit_code == 1 and "no source with a positive weight" in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "o" / "latest.json").exists()

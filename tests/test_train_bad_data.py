@@ -131,7 +131,8 @@ def test_training_on_a_source_without_usable_samples_stops_at_start_up(tmp_path,
     if members is None:  # a 0-byte file where a tar should be
         (tmp_path / "shards" / f"{name}-000-000000.tar").write_bytes(b"")
     result = CliRunner().invoke(cli.app, ["run", "--shards", folder, "--out", str(tmp_path / "out"), "--stage", "2",
-                                         "--preset", "tiny", "--kimg", "0.008", "--batch", "4", "--lpips", "off"])
+                                         "--preset", "tiny", "--kimg", "0.008", "--batch", "4", "--lpips", "off",
+                                         "--no-teacher"])
     assert result.exit_code == 1, result.output
     assert f"source '{name}' has no usable sample" in result.output and "Traceback" not in result.output
 

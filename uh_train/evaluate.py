@@ -133,6 +133,10 @@ def run(
     for folder in shards:
         if not folder.is_dir():
             _fail(f"shard folder {folder} does not exist")
+    from .render import device_problem
+
+    if (problem := device_problem(device)) is not None:
+        _fail(problem)
     with _held(out):
         G = _load_generator(ckpt, init, preset, device)
         r = G.img_resolution

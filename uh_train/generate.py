@@ -144,6 +144,10 @@ def render(
     if not all(0 <= v <= 1 for v in center):
         raise typer.BadParameter(f"{patch} is not a point of full-body space [0,1]^2", param_hint="--patch")
     seed_list = parse_seeds(seeds)
+    from .render import device_problem
+
+    if (problem := device_problem(device)) is not None:
+        raise typer.BadParameter(problem, param_hint="--device")
     if init == "random":
         from .networks import PRESETS
 

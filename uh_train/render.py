@@ -38,6 +38,21 @@ MODES = ("stitched", "single")
 DEFAULT_MAX_BYTES = 4 << 30
 
 
+def device_problem(name: str) -> str | None:
+    """Why torch cannot run on the device NAME here (one line), or None when it can."""
+    kind = name.split(":")[0]
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            return (f"--device {name}: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                    "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            return f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s) here, numbered from 0"
+    if kind == "mps" and not torch.backends.mps.is_available():
+        return f"--device {name}: Apple's MPS backend is not available here; use --device cpu"
+    return None
+
+
 def seed_latents(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
     """z for each seed, drawn from `np.random.RandomState(seed)` (StyleGAN's convention)."""
     return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()

@@ -41,6 +41,7 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
 
     # Networks. Stage 2 starts from the stage-1 G, G_ema and D; the stage-1 G_ema is the frozen teacher.
     G, D, G_ema, teacher, start_note = models.start_networks(cfg, device, d.main)
+    rf.check_shards(cfg.shards)  # before run.json: a folder without shards says how to make them
     # A run that starts from trained weights keeps its EMA as it is (no ramp-up), as AnyRes GAN does.
     ema_rampup = None if teacher is not None else cfg.ema_rampup
     opt_G, opt_D = models.optimisers(cfg, G, D)

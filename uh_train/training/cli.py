@@ -86,6 +86,8 @@ def run_cmd(
                                           "own from fresh z as StyleGAN3 does (slower)."),
     compile_networks: bool = typer.Option(default("compile"), "--compile", help="torch.compile G and D (pays on a "
                                           "GPU; compiling takes minutes on a CPU)."),
+    no_teacher: bool = typer.Option(False, "--no-teacher",
+                                    help="Stage 2 without a stage-1 teacher: new networks, no pixel loss (Eq. 8)."),
     allow_config_change: bool = typer.Option(default("allow_config_change"), "--allow-config-change",
                                              help="Resume even if settings differ from the checkpoint's "
                                                   "(the changes are recorded in run.json)."),
@@ -100,6 +102,12 @@ def run_cmd(
     for folder in shards:
         if not folder.is_dir():
             console.print(f"[red]error:[/red] shard folder {folder} does not exist")
+            raise typer.Exit(2)
+    if device != "auto":
+        from uh_train.render import device_problem
+
+        if (problem := device_problem(device)) is not None:
+            console.print(f"[red]error:[/red] {problem}")
             raise typer.Exit(2)
     if teacher is not None and not teacher.exists():
         console.print(f"[red]error:[/red] teacher checkpoint {teacher} does not exist")
@@ -121,6 +129,11 @@ def run_cmd(
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    if stage == 2 and teacher is None and not no_teacher:
+        console.print("[red]error:[/red] stage 2 needs --teacher (the stage-1 run folder or its network): it starts "
+                      "from stage 1 and learns from its images (Eq. 8); --no-teacher trains stage 2 from new "
+                      "networks without the teacher's loss")
+        raise typer.Exit(2)
     try:
         summary = train(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -176,6 +176,14 @@ def previous_changes(path: Path) -> list[Any]:
     return changes if isinstance(changes, list) else []
 
 
+def check_shards(folders) -> None:
+    """Every --shards folder holds shards (*.tar); else one line naming the `mst` command that makes them."""
+    for folder in folders:
+        if not any(Path(folder).glob("*.tar")):
+            raise FileNotFoundError(f"{folder} holds no shards (no *.tar); make them first, e.g. "
+                                    f"`mst align IMAGES/ --out {folder}` or `mst synthetic {folder}`")
+
+
 def write_run_info(out: Path, cfg: TrainConfig, resume: Resume, step: int, **notes: Any) -> None:
     """OUT/run.json: the settings, how the run started, and every change of settings on resume."""
     info = {"config": asdict(cfg), **notes,
