@@ -190,12 +190,6 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
 FACTORS = (2, 4, 8)  # scale consistency: renders at k·r reduced to r, against the render at r
 
 
-def scale_consistency(*args, **kwargs):
-    from uh_train.metrics.consistency import scale_consistency as measure
-
-    return measure(*args, **kwargs)
-
-
 class Evaluator:
     """FID and kFID (quick protocol) of generator files against the shards, real statistics cached.
     `fid_res`: the resolution of the FID images (default: the generator's r); `kfid`: also kFID."""
@@ -223,6 +217,8 @@ class Evaluator:
                              kfid_groups=KFID_GROUPS)
             kfid = evaluate(sampler, [self.shards], cfg, self.features, self.cache)["kfid"]
             row.update(kfid_mean=kfid["mean"], **{f"kfid_{g}": v["value"] for g, v in kfid["groups"].items()})
+            from uh_train.metrics.consistency import scale_consistency
+
             consistency = scale_consistency(sampler, n=self.plan.consistency_n, seed=0, factors=FACTORS)
             row.update({f"psnr_k{k}": v["psnr"] for k, v in consistency["factors"].items()})
         return row

@@ -8,7 +8,6 @@ it is in `uh_train/training/` (config, run folder, models, distributed, monitor,
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -208,13 +207,6 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
                       f"(see the warnings; `mst validate` lists them)")
     distributed.finish(G, d)
     return {"steps": prog.step, "kimg": prog.nimg / 1000, "losses": last, "out": str(out), "skipped": skipped}
-
-
-def __getattr__(name: str):
-    # `uh-train` scripts installed before the CLI moved to uh_train.training.cli still call uh_train.train:main.
-    if name == "main":
-        return importlib.import_module("uh_train.training.cli").main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":  # torchrun -m uh_train.train ...

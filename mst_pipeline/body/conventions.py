@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.body.layout import BODY25_NAMES
+from mst_pipeline.body.open_model import cache_root
 
 CALIBRATION_VERSION = 1
 SHIPPED = Path(__file__).with_name("calibrations")
@@ -152,13 +153,7 @@ def model_hash(v_template: np.ndarray, faces: np.ndarray, shapedirs: np.ndarray)
 
 def cache_folder() -> Path:
     """Where calibrations are cached: beside the open body model ($UNITEDHUMAN_CACHE/body/keypoints)."""
-    root = os.environ.get("UNITEDHUMAN_CACHE")
-    if root:
-        base = Path(root)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (Path(xdg) if xdg else Path.home() / ".cache") / "unitedhuman"
-    return base / "body" / "keypoints"
+    return cache_root() / "body" / "keypoints"
 
 
 def calibration_path(convention: str, mhash: str, folder: Path | None = None) -> Path:

@@ -103,15 +103,18 @@ def anny_to_smpl_axes(p: np.ndarray) -> np.ndarray:
     return np.stack([p[..., 0], p[..., 2], -p[..., 1]], axis=-1)
 
 
-def default_model_path() -> Path:
-    """Where the open model is cached: $UNITEDHUMAN_CACHE or the user cache folder."""
+def cache_root() -> Path:
+    """The project's cache folder: $UNITEDHUMAN_CACHE, else unitedhuman/ in the user cache folder."""
     root = os.environ.get("UNITEDHUMAN_CACHE")
     if root:
-        base = Path(root)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (Path(xdg) if xdg else Path.home() / ".cache") / "unitedhuman"
-    return base / "body" / f"open-smpl-v{OPEN_MODEL_VERSION}.npz"
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "unitedhuman"
+
+
+def default_model_path() -> Path:
+    """Where the open model is cached: $UNITEDHUMAN_CACHE or the user cache folder."""
+    return cache_root() / "body" / f"open-smpl-v{OPEN_MODEL_VERSION}.npz"
 
 
 # ---------------------------------------------------------------------------------------------
