@@ -15,7 +15,7 @@ from uh_train.evaluate import app as uh_eval
 from uh_train.generate import app as uh_generate
 from uh_train.training.cli import app as uh_train
 
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "120"})  # error boxes wrap at the terminal width, not at 80
 
 
 class _Evil:

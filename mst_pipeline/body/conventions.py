@@ -144,9 +144,12 @@ class KeypointRegressor:
 
 
 def model_hash(v_template: np.ndarray, faces: np.ndarray, shapedirs: np.ndarray) -> str:
-    """A body model's identity for its calibrations: its mesh, rest shape and shape space."""
+    """A body model's identity for its calibrations: its mesh, rest shape and shape space. Vertices and
+    shape directions are rounded to 1e-6 first: two builds of the same model differ by float noise
+    (1e-14), which must not make a shipped calibration look foreign."""
     h = hashlib.sha256()
-    for a in (np.asarray(v_template, np.float32), np.asarray(faces, np.int64), np.asarray(shapedirs, np.float32)):
+    for a in (np.round(np.asarray(v_template, np.float64), 6), np.asarray(faces, np.int64),
+              np.round(np.asarray(shapedirs, np.float64), 6)):
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
 
