@@ -596,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
         order = []
     elif args.until == "ship":
         order = order[:1]
-    zero = tuple(a for s in PARTIAL_SOURCES for a in ("--mix", f"{s}=0"))
+    # The full-body arm zeroes each partial source the data has (a source whose every fit was rejected
+    # has no shards, and a weight for an unknown source is refused).
+    zero = tuple(a for s in PARTIAL_SOURCES if any(shards.glob(f"{s}-*.tar")) for a in ("--mix", f"{s}=0"))
     for name in order:
         arm, seed = names[name]
         runs[name] = out / "runs" / name
