@@ -60,7 +60,11 @@ def test_quick_learn_run_picks_by_fid_trains_both_arms_and_ships_its_network(tmp
         return {key.split("/", 1)[1] for key in load_state(state)["progress"]["data"]["consumed"]}
 
     assert consumed("stage2-full-s0") == {"people-full"}
-    assert consumed("stage2-all-s0") == {"people-full", "people-upper", "people-face", "hands"}
+    # ... and the main arm from every source the data has (a CPU where every face fit is rejected has none)
+    present = {s for s in ("people-full", "people-upper", "people-face", "hands")
+               if any((out / "shards").glob(f"{s}-*.tar"))}
+    assert {"people-full", "people-upper", "hands"} <= present
+    assert consumed("stage2-all-s0") == present
 
     # The pick: the snapshot with the best worst-k consistency among those within 10 % of the teacher's FID.
     # It replaces the shipped file only when it holds 27 dB at every k within that FID bound.
