@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from uh_train import resample
 from uh_train.format.geometry import patch_transform
 from uh_train.losses import (
     consistency_loss,
@@ -19,7 +20,7 @@ from uh_train.losses import (
     r1_penalty,
     random_box_mask,
     teacher_footprint,
-    teacher_region,
+    teacher_grid,
 )
 
 
@@ -69,13 +70,30 @@ def test_r1_of_a_linear_discriminator_is_its_squared_weight_norm():
     assert torch.allclose(r1_penalty(x, [logits]), w.square().sum(), rtol=1e-5)
 
 
-def test_teacher_region_at_identity_is_the_image_and_at_half_scale_a_quarter():
-    img = torch.rand(1, 3, 16, 16)
-    crop, valid = teacher_region(img, torch.eye(3)[None], 16)
-    assert torch.allclose(crop, img, atol=1e-5) and valid.min() == 1
+def _region_box(T: torch.Tensor, size: int) -> torch.Tensor:
+    """The region T(v, s) of a size x size full-body image, as (x0, y0, x1, y1) in its pixels."""
+    T = T.double()
+    x0 = (T[:, 0, 2] - T[:, 0, 0] / 2 + 0.5) * size
+    y0 = (T[:, 1, 2] - T[:, 1, 1] / 2 + 0.5) * size
+    return torch.stack([x0, y0, x0 + T[:, 0, 0] * size, y0 + T[:, 1, 1] * size], dim=1)
+
+
+def _region_of(image: torch.Tensor, T: torch.Tensor, res: int) -> torch.Tensor:
+    """The region T(v, s) of a full-body image read at res x res (the project's resampler)."""
+    return resample.read_boxes(image.expand(T.shape[0], -1, -1, -1), _region_box(T, image.shape[-1]), res)[0]
+
+
+def test_teacher_grid_at_identity_reads_every_pixel_and_at_half_scale_a_quarter():
+    T = torch.eye(3)[None]
+    iy, ix, wy, wx, valid = teacher_grid(T, 16, 16, 16)
+    assert iy[0].tolist() == list(range(16)) and ix[0].tolist() == list(range(16)) and valid.min() == 1
+    assert torch.allclose(torch.from_numpy(wx[0]), torch.eye(16, dtype=torch.float64), atol=1e-9)  # s = 1: pixels as they are
     T = torch.tensor(patch_transform((0.25, 0.25), 2.0), dtype=torch.float32)[None]
-    crop, _ = teacher_region(img, T, 8)
-    assert torch.allclose(crop, img[..., :8, :8], atol=1e-5)
+    iy, ix, _, wx, valid = teacher_grid(T, 16, 16, 9)
+    assert ix[0, :8].tolist() == list(range(8)) and bool(valid[0, 0, :8, :8].all())
+    assert not bool(valid[0, 0, 8].any())  # the ninth pixel lies outside the region
+    # each teacher pixel is read from the two student pixels that cover it (footprint 2)
+    assert wx[0, 0, :2].sum() > 0.9
 
 
 def test_pixel_loss_is_small_for_a_consistent_student_and_large_for_another_region():
@@ -83,12 +101,43 @@ def test_pixel_loss_is_small_for_a_consistent_student_and_large_for_another_regi
     teacher = torch.tensor(np.stack([np.sin(6 * xx), np.cos(5 * yy), xx * yy]), dtype=torch.float32)[None]
     T = torch.tensor(patch_transform((0.4, 0.6), 2.0), dtype=torch.float32)[None]
     # a student that renders the same region at twice the teacher's density
-    student, _ = teacher_region(F.interpolate(teacher, size=64, mode="bicubic", align_corners=False), T, 32)
+    dense = F.interpolate(teacher, size=64, mode="bicubic", align_corners=False)
+    student = _region_of(dense, T, 32)
     l1_good, _ = pixel_loss(student, teacher, T)
     other = torch.tensor(patch_transform((0.7, 0.3), 2.0), dtype=torch.float32)[None]
-    wrong, _ = teacher_region(F.interpolate(teacher, size=64, mode="bicubic", align_corners=False), other, 32)
-    l1_bad, _ = pixel_loss(wrong, teacher, T)
+    l1_bad, _ = pixel_loss(_region_of(dense, other, 32), teacher, T)
     assert l1_good < 0.02 and l1_bad > 10 * l1_good
+
+
+def _pink_noise(n: int, seed: int = 0) -> torch.Tensor:
+    """A 1/f noise image [1, 3, n, n] with standard deviation 0.5 (natural images' spectrum)."""
+    f = np.fft.fftfreq(n)
+    fx, fy = np.meshgrid(f, f)
+    amp = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / n)
+    rng = np.random.default_rng(seed)
+    img = np.stack([np.real(np.fft.ifft2(amp * np.exp(2j * np.pi * rng.random((n, n))))) for _ in range(3)])
+    img = (img - img.mean()) / img.std() * 0.5
+    return torch.tensor(img, dtype=torch.float32)[None]
+
+
+def test_a_generator_consistent_at_every_density_has_no_pixel_loss_at_any_scale_or_offset():
+    """Eq. 8's target is the consistency metric's: when the teacher is the dense picture reduced to r
+    and the student renders the dense picture's region, the loss vanishes at every s and sub-pixel
+    offset (a bilinear crop of the teacher and a triangle-filtered student left about 0.03 here). A
+    student that renders the region a quarter teacher pixel off is penalised."""
+    r = 64
+    dense = _pink_noise(8 * r)
+    teacher = resample.reduce(dense, r)
+    rng = np.random.default_rng(1)
+    for s in (1.5, 2.0, 3.3, 4.0, 8.0):
+        vs = 0.5 + (rng.random((6, 2)) - 0.5) * (1 - 1 / s)
+        Ts = torch.tensor(np.stack([patch_transform(v, s) for v in vs]), dtype=torch.float32)
+        good, _ = pixel_loss_per_patch(_region_of(dense, Ts, r), teacher.expand(6, -1, -1, -1), Ts)
+        shifted = Ts.clone()
+        shifted[:, 0, 2] += 0.25 / r
+        off, _ = pixel_loss_per_patch(_region_of(dense, shifted, r), teacher.expand(6, -1, -1, -1), Ts)
+        assert float(good.max()) < 0.015, (s, good)
+        assert float(off.min()) > 2 * float(good.max()), (s, off, good)
 
 
 def _smooth_teacher(res: int = 64) -> torch.Tensor:
@@ -100,8 +149,7 @@ def _smooth_teacher(res: int = 64) -> torch.Tensor:
 def _student_of(teacher: torch.Tensor, T: torch.Tensor, res: int) -> torch.Tensor:
     """What a perfect student renders at T: the teacher's region at r x r (denser than the teacher)."""
     dense = F.interpolate(teacher, size=teacher.shape[-1] * 8, mode="bicubic", align_corners=False)
-    patch, _ = teacher_region(dense.expand(T.shape[0], -1, -1, -1), T, res)
-    return patch
+    return _region_of(dense, T, res)
 
 
 def _per_patch_lpips_stand_in(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -132,13 +180,15 @@ def test_an_s8_patch_is_compared_at_r_over_8_teacher_pixels(monkeypatch):
     import uh_train.losses as losses_mod
 
     seen = []
-    real_region = losses_mod.teacher_region
+    real_grid = losses_mod.teacher_grid
 
-    def spy(image, transform, size):
-        seen.extend((round(float(1 / t[0, 0])), size) for t in transform)
-        return real_region(image, transform, size)
+    def spy(transform, res, teacher_res, m):
+        out = real_grid(transform, res, teacher_res, m)
+        for t, v in zip(transform, out[-1][:, 0], strict=True):  # (s, teacher pixels across the region)
+            seen.append((round(float(1 / t[0, 0])), int(v.sum(dim=-1).max())))
+        return out
 
-    monkeypatch.setattr(losses_mod, "teacher_region", spy)
+    monkeypatch.setattr(losses_mod, "teacher_grid", spy)
     teacher = _smooth_teacher(64)
     Ts = torch.tensor(np.stack([patch_transform((0.5, 0.15), 8.0), patch_transform((0.5, 0.5), 1.0)]),
                       dtype=torch.float32)

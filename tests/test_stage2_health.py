@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 import uh_train.train as tr
-from uh_train.metrics.consistency import lanczos_reduce, scale_consistency
+from uh_train.metrics.consistency import scale_consistency
+from uh_train.resample import reduce as lanczos_reduce
 from uh_train.training.monitor import TrainingDiverged
 
 from train_helpers import read_log, small_cfg, write_train_shards

@@ -9,8 +9,11 @@ must equal the mix of its outputs (consistency, Eq. 9). The totals of Eq. 10 (st
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from uh_train import resample
 
 
 def nonsaturating_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
@@ -89,26 +92,9 @@ def r1_penalty(real_images: torch.Tensor, logits: list[torch.Tensor]) -> torch.T
     return grad.square().sum(dim=(1, 2, 3)).mean()
 
 
-def teacher_region(
-    teacher_image: torch.Tensor, transform: torch.Tensor, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The region T(v, s) of the teacher's full image, sampled at size x size (bilinear).
-
-    teacher_image: [N, C, R, R] rendered at T = identity; transform: [N, 3, 3]. Returns (crop,
-    valid) where valid [N, 1, size, size] is 1 inside full-body space.
-    """
-    n = teacher_image.shape[0]
-    centres = (torch.arange(size, dtype=teacher_image.dtype, device=teacher_image.device) + 0.5) / size - 0.5
-    gy, gx = torch.meshgrid(centres, centres, indexing="ij")
-    pts = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(1, -1, 3).expand(n, -1, -1)
-    full = pts @ transform.transpose(1, 2)  # patch coords -> full-body coords centred at 0
-    grid = (full[..., :2] * 2).reshape(n, size, size, 2)  # [-0.5, 0.5] -> grid_sample's [-1, 1]
-    crop = F.grid_sample(teacher_image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    valid = ((grid.abs() <= 1).all(dim=-1, keepdim=True)).permute(0, 3, 1, 2).to(teacher_image.dtype)
-    return crop, valid
-
-
 LPIPS_MIN_SIZE = 64  # AlexNet's smallest useful input
+# A teacher pixel counts in Eq. 8 when this much of its reading kernel falls on the student patch.
+COVERAGE_MIN = 0.9
 
 
 def teacher_footprint(transform: torch.Tensor, res: int, minimum: int = 4) -> torch.Tensor:
@@ -120,30 +106,63 @@ def teacher_footprint(transform: torch.Tensor, res: int, minimum: int = 4) -> to
     return (res / s).round().clamp_min(minimum).long()
 
 
+def teacher_grid(transform: torch.Tensor, res: int, teacher_res: int, m: int,
+                 min_coverage: float = COVERAGE_MIN) -> tuple[torch.Tensor, ...]:
+    """Where each patch's region T(v, s) meets the teacher's pixel grid (teacher rendered whole at
+    `teacher_res`): the first m teacher pixels from the region's start along each axis.
+
+    Returns (iy [N, m], ix [N, m] teacher pixel indices; wy [N, m, res], wx [N, m, res] the Lanczos
+    weights that read the student's res x res patch at those pixels' centres; valid [N, 1, m, m]: the
+    pixel's centre lies in the region and in full-body space, and at least `min_coverage` of its
+    kernel falls on the patch)."""
+    t = transform.detach().to("cpu", torch.float64).numpy()
+    axes = []
+    for row in (1, 0):  # y, then x
+        side = t[:, row, row] * teacher_res  # region side in teacher pixels (r / s)
+        start = (t[:, row, 2] - t[:, row, row] / 2 + 0.5) * teacher_res
+        first = np.ceil(start - 0.5 - 1e-6)
+        last = np.floor(start + side - 0.5 + 1e-6)
+        index = first[:, None] + np.arange(m, dtype=np.float64)[None, :]
+        centres = (index + 0.5 - start[:, None]) * (res / side)[:, None]  # in student pixels
+        weights, coverage = resample.axis_weights(res, centres, res / side)
+        ok = (index <= last[:, None]) & (index >= 0) & (index < teacher_res) & (coverage >= min_coverage)
+        axes.append((torch.from_numpy(np.clip(index, 0, teacher_res - 1).astype(np.int64)).to(transform.device),
+                     weights, ok))
+    (iy, wy, oky), (ix, wx, okx) = axes
+    valid = torch.from_numpy(oky[:, :, None] & okx[:, None, :])[:, None].to(transform.device)
+    return iy, ix, wy, wx, valid
+
+
 def pixel_loss_per_patch(student_patch: torch.Tensor, teacher_image: torch.Tensor, transform: torch.Tensor,
                          lpips_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 8 per patch: L1 (+ LPIPS) between each student patch and the teacher at its own footprint.
 
-    Patch i (scale s_i) spans r / s_i pixels of the teacher's full image, so the student's r x r
-    patch is downsampled (antialiased) to that size and compared with the teacher's crop of the same
-    region, which is sampled at about one sample per teacher pixel; both are masked to full-body
-    space. Patches never share a comparison size, so a patch's loss does not depend on its
-    batch-mates. Returns (l1 [N], lpips [N]); lpips is zeros when `lpips_fn` is None.
+    Patch i (scale s_i) spans about r / s_i pixels of the teacher's full image. The teacher's pixels
+    in that region are taken as they are (no interpolation), and the student's r x r patch is read at
+    their centres with the project's one resampler (`uh_train.resample`: Lanczos stretched by the
+    footprint, so it antialiases) — the same reduction the scale-consistency metric applies to a
+    dense render, so a generator that renders the same picture at every density scores zero. Both
+    are masked to the teacher pixels inside the region and full-body space. Patches never share a
+    comparison, so a patch's loss does not depend on its batch-mates. Returns (l1 [N], lpips [N]);
+    lpips is zeros when `lpips_fn` is None.
     """
     n = student_patch.shape[0]
-    sizes = teacher_footprint(transform, teacher_image.shape[-1])
+    res, teacher_res = student_patch.shape[-1], teacher_image.shape[-1]
+    sizes = teacher_footprint(transform, teacher_res)
     l1 = student_patch.new_zeros(n)
     lp = student_patch.new_zeros(n)
     for size in sizes.unique().tolist():  # one batched comparison per distinct footprint
         idx = (sizes == size).nonzero().flatten()
-        small = F.interpolate(student_patch[idx], size=(size, size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        crop, valid = teacher_region(teacher_image[idx], transform[idx], size)
+        iy, ix, wy, wx, valid = teacher_grid(transform[idx], res, teacher_res, int(size) + 1)
+        small = resample.apply(student_patch[idx], wy, wx)
+        crop = teacher_image[idx][torch.arange(len(idx), device=idx.device)[:, None, None], :, iy[:, :, None],
+                                  ix[:, None, :]].permute(0, 3, 1, 2)
+        valid = valid.to(small.dtype)
         diff = ((small - crop).abs() * valid).sum(dim=(1, 2, 3))
         l1[idx] = diff / (valid.sum(dim=(1, 2, 3)) * small.shape[1]).clamp_min(1.0)
         if lpips_fn is not None:
             # AlexNet needs a minimum input size: small footprints are enlarged, both sides alike.
-            up = max(size, LPIPS_MIN_SIZE)
+            up = max(small.shape[-1], LPIPS_MIN_SIZE)
             a = F.interpolate(small * valid, size=(up, up), mode="bilinear", align_corners=False)
             b = F.interpolate(crop * valid, size=(up, up), mode="bilinear", align_corners=False)
             lp[idx] = lpips_fn(a, b).reshape(-1)

@@ -192,6 +192,7 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
         snapshot_due = prog.nimg >= next_snapshot or prog.nimg >= total_nimg
         if snapshot_due and d.main and cfg.stage == 2 and cfg.consistency_n > 0:
             last.update(monitor.snapshot_consistency(G_ema, cfg.consistency_n, device))
+            last.update(monitor.snapshot_consistency(G, cfg.consistency_n, device, prefix="consistency_G"))
         log.write(prog.step, prog.nimg, {**last, **({"data/skipped": step_skipped} if step_skipped else {})})
         if snapshot_due:
             next_snapshot += snapshot_nimg

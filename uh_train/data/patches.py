@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
+from uh_train import resample
 from uh_train.format.geometry import (
     SCALE_MAX,
     PatchView,
@@ -224,49 +225,84 @@ def bilinear_sample_uint8(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np
 
 
 def resample_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resample the r x r patch T(v, s) from the source through H^-1, antialiased.
+    """Read the r x r patch T(v, s) from the source through H^-1 with the project's one resampler.
 
-    The source is first box-filtered by the integer part of the footprint (source pixels per patch
-    pixel), then sampled bilinearly, so minification does not alias. Where the patch grid falls on
-    the (reduced) source's pixel centres, as for an aligned full-body image read whole at r from
-    r or 2r pixels, pixels are copied as they are, without interpolation. Returns (rgb float32
-    [r, r, 3] in [0, 1] with PAD_VALUE outside the source, mask float32 [r, r]: 1 where the source,
-    and its own mask, has pixels).
-    """
-    H = record.H
-    image = record.image
-    mask = record.mask
-    footprint = record.density / (res * s)
-    factor = int(footprint + 1e-6)  # densities carry float noise: 63.99999 px is 64
-    if factor >= 2:
-        h, w = image.shape[:2]
-        small = Image.fromarray(image).reduce(factor)
-        H = H @ np.diag([w / small.width, h / small.height, 1.0])
-        image = np.asarray(small)
-        if mask is not None:
-            mask = np.asarray(Image.fromarray(mask).resize(small.size, Image.Resampling.BOX))
+    Where the map from patch pixels to source pixels is a scale and a shift per axis (every H the
+    MST writes: a weak-perspective camera), the patch is read separably with Lanczos-3 stretched by
+    the footprint (`uh_train.resample`): the exact antialiased reduction of that region, at its
+    sub-pixel position, whatever s is; pixels on the source's own grid are copied as they are.
+    Any other H (rotation, perspective) is read from a Lanczos reduction of the source to about one
+    source pixel per patch pixel, sampled bilinearly. Returns (rgb float32 [r, r, 3] in [0, 1] with
+    PAD_VALUE outside the source, mask float32 [r, r]: 1 where the source, and its own mask, has
+    pixels)."""
     T = PatchView(v, s).transform()
     centres = (np.arange(res, dtype=np.float64) + 0.5) / res - 0.5
     gx, gy = np.meshgrid(centres, centres)
     # patch coords -> full-body space (T, then +0.5) -> source pixel centres (H^-1, then -0.5), as one map
     shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
-    to_source = np.linalg.inv(shift) @ np.linalg.inv(H) @ shift @ T
+    to_source = np.linalg.inv(shift) @ np.linalg.inv(record.H) @ shift @ T
     src = apply_homography(to_source, np.stack([gx, gy], axis=-1))
-    h, w = image.shape[:2]
+    h, w = record.image.shape[:2]
     sx, sy = src[..., 0], src[..., 1]
     inside = ((sx > -0.5) & (sx < w - 0.5) & (sy > -0.5) & (sy < h - 0.5)).astype(np.float32)
-    on_grid = np.abs(sx - np.round(sx)).max() < 1e-6 and np.abs(sy - np.round(sy)).max() < 1e-6
-    if on_grid:  # exact copy: bilinear weights would be 0/1 up to rounding noise
-        ix = np.clip(np.round(sx).astype(np.int64), 0, w - 1)
-        iy = np.clip(np.round(sy).astype(np.int64), 0, h - 1)
-        rgb = image[iy, ix].astype(np.float32) / 255.0
-        m = inside if mask is None else inside * (mask[iy, ix].astype(np.float32) / 255.0)
+    if separable(to_source):
+        rgb, m = read_separable(record.image, record.mask, sx[0] + 0.5, sy[:, 0] + 0.5)
     else:
-        rgb = bilinear_sample_uint8(image, sx, sy)
-        m = inside
+        rgb, m = read_warped(record, sx, sy)
+    m = inside * m
+    rgb = np.clip(rgb, 0.0, 1.0) * m[..., None] + PAD_VALUE * (1 - m[..., None])
+    return rgb.astype(np.float32), m.astype(np.float32)
+
+
+def separable(to_source: np.ndarray, tol: float = 1e-9) -> bool:
+    """Whether a patch-to-source map is a scale and a shift per axis (no rotation, shear, perspective)."""
+    t = to_source / to_source[2, 2]
+    scale = max(abs(t[0, 0]), abs(t[1, 1]), 1e-12)
+    return abs(t[0, 1]) < tol * scale and abs(t[1, 0]) < tol * scale and abs(t[2, 0]) < tol and abs(t[2, 1]) < tol
+
+
+def read_separable(image: np.ndarray, mask: np.ndarray | None, xs: np.ndarray,
+                   ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """image [h, w, C] uint8 read at the sample centres xs [r] (columns) and ys [r] (rows), in source
+    pixel units (pixel j spans [j, j + 1)), each axis with Lanczos-3 stretched by its footprint. Only
+    the window the kernels reach is converted to float. Returns (rgb [r, r, C] float, mask [r, r])."""
+    h, w = image.shape[:2]
+    out = []
+    for centres, n in ((ys, h), (xs, w)):
+        footprint = abs(float(centres[-1] - centres[0])) / max(len(centres) - 1, 1)
+        reach = int(np.ceil(resample.LOBES * max(footprint, 1.0))) + 1
+        lo = max(int(np.floor(centres.min())) - reach, 0)
+        hi = min(int(np.ceil(centres.max())) + reach, n)
+        lo = min(lo, max(hi - 1, 0))
+        weights, _ = resample.axis_weights(hi - lo, (centres - lo)[None], np.array([footprint]))
+        out.append((slice(lo, hi), weights[0].astype(np.float32)))
+    (rows, wy), (cols, wx) = out
+    window = image[rows, cols].astype(np.float32) / 255.0
+    rgb = np.einsum("ih,hwc,jw->ijc", wy, window, wx, optimize=True)
+    if mask is None:
+        return rgb, np.ones(rgb.shape[:2], np.float32)
+    m = wy @ (mask[rows, cols].astype(np.float32) / 255.0) @ wx.T
+    return rgb, np.clip(m, 0.0, 1.0)
+
+
+def read_warped(record: ShardRecord, sx: np.ndarray, sy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A patch through a map that is not separable: the source reduced (Lanczos) to about one pixel
+    per patch pixel, then sampled bilinearly. Returns (rgb [r, r, 3], mask [r, r])."""
+    image, mask = record.image, record.mask
+    h, w = image.shape[:2]
+    # source pixels per patch pixel, at the patch's centre
+    c = sx.shape[0] // 2
+    factor = float(np.sqrt(abs((sx[c, c + 1] - sx[c, c]) * (sy[c + 1, c] - sy[c, c])
+                               - (sx[c + 1, c] - sx[c, c]) * (sy[c, c + 1] - sy[c, c]))))
+    if factor > 1.0 + 1e-6:
+        small = (max(1, round(w / factor)), max(1, round(h / factor)))
+        sx = (sx + 0.5) * small[0] / w - 0.5
+        sy = (sy + 0.5) * small[1] / h - 0.5
+        image = np.asarray(Image.fromarray(image).resize(small, Image.Resampling.LANCZOS))
         if mask is not None:
-            m = m * bilinear_sample_uint8(mask[..., None], sx, sy)[..., 0]
-    rgb = rgb * m[..., None] + PAD_VALUE * (1 - m[..., None])
+            mask = np.asarray(Image.fromarray(mask).resize(small, Image.Resampling.LANCZOS))
+    rgb = bilinear_sample_uint8(image, sx, sy)
+    m = np.ones(sx.shape, np.float32) if mask is None else bilinear_sample_uint8(mask[..., None], sx, sy)[..., 0]
     return rgb, m
 
 

@@ -1,7 +1,8 @@
 """Scale consistency: does the generator draw the same person at every density?
 
 For fixed latents, the whole image is rendered at the patch resolution r and, in one pass each, at
-k·r for k in `factors`; each dense render is reduced to r with a Lanczos filter and compared with
+k·r for k in `factors`; each dense render is reduced to r with the project's one resampler (`uh_train.resample`, Lanczos
+stretched by the factor, so it antialiases; the pixel loss of Eq. 8 reduces the same way) and compared with
 the render at r. A generator that has learned T(v, s) (paper Eq. 4-5) gives the same picture at
 every density, so the reduced dense render matches (high PSNR); one that ignores T, or only holds
 the figure at the density it trained at, does not. The reduction is the same for every k, so the
@@ -17,24 +18,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+
+from uh_train import resample
 
 from .fakes import PatchGenerator, latents
 
 FACTORS = (2, 4, 8)
-
-
-def lanczos_reduce(images: torch.Tensor, size: int) -> torch.Tensor:
-    """[N, C, H, W] float images -> [N, C, size, size], each channel reduced by PIL's Lanczos filter in
-    32-bit float (no rounding to 8 bits; the filter widens with the reduction, so it antialiases)."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    x = images.detach().float().cpu().numpy()
-    out = np.empty((*x.shape[:2], size, size), dtype=np.float32)
-    for i in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            out[i, c] = np.asarray(Image.fromarray(x[i, c], mode="F").resize((size, size), Image.LANCZOS))
-    return torch.from_numpy(out)
 
 
 def psnr_per_image(a: torch.Tensor, b: torch.Tensor, peak: float = 2.0) -> np.ndarray:
@@ -62,7 +51,7 @@ def scale_consistency(gen: PatchGenerator, n: int = 16, seed: int = 0, factors: 
         zb = z[i: i + batch]
         base = gen.render(zb, r).float().cpu().clamp(-1, 1)
         for k in scores:
-            reduced = lanczos_reduce(gen.render(zb, k * r).float().cpu().clamp(-1, 1), r).clamp(-1, 1)
+            reduced = resample.reduce(gen.render(zb, k * r).float().cpu().clamp(-1, 1), r).clamp(-1, 1)
             scores[k] += np.minimum(psnr_per_image(reduced, base), 100.0).tolist()
             if lpips_fn is not None:
                 with torch.no_grad():

@@ -17,8 +17,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from uh_train import resample
 from uh_train.format.geometry import PatchView
 from uh_train.networks.generator import patch_transforms
 
@@ -91,10 +91,9 @@ def full_images(gen: PatchGenerator, z: torch.Tensor, size: int) -> torch.Tensor
 
 
 def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased (bilinear with a widened kernel) resize of [N, C, H, W] images to size x size."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    """Antialiased resize of [N, C, H, W] images to size x size with the project's one resampler
+    (`uh_train.resample`: Lanczos stretched by the factor), as real pixels are read."""
+    return resample.reduce(images.float(), size)
 
 
 def full_image_batches(gen: PatchGenerator, n: int, size: int, seed: int, batch: int,

@@ -140,16 +140,20 @@ def d_accuracy_by_scale(scales: torch.Tensor, real_pixel: torch.Tensor, fake_pix
     scale_bin_stats(scales, {"D_acc_real": acc_real.cpu(), "D_acc_fake": acc_fake.cpu()}, sums)
 
 
-def snapshot_consistency(G_ema, n: int, device: torch.device) -> dict[str, float]:
-    """Scale consistency of G_ema on n fixed latents (uh-eval's `consistency` metric, small): PSNR in dB
-    of the render at k·r reduced to r against the render at r, for k = 2, 4, 8."""
+def snapshot_consistency(G, n: int, device: torch.device, prefix: str = "consistency") -> dict[str, float]:
+    """Scale consistency of a generator (G_ema, or the trained G) on n fixed latents (uh-eval's
+    `consistency` metric, small): PSNR in dB of the render at k·r reduced to r against the render at r,
+    for k = 2, 4, 8, logged as PREFIX/psnr_kK."""
     from uh_train.metrics.consistency import scale_consistency
     from uh_train.metrics.fakes import GeneratorSampler
 
-    was_training = G_ema.training
-    result = scale_consistency(GeneratorSampler(G_ema, 1.0, device), n=n, seed=0)
-    G_ema.train(was_training)
-    return {f"consistency/psnr_k{k}": v["psnr"] for k, v in result["factors"].items()}
+    was_training = G.training
+    trainable = [p for p in G.parameters() if p.requires_grad]
+    result = scale_consistency(GeneratorSampler(G, 1.0, device), n=n, seed=0)
+    G.train(was_training)
+    for p in trainable:  # the sampler freezes what it renders; the trained G must keep learning
+        p.requires_grad_(True)
+    return {f"{prefix}/psnr_k{k}": v["psnr"] for k, v in result["factors"].items()}
 
 
 class StepLog:
