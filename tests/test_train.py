@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -376,3 +377,27 @@ def test_a_checkpoint_write_cut_off_by_a_kill_leaves_no_tmp_after_the_next_run(s
     (out / ".training-state-000000k-004.safetensors.abc123.tmp").write_bytes(b"half a state")
     tr.train(small_cfg(shards, out, kimg=0.004))
     assert not list(out.glob(".*.tmp")) and (out / "latest.json").exists()
+
+
+def test_every_precision_trains_a_step_on_a_cpu_and_is_recorded(shards, tmp_path):
+    """fp32, bf16 and auto each train; bf16 really changes the arithmetic (other losses than fp32's,
+    same seed), auto is fp32 on a CPU, and run.json says which arithmetic ran."""
+    first = {}
+    for precision in ("fp32", "bf16", "auto"):
+        out = tmp_path / precision
+        tr.train(small_cfg(shards, out, kimg=0.004, snapshot_kimg=0.004, precision=precision))
+        run = json.loads((out / "run.json").read_text())
+        assert run["config"]["precision"] == precision
+        assert run["precision"] == ("fp32" if precision == "auto" else precision)
+        first[precision] = read_log(out)[0]
+        assert all(np.isfinite(v) for k, v in first[precision].items() if k.startswith(("D/", "G/")))
+    assert first["auto"]["D/global"] == first["fp32"]["D/global"]
+    assert first["bf16"]["D/global"] != first["fp32"]["D/global"]
+
+
+def test_the_paper_preset_trains_in_fp32_unless_told_and_an_unknown_precision_is_refused():
+    assert TrainConfig(shards=["s"], out="o", preset="paper").precision == "fp32"
+    assert TrainConfig(shards=["s"], out="o", preset="tiny").precision == "auto"
+    assert TrainConfig(shards=["s"], out="o", preset="paper", precision="bf16").precision == "bf16"
+    with pytest.raises(ValueError, match="--precision 'fp16'"):
+        TrainConfig(shards=["s"], out="o", precision="fp16")

@@ -17,7 +17,7 @@ from uh_train import losses
 from uh_train.data import PatchBatches, PatchConfig
 from uh_train.training import distributed, models, monitor
 from uh_train.training import run_folder as rf
-from uh_train.training.config import TrainConfig, parse_views
+from uh_train.training.config import TrainConfig, parse_views, resolve_precision
 from uh_train.training.models import make_lpips
 from uh_train.training.monitor import StepClock, console
 
@@ -59,10 +59,11 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
     use_pixel = teacher is not None and cfg.lambda_p > 0
     lpips_fn = make_lpips(cfg.lpips, device, cfg.preset) if use_pixel else None
     pixel_note = models.pixel_loss_note(cfg, teacher, lpips_fn)
+    precision = resolve_precision(cfg.precision, device.type)
     if d.main:
         rf.write_run_info(out, cfg, resume, prog.step, start=start_note, pixel_loss=pixel_note,
-                          ema_rampup=ema_rampup, mirror=cfg.mirror)
-        console.print(f"stage {cfg.stage}: {start_note}; pixel loss: {pixel_note}")
+                          ema_rampup=ema_rampup, mirror=cfg.mirror, precision=precision)
+        console.print(f"stage {cfg.stage}: {start_note}; pixel loss: {pixel_note}; arithmetic: {precision}")
 
     # Data: this process's share of the batch, in `rounds` accumulation rounds.
     res = G.img_resolution
@@ -76,7 +77,7 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
     data_iter = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
                                                  persistent_workers=cfg.workers > 0))
     ema_kimg = cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     total_nimg = int(cfg.kimg * 1000)
     snapshot_nimg = max(1, int(cfg.snapshot_kimg * 1000))
     next_snapshot = (prog.nimg // snapshot_nimg + 1) * snapshot_nimg

@@ -167,8 +167,9 @@ class MappingNetwork(nn.Module):
         normalize_input: bool = True,
     ) -> torch.Tensor:
         x = normalize_2nd_moment(z.float()) if normalize_input else z.float()
-        for i in range(self.num_layers):
-            x = getattr(self, f"fc{i}")(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # the mapping runs in float32, as StyleGAN3's
+            for i in range(self.num_layers):
+                x = getattr(self, f"fc{i}")(x)
         if update_emas:
             self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         x = x.unsqueeze(1).repeat(1, self.num_ws, 1)

@@ -17,6 +17,8 @@ class TrainingDefaults:
     kimg: float  # training length, thousands of real images
     snapshot_kimg: float  # checkpoint interval
     mirror: bool  # x-flip augmentation (on for `paper`, as the paper's StyleGAN3 runs)
+    # arithmetic of G, D, the teacher and LPIPS (`PRECISIONS`; docs/training.md, "Precision")
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ PRESETS: dict[str, Preset] = {
         "paper",
         GeneratorConfig(name="paper"),
         DiscriminatorConfig(img_resolution=256),
-        TrainingDefaults(batch=32, kimg=25000.0, snapshot_kimg=200.0, mirror=True),
+        TrainingDefaults(batch=32, kimg=25000.0, snapshot_kimg=200.0, mirror=True, precision="fp32"),
     ),
     "small": Preset(
         "small",

@@ -50,7 +50,7 @@ class TrainConfig:
     snapshot_kimg: float | None = None  # None: the preset's
     seed: int = 0
     workers: int = 0
-    amp: bool = True  # bfloat16 autocast on GPU
+    precision: str | None = None  # fp32 | bf16 | auto (bf16 on a GPU, fp32 on a CPU); None: the preset's
     max_bad_steps: int = 20
     diverge_limit: float = 1000.0  # stop when a loss term's magnitude stays above this (0: never)
     diverge_steps: int = 10  # ... for this many steps in a row
@@ -71,6 +71,19 @@ class TrainConfig:
             raise ValueError("; ".join(problems))
 
 
+# Arithmetic of the networks: "fp32" throughout; "bf16" autocasts G, D (R1 included), the teacher and
+# LPIPS to bfloat16 (the pixel loss and the optimiser stay in float32); "auto" is bf16 on a GPU and
+# fp32 on a CPU.
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """The arithmetic a run uses on a device: "auto" resolved, the others as they are."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
+
+
 # Longest run a config may ask for: 10^12 images (the paper trains 25,000 kimg); beyond it the
 # image and step counters stop being exact.
 MAX_KIMG = 1e9
@@ -89,6 +102,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         if cfg.res & (cfg.res - 1) or not 8 <= cfg.res or min(discriminator_channels(d).values()) < 1:
             top = PRESETS[cfg.preset].discriminator.channel_base
             out.append(f"--res {cfg.res} is beyond preset {cfg.preset!r} (a power of two from 8 to {top})")
+    if cfg.precision not in PRECISIONS:
+        out.append(f"--precision {cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
     if cfg.batch < 1:
         out.append(f"--batch {cfg.batch} must be at least 1")
     elif cfg.batch_gpu is not None and not (1 <= cfg.batch_gpu <= cfg.batch and cfg.batch % cfg.batch_gpu == 0):
@@ -117,7 +132,8 @@ def default(name: str) -> Any:
 
 # Settings a resumed run may change freely: where and how long it runs, not what it learns.
 RESUME_FREE = ("out", "kimg", "snapshot_kimg", "workers", "device", "max_bad_steps", "allow_config_change",
-               "compile", "diverge_limit", "diverge_steps", "consistency_n")
+               "compile", "diverge_limit", "diverge_steps", "consistency_n", "precision",
+               "amp")  # `amp`: older runs' switch, replaced by `precision`
 
 
 def config_changes(saved: dict[str, Any], current: TrainConfig) -> dict[str, list[Any]]:
