@@ -331,8 +331,8 @@ def test_cli_paper_protocol_writes_protocol_sizes_and_features(shards, tmp_path)
     assert record["fid"]["resolution"] == 128 and record["pr"]["features"]["network"] == "vgg16"
     table = (tmp_path / "paper" / "metrics.md").read_text()
     assert "protocol: paper (r = 32)" in table and "256 px" in table and "vgg16 features" in table
-    bad = CliRunner().invoke(app, [str(a) for a in [*args, "--protocol", "paper", "--fid-res", "64",
-                                                    "--out", tmp_path / "x"]])
+    bad = CliRunner().invoke(app, [str(a) for a in [*args, "--protocol", "paper", "--fid-res", "64", "--vgg16",
+                                                    vgg_path, "--out", tmp_path / "x"]])
     assert bad.exit_code == 2 and "uh-eval: error: --fid-res cannot be set with --protocol paper" in bad.output
     unknown = CliRunner().invoke(app, [str(a) for a in [*args, "--protocol", "fast", "--out", tmp_path / "y"]])
     assert unknown.exit_code == 2 and "unknown protocol" in unknown.output
@@ -356,3 +356,20 @@ def test_paper_pfid_centres_stay_on_the_image_of_an_aligned_portrait(tmp_path):
     x = np.array([p.transform[0, 2] + 0.5 for p in real])
     assert x.min() >= 0.25 + 1 / 16 - 1e-9 and x.max() <= 0.75 - 1 / 16 + 1e-9
     assert x.min() < 0.35 and x.max() > 0.65  # spread over the strip
+
+
+def test_paper_protocol_stops_without_vgg16_for_precision_recall_unless_told(shards, tmp_path):
+    from metrics_helpers import save_nvidia_like
+
+    from uh_train.evaluate import app
+
+    inception = save_nvidia_like(tmp_path / "inception-like.pt")
+    args = ["--init", "random", "--preset", "tiny", "--shards", shards, "--metrics", "pr", "--n", "4",
+            "--inception", inception, "--no-cache", "--batch", "4", "--protocol", "paper"]
+    stopped = CliRunner().invoke(app, [str(a) for a in [*args, "--out", tmp_path / "stopped"]])
+    assert stopped.exit_code == 2 and "VGG16" in stopped.output and "--inception-pr" in stopped.output
+    assert not (tmp_path / "stopped" / "metrics.json").exists()
+    ran = CliRunner().invoke(app, [str(a) for a in [*args, "--inception-pr", "--out", tmp_path / "ran"]])
+    assert ran.exit_code == 0, ran.output
+    record = json.loads((tmp_path / "ran" / "metrics.json").read_text())
+    assert record["pr"]["features"]["network"] != "vgg16"

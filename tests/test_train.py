@@ -401,3 +401,33 @@ def test_the_paper_preset_trains_in_fp32_unless_told_and_an_unknown_precision_is
     assert TrainConfig(shards=["s"], out="o", preset="paper", precision="bf16").precision == "bf16"
     with pytest.raises(ValueError, match="--precision 'fp16'"):
         TrainConfig(shards=["s"], out="o", precision="fp16")
+
+
+def test_the_paper_preset_stops_on_a_stage_two_teacher_or_a_new_d_unless_told(shards, tmp_path, monkeypatch):
+    """A stage-2 network as teacher, or a teacher without its stage-1 training state (D would be new):
+    the paper preset stops with the reason and the switch; the switch lets it start; a CPU preset notes."""
+    tr.train(small_cfg(shards, tmp_path / "s1", kimg=0.004, snapshot_kimg=0.004))
+    tr.train(small_cfg(shards, tmp_path / "s2", stage=2, teacher=str(tmp_path / "s1"), kimg=0.004,
+                       snapshot_kimg=0.004))
+    lone = tmp_path / "lone" / "generator.safetensors"  # a stage-1 generator without its training state
+    lone.parent.mkdir()
+    lone.write_bytes((tmp_path / "s1" / "network-latest.safetensors").read_bytes())
+    started = []  # the configs that got as far as building networks
+    monkeypatch.setattr(models, "start_from_stage_one", lambda *a: (None, "started"))
+
+    def start(teacher, **kw):
+        cfg = TrainConfig(shards=[str(shards)], out=str(tmp_path / "run"), stage=2, teacher=str(teacher), **kw)
+        monkeypatch.setattr(models, "build_networks", lambda c: (started.append(c), (torch.nn.Linear(1, 1),) * 2)[1])
+        return models.start_networks(cfg, torch.device("cpu"))
+
+    for teacher, reason, switch in ((tmp_path / "s2", "is a stage-2 network", "teacher_any_stage"),
+                                    (lone, "D would start new", "new_d")):
+        with pytest.raises(ValueError, match=reason) as e:
+            start(teacher, preset="paper")
+        assert f"--{switch.replace('_', '-')}" in str(e.value) and not started
+        start(teacher, preset="paper", **{switch: True})
+        start(teacher, preset="tiny")  # noted, not stopped
+        assert len(started) == 2
+        started.clear()
+    start(tmp_path / "s1", preset="paper")  # the paper's own start
+    assert len(started) == 1

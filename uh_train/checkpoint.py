@@ -104,6 +104,17 @@ def save_checkpoint(
     return path
 
 
+def checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON config of one of our checkpoint files, read from its header alone (no tensors)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{path}: not a {FORMAT} file (no config in the safetensors header)")
+    return json.loads(meta["config"])
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     from safetensors import safe_open
 

@@ -113,6 +113,9 @@ def run(
     batch: int = typer.Option(16, help="Images per generator and Inception batch.", callback=cli_args.at_least_one),
     method: str | None = typer.Option(None, help="Row label in the table (default: checkpoint name)."),
     device: str = typer.Option("cpu", help="torch device.", callback=cli_args.torch_device),
+    inception_pr: bool = typer.Option(False, "--inception-pr",
+                                      help="--protocol paper: accept precision/recall on Inception features when no "
+                                           "--vgg16 file is given (the paper's P&R use VGG16)."),
 ) -> None:
     """Evaluate a generator against shard folders and write the Table 1 style report."""
     from rich.console import Console
@@ -128,6 +131,9 @@ def run(
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}",
                                  param_hint="--protocol")
+    if protocol == "paper" and "pr" in names and vgg16 is None and not inception_pr:
+        _fail("--protocol paper computes precision/recall on VGG16 features, as the paper: pass --vgg16 FILE "
+              "(docs/metrics.md says where to get it), or --inception-pr to use Inception features instead")
     if not shards and any(m != "consistency" for m in names):
         _fail("pass --shards DIR: every metric but consistency compares with real images")
     for folder in shards:

@@ -93,6 +93,10 @@ def run_cmd(
                                           "GPU; compiling takes minutes on a CPU)."),
     no_teacher: bool = typer.Option(False, "--no-teacher",
                                     help="Stage 2 without a stage-1 teacher: new networks, no pixel loss (Eq. 8)."),
+    teacher_any_stage: bool = typer.Option(False, "--teacher-any-stage",
+                                           help="paper preset: accept a stage-2 network as the teacher."),
+    new_d: bool = typer.Option(False, "--new-d", help="paper preset: start stage 2 with a new D when the teacher "
+                                                      "has no stage-1 training state next to it."),
     allow_config_change: bool = typer.Option(default("allow_config_change"), "--allow-config-change",
                                              help="Resume even if settings differ from the checkpoint's "
                                                   "(the changes are recorded in run.json)."),
@@ -130,6 +134,7 @@ def run_cmd(
             lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers, device=device, r1_gamma=gamma,
             views=list(view), mirror=mirror, whole_prob=whole_prob, diverge_limit=diverge_limit,
             diverge_steps=diverge_steps, allow_config_change=allow_config_change, share_fakes=share_fakes,
+            teacher_any_stage=teacher_any_stage, new_d=new_d,
             compile=compile_networks,
         )
     except ValueError as e:

@@ -58,6 +58,8 @@ class TrainConfig:
     device: str = "auto"
     allow_config_change: bool = False  # resume even if the settings differ from the checkpoint's (recorded)
     compile: bool = False  # torch.compile the G and D forward passes (pays on GPUs; minutes to compile on CPU)
+    teacher_any_stage: bool = False  # paper preset: accept a stage-2 network as stage 2's teacher
+    new_d: bool = False  # paper preset: accept a stage-2 start without stage 1's D (a new D)
     share_fakes: bool = True  # the D step reuses the G step's fakes (one render per step); False: fresh z, as StyleGAN3
 
     def __post_init__(self) -> None:
@@ -132,7 +134,7 @@ def default(name: str) -> Any:
 
 # Settings a resumed run may change freely: where and how long it runs, not what it learns.
 RESUME_FREE = ("out", "kimg", "snapshot_kimg", "workers", "device", "max_bad_steps", "allow_config_change",
-               "compile", "diverge_limit", "diverge_steps", "consistency_n", "precision",
+               "compile", "diverge_limit", "diverge_steps", "consistency_n", "precision", "teacher_any_stage", "new_d",
                "amp")  # `amp`: older runs' switch, replaced by `precision`
 
 

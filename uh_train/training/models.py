@@ -28,12 +28,19 @@ def build_networks(cfg: TrainConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
 def start_networks(cfg: TrainConfig, device: torch.device, main: bool = True):
     """G, D and G_ema on `device`, and the teacher with a line saying where they start. Stage 2 starts
     from the stage-1 G, G_ema and D; the stage-1 G_ema is the frozen teacher (None: no pixel loss)."""
+    start = find_stage_one(cfg.teacher) if cfg.stage == 2 and cfg.teacher else None
+    if start is not None:  # before building anything: a refused start costs nothing
+        for problem, allowed in start_problems(start):
+            if cfg.preset == "paper" and not getattr(cfg, allowed):
+                raise ValueError(f"{problem} (--{allowed.replace('_', '-')} to start anyway)")
+            if main:
+                console.print(f"[yellow]note:[/yellow] {problem}")
     G, D = build_networks(cfg)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     teacher, start_note = None, "new networks"
     if cfg.stage == 2:
-        if cfg.teacher:
-            teacher, start_note = start_from_stage_one(find_stage_one(cfg.teacher), G, G_ema, D, device)
+        if start is not None:
+            teacher, start_note = start_from_stage_one(start, G, G_ema, D, device)
         elif main:
             console.print("[yellow]note:[/yellow] stage 2 without --teacher: no teacher pixel loss (Eq. 8)")
     return G.to(device).train(), D.to(device).train(), G_ema.to(device), teacher, start_note
@@ -84,6 +91,26 @@ def find_stage_one(path: str | os.PathLike) -> StageOneStart:
         state = p.with_name(p.name.replace("network-", "training-state-"))
         return StageOneStart(p, state if state.exists() else None)
     return StageOneStart(p, None)
+
+
+def start_problems(start: StageOneStart) -> list[tuple[str, str]]:
+    """What departs from the paper's start of stage 2 (the stage-1 G, G_ema and D; the stage-1 G_ema
+    as the teacher): (reason, the TrainConfig switch that accepts it). The `paper` preset stops on
+    each unless its switch is set; the CPU presets note them."""
+    from uh_train.checkpoint import checkpoint_config
+
+    out = []
+    try:
+        stage = checkpoint_config(start.network).get("stage")
+    except (OSError, ValueError):
+        stage = None  # a generator from elsewhere (official pickle): its stage is not recorded
+    if stage == 2:
+        out.append((f"the teacher {start.network.name} is a stage-2 network; stage 2 learns from stage 1's "
+                    "generator", "teacher_any_stage"))
+    if start.state is None or not start.state.exists():
+        out.append((f"no stage-1 training state next to {start.network.name}: D would start new instead of "
+                    "from stage 1's", "new_d"))
+    return out
 
 
 def start_from_stage_one(start: StageOneStart, G, G_ema, D, device: torch.device) -> tuple[torch.nn.Module, str]:
