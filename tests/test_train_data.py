@@ -299,3 +299,30 @@ def test_stage_two_sees_full_body_samples_whole_at_the_chosen_rate_and_partial_o
     assert parse_view("x:whole=0.25")[1].whole_prob == 0.25
     with pytest.raises(ValueError, match="whole-image probability"):
         parse_view("x:whole=2")
+
+
+def test_one_function_decides_which_records_show_their_padding_for_trainer_and_metrics():
+    """The meta's `aligned` field decides (older shards: kind full with the padded-identity H); the
+    trainer's global-head view and the metrics' known box and coverage follow that one answer, for an
+    aligned, a fitted full-body and a partial sample."""
+    from dataclasses import replace
+
+    from uh_train.format.spec import aligned_full_body
+    from uh_train.metrics.patches import known_box, take_patch
+
+    aligned = aligned_record(16, 32)
+    tagged = replace(aligned, meta={**aligned.meta, "aligned": True})
+    untagged_off = replace(aligned, meta={**aligned.meta, "aligned": False})  # the field wins over H
+    fitted = replace(figure_record(40, (0.2, 0.1, 0.8, 0.9))[1], kind="full")
+    partial = figure_record(40, (0.2, 0.1, 0.8, 0.9))[1]
+    expected = {"aligned (field)": (tagged, True), "aligned (older shard)": (aligned, True),
+                "field says no": (untagged_off, False), "fitted full body": (fitted, False),
+                "partial": (partial, False)}
+    for name, (record, is_aligned) in expected.items():
+        assert aligned_full_body(record) is is_aligned, name
+        whole = make_patch(record, PatchConfig(res=32, stage=1), np.random.default_rng(0)).whole
+        assert whole is is_aligned, name  # the global head sees the padded view only of an aligned image
+        box = known_box(record)
+        assert np.array_equal(box, [0, 0, 1, 1]) is is_aligned, name
+        _, coverage = take_patch(record, np.array([0.5, 0.5]), 1.0, 32)
+        assert (coverage == 1.0) is is_aligned, name  # the padding counts as known only when aligned

@@ -21,9 +21,8 @@ from uh_train.format.geometry import (
     PatchView,
     apply_homography,
     bilinear_sample,
-    full_image_homography,
 )
-from uh_train.format.spec import ShardRecord
+from uh_train.format.spec import ShardRecord, aligned_full_body
 
 # Padding colour of full-body space outside a source image (SHHQ portraits are padded with white).
 PAD_VALUE = 1.0
@@ -306,16 +305,6 @@ def read_warped(record: ShardRecord, sx: np.ndarray, sy: np.ndarray) -> tuple[np
     return rgb, m
 
 
-def is_aligned_full_body(record: ShardRecord) -> bool:
-    """A sample of the aligned full-body set: kind full, entered as it is (the padded-identity H).
-    Full-body photos fitted by SMPLify-P are not: where their H leaves the square uncovered, the
-    white there is not what the set shows."""
-    if record.kind != "full":
-        return False
-    h, w = record.image.shape[:2]
-    return bool(np.allclose(record.H, full_image_homography(w, h), rtol=0, atol=1e-9))
-
-
 def make_patch(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator) -> Patch:
     """A real patch. Its mask is the source's true coverage: wherever the sample has no pixels
     (outside the image, outside its own mask) no pixel counts as real, whatever its kind.
@@ -328,7 +317,7 @@ def make_patch(record: ShardRecord, cfg: PatchConfig, rng: np.random.Generator) 
     v, s = sample_view(record, cfg, rng)
     view = PatchView(v, s)
     rgb, m = resample_patch(record, v, s, cfg.res)
-    whole = bool(m.mean() > 0.999) or (is_aligned_full_body(record) and view.inside(tol=1e-9))
+    whole = bool(m.mean() > 0.999) or (aligned_full_body(record) and view.inside(tol=1e-9))
     return Patch(
         image=np.ascontiguousarray((rgb * 2 - 1).transpose(2, 0, 1), dtype=np.float32),
         mask=m[None].astype(np.float32),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from uh_train.format.geometry import density as density_of
-from uh_train.format.geometry import image_region
+from uh_train.format.geometry import full_image_homography, image_region
 
 FORMAT = "unitedhuman-shard/1"
 KINDS = ("full", "upper", "lower", "face", "hand")
@@ -463,3 +463,20 @@ class ShardRecord:
 
 def dumps_meta(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def aligned_full_body(record: ShardRecord) -> bool:
+    """Whether a record is a sample of an aligned full-body set, whose padding of the unit square is
+    part of the picture (white, as the set presents it): the one place that decides it, for the
+    trainer (which views D's global head may call real) and the metrics (which patches count as
+    known). The meta's `aligned` field decides (`mst align --aligned` writes it); for shards written
+    before it existed, a `full` sample stored with the padded-identity H counts as aligned. A
+    full-body photo placed by a fitted H is not: where its H leaves the square uncovered, the white
+    there is not what the set shows; partial sources never are."""
+    flag = record.meta.get("aligned") if record.meta else None
+    if flag is not None:
+        return bool(flag) and record.kind == "full"
+    if record.kind != "full":
+        return False
+    h, w = record.image.shape[:2]
+    return bool(np.allclose(record.H, full_image_homography(w, h), rtol=0, atol=1e-9))

@@ -16,8 +16,9 @@ fewer pixels across the patch than r, it is taken at that pixel count (`protocol
 the generated patch replaying it is downsampled to the same size.
 
 Only patches whose content the source knows are used: at least MIN_COVERAGE of the patch must lie
-inside the source image (and its mask); for a full-body image the padding of the unit square counts
-as known (it is part of the picture).
+inside the source image (and its mask); for an aligned full-body image the padding of the unit
+square counts as known (it is part of the picture; `uh_train.format.spec.aligned_full_body` decides
+which records those are, for the trainer and the metrics alike).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 from uh_train import shard_reader
 from uh_train.data.patches import PatchConfig, resample_patch, sample_view
 from uh_train.format.geometry import SCALE_MAX, PatchView
-from uh_train.format.spec import ShardRecord
+from uh_train.format.spec import ShardRecord, aligned_full_body
 
 from .inception import MetricsError
 from .protocol import native_size
@@ -71,9 +72,10 @@ def _records(folders: Sequence[str | Path], seed: int) -> Iterator[ShardRecord]:
 
 
 def known_box(record: ShardRecord) -> np.ndarray:
-    """(x0, y0, x1, y1) of full-body space whose content the record shows: the unit square for a
-    full-body image (padding included), else its region's bounding box within the unit square."""
-    if record.kind == "full":
+    """(x0, y0, x1, y1) of full-body space whose content the record shows: the unit square for an
+    aligned full-body image (padding included: `aligned_full_body`, as the trainer decides it), else
+    its region's bounding box within the unit square."""
+    if aligned_full_body(record):
         return np.array([0.0, 0.0, 1.0, 1.0])
     return region_box(record)
 
@@ -88,7 +90,10 @@ def region_box(record: ShardRecord) -> np.ndarray:
 def take_patch(record: ShardRecord, v: np.ndarray, s: float, res: int) -> tuple[np.ndarray, float]:
     """The patch T(v, s) of a record as uint8 [3, res, res] and the fraction of it the source knows."""
     rgb, mask = resample_patch(record, np.asarray(v, np.float64), s, res)
-    coverage = PatchView(v, s).fraction_inside((0.0, 0.0, 1.0, 1.0)) if record.kind == "full" else float(mask.mean())
+    if aligned_full_body(record):  # its padding is part of the picture
+        coverage = PatchView(v, s).fraction_inside((0.0, 0.0, 1.0, 1.0))
+    else:
+        coverage = float(mask.mean())
     image = np.round(rgb * 255).clip(0, 255).astype(np.uint8).transpose(2, 0, 1)
     return np.ascontiguousarray(image), coverage
 
