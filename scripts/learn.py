@@ -65,6 +65,7 @@ class Plan:
     kfid_n: int = 48
     consistency_n: int = 16
     lambda_p: float = 5.0  # stage 2's teacher weight (the paper's)
+    ema2: float = 1.0  # stage 2's G_ema half-life in kimg (docs/training.md, "Stage 2 diagnosis")
     seed: int = 0  # stage 1's seed
 
 
@@ -111,7 +112,7 @@ def train(run: Path, shards: Path, plan: Plan, stage: int, kimg: float, snapshot
            plan.preset, "--kimg", f"{kimg:g}", "--batch", str(plan.batch), "--snapshot-kimg", f"{snapshot:g}",
            "--seed", str(plan.seed if seed is None else seed), "--lpips", "off" if stage == 1 else "auto", *extra]
     if stage == 2:
-        cmd += ["--lambda-p", f"{plan.lambda_p:g}"]
+        cmd += ["--lambda-p", f"{plan.lambda_p:g}", "--ema-kimg", f"{plan.ema2:g}"]
     if teacher is not None:
         cmd += ["--teacher", str(teacher)]
     log("$ " + " ".join(stage_plan.shown(c) for c in cmd))
@@ -540,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     for field, kind in (("people", int), ("hands", int), ("batch", int), ("preset", str), ("minutes1", float),
                         ("minutes2", float), ("pilot_minutes", float), ("candidates", str), ("kimg1", float),
                         ("kimg2", float), ("kimg_ship", float), ("seeds", str), ("snap1", float), ("snap2", float),
-                        ("fid_n", int), ("kfid_n", int), ("consistency_n", int), ("lambda_p", float)):
+                        ("fid_n", int), ("kfid_n", int), ("consistency_n", int), ("lambda_p", float), ("ema2", float)):
         parser.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
@@ -661,6 +662,7 @@ def provenance(plan: Plan, record: dict) -> dict:
         "fid": round(picked["fid"], 2) if picked else None,
         "teacher_fid": round(s1_rows[-1]["fid"], 2) if s1_rows else None,
         "lambda_p": plan.lambda_p,
+        "ema2": plan.ema2,
         "date": time.strftime("%Y-%m-%d"),
     }
 

@@ -18,8 +18,9 @@ Two protocols (protocol.py). `quick`, for small runs:
 * fid:  full images rendered in one pass at 8r, downsampled (antialiased) to 4r, vs the HR
         full-body set (full-body images at least 4r dense) at 4r.
 * pfid: s = 8 patches with uniform centres over the HR full-body set; fakes replay each T.
-* kfid: s = 8 patches on the keypoints of every source. A real patch is never magnified: where
-        its source has fewer than r pixels across it, the fake is downsampled to the real's size.
+* kfid: s = 8 patches on the keypoints of the HR full-body set (full-body images at least 4r
+        dense; the quick protocol uses every source). A real patch is never magnified: where its
+        source has fewer than r pixels across it, the fake is downsampled to the real's size.
 * pr:   k = 3 on the fid images, with VGG16 features when a VGG16 file is given, else Inception.
 
 In both, a `pr_features` extractor (VGG16) replaces Inception for precision/recall when given.
