@@ -105,8 +105,12 @@ def save_checkpoint(
 
 
 def checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON config of one of our checkpoint files, read from its header alone (no tensors)."""
+    """The JSON config of one of our checkpoint files, read from its header alone (no tensors);
+    ValueError for any other file (an official pickle, a corrupt file)."""
     from safetensors import safe_open
+
+    if not _is_safetensors(Path(path)):
+        raise ValueError(f"{path}: not a safetensors file")
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = f.metadata() or {}
