@@ -32,8 +32,8 @@ LAYERS = {
     ),
     "uh_train": (
         ("uh_train.format",),  # the shard contract (no torch)
-        ("uh_train.resample", "uh_train.shard_reader", "uh_train.networks", "uh_train.losses", "uh_train.diagnostics",
-         "uh_train.train_state"),  # reading shards; G and D; Eq. 6-10's terms
+        ("uh_train.resample", "uh_train.augment", "uh_train.shard_reader", "uh_train.networks", "uh_train.losses",
+         "uh_train.diagnostics", "uh_train.train_state"),  # reading shards; G and D; Eq. 6-10's terms
         ("uh_train.data", "uh_train.checkpoint", "uh_train.render"),  # patches and streams; weights; rendering
         ("uh_train.metrics",),  # FID, pFID, kFID, precision/recall
         ("uh_train.training",),  # what the loop needs: config, run folder, models, distributed, monitoring

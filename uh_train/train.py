@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from uh_train import losses
+from uh_train import augment, losses
 from uh_train.data import PatchBatches, PatchConfig
 from uh_train.training import distributed, models, monitor
 from uh_train.training import run_folder as rf
@@ -88,6 +88,7 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
     watch = monitor.DivergenceWatch(cfg.diverge_limit, cfg.diverge_steps,
                                     last_good=rf.last_good_network(out) if resume.path else None)
 
+    ada = augment.AdaptiveP(prog.aug_p, cfg.ada_target, cfg.ada_kimg) if cfg.aug == "ada" else None
     G_run, D_run = models.forward_passes(G, D, cfg.compile, device)  # checkpoints keep using G and D
     while prog.nimg < total_nimg:
         terms: dict[str, float] = {}
@@ -113,6 +114,7 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
         finite = True
         for b, zg, zd, box in zip(batches, z_g, z_d, boxes, strict=True):
             real, mask, T = b["image"].to(device), b["mask"].to(device), b["transform"].to(device)
+            n_g = real.shape[0]
             whole = b["whole"].to(device).float()
             scales = 1.0 / T[:, 0, 0].detach().float().cpu()
             G.requires_grad_(True)
@@ -129,6 +131,10 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
             # --- D step: L_D of Eq. 10 (stage 1: Eq. 7) on reals, fakes and CutMix images (Eq. 6), then lazy R1
             D.requires_grad_(True)
             mix_mask = losses.cutmix_mask(mask, whole, box.to(device))
+            if ada is not None:  # what D sees: a real, its fake and their mix under one draw per index
+                seen = augment.draw(real.shape[0], ada.p, res, gen)
+                real, fake_d = augment.images(real, seen), augment.images(fake_d, seen)
+                mask, mix_mask = augment.permute(mask, seen), augment.permute(mix_mask, seen)
             with clock.part("D forward/backward: reals, fakes, CutMix"), torch.autocast(**amp):
                 mixed = losses.cutmix(real, fake_d, mix_mask)
                 real_in, real_logits, fake_logits, mixed_pixel = models.discriminate(D_run, real, fake_d, mixed, do_r1)
@@ -138,6 +144,8 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
                     monitor.add_term(terms, f"D/{k}", v)
                 finite &= bool(torch.isfinite(loss))
                 (loss / rounds).backward(retain_graph=do_r1)  # R1 below differentiates the reals' pass again
+            if ada is not None:
+                ada.observe(real_logits[0])
             if cfg.stage == 2:
                 monitor.d_accuracy_by_scale(scales, real_logits[1], fake_logits[1], mask, bins)
             if do_r1:
@@ -153,7 +161,8 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
             D.requires_grad_(False)
             fake_in = fake_g.detach().requires_grad_(True)
             with clock.part("D forward: fakes for G"), torch.autocast(**amp):
-                fake_logits = D_run(fake_in)
+                shown = fake_in if ada is None else augment.images(fake_in, augment.draw(n_g, ada.p, res, gen))
+                fake_logits = D_run(shown)
             l1 = lp = None
             if use_pixel:
                 with clock.part("teacher forward"), torch.no_grad(), torch.autocast(**amp):
@@ -182,6 +191,10 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
             prog.bad_steps = 0 if finite else monitor.bad_step(prog.step, prog.bad_steps + 1, cfg.max_bad_steps, out)
         with clock.part("EMA"):
             models.update_ema(G_ema, G, cfg.batch, prog.nimg, ema_kimg, ema_rampup)
+        if ada is not None:
+            ada.step(cfg.batch)
+            prog.aug_p = ada.p
+            terms["aug/p"] = ada.p * rounds  # logged as a mean over rounds below
         clock.step_done()
         prog.step += 1
         prog.nimg += cfg.batch

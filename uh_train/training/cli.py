@@ -67,6 +67,8 @@ def run_cmd(
     precision: str | None = typer.Option(None, "--precision", show_default=False,
                                          help="fp32 | bf16 | auto: the networks' arithmetic (auto: bf16 on a GPU, "
                                               "fp32 on a CPU; default: the preset's, fp32 for paper)."),
+    aug: str = typer.Option(default("aug"), "--aug", help="none | ada: adaptive augmentation of what D sees "
+                                                          "(StyleGAN2-ADA's heuristic; the paper's runs: none)."),
     ema_kimg: float | None = typer.Option(None, "--ema-kimg", callback=cli_args.positive,
                                           help="Half-life of G_ema in kimg (default: batch x 10 / 32, as StyleGAN3)."),
     whole_prob: float = typer.Option(default("whole_prob"), "--whole-prob", min=0.0, max=1.0,
@@ -130,7 +132,7 @@ def run_cmd(
         cfg = TrainConfig(
             shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
             preset=preset, res=res, kimg=kimg, batch=batch, batch_gpu=batch_gpu, snapshot_kimg=snapshot_kimg,
-            lambda_p=lambda_p, lambda_cr=lambda_cr, ema_kimg=ema_kimg, precision=precision,
+            lambda_p=lambda_p, lambda_cr=lambda_cr, ema_kimg=ema_kimg, precision=precision, aug=aug,
             lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers, device=device, r1_gamma=gamma,
             views=list(view), mirror=mirror, whole_prob=whole_prob, diverge_limit=diverge_limit,
             diverge_steps=diverge_steps, allow_config_change=allow_config_change, share_fakes=share_fakes,

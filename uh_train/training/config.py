@@ -9,6 +9,7 @@ import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from uh_train.augment import AUGMENTS
 from uh_train.data import ViewSettings, parse_view
 from uh_train.format.geometry import SCALE_MAX
 from uh_train.networks.presets import PRESETS, TrainingDefaults
@@ -58,6 +59,9 @@ class TrainConfig:
     device: str = "auto"
     allow_config_change: bool = False  # resume even if the settings differ from the checkpoint's (recorded)
     compile: bool = False  # torch.compile the G and D forward passes (pays on GPUs; minutes to compile on CPU)
+    aug: str = "none"  # none | ada: adaptive augmentation of what D sees (the paper's runs: none)
+    ada_target: float = 0.6  # ADA's target for E[sign(D(real))]
+    ada_kimg: float = 500.0  # ADA's speed: p can move from 0 to 1 in this many kimg
     teacher_any_stage: bool = False  # paper preset: accept a stage-2 network as stage 2's teacher
     new_d: bool = False  # paper preset: accept a stage-2 start without stage 1's D (a new D)
     share_fakes: bool = True  # the D step reuses the G step's fakes (one render per step); False: fresh z, as StyleGAN3
@@ -106,6 +110,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
             out.append(f"--res {cfg.res} is beyond preset {cfg.preset!r} (a power of two from 8 to {top})")
     if cfg.precision not in PRECISIONS:
         out.append(f"--precision {cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if cfg.aug not in AUGMENTS:
+        out.append(f"--aug {cfg.aug!r} is not one of {', '.join(AUGMENTS)}")
     if cfg.batch < 1:
         out.append(f"--batch {cfg.batch} must be at least 1")
     elif cfg.batch_gpu is not None and not (1 <= cfg.batch_gpu <= cfg.batch and cfg.batch % cfg.batch_gpu == 0):

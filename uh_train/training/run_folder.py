@@ -29,6 +29,7 @@ class Progress:
     nimg: int = 0
     bad_steps: int = 0
     data: StreamState = field(default_factory=StreamState)
+    aug_p: float = 0.0  # ADA's probability (--aug ada)
 
 
 def checkpoint_path(out: Path, nimg: int) -> Path:
@@ -49,7 +50,7 @@ def save_training_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, op
         "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
         # The loop draws only from these two; the data stream derives its own randomness from the seed.
         "rng": {"torch": gen.get_state(), "cpu": torch.get_rng_state()},
-        "progress": {"step": prog.step, "nimg": prog.nimg, "bad_steps": prog.bad_steps,
+        "progress": {"step": prog.step, "nimg": prog.nimg, "bad_steps": prog.bad_steps, "aug_p": prog.aug_p,
                      "data": {"consumed": prog.data.consumed, "batches": prog.data.batches}},
     })
     # The generator alone, in the format uh-generate and uh-eval read.
@@ -137,7 +138,8 @@ def restore(resume: Resume, G, G_ema, D, opt_G, opt_D, gen: torch.Generator, mai
     torch.set_rng_state(state["rng"]["cpu"])
     p = state["progress"]
     prog = Progress(p["step"], p["nimg"], p["bad_steps"],
-                    StreamState(consumed=dict(p["data"]["consumed"]), batches=dict(p["data"]["batches"])))
+                    StreamState(consumed=dict(p["data"]["consumed"]), batches=dict(p["data"]["batches"])),
+                    float(p.get("aug_p", 0.0)))
     if main:
         console.print(f"resuming from {resume.path.name} (step {prog.step}, {prog.nimg / 1000:.3f} kimg)")
         if resume.changes:
