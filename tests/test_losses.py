@@ -239,3 +239,39 @@ def test_consistency_trains_both_sides_of_eq_9_unless_the_target_is_held_fixed()
     assert real.grad is None and fake.grad is None and mix.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="consistency target"):
         consistency_loss(mix, real, fake, mask, target="half")
+
+
+def test_cutmix_share_counts_partial_patches_always_and_whole_views_by_their_ramped_probability():
+    from uh_train.losses import cutmix_probability, cutmix_weights
+
+    assert cutmix_probability(0, 0.5, 10.0) == 0.0 and cutmix_probability(5000, 0.5, 10.0) == 0.25
+    assert cutmix_probability(20000, 0.5, 10.0) == 0.5 and cutmix_probability(0, 0.5, 0.0) == 0.5
+    whole = torch.tensor([1.0] * 400 + [0.0] * 100)
+    w = cutmix_weights(whole, 0.3, torch.Generator().manual_seed(0))
+    assert w[400:].min() == 1  # partial patches reach D only through their mix: always counted
+    assert abs(float(w[:400].mean()) - 0.3) < 0.06
+    assert cutmix_weights(whole, 1.0, torch.Generator()).min() == 1
+
+
+def test_a_cutmix_image_left_out_does_not_move_the_cutmix_terms_and_the_global_option_adds_it_as_fake():
+    from uh_train.losses import d_loss
+
+    torch.manual_seed(0)
+    real = (torch.randn(2, 1), torch.randn(2, 1, 8, 8))
+    fake = (torch.randn(2, 1), torch.randn(2, 1, 8, 8))
+    mixed_pixel = torch.randn(2, 1, 8, 8)
+    mask, mix_mask, whole = torch.ones(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float(), torch.ones(2)
+    only_first = torch.tensor([1.0, 0.0])
+    _, terms = d_loss(real, fake, mixed_pixel, mask, mix_mask, whole, 1.0, mixed=only_first)
+    other = mixed_pixel.clone()
+    other[1] += 5.0  # the left-out image's outputs change: its terms must not
+    _, terms2 = d_loss(real, fake, other, mask, mix_mask, whole, 1.0, mixed=only_first)
+    assert torch.allclose(terms["cutmix"], terms2["cutmix"]) and torch.allclose(terms["consistency"],
+                                                                                terms2["consistency"])
+    _, all_terms = d_loss(real, fake, mixed_pixel, mask, mix_mask, whole, 1.0)
+    _, same = d_loss(real, fake, mixed_pixel, mask, mix_mask, whole, 1.0, mixed=torch.ones(2))
+    assert torch.allclose(all_terms["cutmix"], same["cutmix"])  # weights of 1 = the plain mean
+    mixed_global = torch.tensor([[3.0], [-3.0]])
+    _, with_global = d_loss(real, fake, mixed_pixel, mask, mix_mask, whole, 1.0, mixed=only_first,
+                            mixed_global=mixed_global)
+    assert torch.allclose(with_global["global"] - terms["global"], F.softplus(torch.tensor(3.0)))

@@ -431,3 +431,23 @@ def test_the_paper_preset_stops_on_a_stage_two_teacher_or_a_new_d_unless_told(sh
         started.clear()
     start(tmp_path / "s1", preset="paper")  # the paper's own start
     assert len(started) == 1
+
+
+def test_cutmix_options_reach_the_loop_and_the_cli(shards, tmp_path, monkeypatch):
+    """--cutmix-prob/--cutmix-ramp-kimg/--cutmix-global train, and change the D losses the default gives."""
+    tr.train(small_cfg(shards, tmp_path / "default", kimg=0.008))
+    tr.train(small_cfg(shards, tmp_path / "unet", kimg=0.008, cutmix_prob=0.5, cutmix_ramp_kimg=0.004,
+                       cutmix_global=True))
+    a, b = read_log(tmp_path / "default"), read_log(tmp_path / "unet")
+    assert all(np.isfinite(v) for row in b for k, v in row.items() if k.startswith("D/"))
+    assert a[0]["D/global"] == b[0]["D/global"]  # step 0: the ramp mixes no whole view yet
+    assert a[-1]["D/global"] != b[-1]["D/global"]  # then mixed images are fakes to the global head too
+    seen = []
+    monkeypatch.setattr(tr, "train", lambda cfg: seen.append(cfg) or {"steps": 0, "kimg": 0.0})
+    result = CliRunner().invoke(cli.app, ["run", "--shards", str(shards), "--out", str(tmp_path / "c"),
+                                         "--cutmix-prob", "0.5", "--cutmix-ramp-kimg", "100", "--cutmix-global",
+                                         "--aug", "ada", "--precision", "bf16", "--ema-kimg", "1"])
+    assert result.exit_code == 0, result.output
+    cfg = seen[0]
+    assert (cfg.cutmix_prob, cfg.cutmix_ramp_kimg, cfg.cutmix_global, cfg.aug, cfg.precision, cfg.ema_kimg) == (
+        0.5, 100.0, True, "ada", "bf16", 1.0)

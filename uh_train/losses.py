@@ -27,10 +27,20 @@ def nonsaturating_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
     return real_term + F.softplus(fake_logits).mean()
 
 
-def per_pixel_target_loss(pixel_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def per_sample_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of [N, ...] values; with weight [N], the weighted mean of the per-sample means (0 when
+    no sample has weight)."""
+    if weight is None:
+        return values.mean()
+    each = values.flatten(1).mean(dim=1)
+    return (each * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def per_pixel_target_loss(pixel_logits: torch.Tensor, target: torch.Tensor,
+                          weight: torch.Tensor | None = None) -> torch.Tensor:
     """Decoder loss on a CutMix image: pixels from the real patch (target 1) should score real,
-    pixels from the fake (target 0) fake."""
-    return (target * F.softplus(-pixel_logits) + (1 - target) * F.softplus(pixel_logits)).mean()
+    pixels from the fake (target 0) fake. `weight` [N] selects the images that were mixed."""
+    return per_sample_mean(target * F.softplus(-pixel_logits) + (1 - target) * F.softplus(pixel_logits), weight)
 
 
 def nonsaturating_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
@@ -47,6 +57,24 @@ def cutmix_mask(coverage: torch.Tensor, whole: torch.Tensor, box: torch.Tensor) 
     is generated); a whole one along a random box (U-Net GAN), and never where it has no pixels
     (an aligned image's padding), so no pixel a sample does not have is ever a real target."""
     return torch.where(whole.view(-1, 1, 1, 1) > 0, box * coverage, coverage)
+
+
+def cutmix_weights(whole: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Which CutMix images count [N] (1 or 0): every partial patch (its mix along its coverage is how
+    it reaches D), and each whole view with `probability` (U-Net GAN mixes a share of its batches
+    and ramps that share up)."""
+    if probability >= 1:  # no draw: the default run's random stream is the same as without the option
+        return torch.ones(whole.shape[0], device=whole.device)
+    drawn = (torch.rand(whole.shape[0], generator=generator) < probability).to(whole.device, torch.float32)
+    return torch.where(whole.float() > 0, drawn, torch.ones_like(drawn))
+
+
+def cutmix_probability(nimg: int, probability: float, ramp_kimg: float) -> float:
+    """The share of whole views mixed after nimg images: `probability`, reached linearly over
+    `ramp_kimg` (0: from the start)."""
+    if ramp_kimg <= 0:
+        return probability
+    return probability * min(1.0, nimg / (ramp_kimg * 1000))
 
 
 def random_box_mask(n: int, res: int, generator: torch.Generator | None = None,
@@ -69,7 +97,7 @@ CONSISTENCY_TARGETS = ("joint", "detached")
 
 
 def consistency_loss(pixel_mix: torch.Tensor, pixel_real: torch.Tensor, pixel_fake: torch.Tensor,
-                     mask: torch.Tensor, target: str = "joint") -> torch.Tensor:
+                     mask: torch.Tensor, target: str = "joint", weight: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 9: || D_dec(mix(x, G(z), M)) - mix(D_dec(x), D_dec(G(z)), M) ||^2.
 
     `joint` differentiates both sides, as U-Net GAN does: the loss asks D's outputs on the mix and on
@@ -82,7 +110,7 @@ def consistency_loss(pixel_mix: torch.Tensor, pixel_real: torch.Tensor, pixel_fa
     mixed_outputs = cutmix(pixel_real, pixel_fake, mask)
     if target == "detached":
         mixed_outputs = mixed_outputs.detach()
-    return F.mse_loss(pixel_mix, mixed_outputs)
+    return per_sample_mean((pixel_mix - mixed_outputs).square(), weight)
 
 
 def r1_penalty(real_images: torch.Tensor, logits: list[torch.Tensor]) -> torch.Tensor:
@@ -181,20 +209,26 @@ Logits = tuple[torch.Tensor, torch.Tensor]  # the discriminator's (global [N, 1]
 
 def d_loss(real: Logits, fake: Logits, mixed_pixel: torch.Tensor, mask: torch.Tensor, mix_mask: torch.Tensor,
            whole: torch.Tensor, lambda_cr: float, consistency_target: str = "joint",
+           mixed: torch.Tensor | None = None, mixed_global: torch.Tensor | None = None,
            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_D of Eq. 10 (stage 1, all reals whole: Eq. 7's D side): both heads' non-saturating loss, the
     pixel head on CutMix images (Eq. 6) and λ_cr · consistency (Eq. 9). R1 is added apart (lazily).
 
-    mask: the reals' coverage [N, 1, r, r]; mix_mask: M of Eq. 6; whole [N]: 1 for whole real views.
-    Returns (total, {"global", "pixel", "cutmix", "consistency"})."""
+    mask: the reals' coverage [N, 1, r, r]; mix_mask: M of Eq. 6; whole [N]: 1 for whole real views;
+    mixed [N]: 1 for the CutMix images that count (None: all; `cutmix_weights`); mixed_global: the
+    global logits of the CutMix images, which then count as fakes to the global head (U-Net GAN's
+    encoder; None: not used). Returns (total, {"global", "pixel", "cutmix", "consistency"})."""
     (r_g, r_p), (f_g, f_p) = real, fake
+    global_term = nonsaturating_d_loss(r_g, f_g, real_weight=whole.view(-1, 1))
+    if mixed_global is not None:
+        global_term = global_term + per_sample_mean(F.softplus(mixed_global), mixed)
     terms = {
         # Only whole views are real images to the global head; a partial patch completed by CutMix
         # is partly fake and reaches D through the pixel head.
-        "global": nonsaturating_d_loss(r_g, f_g, real_weight=whole.view(-1, 1)),
+        "global": global_term,
         "pixel": nonsaturating_d_loss(r_p, f_p, real_weight=mask.expand_as(r_p)),
-        "cutmix": per_pixel_target_loss(mixed_pixel, mix_mask),
-        "consistency": consistency_loss(mixed_pixel, r_p, f_p, mix_mask, target=consistency_target),
+        "cutmix": per_pixel_target_loss(mixed_pixel, mix_mask, mixed),
+        "consistency": consistency_loss(mixed_pixel, r_p, f_p, mix_mask, target=consistency_target, weight=mixed),
     }
     total = terms["global"] + terms["pixel"] + terms["cutmix"] + lambda_cr * terms["consistency"]
     return total, terms

@@ -109,6 +109,7 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
             z_d.append(None if cfg.share_fakes else torch.randn(n, G.z_dim, generator=gen))
             boxes.append(losses.random_box_mask(n, res, generator=gen))
 
+        cutmix_share = losses.cutmix_probability(prog.nimg, cfg.cutmix_prob, cfg.cutmix_ramp_kimg)
         opt_G.zero_grad(set_to_none=True)
         opt_D.zero_grad(set_to_none=True)
         finite = True
@@ -131,15 +132,18 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
             # --- D step: L_D of Eq. 10 (stage 1: Eq. 7) on reals, fakes and CutMix images (Eq. 6), then lazy R1
             D.requires_grad_(True)
             mix_mask = losses.cutmix_mask(mask, whole, box.to(device))
+            mix_counts = losses.cutmix_weights(whole, cutmix_share, gen)
             if ada is not None:  # what D sees: a real, its fake and their mix under one draw per index
                 seen = augment.draw(real.shape[0], ada.p, res, gen)
                 real, fake_d = augment.images(real, seen), augment.images(fake_d, seen)
                 mask, mix_mask = augment.permute(mask, seen), augment.permute(mix_mask, seen)
             with clock.part("D forward/backward: reals, fakes, CutMix"), torch.autocast(**amp):
                 mixed = losses.cutmix(real, fake_d, mix_mask)
-                real_in, real_logits, fake_logits, mixed_pixel = models.discriminate(D_run, real, fake_d, mixed, do_r1)
+                real_in, real_logits, fake_logits, (mixed_global, mixed_pixel) = models.discriminate(
+                    D_run, real, fake_d, mixed, do_r1)
                 loss, d_terms = losses.d_loss(real_logits, fake_logits, mixed_pixel, mask, mix_mask, whole,
-                                              cfg.lambda_cr, cfg.consistency_target)
+                                              cfg.lambda_cr, cfg.consistency_target, mix_counts,
+                                              mixed_global if cfg.cutmix_global else None)
                 for k, v in d_terms.items():
                     monitor.add_term(terms, f"D/{k}", v)
                 finite &= bool(torch.isfinite(loss))

@@ -67,8 +67,21 @@ def run_cmd(
     precision: str | None = typer.Option(None, "--precision", show_default=False,
                                          help="fp32 | bf16 | auto: the networks' arithmetic (auto: bf16 on a GPU, "
                                               "fp32 on a CPU; default: the preset's, fp32 for paper)."),
+    cutmix_prob: float = typer.Option(default("cutmix_prob"), "--cutmix-prob", min=0.0, max=1.0,
+                                      help="Share of whole real views whose CutMix image D trains on (partial "
+                                           "patches always; U-Net GAN: 0.5)."),
+    cutmix_ramp_kimg: float = typer.Option(default("cutmix_ramp_kimg"), "--cutmix-ramp-kimg",
+                                           callback=cli_args.non_negative,
+                                           help="Grow that share linearly from 0 over this many kimg (0: from the "
+                                                "start)."),
+    cutmix_global: bool = typer.Option(default("cutmix_global"), "--cutmix-global/--no-cutmix-global",
+                                       help="CutMix images count as fakes to D's global head too (U-Net GAN)."),
     aug: str = typer.Option(default("aug"), "--aug", help="none | ada: adaptive augmentation of what D sees "
                                                           "(StyleGAN2-ADA's heuristic; the paper's runs: none)."),
+    ada_target: float = typer.Option(default("ada_target"), "--ada-target",
+                                     help="--aug ada: the target of E[sign(D(real))]."),
+    ada_kimg: float = typer.Option(default("ada_kimg"), "--ada-kimg", callback=cli_args.positive,
+                                   help="--aug ada: p may go from 0 to 1 in this many kimg."),
     ema_kimg: float | None = typer.Option(None, "--ema-kimg", callback=cli_args.positive,
                                           help="Half-life of G_ema in kimg (default: batch x 10 / 32, as StyleGAN3)."),
     whole_prob: float = typer.Option(default("whole_prob"), "--whole-prob", min=0.0, max=1.0,
@@ -132,7 +145,8 @@ def run_cmd(
         cfg = TrainConfig(
             shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
             preset=preset, res=res, kimg=kimg, batch=batch, batch_gpu=batch_gpu, snapshot_kimg=snapshot_kimg,
-            lambda_p=lambda_p, lambda_cr=lambda_cr, ema_kimg=ema_kimg, precision=precision, aug=aug,
+            lambda_p=lambda_p, lambda_cr=lambda_cr, ema_kimg=ema_kimg, precision=precision, aug=aug, ada_target=ada_target, ada_kimg=ada_kimg,
+            cutmix_prob=cutmix_prob, cutmix_ramp_kimg=cutmix_ramp_kimg, cutmix_global=cutmix_global,
             lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers, device=device, r1_gamma=gamma,
             views=list(view), mirror=mirror, whole_prob=whole_prob, diverge_limit=diverge_limit,
             diverge_steps=diverge_steps, allow_config_change=allow_config_change, share_fakes=share_fakes,

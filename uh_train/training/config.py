@@ -59,6 +59,9 @@ class TrainConfig:
     device: str = "auto"
     allow_config_change: bool = False  # resume even if the settings differ from the checkpoint's (recorded)
     compile: bool = False  # torch.compile the G and D forward passes (pays on GPUs; minutes to compile on CPU)
+    cutmix_prob: float = 1.0  # share of whole views whose CutMix image counts (partial patches: always)
+    cutmix_ramp_kimg: float = 0.0  # that share grows linearly from 0 over this many kimg (0: from the start)
+    cutmix_global: bool = False  # CutMix images are fakes to the global head too (U-Net GAN's encoder)
     aug: str = "none"  # none | ada: adaptive augmentation of what D sees (the paper's runs: none)
     ada_target: float = 0.6  # ADA's target for E[sign(D(real))]
     ada_kimg: float = 500.0  # ADA's speed: p can move from 0 to 1 in this many kimg
@@ -110,6 +113,10 @@ def config_problems(cfg: TrainConfig) -> list[str]:
             out.append(f"--res {cfg.res} is beyond preset {cfg.preset!r} (a power of two from 8 to {top})")
     if cfg.precision not in PRECISIONS:
         out.append(f"--precision {cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if not 0 <= cfg.cutmix_prob <= 1:
+        out.append(f"--cutmix-prob {cfg.cutmix_prob:g} is not in [0, 1]")
+    if cfg.cutmix_ramp_kimg < 0:
+        out.append(f"--cutmix-ramp-kimg {cfg.cutmix_ramp_kimg:g} must be at least 0")
     if cfg.aug not in AUGMENTS:
         out.append(f"--aug {cfg.aug!r} is not one of {', '.join(AUGMENTS)}")
     if cfg.batch < 1:

@@ -219,14 +219,14 @@ def channels_last_inputs(D_run):
 def discriminate(D_run, real: torch.Tensor, fake: torch.Tensor, mixed: torch.Tensor, r1: bool):
     """D's (global, pixel) logits on reals, fakes and CutMix images: one pass over all three
     (minibatch statistics per chunk), or, on R1 steps, the reals alone in their own graph (R1
-    differentiates it w.r.t. them). Returns (real_in, (r_g, r_p), (f_g, f_p), m_p); real_in is the
-    reals' graph input on R1 steps, else None."""
+    differentiates it w.r.t. them). Returns (real_in, (r_g, r_p), (f_g, f_p), (m_g, m_p)); real_in is
+    the reals' graph input on R1 steps, else None."""
     if r1:
         real_in = real.detach().requires_grad_(True)
         r_g, r_p = D_run(real_in)
         fm_g, fm_p = D_run(torch.cat([fake, mixed]), chunks=2)
-        (f_g, _), (f_p, m_p) = fm_g.chunk(2), fm_p.chunk(2)
-        return real_in, (r_g, r_p), (f_g, f_p), m_p
+        (f_g, m_g), (f_p, m_p) = fm_g.chunk(2), fm_p.chunk(2)
+        return real_in, (r_g, r_p), (f_g, f_p), (m_g, m_p)
     rfm_g, rfm_p = D_run(torch.cat([real, fake, mixed]), chunks=3)
-    (r_g, f_g, _), (r_p, f_p, m_p) = rfm_g.chunk(3), rfm_p.chunk(3)
-    return None, (r_g, r_p), (f_g, f_p), m_p
+    (r_g, f_g, m_g), (r_p, f_p, m_p) = rfm_g.chunk(3), rfm_p.chunk(3)
+    return None, (r_g, r_p), (f_g, f_p), (m_g, m_p)
