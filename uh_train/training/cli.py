@@ -145,7 +145,8 @@ def run_cmd(
         cfg = TrainConfig(
             shards=[str(s) for s in shards], out=str(out), stage=stage, teacher=str(teacher) if teacher else None,
             preset=preset, res=res, kimg=kimg, batch=batch, batch_gpu=batch_gpu, snapshot_kimg=snapshot_kimg,
-            lambda_p=lambda_p, lambda_cr=lambda_cr, ema_kimg=ema_kimg, precision=precision, aug=aug, ada_target=ada_target, ada_kimg=ada_kimg,
+            lambda_p=lambda_p, lambda_cr=lambda_cr, ema_kimg=ema_kimg, precision=precision,
+            aug=aug, ada_target=ada_target, ada_kimg=ada_kimg,
             cutmix_prob=cutmix_prob, cutmix_ramp_kimg=cutmix_ramp_kimg, cutmix_global=cutmix_global,
             lpips=lpips, mix=_parse_mix(mix), seed=seed, workers=workers, device=device, r1_gamma=gamma,
             views=list(view), mirror=mirror, whole_prob=whole_prob, diverge_limit=diverge_limit,
