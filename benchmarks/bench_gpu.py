@@ -1,7 +1,8 @@
-"""GPU check (`just bench gpu`): the `paper` preset in bf16 on one GPU, in a few minutes.
+"""GPU check (`just bench gpu`): the `paper` preset on one GPU, in a few minutes.
 
 * training speed, stage 1 and stage 2, batch 32 (accumulating over smaller per-GPU batches when the
-  whole batch does not fit): s/kimg, peak memory, where a step's time goes; eager and torch.compile;
+  whole batch does not fit): s/kimg, peak memory, where a step's time goes; in bf16 (eager and
+  torch.compile) and in fp32 (eager), the two values of `--precision`;
 * a 2048 px image rendered three ways: 64 sequential 256 px patches (the paper's way), stitched
   with several patches per generator call, and one pass on an 8x larger canvas; time and PSNR.
 
@@ -38,13 +39,14 @@ def make_shards(root: Path, res: int, n: int = 32) -> Path:
 
 
 def measure_training(shards: Path, root: Path, preset: str, device: str, batch: int, steps: int,
-                     compile_networks: bool, workers: int, teacher: Path | None = None) -> dict:
+                     compile_networks: bool, workers: int, teacher: Path | None = None,
+                     precision: str = "bf16") -> dict:
     """Stage 1 (teacher None) or stage 2 for `steps` steps. The per-GPU batch is halved until a step
     fits in memory. Returns s/kimg, peak memory, batch_gpu and the per-part medians."""
     stage = 1 if teacher is None else 2
     batch_gpu = batch
     while True:
-        out = root / f"s{stage}-{'compiled' if compile_networks else 'eager'}-{batch_gpu}"
+        out = root / f"s{stage}-{'compiled' if compile_networks else 'eager'}-{precision}-{batch_gpu}"
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -53,7 +55,7 @@ def measure_training(shards: Path, root: Path, preset: str, device: str, batch: 
                                  teacher=str(teacher) if teacher else None, preset=preset, batch=batch,
                                  batch_gpu=batch_gpu, device=device,
                                  compile=compile_networks, workers=workers, lpips="on" if stage == 2 else "off",
-                                 seed=0)
+                                 seed=0, precision=precision)
             break
         except torch.OutOfMemoryError:
             if batch_gpu == 1:
@@ -107,16 +109,20 @@ def measure_render(preset: str, device: str, tiles: int = 8, bf16: bool = True) 
 
 
 def measure(preset: str, device: str, batch: int, steps: int, tiles: int, compile_modes=(False, True),
-            workers: int = 4, people: int = 32) -> dict:
+            workers: int = 4, people: int = 32, precisions=("bf16", "fp32")) -> dict:
+    """Both stages for each arithmetic (`--precision`), eager, and the first one compiled too."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         res = get_preset(preset).generator.img_resolution
         shards = make_shards(root, res, people)
         runs = {}
-        for compiled in compile_modes:
-            s1 = measure_training(shards, root, preset, device, batch, steps, compiled, workers)
-            s2 = measure_training(shards, root, preset, device, batch, steps, compiled, workers, teacher=s1["out"])
-            runs[compiled] = (s1, s2)
+        for precision in precisions:
+            for compiled in compile_modes if precision == precisions[0] else (False,):
+                s1 = measure_training(shards, root, preset, device, batch, steps, compiled, workers,
+                                      precision=precision)
+                s2 = measure_training(shards, root, preset, device, batch, steps, compiled, workers,
+                                      teacher=s1["out"], precision=precision)
+                runs[compiled, precision] = (s1, s2)
         render = measure_render(preset, device, tiles)
     from bench_viewer import view_latency
 
@@ -127,12 +133,12 @@ def measure(preset: str, device: str, batch: int, steps: int, tiles: int, compil
 
 
 def report(m: dict) -> str:
-    lines = [f"### {m['device']}: `{m['preset']}` preset, batch {m['batch']}, bf16 autocast",
+    lines = [f"### {m['device']}: `{m['preset']}` preset, batch {m['batch']}",
              "", "| run | stage | per-GPU batch | s/kimg | peak memory (GiB) | first step (s) |",
              "|---|---|---|---|---|---|"]
     columns = {}
-    for compiled, stages in m["runs"].items():
-        mode = "torch.compile" if compiled else "eager"
+    for (compiled, precision), stages in m["runs"].items():
+        mode = f"{'torch.compile' if compiled else 'eager'}, {precision}"
         for s in stages:
             lines.append(f"| {mode} | {s['stage']} | {s['batch_gpu']} | {s['s_per_kimg']:.1f} | {s['peak_gib']:.1f} | "
                          f"{s['first_step_s']:.1f} |")

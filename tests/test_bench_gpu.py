@@ -22,7 +22,8 @@ def _load(name: str):
 def test_gpu_check_measures_both_stages_and_the_three_renderings_on_cpu_with_tiny():
     bench = _load("bench_gpu")
     m = bench.measure("tiny", "cpu", batch=4, steps=2, tiles=2, compile_modes=(False,), workers=0, people=4)
-    s1, s2 = m["runs"][False]
+    assert set(m["runs"]) == {(False, "bf16"), (False, "fp32")}  # each --precision is timed
+    s1, s2 = m["runs"][False, "bf16"]
     assert (s1["stage"], s2["stage"]) == (1, 2) and s1["batch_gpu"] == 4
     for s in (s1, s2):
         assert s["s_per_kimg"] > 0 and math.isfinite(s["s_per_kimg"])
@@ -35,7 +36,8 @@ def test_gpu_check_measures_both_stages_and_the_three_renderings_on_cpu_with_tin
     assert r["psnr"]["stitched, batched"] > 60  # the same patches, only batched differently
     assert r["psnr"]["single pass"] > 30  # one pass agrees with stitching up to the patch margins
     text = bench.report(m)
-    assert "| eager | 2 | 4 |" in text and "single pass" in text and "G backward" in text
+    assert "| eager, bf16 | 2 | 4 |" in text and "| eager, fp32 | 1 | 4 |" in text
+    assert "single pass" in text and "G backward" in text
 
 
 def test_gpu_check_skips_cleanly_without_cuda(monkeypatch, capsys):

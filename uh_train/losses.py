@@ -187,13 +187,13 @@ def pixel_loss_per_patch(student_patch: torch.Tensor, teacher_image: torch.Tenso
                                   ix[:, None, :]].permute(0, 3, 1, 2)
         valid = valid.to(small.dtype)
         diff = ((small - crop).abs() * valid).sum(dim=(1, 2, 3))
-        l1[idx] = diff / (valid.sum(dim=(1, 2, 3)) * small.shape[1]).clamp_min(1.0)
+        l1[idx] = (diff / (valid.sum(dim=(1, 2, 3)) * small.shape[1]).clamp_min(1.0)).to(l1.dtype)
         if lpips_fn is not None:
             # AlexNet needs a minimum input size: small footprints are enlarged, both sides alike.
             up = max(small.shape[-1], LPIPS_MIN_SIZE)
             a = F.interpolate(small * valid, size=(up, up), mode="bilinear", align_corners=False)
             b = F.interpolate(crop * valid, size=(up, up), mode="bilinear", align_corners=False)
-            lp[idx] = lpips_fn(a, b).reshape(-1)
+            lp[idx] = lpips_fn(a, b).reshape(-1).to(lp.dtype)  # bf16 under autocast
     return l1, lp
 
 
