@@ -25,7 +25,7 @@ from uh_train.format.atomic import atomic_write
 
 from .inception import MetricsError
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: real patches read with the one resampler (uh_train/resample.py)
 log = logging.getLogger(__name__)
 
 
