@@ -90,12 +90,12 @@ def fingerprint(out: Path, body_model: Path | None, people: int, res: int, itera
     model = ["--body-model", str(body_model)] if body_model else []
     render, shards = out / "people", out / "shards"
     s1, s2 = out / "stage1", out / "stage2"
-    run("mst", "render-people", render, "--n", str(people), "--res", str(res), "--seed", "0", *model)
+    run("mst", "render-people", "--out", render, "--n", str(people), "--size", str(res), "--seed", "0", *model)
     run("mst", "align", render / "full", "--out", shards, "--source", "full", "--aligned",
         "--detector", "openpose-json")
     for view in ("upper", "face"):
         run("mst", "align", render / view, "--out", shards, "--source", view, "--kind", view,
-            "--detector", "openpose-json", "--iterations", str(iterations), "--batch-size", "4", *model)
+            "--detector", "openpose-json", "--iterations", str(iterations), "--batch", "4", "--device", "cpu", *model)
     # Every setting given, so a change of the presets' defaults does not read as a change of behaviour.
     step = ["--preset", "tiny", "--kimg", "0.004", "--batch", "4", "--snapshot-kimg", "0.004", "--lpips", "off",
             "--device", "cpu", "--seed", "0", "--workers", "0", "--gamma", "2", "--no-mirror"]
@@ -103,13 +103,15 @@ def fingerprint(out: Path, body_model: Path | None, people: int, res: int, itera
     run("uh-train", "--shards", shards, "--out", s2, "--stage", "2", "--teacher", s1 / "network-latest.safetensors",
         *step)
     # The other geometry-bearing writers: synthetic figures and the SR lower halves.
-    run("mst", "synthetic", out / "synthetic", "--n", "2", "--res", str(res), "--seed", "0")
+    run("mst", "synthetic", "--out", out / "synthetic", "--n", "2", "--size", str(res), "--seed", "0")
     run("mst", "derive-sr", shards, "--out", out / "sr", "--from", "full")
     ckpt = s2 / "network-latest.safetensors"
-    run("uh-generate", "--ckpt", ckpt, "--seeds", "0-1", "--size", "64", "--out", out / "gen-stitched")
-    run("uh-generate", "--ckpt", ckpt, "--seeds", "0-1", "--size", "64", "--mode", "single",
+    # --device cpu wherever a command computes: `auto` would take a GPU where there is one.
+    run("uh-generate", "--ckpt", ckpt, "--seeds", "0-1", "--size", "64", "--device", "cpu",
+        "--out", out / "gen-stitched")
+    run("uh-generate", "--ckpt", ckpt, "--seeds", "0-1", "--size", "64", "--mode", "single", "--device", "cpu",
         "--out", out / "gen-single")
-    run("uh-generate", "--ckpt", ckpt, "--seeds", "0", "--patch", "0.5,0.12", "--scale", "4",
+    run("uh-generate", "--ckpt", ckpt, "--seeds", "0", "--patch", "0.5,0.12", "--scale", "4", "--device", "cpu",
         "--out", out / "gen-face")
     hashes = file_hashes(render, "people")
     for name in ("shards", "synthetic", "sr"):

@@ -159,7 +159,7 @@ def data_stages(demo: Path, size: Size, photos: bool = True, preview: bool = Tru
         Stage("render people", f"Render {size.people} people from the body model: varied shape, standing "
               f"poses, skin and clothing colours; full body at {size.res} px, the upper body at ~3x and the "
               "face at ~8x the pixel density, each with its ground-truth keypoints and exact H.",
-              [mst, "render-people", str(render), "--n", str(size.people), "--res", str(size.res)],
+              [mst, "render-people", "--out", str(render), "--n", str(size.people), "--size", str(size.res)],
               [render / "truth.jsonl"],
               figures=[Figure([render / view / name for name in first for view in VIEW_SOURCES],
                               f"The first {len(first)} rendered people, each as its full, upper-body and face view "
@@ -212,7 +212,7 @@ def data_stages(demo: Path, size: Size, photos: bool = True, preview: bool = Tru
         Stage("render hands", f"mst render-hands: {size.hands} synthetic hands (Blender, Cycles on the CPU) "
               "posed from the space's pose set, fingers from the fitted hand poses, placed through its ᾱ and "
               "composited onto patches of the aligned upper-body renders (the whole composite is real data).",
-              [mst, "render-hands", "--out", str(shards), "--n", str(size.hands), "--res", str(size.hand_res),
+              [mst, "render-hands", "--out", str(shards), "--n", str(size.hands), "--size", str(size.hand_res),
                "--space", str(space), "--poses", str(space.with_suffix(".npz")), "--hand-poses", str(hand_poses),
                "--backgrounds", str(shards)],
               [shards / "hands-000-000000.tar"]),

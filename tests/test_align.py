@@ -126,7 +126,7 @@ def test_cli_align_with_a_body_model_file(tmp_path, toy):
     assert len(list((tmp_path / "overlay").rglob("*.jpg"))) == 3
     bad = CliRunner().invoke(app, ["align", str(data), "--part", "2/2", "--body-model", str(model_file)])
     assert bad.exit_code == 2
-    bad = CliRunner().invoke(app, ["align", str(data), "--workers", "0", "--body-model", str(model_file)])
+    bad = CliRunner().invoke(app, ["align", str(data), "--workers", "-1", "--body-model", str(model_file)])
     assert bad.exit_code == 2 and "--workers" in bad.output
 
 

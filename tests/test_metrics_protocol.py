@@ -206,7 +206,7 @@ def test_quick_kfid_still_magnifies_sparse_real_patches(shards):
 
 
 def test_paper_protocol_fixes_its_sizes():
-    with pytest.raises(MetricsError, match="--fid-res"):
+    with pytest.raises(MetricsError, match="--fid-size"):
         _paper("fid", fid_res=64)
     with pytest.raises(MetricsError, match="--kfid-min-density"):
         _paper("kfid", kfid_min_density=256.0)
@@ -333,7 +333,7 @@ def test_cli_paper_protocol_writes_protocol_sizes_and_features(shards, tmp_path)
     assert "protocol: paper (r = 32)" in table and "256 px" in table and "vgg16 features" in table
     bad = CliRunner().invoke(app, [str(a) for a in [*args, "--protocol", "paper", "--fid-res", "64", "--vgg16",
                                                     vgg_path, "--out", tmp_path / "x"]])
-    assert bad.exit_code == 2 and "uh-eval: error: --fid-res cannot be set with --protocol paper" in bad.output
+    assert bad.exit_code == 2 and "uh-eval: error: --fid-size cannot be set with --protocol paper" in bad.output
     unknown = CliRunner().invoke(app, [str(a) for a in [*args, "--protocol", "fast", "--out", tmp_path / "y"]])
     assert unknown.exit_code == 2 and "unknown protocol" in unknown.output
 

@@ -1,6 +1,6 @@
 """`uh-eval`: FID, patch-FID, keypoint-FID and precision/recall of a generator (paper §4.1).
 
-    uh-eval --ckpt C --shards DIR [--shards DIR2] --metrics fid,pfid,kfid,pr --n 500 --out DIR
+    uh-eval --ckpt C --shards DIR [--shards DIR2] --metrics fid,pfid,kfid,pr --n 500 --out DIR [--device auto]
     uh-eval --ckpt C --shards DIR --protocol paper --n 50000 [--vgg16 vgg16.pt] --out DIR
     uh-eval --init random --preset tiny --shards DIR --n 8 --out DIR          (smoke test)
 
@@ -72,26 +72,34 @@ def _load_generator(ckpt: Path | None, init: str, preset: str, device: str):
         _fail(str(exc))
 
 
-@app.command()
+@app.command(epilog=cli_args.examples(
+    "uh-eval --ckpt runs/s2/network-latest.safetensors --shards shards/synthetic --n 500 --out eval/",
+    "uh-eval --ckpt runs/s2/network-latest.safetensors --shards shards/shhq_hr --protocol paper --vgg16 vgg16.pt "
+    "--out eval-paper/",
+    "uh-eval --init random --preset tiny --shards shards/synthetic --n 8 --out smoke/",
+))
 def run(
+    ctx: typer.Context,
     ckpt: Path | None = typer.Option(None, help="Our .safetensors checkpoint or a network-snapshot-*.pkl."),
     shards: list[Path] = typer.Option([], help="Shard folder (repeat for several); every metric but consistency "
                                                "needs one."),
     metrics: str = typer.Option("fid,pfid,kfid,pr", help="Comma-separated: fid, pfid, kfid, pr, consistency (the "
                                                          "whole image at r against its renders at 2r, 4r and 8r "
                                                          "reduced to r; no real data needed)."),
-    n: int = typer.Option(500, help="Samples per metric (per group for kFID); the paper uses 50000.",
+    n: int = typer.Option(500, "--n", help="Samples per metric (per group for kFID); the paper uses 50000.",
                           callback=cli_args.at_least_one),
-    protocol: str = typer.Option("quick", help="'quick' (small runs: FID at --fid-res from stitched patches, pFID "
+    protocol: str = typer.Option("quick", help="'quick' (small runs: FID at --fid-size from stitched patches, pFID "
                                                "over all sources) or 'paper' (render at 8r in one pass, FID at 4r "
                                                "against the HR full-body set, pFID/kFID at s = 8; r = 256 gives the "
                                                "paper's 2048/1024 px)."),
-    out: Path = typer.Option(..., help="Output folder for metrics.json and metrics.md.",
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for metrics.json and metrics.md.",
                              callback=cli_args.folder_to_write),
     init: str = typer.Option("checkpoint", help="'checkpoint' (use --ckpt) or 'random' (untrained --preset)."),
     preset: str = typer.Option("tiny", help="Preset for --init random: paper, small or tiny."),
-    fid_res: int | None = typer.Option(None, help="Quick protocol: resolution of full images for FID and P&R, a "
-                                                  "multiple of the patch resolution r (default r)."),
+    fid_size: int | None = typer.Option(None, "--fid-size", show_default="r",
+                                        help="Quick protocol: side in px of the full images FID and P&R compare, a "
+                                             "multiple of the patch resolution r."),
+    old_fid_size: int | None = typer.Option(None, "--fid-res", hidden=True),
     truncation: float = typer.Option(1.0, help="Truncation psi (1 = none, the usual setting for metrics).",
                                      callback=cli_args.number()),
     seed: int = typer.Option(0, help="Seed of real-patch sampling and latents."),
@@ -110,12 +118,15 @@ def run(
     kfid_groups: str | None = typer.Option(None, help="kFID only for these comma-separated keypoint groups "
                                                       "(face, neck, shoulder, elbow, hand, hip, knee; default: all); "
                                                       "the mean is then over these."),
-    batch: int = typer.Option(16, help="Images per generator and Inception batch.", callback=cli_args.at_least_one),
+    batch: int = typer.Option(16, "--batch", help="Images per generator and Inception batch.",
+                              callback=cli_args.at_least_one),
     method: str | None = typer.Option(None, help="Row label in the table (default: checkpoint name)."),
-    device: str = typer.Option("cpu", help="torch device.", callback=cli_args.torch_device),
+    device: str = typer.Option("auto", help="Torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, "
+                               "cuda:1, mps.", callback=cli_args.torch_device_or_auto),
     inception_pr: bool = typer.Option(False, "--inception-pr",
                                       help="--protocol paper: accept precision/recall on Inception features when no "
                                            "--vgg16 file is given (the paper's P&R use VGG16)."),
+    version: bool = cli_args.version_option("uh-eval"),
 ) -> None:
     """Evaluate a generator against shard folders and write the Table 1 style report."""
     from rich.console import Console
@@ -127,6 +138,7 @@ def run(
     from .metrics.report import markdown_table, write_report
     from .metrics.stats import StatsCache
 
+    fid_res = cli_args.renamed(ctx, "fid_size", old_fid_size, "--fid-res")
     names = parse_metrics(metrics)
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}",
@@ -139,15 +151,16 @@ def run(
     for folder in shards:
         if not folder.is_dir():
             _fail(f"shard folder {folder} does not exist")
-    from .render import device_problem
+    from .render import device_problem, resolve_device
 
+    device = resolve_device(device)
     if (problem := device_problem(device)) is not None:
         _fail(problem)
     with _held(out):
         G = _load_generator(ckpt, init, preset, device)
         r = G.img_resolution
         if fid_res is not None and (fid_res <= 0 or fid_res % r):
-            _fail(f"--fid-res {fid_res} must be a positive multiple of the patch resolution {r}")
+            _fail(f"--fid-size {fid_res} must be a positive multiple of the patch resolution {r}")
         label = method or (ckpt.stem if init == "checkpoint" and ckpt else f"random-{preset}")
         try:
             cfg = EvalConfig(metrics=names, n=n, fid_res=fid_res, seed=seed, batch=batch,

@@ -1,9 +1,9 @@
 """`uh-generate`: render images or zoomed patches at any resolution from a checkpoint.
 
     uh-generate --ckpt C --seeds 0-7 --size 2048 --truncation 0.8 --out DIR [--mode stitched|single]
-                [--patch VX,VY --scale S]
+                [--patch VX,VY --scale S] [--device auto|cpu|cuda]
     uh-generate --init random --preset small --size 512 --seeds 0-3 --out DIR      (smoke test)
-    uh-generate import-snapshot network-snapshot.pkl G.safetensors
+    uh-generate import-snapshot network-snapshot.pkl --out G.safetensors
 
 C is our safetensors checkpoint or a StyleGAN3 / AnyRes / UnitedHuman snapshot pickle (read without
 executing its embedded code). Writes `seedNNNN.png` per seed and `grid.png`.
@@ -24,7 +24,13 @@ from uh_train.format.atomic import atomic_write_bytes
 app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
-    help="Render images or zoomed patches at any resolution from a checkpoint.",
+    help="Render images or zoomed patches at any resolution from a checkpoint; [bold]uh-generate "
+    "import-snapshot[/bold] converts a snapshot pickle.",
+    epilog=cli_args.examples(
+        "uh-generate --ckpt runs/s2/network-latest.safetensors --seeds 0-7 --size 256 --out gen/",
+        "uh-generate --ckpt runs/s2/network-latest.safetensors --seeds 5 --patch 0.5,0.1 --scale 8 --out face/",
+        "uh-generate --init random --preset small --size 512 --seeds 0-3 --out smoke/",
+    ),
 )
 
 
@@ -114,20 +120,22 @@ def render(
     init: str = typer.Option("checkpoint", help="'checkpoint' (use --ckpt) or 'random' (untrained --preset)."),
     preset: str = typer.Option("small", help="Preset for --init random: paper, small or tiny."),
     which: str | None = typer.Option(None, help="Network in the checkpoint (default G_ema, else G)."),
-    seeds: str = typer.Option("0-7", help="Seeds, e.g. 0-7 or 1,4,9-12."),
+    seeds: str = typer.Option("0-7", help="Which latents: seeds, e.g. 0-7 or 1,4,9-12 (one image each)."),
     size: int | None = typer.Option(
         None, help="Output size in px, a multiple of the patch resolution r (default 4r, or r with --patch).",
         callback=cli_args.at_least_one),
     truncation: float = typer.Option(1.0, help="Truncation psi (1 = none).", callback=cli_args.number()),
-    out: Path | None = typer.Option(None, help="Output folder for seedNNNN.png and grid.png.",
-                                    callback=cli_args.folder_to_write),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for seedNNNN.png and grid.png. "
+                                    "Required.", callback=cli_args.folder_to_write),
     mode: str = typer.Option("stitched", help="stitched: r x r patches at s = size/r; single: one pass."),
     patch: str | None = typer.Option(None, help="VX,VY: render only the square of side 1/--scale around it."),
     scale: float = typer.Option(1.0, help="With --patch: zoom; the region's side is 1/scale of the image.",
                                 callback=cli_args.positive),
     max_gib: float = typer.Option(4.0, help="Memory for one single-mode pass; larger images go in blocks.",
                                   callback=cli_args.positive),
-    device: str = typer.Option("cpu", help="torch device.", callback=cli_args.torch_device),
+    device: str = typer.Option("auto", help="Torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, "
+                               "cuda:1, mps.", callback=cli_args.torch_device_or_auto),
+    version: bool = cli_args.version_option("uh-generate"),
 ) -> None:
     """Render images (or one zoomed region) for a list of seeds."""
     if ctx.invoked_subcommand is not None:
@@ -137,15 +145,16 @@ def render(
     from .render import MODES, available_bytes, largest_size, render_seed, seed_bytes
 
     if out is None:
-        raise typer.BadParameter("--out is required", param_hint="--out")
+        raise cli_args.missing(ctx, "out")
     if mode not in MODES:
         raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
     center = parse_point(patch) if patch else (0.5, 0.5)
     if not all(0 <= v <= 1 for v in center):
         raise typer.BadParameter(f"{patch} is not a point of full-body space [0,1]^2", param_hint="--patch")
     seed_list = parse_seeds(seeds)
-    from .render import device_problem
+    from .render import device_problem, resolve_device
 
+    device = resolve_device(device)
     if (problem := device_problem(device)) is not None:
         raise typer.BadParameter(problem, param_hint="--device")
     if init == "random":
@@ -193,16 +202,23 @@ def render(
     typer.echo(f"wrote {len(images)} images of {size}x{size} px and grid.png to {out}")
 
 
-@app.command("import-snapshot")
+@app.command("import-snapshot", cls=cli_args.Command, epilog=cli_args.examples(
+    "uh-generate import-snapshot network-snapshot.pkl --out G.safetensors",
+    "uh-generate import-snapshot network-snapshot.pkl --out G.safetensors --which G",
+))
 def import_snapshot_cmd(
+    ctx: typer.Context,
     pkl: Path = typer.Argument(..., exists=True, dir_okay=False, help="network-snapshot-*.pkl"),
-    out: Path = typer.Argument(..., help="Output .safetensors checkpoint.", callback=cli_args.file_to_write),
+    old_out: Path | None = typer.Argument(None, metavar="OUT", hidden=True, callback=cli_args.file_to_write),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output .safetensors checkpoint. Required.",
+                                    callback=cli_args.file_to_write),
     which: str = typer.Option("G_ema", help="Network to convert."),
 ) -> None:
     """Convert a StyleGAN3 / AnyRes / UnitedHuman snapshot's generator to our checkpoint format,
     without executing the code embedded in the pickle."""
     from .checkpoint import CheckpointError, import_snapshot
 
+    out = cli_args.renamed(ctx, "out", old_out, "OUT", required=True)
     try:
         cfg = import_snapshot(pkl, out, which=which)
     except CheckpointError as e:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .format import cli_args
 from .format.geometry import PatchView
 from .networks.generator import Generator, patch_transforms
 
@@ -40,17 +41,12 @@ DEFAULT_MAX_BYTES = 4 << 30
 
 def device_problem(name: str) -> str | None:
     """Why torch cannot run on the device NAME here (one line), or None when it can."""
-    kind = name.split(":")[0]
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            return (f"--device {name}: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
-                    "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            return f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s) here, numbered from 0"
-    if kind == "mps" and not torch.backends.mps.is_available():
-        return f"--device {name}: Apple's MPS backend is not available here; use --device cpu"
-    return None
+    return cli_args.device_problem(name, torch)
+
+
+def resolve_device(name: str) -> str:
+    """--device NAME as a device here: 'auto' is CUDA when there is a GPU, else the CPU (docs/cli.md)."""
+    return cli_args.resolve_device(name, torch)
 
 
 def seed_latents(seeds: Sequence[int], z_dim: int) -> torch.Tensor:

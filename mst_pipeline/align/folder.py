@@ -117,7 +117,7 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                  progress: Callable[[int, int], None] | None = None) -> AlignSummary:
     """Align every image of ROOT (this part's slice) into shards in OUT. See the module docstring.
 
-    With `settings.workers` > 1, detection (image decoding and keypoints) runs in that many
+    With `settings.workers` >= 1, detection (image decoding and keypoints) runs in that many
     processes, each building its detector once (or unpickling `detector` when one is given);
     results are consumed in file order, so the output equals a one-worker run. With
     `settings.overlay`, each newly aligned image also gets OVERLAY/<stem>.jpg (`mst_pipeline.align.overlay`).
@@ -137,7 +137,7 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     summary = AlignSummary()
-    if detector is None and settings.workers == 1:
+    if detector is None and settings.workers == 0:
         detector = image_detector(settings.detector, settings.keypoints_dir, root)
     pare = load_pare_checkpoint(settings.pare, settings.device, strict=True)[0] if settings.pare is not None else None
     try:

@@ -26,7 +26,7 @@ class AlignSettings:
     max_count: int = 1000
     smplify: SmplifyConfig = field(default_factory=SmplifyConfig)
     overlay: Path | None = None  # folder for a check picture per newly aligned image
-    workers: int = 1  # detection processes feeding the batched fits (1: detect inline)
+    workers: int = 0  # detection processes feeding the batched fits (0: detect inline, in the main process)
     pare: Path | None = None  # PARE checkpoint to start SMPLify-P from; None: the keypoint start
     prior: Path | None = None  # pose prior file the caller loads for the fits (`align_folder` takes it loaded)
     aligned: bool = False  # an aligned full-body set: padded-identity H, no fit (`mst_pipeline.align.folder`)
@@ -42,8 +42,8 @@ class AlignSettings:
 
     def problem(self) -> str | None:
         """The first rule these settings break, in words that name the option; None when none."""
-        if self.workers < 1:
-            return f"workers must be at least 1, got {self.workers}"
+        if self.workers < 0:
+            return f"--workers must be 0 (the main process) or more, got {self.workers}"
         if self.person not in PERSON_CHOICES:
             return f"--person must be one of {', '.join(PERSON_CHOICES)}, not {self.person!r}"
         if not self.aligned:

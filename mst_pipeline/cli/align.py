@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mst_pipeline.cli.app import app, check_fit_inputs, err
+from mst_pipeline.cli.app import app, check_fit_inputs, err, usable_device
 from mst_pipeline.detect.quiet import DivertedStderr
 from mst_pipeline.fitting import FIT_BATCH
 from uh_train.format import cli_args
@@ -24,8 +24,13 @@ def _part(text: str) -> tuple[int, int]:
     return k, n
 
 
-@app.command()
+@app.command(epilog=cli_args.examples(
+    "mst align deepfashion/ --out shards/ --space space.json --prior prior.ckpt",
+    "mst align shhq/ --aligned --tier HR --out shards/",
+    "mst align photos/ --out shards/ --overlay checks/ --workers 4",
+))
 def align(
+    ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="Folder of images (jpg/png/webp, nested folders allowed)."),
     out: Path = typer.Option(Path("shards"), "--out", "-o", help="Shard folder to write.",
                              callback=cli_args.folder_to_write),
@@ -41,11 +46,11 @@ def align(
     pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt) to start SMPLify-P "
                                      "from; default: the keypoint start."),
     body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
-    device: str = typer.Option("cpu", help="Torch device for the fits (cpu, cuda, cuda:1).",
-                               callback=cli_args.torch_device),
-    batch_size: int = typer.Option(FIT_BATCH, help="Images fitted together (64: batched L-BFGS's speed-up "
-                                    "over per-image fits is 17-26x there, 6.5x at 16).",
-                                    callback=cli_args.at_least_one),
+    device: str = typer.Option("auto", help="Torch device for the fits: auto (cuda when there is a GPU, else "
+                               "cpu), cpu, cuda, cuda:1.", callback=cli_args.torch_device_or_auto),
+    batch: int = typer.Option(FIT_BATCH, "--batch", help="Images fitted together (64: batched L-BFGS's speed-up "
+                              "over per-image fits is 17-26x there, 6.5x at 16).", callback=cli_args.at_least_one),
+    batch_size: int | None = typer.Option(None, "--batch-size", hidden=True, callback=cli_args.at_least_one),
     iterations: int = typer.Option(400, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
     optimizer: str = typer.Option("batched-lbfgs", help="batched-lbfgs | adam | lbfgs."),
     prior_target: str = typer.Option("reconstruct", help="θ̂, the pose the unseen joints are pulled to: reconstruct "
@@ -56,7 +61,9 @@ def align(
     overlay: Path | None = typer.Option(None, help="Folder for a check picture per aligned image (DIR/<stem>.jpg): "
                                         "keypoints, fitted joints and body silhouette.",
                                         callback=cli_args.folder_to_write),
-    workers: int = typer.Option(1, min=1, help="Processes decoding images and detecting keypoints for the fits."),
+    workers: int = typer.Option(0, "--workers", parser=cli_args.workers, metavar="N|auto",
+                                help="Processes decoding images and detecting keypoints while the main process "
+                                "fits (0: the main process does both; auto: one per CPU core)."),
     aligned: bool = typer.Option(False, "--aligned", help="DATASET is an aligned full-body set (SHHQ-like: one "
                                  "person centred, head to feet, portrait or square): each image enters as it is, "
                                  "H = the image padded to a square (a 512x1024 portrait covers x 0.25-0.75, "
@@ -82,6 +89,7 @@ def align(
     from uh_train.format.spec import sanitise_part
 
     check_fit_inputs(dataset, pare)
+    batch = cli_args.renamed(ctx, "batch", batch_size, "--batch-size")
     for name, value, allowed in (("kind", kind, shardspec.KINDS), ("tier", tier, shardspec.TIERS),
                                  ("optimizer", optimizer, ("batched-lbfgs", "adam", "lbfgs")),
                                  ("prior-target", prior_target, PRIOR_MODES)):
@@ -90,7 +98,7 @@ def align(
             raise typer.Exit(2)
     try:  # the rules of a fitted run and of --aligned live in AlignSettings
         settings = AlignSettings(kind=kind, tier=tier, detector=detector, keypoints_dir=keypoints_dir,
-                                 batch_size=batch_size, device=device, part=_part(part), max_count=max_count,
+                                 batch_size=batch, device=device, part=_part(part), max_count=max_count,
                                  smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer,
                                                        prior_mode=prior_target),
                                  pare=pare, prior=prior, overlay=overlay, workers=workers, aligned=aligned,
@@ -98,6 +106,7 @@ def align(
     except ValueError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
+    settings.device = "cpu" if aligned else usable_device(device)  # nothing is fitted with --aligned
     try:
         src = sanitise_part(source or dataset.resolve().name)
     except ValueError as e:

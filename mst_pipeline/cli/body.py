@@ -12,11 +12,17 @@ from uh_train.format import cli_args
 body_model_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="rich",
     help="SMPL-format body models: import the user's SMPL/SMPL-X files, build the open default model.",
+    epilog=cli_args.examples(
+        "mst body-model import SMPL_NEUTRAL.pkl --out smpl_neutral.npz",
+        "mst body-model info",
+    ),
 )
 app.add_typer(body_model_app, name="body-model")
 
 
-@body_model_app.command("import")
+@body_model_app.command("import", epilog=cli_args.examples(
+    "mst body-model import SMPL_NEUTRAL.pkl --out smpl_neutral.npz",
+))
 def body_model_import(
     src: Path = typer.Argument(..., help="SMPL-format model: official .pkl (chumpy inside is fine) or .npz."),
     out: Path = typer.Option(..., "--out", "-o", help="Clean .npz to write."),
@@ -38,7 +44,10 @@ def body_model_import(
     typer.echo(str(out))
 
 
-@body_model_app.command("build-open")
+@body_model_app.command("build-open", epilog=cli_args.examples(
+    "mst body-model build-open",
+    "mst body-model build-open --out open_model.npz --samples 500",
+))
 def body_model_build_open(
     out: Path | None = typer.Option(None, "--out", "-o", help="Where to write; default: the user cache "
                                     "($UNITEDHUMAN_CACHE or ~/.cache/unitedhuman), used when no model is given."),
@@ -57,7 +66,10 @@ def body_model_build_open(
     typer.echo(str(path))
 
 
-@body_model_app.command("info")
+@body_model_app.command("info", epilog=cli_args.examples(
+    "mst body-model info",
+    "mst body-model info smpl_neutral.npz",
+))
 def body_model_info(
     path: Path | None = typer.Argument(None, help="Model file; default: the model the pipeline would use."),
 ) -> None:
@@ -76,15 +88,20 @@ def body_model_info(
     typer.echo(model.attribution or "(no attribution)")
 
 
-@body_model_app.command("calibrate")
+@body_model_app.command("calibrate", epilog=cli_args.examples(
+    "mst body-model calibrate",
+    "mst body-model calibrate --detector mmpose --n 40 --size 256 --out mmpose_calibration.json",
+))
 def body_model_calibrate(
+    ctx: typer.Context,
     detector: str = typer.Option("mediapipe", help="The keypoint backend to run on the renders (mediapipe | "
                                  "mmpose; openpose-json takes mediapipe's by proxy)."),
     body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
     n: int = typer.Option(80, help="People rendered (three views each).", callback=cli_args.at_least_one),
     seed: int = typer.Option(1000, help="Seed of the people (keep it apart from the benchmark's)."),
-    res: int = typer.Option(256, min=64, help="Full view side in pixels (the upper-body and face views are "
-                            "denser)."),
+    size: int = typer.Option(256, "--size", min=64, help="Side of the full views in px (the upper-body and face "
+                             "views are denser)."),
+    old_size: int | None = typer.Option(None, "--res", hidden=True, min=64),
     out: Path | None = typer.Option(None, "--out", "-o", help="Calibration file; default: cached beside the body "
                                     "model, where the pipeline finds it."),
 ) -> None:
@@ -97,6 +114,7 @@ def body_model_calibrate(
     from mst_pipeline.detect import BackendUnavailable, make_detector
     from mst_pipeline.synthesis.calibrate import calibrate
 
+    size = cli_args.renamed(ctx, "size", old_size, "--res")
     if detector not in ("mediapipe", "mmpose"):
         err.print(f"[red]error:[/red] --detector must be mediapipe or mmpose (a detector that runs on images), "
                   f"not {detector!r}")
@@ -104,7 +122,7 @@ def body_model_calibrate(
     try:
         model = load_body_model(body_model, log=lambda m: err.print(f"[dim]body model:[/dim] {m}"))
         convention = BACKEND_CONVENTION[detector]
-        regressor, report = calibrate(model, make_detector(detector), convention, n=n, seed=seed, res=res,
+        regressor, report = calibrate(model, make_detector(detector), convention, n=n, seed=seed, res=size,
                                       log=lambda m: err.print(f"[dim]calibrate:[/dim] {m}"))
         path = regressor.save(out or calibration_path(convention, model.hash))
     except (BodyModelError, BackendUnavailable, OSError, ValueError) as e:

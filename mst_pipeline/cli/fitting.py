@@ -8,24 +8,29 @@ from pathlib import Path
 
 import typer
 
-from mst_pipeline.cli.app import app, check_fit_inputs, err
+from mst_pipeline.cli.app import app, check_fit_inputs, err, usable_device
 from mst_pipeline.detect.quiet import DivertedStderr
 from mst_pipeline.fitting import FIT_BATCH
 from uh_train.format import cli_args
 
 
-@app.command("space")
+@app.command("space", epilog=cli_args.examples(
+    "mst space shhq/ --out space.json",
+    "mst space shhq/ --out space.json --pare pare_checkpoint.ckpt --device cuda",
+))
 def space_cmd(
+    ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="Folder of full-body images."),
     out: Path = typer.Option(Path("space.json"), "--out", "-o", help="Space file to write (+ .npz of poses).",
                              callback=cli_args.file_to_write),
     detector: str = typer.Option("mediapipe", help="Keypoints: mediapipe | openpose-json | mmpose."),
     keypoints_dir: Path | None = typer.Option(None, help="Folder of OpenPose JSON files (openpose-json)."),
     body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
-    device: str = typer.Option("cpu", help="Torch device for the fits.", callback=cli_args.torch_device),
-    batch_size: int = typer.Option(FIT_BATCH, help="Images fitted together (64: batched L-BFGS's speed-up "
-                                    "over per-image fits is 17-26x there, 6.5x at 16).",
-                                    callback=cli_args.at_least_one),
+    device: str = typer.Option("auto", help="Torch device for the fits: auto (cuda when there is a GPU, else "
+                               "cpu), cpu, cuda, cuda:1.", callback=cli_args.torch_device_or_auto),
+    batch: int = typer.Option(FIT_BATCH, "--batch", help="Images fitted together (64: batched L-BFGS's speed-up "
+                              "over per-image fits is 17-26x there, 6.5x at 16).", callback=cli_args.at_least_one),
+    batch_size: int | None = typer.Option(None, "--batch-size", hidden=True, callback=cli_args.at_least_one),
     iterations: int = typer.Option(400, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
     pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt): start the fits from "
                                      "PARE and take the mean pitch from its global orientations; default: the "
@@ -43,6 +48,8 @@ def space_cmd(
     from mst_pipeline.fitting.space_fit import build_space
 
     check_fit_inputs(dataset, pare)
+    batch = cli_args.renamed(ctx, "batch", batch_size, "--batch-size")
+    device = usable_device(device)
     diverted = None if verbose else DivertedStderr(out.with_suffix(".log"))
     with contextlib.ExitStack() as stack:
         if diverted is not None:  # as `mst align`: the keypoint models' C++ messages go to the log
@@ -51,7 +58,7 @@ def space_cmd(
         try:
             model = load_body_model(body_model, detector=detector).to(device)
             result, rejected = build_space(dataset, model, detector=detector, keypoints_dir=keypoints_dir,
-                                           device=device, batch_size=batch_size,
+                                           device=device, batch_size=batch,
                                            config=SmplifyConfig(iterations=iterations), pare=pare)
         except (ValueError, RuntimeError, OSError) as e:
             err.print(f"[red]error:[/red] {e}")
@@ -71,18 +78,24 @@ def space_cmd(
                   f"{out.with_suffix('.log')}; --verbose shows them")
 
 
-@app.command("fit-prior")
+@app.command("fit-prior", epilog=cli_args.examples(
+    "mst fit-prior space.json --out prior.ckpt",
+    "mst fit-prior poses.npz --out prior.ckpt --epochs 400 --device cuda",
+))
 def fit_prior(
+    ctx: typer.Context,
     poses: Path = typer.Argument(..., help="`mst space` output (space.json with its .npz) or an .npz with "
                                  "`pose` [N, 72] or [N, 63]."),
     out: Path = typer.Option(Path("prior.ckpt"), "--out", "-o", help="Prior checkpoint (VPoser snapshot layout).",
                              callback=cli_args.file_to_write),
     epochs: int = typer.Option(200, help="Training epochs.", callback=cli_args.at_least_one),
-    batch_size: int = typer.Option(256, help="Batch size.", callback=cli_args.at_least_one),
+    batch: int = typer.Option(256, "--batch", help="Poses per training step.", callback=cli_args.at_least_one),
+    batch_size: int | None = typer.Option(None, "--batch-size", hidden=True, callback=cli_args.at_least_one),
     lr: float = typer.Option(1e-3, help="Adam learning rate.", callback=cli_args.positive),
     kl_weight: float = typer.Option(5e-3, help="Weight of the KL term.", callback=cli_args.non_negative),
     seed: int = typer.Option(0, help="Random seed."),
-    device: str = typer.Option("cpu", help="Torch device.", callback=cli_args.torch_device),
+    device: str = typer.Option("auto", help="Torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, "
+                               "cuda:1.", callback=cli_args.torch_device_or_auto),
     body_model: Path | None = typer.Option(None, help="SMPL-format model file whose vertices the reconstruction "
                                            "loss compares; default: the open model."),
     vertex_step: int = typer.Option(16, min=1, help="Compare every N-th vertex of the mesh (1: all; fewer is "
@@ -101,6 +114,8 @@ def fit_prior(
     from mst_pipeline.fitting.prior import save_prior, train_prior
     from mst_pipeline.space import load_space
 
+    batch = cli_args.renamed(ctx, "batch", batch_size, "--batch-size")
+    device = usable_device(device)
     try:
         if poses.suffix == ".json":
             data = load_space(poses).poses
@@ -110,7 +125,7 @@ def fit_prior(
             with np.load(poses, allow_pickle=False) as z:
                 data = z["pose"]
         body = load_body_model(body_model)
-        prior, stats = train_prior(data, epochs=epochs, batch_size=batch_size, lr=lr, kl_weight=kl_weight,
+        prior, stats = train_prior(data, epochs=epochs, batch_size=batch, lr=lr, kl_weight=kl_weight,
                                    seed=seed, device=device, body=body, vertex_step=vertex_step, mirror=mirror)
     except (ValueError, RuntimeError, OSError, KeyError) as e:
         err.print(f"[red]error:[/red] {e}")
@@ -122,7 +137,9 @@ def fit_prior(
               f"{stats.final_reconstruction:.4f} (L1, {stats.num_vertices} vertices), KL {stats.final_kl:.2f}")
 
 
-@app.command("fit-hands")
+@app.command("fit-hands", epilog=cli_args.examples(
+    "mst fit-hands shards/shhq --out hand_poses.npz",
+))
 def fit_hands(
     shards: list[Path] = typer.Argument(..., help="Shard folders written by `mst align` (the full-body set); "
                                         "their hand keypoints are fitted."),

@@ -11,14 +11,18 @@ from mst_pipeline.cli.app import app, err
 from uh_train.format import cli_args
 
 
-@app.command()
+@app.command(epilog=cli_args.examples(
+    "mst validate shards/",
+    "mst validate shards/ --json --workers 0",
+))
 def validate(
     folder: Path = typer.Argument(..., help="Shard folder to check."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
     max_defects: int = typer.Option(200, help="Show at most this many defects (all are counted).",
                                     callback=cli_args.non_negative),
-    workers: int = typer.Option(0, "--workers", help="Processes checking shards (0: one per CPU core).",
-                                callback=cli_args.non_negative),
+    workers: int = typer.Option("auto", "--workers", parser=cli_args.workers, metavar="N|auto",
+                                help="Processes checking shards (0 or 1: the main process checks them; auto: one "
+                                "per CPU core)."),
 ) -> None:
     """Check every shard of FOLDER against the shard spec and the manifest.
 
@@ -32,7 +36,7 @@ def validate(
     if not folder.is_dir():
         err.print(f"[red]error:[/red] {folder} is not a folder (give the folder that holds the .tar shards)")
         raise typer.Exit(2)
-    report = validate_folder(folder, workers=workers or None)
+    report = validate_folder(folder, workers=max(1, workers))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -40,7 +44,9 @@ def validate(
     raise typer.Exit(0 if report.ok else 1)
 
 
-@app.command()
+@app.command(epilog=cli_args.examples(
+    "mst preview shards/ --out preview.png --n 64",
+))
 def preview(
     folder: Path = typer.Argument(..., help="Shard folder."),
     out: Path = typer.Option(Path("preview.png"), "--out", "-o", help="PNG contact sheet to write.",

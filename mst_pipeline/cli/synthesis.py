@@ -10,37 +10,53 @@ from mst_pipeline.cli.app import app, err
 from uh_train.format import cli_args
 
 
-@app.command()
+@app.command(cls=cli_args.Command, epilog=cli_args.examples(
+    "mst synthetic --out shards/synthetic --n 32",
+    "mst synthetic --out tiny/ --n 6 --size 64",
+))
 def synthetic(
-    out: Path = typer.Argument(..., help="Shard folder to write.", callback=cli_args.folder_to_write),
+    ctx: typer.Context,
+    old_out: Path | None = typer.Argument(None, metavar="OUT", hidden=True, callback=cli_args.folder_to_write),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Shard folder to write. Required.",
+                                    callback=cli_args.folder_to_write),
     n: int = typer.Option(32, "--n", help="Number of synthetic people.", callback=cli_args.at_least_one),
-    res: int = typer.Option(256, help="Full-body image resolution (16 to 4096).",
-                            callback=cli_args.number(16, high=4096)),
+    size: int = typer.Option(256, "--size", help="Side of the full-body images in px (16 to 4096).",
+                             callback=cli_args.number(16, high=4096)),
+    old_size: int | None = typer.Option(None, "--res", hidden=True, callback=cli_args.number(16, high=4096)),
     seed: int = typer.Option(0, help="Random seed (same seed -> same shards)."),
 ) -> None:
     """Write a small multi-source set of synthetic figures with exact homographies.
 
-    Sources: full-body images at RES, upper-body crops and face crops rendered at higher
+    Sources: full-body images of --size px, upper-body crops and face crops rendered at higher
     resolution. Useful to test the trainer and the tools without any dataset. Resumable.
     """
     from mst_pipeline.shards.writer import ShardError
     from mst_pipeline.synthesis.synthetic import write_synthetic
 
+    out = cli_args.renamed(ctx, "out", old_out, "OUT", required=True)
+    size = cli_args.renamed(ctx, "size", old_size, "--res")
     try:
-        counts = write_synthetic(out, n=n, res=res, seed=seed)
+        counts = write_synthetic(out, n=n, res=size, seed=seed)
     except (ShardError, ValueError, OSError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
     err.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
-@app.command("render-people")
+@app.command("render-people", cls=cli_args.Command, epilog=cli_args.examples(
+    "mst render-people --out people/ --n 32 --size 256",
+    "mst render-people --out people/ --n 8 --space space.json --poses space.npz",
+))
 def render_people(
-    out: Path = typer.Argument(..., help="Folder to write: full/, upper/, face/ images with OpenPose JSON, "
-                               "and truth.jsonl.", callback=cli_args.folder_to_write),
+    ctx: typer.Context,
+    old_out: Path | None = typer.Argument(None, metavar="OUT", hidden=True, callback=cli_args.folder_to_write),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder to write: full/, upper/, face/ images with "
+                                    "OpenPose JSON, and truth.jsonl. Required.", callback=cli_args.folder_to_write),
     n: int = typer.Option(32, "--n", help="Number of people (indices 0..N-1)."),
-    res: int = typer.Option(256, help="Full-body image size in pixels (square); the upper-body views are "
-                            "about 3x and the face views 8x as dense."),
+    size: int = typer.Option(256, "--size", help="Side of the full-body images in px (square, at least 32); the "
+                             "upper-body views are about 3x and the face views 8x as dense.",
+                             callback=cli_args.number(32)),
+    old_size: int | None = typer.Option(None, "--res", hidden=True, callback=cli_args.number(32)),
     seed: int = typer.Option(0, help="Random seed: the same seed and index give identical images."),
     body_model: Path | None = typer.Option(None, help="SMPL-format model file; default: the open model."),
     poses: Path | None = typer.Option(None, help=".npz of poses (`pose` [N, 72]), e.g. `mst space`'s; "
@@ -50,15 +66,17 @@ def render_people(
 ) -> None:
     """Render people from the body model with exact homographies (ground truth for the MST).
 
-    Varied shapes, standing poses and clothing colours; full-body images at RES, upper-body and
+    Varied shapes, standing poses and clothing colours; full-body images of --size px, upper-body and
     face views at higher pixel density, each with its ground-truth keypoints as
     [bold]NAME_keypoints.json[/bold] (for [bold]mst align --detector openpose-json[/bold]) and its
     exact H in OUT/truth.jsonl. Deterministic per index, resumable (existing images are kept).
     """
     from mst_pipeline.synthesis.people import render_people as run
 
+    out = cli_args.renamed(ctx, "out", old_out, "OUT", required=True)
+    size = cli_args.renamed(ctx, "size", old_size, "--res")
     try:
-        summary = run(out, n=n, res=res, seed=seed, body_model=body_model, poses_file=poses, space_file=space)
+        summary = run(out, n=n, res=size, seed=seed, body_model=body_model, poses_file=poses, space_file=space)
     except (ValueError, RuntimeError, OSError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
@@ -67,16 +85,22 @@ def render_people(
               f"{summary.seconds:.0f} s" + (f" (person covers {coverage})" if coverage else ""))
 
 
-@app.command("render-hands")
+@app.command("render-hands", epilog=cli_args.examples(
+    "mst render-hands --out shards/ --n 7000 --size 512 --hand-poses hand_poses.npz --backgrounds deepfashion_hr/",
+    "mst render-hands --out hands/ --n 4 --size 64 --engine cycles --samples 4",
+))
 def render_hands(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("shards"), "--out", "-o", help="Shard folder to write (source 'hands').",
                              callback=cli_args.folder_to_write),
     n: int = typer.Option(7000, "--n", help="Number of hands (indices 0..N-1).", callback=cli_args.at_least_one),
-    res: int = typer.Option(512, help="Image size in pixels (square, 16 to 4096).",
-                            callback=cli_args.number(16, high=4096)),
+    size: int = typer.Option(512, "--size", help="Side of the images in px (square, 16 to 4096).",
+                             callback=cli_args.number(16, high=4096)),
+    old_size: int | None = typer.Option(None, "--res", hidden=True, callback=cli_args.number(16, high=4096)),
     seed: int = typer.Option(0, help="Random seed: the same seed and index give identical image bytes."),
-    workers: int = typer.Option(1, help="Blender worker processes rendering in parallel.",
-                                callback=cli_args.at_least_one),
+    workers: int = typer.Option(1, "--workers", parser=cli_args.workers, metavar="N|auto",
+                                help="Blender processes rendering in parallel (at least 1: Blender never runs in "
+                                "the main process; auto: one per CPU core).", callback=cli_args.at_least_one),
     engine: str = typer.Option("auto", help="auto | cycles | eevee | workbench. auto: EEVEE with a GPU, "
                                "else Cycles with few samples on the CPU."),
     samples: int = typer.Option(16, help="Render samples (Cycles, EEVEE).", callback=cli_args.at_least_one),
@@ -111,13 +135,14 @@ def render_hands(
     from mst_pipeline.synthesis.hands import RenderSettings, blender_command
     from mst_pipeline.synthesis.hands import render_hands as run
 
+    size = cli_args.renamed(ctx, "size", old_size, "--res")
     if engine not in ("auto", "cycles", "eevee", "workbench"):
         err.print(f"[red]error:[/red] --engine must be auto, cycles, eevee or workbench, not {engine!r}")
         raise typer.Exit(2)
     if image_format not in ("jpg", "png"):
         err.print(f"[red]error:[/red] --format must be jpg or png, not {image_format!r}")
         raise typer.Exit(2)
-    settings = RenderSettings(res=res, engine=engine, samples=samples, image_format=image_format,
+    settings = RenderSettings(res=size, engine=engine, samples=samples, image_format=image_format,
                               timeout=timeout, hdr=str(hdr) if hdr else None)
     try:
         summary = run(out, n=n, seed=seed, settings=settings, workers=workers, body_model=body_model,
@@ -134,7 +159,10 @@ def render_hands(
         err.print(f"see {out / 'rejects.jsonl'}; a re-run retries them")
 
 
-@app.command("derive-sr")
+@app.command("derive-sr", epilog=cli_args.examples(
+    "mst derive-sr shards/ --from shhq --out shards/",
+    "mst derive-sr shhq_hr/ --out shards/ --limit 5000",
+))
 def derive_sr_cmd(
     hr: Path = typer.Argument(..., metavar="HR_SET", help="HR full-body shards (e.g. the folder that "
                               "`mst align shhq/ --aligned --tier HR` wrote; every 'full' sample is used) or a folder "

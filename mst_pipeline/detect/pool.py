@@ -146,10 +146,11 @@ def detections(tasks: list[tuple[Path, str, str, bool]], workers: int, detector,
                batch_size: int) -> Iterator[DetectedImage | Rejected]:
     """The detection result of each (path, stem, key, aligned) task, in task order.
 
-    DETECTOR is used inline with one worker; with more, each worker process unpickles DETECTOR or,
-    when it is None, builds its own from SPEC (backend name, keypoints folder, image root).
+    DETECTOR is used inline with 0 workers (in this process); with one or more, each worker process
+    unpickles DETECTOR or, when it is None, builds its own from SPEC (backend name, keypoints folder,
+    image root).
     """
-    if workers == 1:
+    if workers == 0:
         for path, stem, key, aligned in tasks:
             try:
                 found: DetectedImage | Rejected = detect_image(path, stem, key, detector, aligned)
@@ -302,7 +303,7 @@ class _DetectionPool:
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         if not w.ready:
             raise RuntimeError(f"a detection worker exited while starting ({how}); "
-                               "run with --workers 1 to see the error")
+                               "run with --workers 0 to see the error")
         culprit = w.queued.popleft() if w.queued else None
         pending.extendleft(reversed(w.queued))  # the rest of its queue goes first to the next worker
         self._shut(w)

@@ -242,7 +242,7 @@ def render_people(out: str | os.PathLike, n: int, res: int = 256, seed: int = 0,
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     if res < 32:
-        raise ValueError(f"--res must be at least 32 pixels, got {res}")
+        raise ValueError(f"--size must be at least 32 pixels, got {res}")
     start = time.perf_counter()
     mesh_render.start()  # the renderer starts while the body model loads
     out = Path(out)

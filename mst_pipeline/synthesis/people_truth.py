@@ -69,7 +69,7 @@ def truth_errors(truth: dict[str, dict[str, Any]], shards: Sequence[dict[str, An
 
 def truth_views(model: Any, n: int, seed: int = 0, res: int = 128, space: Any = None,
                 kinds: Sequence[str] = ("full", "upper", "face")) -> list[dict[str, Any]]:
-    """The views `mst render-people --n N --res R --seed S` renders, without their pixels: one record
+    """The views `mst render-people --n N --size R --seed S` renders, without their pixels: one record
     per view with index, view, width, height, H (image pixels -> full-body space) and the
     keypoints its OpenPose JSON holds in the fit's layout: targets [37, 2] in the image's
     normalised coordinates and confidence [37] (1 inside the image, 0 outside)."""

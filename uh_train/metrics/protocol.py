@@ -11,7 +11,7 @@ patches are taken at s = 8. `paper` keeps these ratios for any patch resolution 
 | HR full-body set: full-body images at least this dense | 1024 px | FID_SCALE * r |
 | pFID / kFID patch scale s | 8 | PATCH_SCALE |
 
-`quick` is the protocol of small runs: full images stitched from patches at `--fid-res` (default
+`quick` is the protocol of small runs: full images stitched from patches at `--fid-size` (default
 r) against every full-body image, pFID patches from the trainer's sampler over all sources, kFID
 patches at s = 8 magnified where their source is too sparse, Inception features throughout.
 """

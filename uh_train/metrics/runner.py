@@ -93,7 +93,7 @@ class EvalConfig:
         if self.protocol not in PROTOCOLS:
             raise MetricsError(f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}")
         if self.protocol == "paper":
-            fixed = [name for name, value, default in (("--fid-res", self.fid_res, None),
+            fixed = [name for name, value, default in (("--fid-size", self.fid_res, None),
                                                        ("--kfid-min-density", self.kfid_min_density, 0.0),
                                                        ("kfid_scale", self.kfid_scale, patches.KFID_SCALE))
                      if value != default]

@@ -1,5 +1,7 @@
-"""`uh-train`: the command line of the trainer (`run`, the default, and `import-snapshot`). Its
-defaults are `TrainConfig`'s and the presets' (`uh_train.networks.presets`), shown in --help."""
+"""`uh-train`: the command line of the trainer. `uh-train --shards ... --out RUN` trains (its options
+are the app's own, so `uh-train --help` lists them; `uh-train run ...`, the older spelling, is a
+hidden command with the same options), `uh-train import-snapshot` converts a snapshot. Its defaults
+are `TrainConfig`'s and the presets' (`uh_train.networks.presets`), shown in --help."""
 
 from __future__ import annotations
 
@@ -13,13 +15,21 @@ from uh_train.networks.presets import PRESETS
 from uh_train.training.config import TrainConfig, default, parse_views
 from uh_train.training.monitor import console
 
+EXAMPLES = cli_args.examples(
+    "uh-train --shards shards/synthetic --out runs/s1 --stage 1 --preset tiny",
+    "uh-train --shards shards/synthetic --out runs/s2 --stage 2 --preset tiny --teacher runs/s1",
+    "uh-train --shards shards/shhq --out runs/s1 --preset paper --kimg 25000 --batch 32",
+)
+
 app = typer.Typer(add_completion=False, rich_markup_mode="rich", no_args_is_help=True,
-                  help="Train the continuous-resolution UnitedHuman generator from shards.")
+                  help="Train the continuous-resolution UnitedHuman generator from shards (resumes automatically "
+                  "when OUT holds a checkpoint); [bold]uh-train import-snapshot[/bold] converts a snapshot pickle.",
+                  epilog=EXAMPLES)
 
 
-def _per_preset(name: str, fmt=lambda v: f"{v:g}") -> str:
-    """'default per preset: paper 32, small 16, tiny 8' for a preset training default."""
-    return "default per preset: " + ", ".join(f"{p} {fmt(getattr(PRESETS[p].training, name))}" for p in PRESETS)
+def _per_preset(name: str, fmt=lambda v: f"{v:g}", of=lambda p: p.training) -> str:
+    """'per preset: paper 32, small 16, tiny 8' for a preset default (shown as the option's default)."""
+    return "per preset: " + ", ".join(f"{p} {fmt(getattr(of(PRESETS[p]), name))}" for p in PRESETS)
 
 
 def _parse_mix(items: list[str]) -> dict[str, float]:
@@ -35,26 +45,30 @@ def _parse_mix(items: list[str]) -> dict[str, float]:
     return out
 
 
-@app.command("run")
-def run_cmd(
-    shards: list[Path] = typer.Option(..., "--shards", help="Shard folder(s); repeat for several sources."),
-    out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, samples, log, TensorBoard).",
-                             callback=cli_args.folder_to_write),
+def train_cmd(
+    ctx: typer.Context,
+    shards: list[Path] | None = typer.Option(None, "--shards", show_default=False,
+                                             help="Shard folder(s); repeat for several sources. Required."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, samples, log, "
+                                    "TensorBoard). Required.", callback=cli_args.folder_to_write),
     stage: int = typer.Option(default("stage"), "--stage", min=1, max=2,
                               help="1: full-body images; 2: multi-source patches."),
     teacher: Path | None = typer.Option(None, "--teacher", help="Stage-1 generator (stage 2's teacher and start)."),
     preset: str = typer.Option(default("preset"), "--preset",
                                help=f"{' | '.join(PRESETS)} (network size and the defaults below)."),
-    res: int | None = typer.Option(None, "--res", help="Patch resolution r (default: the preset's).",
+    res: int | None = typer.Option(None, "--res", help="Patch resolution r of the networks.",
+                                   show_default=_per_preset("img_resolution", of=lambda p: p.generator),
                                    callback=cli_args.power_of_two),
-    kimg: float | None = typer.Option(None, "--kimg", callback=cli_args.positive,
-                                      help=f"Training length in thousands of real images ({_per_preset('kimg')})."),
-    batch: int | None = typer.Option(None, "--batch", callback=cli_args.at_least_one,
-                                     help=f"Global batch size ({_per_preset('batch')})."),
-    batch_gpu: int | None = typer.Option(None, "--batch-gpu", help="Per-process batch (accumulates gradients).",
+    kimg: float | None = typer.Option(None, "--kimg", callback=cli_args.positive, show_default=_per_preset("kimg"),
+                                      help="Training length in thousands of real images."),
+    batch: int | None = typer.Option(None, "--batch", callback=cli_args.at_least_one, show_default=_per_preset("batch"),
+                                     help="Global batch: real images per step."),
+    batch_gpu: int | None = typer.Option(None, "--batch-gpu", help="Per-process batch (accumulates gradients when "
+                                         "smaller).", show_default="--batch / processes",
                                          callback=cli_args.at_least_one),
     snapshot_kimg: float | None = typer.Option(None, "--snapshot-kimg", callback=cli_args.positive,
-                                               help=f"Checkpoint interval in kimg ({_per_preset('snapshot_kimg')})."),
+                                               show_default=_per_preset("snapshot_kimg"),
+                                               help="Checkpoint interval in kimg."),
     lpips: str = typer.Option(default("lpips"), "--lpips", help="auto | on | off: LPIPS in the teacher pixel loss."),
     lambda_p: float = typer.Option(default("lambda_p"), "--lambda-p", callback=cli_args.non_negative,
                                    help="Stage 2: weight λ_p of the teacher pixel loss (Eq. 8, 10)."),
@@ -64,9 +78,9 @@ def run_cmd(
     view: list[str] = typer.Option([], "--view", help="Per-source patch sampling (stage 2), repeatable: "
                                    "SOURCE:scale=log-uniform|uniform-size,s_min=1,s_max=8,keypoints=0.5,jitter=0.25 "
                                    "(any subset; see docs/training.md)."),
-    precision: str | None = typer.Option(None, "--precision", show_default=False,
+    precision: str | None = typer.Option(None, "--precision", show_default=_per_preset("precision", str),
                                          help="fp32 | bf16 | auto: the networks' arithmetic (auto: bf16 on a GPU, "
-                                              "fp32 on a CPU; default: the preset's, fp32 for paper)."),
+                                              "fp32 on a CPU)."),
     cutmix_prob: float = typer.Option(default("cutmix_prob"), "--cutmix-prob", min=0.0, max=1.0,
                                       help="Share of whole real views whose CutMix image D trains on (partial "
                                            "patches always; U-Net GAN: 0.5)."),
@@ -83,7 +97,8 @@ def run_cmd(
     ada_kimg: float = typer.Option(default("ada_kimg"), "--ada-kimg", callback=cli_args.positive,
                                    help="--aug ada: p may go from 0 to 1 in this many kimg."),
     ema_kimg: float | None = typer.Option(None, "--ema-kimg", callback=cli_args.positive,
-                                          help="Half-life of G_ema in kimg (default: batch x 10 / 32, as StyleGAN3)."),
+                                          show_default="batch x 10 / 32, as StyleGAN3",
+                                          help="Half-life of G_ema in kimg."),
     whole_prob: float = typer.Option(default("whole_prob"), "--whole-prob", min=0.0, max=1.0,
                                      help="Stage 2: probability that a full-body sample is seen whole at T = identity "
                                           "(the rest are patches at sampled (v, s))."),
@@ -92,13 +107,15 @@ def run_cmd(
                                              "steps in a row, naming the last snapshot in bounds (0: never)."),
     diverge_steps: int = typer.Option(default("diverge_steps"), "--diverge-steps", callback=cli_args.at_least_one,
                                       help="Steps in a row above --diverge-limit that stop the run."),
-    mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", show_default=False,
-                                       help="x-flip half of the samples "
-                                            f"({_per_preset('mirror', lambda v: 'on' if v else 'off')})."),
+    mirror: bool | None = typer.Option(None, "--mirror/--no-mirror",
+                                       show_default=_per_preset("mirror", lambda v: "on" if v else "off"),
+                                       help="x-flip half of the samples."),
     seed: int = typer.Option(default("seed"), "--seed"),
-    workers: int = typer.Option(default("workers"), "--workers", help="Data loader worker processes.",
-                                callback=cli_args.non_negative),
-    device: str = typer.Option(default("device"), "--device", help="auto | cpu | cuda",
+    workers: int = typer.Option(default("workers"), "--workers", parser=cli_args.workers, metavar="N|auto",
+                                help="Data loader processes (0: the main process loads the data; auto: one per CPU "
+                                     "core)."),
+    device: str = typer.Option(default("device"), "--device", help="auto (cuda when there is a GPU, else cpu) | cpu "
+                               "| cuda | cuda:N (torchrun: each process its own GPU).",
                                callback=cli_args.torch_device_or_auto),
     gamma: float = typer.Option(default("r1_gamma"), "--gamma", help="R1 weight.", callback=cli_args.non_negative),
     share_fakes: bool = typer.Option(default("share_fakes"), "--share-fakes/--no-share-fakes",
@@ -115,10 +132,17 @@ def run_cmd(
     allow_config_change: bool = typer.Option(default("allow_config_change"), "--allow-config-change",
                                              help="Resume even if settings differ from the checkpoint's "
                                                   "(the changes are recorded in run.json)."),
+    version: bool = cli_args.version_option("uh-train"),
 ) -> None:
     """Train (resumes automatically when OUT holds a checkpoint)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from uh_train.train import train
 
+    if not shards:
+        raise cli_args.missing(ctx, "shards")
+    if out is None:
+        raise cli_args.missing(ctx, "out")
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r} ({', '.join(PRESETS)})", param_hint="--preset")
     if lpips not in ("auto", "on", "off"):
@@ -169,14 +193,26 @@ def run_cmd(
     console.print(f"done: {summary['steps']} steps, {summary['kimg']:.3f} kimg -> {out}")
 
 
-@app.command("import-snapshot")
+# `uh-train` trains; `uh-train run` (hidden) is the spelling of the versions whose training options sat
+# under a `run` command, kept for scripts.
+app.callback(invoke_without_command=True)(train_cmd)
+app.command("run", hidden=True, epilog=EXAMPLES)(train_cmd)
+
+
+@app.command("import-snapshot", cls=cli_args.Command, epilog=cli_args.examples(
+    "uh-train import-snapshot network-snapshot.pkl --out G.safetensors",
+))
 def import_snapshot_cmd(
+    ctx: typer.Context,
     pkl: Path = typer.Argument(..., help="StyleGAN3 / AnyRes / UnitedHuman network-snapshot .pkl"),
-    out: Path = typer.Argument(..., help="Output .safetensors generator checkpoint"),
+    old_out: Path | None = typer.Argument(None, metavar="OUT", hidden=True, callback=cli_args.file_to_write),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output .safetensors generator checkpoint. Required.",
+                                    callback=cli_args.file_to_write),
 ) -> None:
     """Convert a snapshot pickle into our checkpoint format without executing its embedded code."""
     from uh_train.checkpoint import import_snapshot
 
+    out = cli_args.renamed(ctx, "out", old_out, "OUT", required=True)
     try:
         import_snapshot(pkl, out)
     except (FileNotFoundError, ValueError) as e:
@@ -186,9 +222,4 @@ def import_snapshot_cmd(
 
 
 def main() -> None:
-    import sys
-
-    # `uh-train --shards ...` is the training command; other first words name subcommands.
-    if len(sys.argv) > 1 and sys.argv[1] not in ("run", "import-snapshot", "--help", "-h"):
-        sys.argv.insert(1, "run")
     app()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from uh_train.format import cli_args
 from uh_train.training.monitor import console
 
 
@@ -38,7 +39,7 @@ def init_distributed(device_kind: str) -> Dist:
 def start_process(device_name: str, seed: int) -> tuple[torch.device, Dist]:
     """This process's device and place in the group (`auto`: CUDA when there is one); seeds torch,
     numpy and random with seed + rank."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name)
+    device = torch.device(cli_args.resolve_device(device_name, torch))
     d = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", d.local_rank)

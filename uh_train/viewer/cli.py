@@ -1,6 +1,6 @@
 """`uh-view CKPT`: open a checkpoint in the browser and browse its people at any resolution.
 
-    uh-view CKPT [--port 8000] [--device auto] [--host 127.0.0.1] [--shards DIR] [--size 512]
+    uh-view CKPT [--port 8000] [--device auto] [--host 127.0.0.1] [--shards DIR] [--size 512] [--out views]
 """
 
 from __future__ import annotations
@@ -17,39 +17,34 @@ app = typer.Typer(add_completion=False, rich_markup_mode="rich",
 LOCAL = "127.0.0.1"
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is there, else 'mps', else 'cpu'."""
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-@app.command()
+@app.command(epilog=cli_args.examples(
+    "uh-view checkpoints/learned-tiny.safetensors",
+    "uh-view runs/s2/network-latest.safetensors --shards shards/synthetic --device cuda --size 768",
+    "uh-view runs/s2/network-latest.safetensors --port 8001 --out saved-views/",
+))
 def view(
+    ctx: typer.Context,
     ckpt: Path = typer.Argument(..., help="Our .safetensors checkpoint or a network-snapshot-*.pkl."),
     port: int = typer.Option(8000, help="Port to listen on.", min=1, max=65535),
     host: str = typer.Option(LOCAL, help="Address to bind; anything but 127.0.0.1 lets other machines in."),
-    device: str = typer.Option("auto", help="torch device, or auto (a GPU when there is one).",
-                               callback=cli_args.torch_device_or_auto),
+    device: str = typer.Option("auto", help="Torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, "
+                               "cuda:1, mps.", callback=cli_args.torch_device_or_auto),
     size: int = typer.Option(512, help="Side of each panel in px, a multiple of the patch resolution r.",
                              callback=cli_args.at_least_one),
     mode: str = typer.Option("single", help="uh-generate's --mode: single (one pass, fast) or stitched."),
     shards: Path | None = typer.Option(None, help="Shard folder: show a real sample in the same window."),
     which: str | None = typer.Option(None, help="Network in the checkpoint (default G_ema, else G)."),
-    save_dir: Path = typer.Option(Path("views"), help="Where 'save this view' writes its folders.",
-                                  callback=cli_args.folder_to_write),
+    out: Path = typer.Option(Path("views"), "--out", "-o", help="Where 'save this view' writes its folders.",
+                             callback=cli_args.folder_to_write),
+    old_out: Path | None = typer.Option(None, "--save-dir", hidden=True, callback=cli_args.folder_to_write),
     cache_mb: float = typer.Option(256.0, help="Memory for recently rendered views (MiB).",
                                    callback=cli_args.positive),
+    version: bool = cli_args.version_option("uh-view"),
 ) -> None:
     """Serve the viewer page at http://HOST:PORT/ (and GET /view.png?seed=&psi=&v=VX,VY&s=&size=)."""
-    from uh_train.render import MODES
+    from uh_train.render import MODES, device_problem, resolve_device
 
+    save_dir = cli_args.renamed(ctx, "out", old_out, "--save-dir")
     if mode not in MODES:
         raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
     if not ckpt.is_file():
@@ -63,6 +58,8 @@ def view(
     from .server import Viewer, make_server
 
     device = resolve_device(device)
+    if (problem := device_problem(device)) is not None:
+        raise typer.BadParameter(problem, param_hint="--device")
     try:
         G = load_generator(ckpt, device=device, which=which)
     except CheckpointError as e:
