@@ -60,10 +60,6 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
     lpips_fn = make_lpips(cfg.lpips, device, cfg.preset) if use_pixel else None
     pixel_note = models.pixel_loss_note(cfg, teacher, lpips_fn)
     precision = resolve_precision(cfg.precision, device.type)
-    if d.main:
-        rf.write_run_info(out, cfg, resume, prog.step, start=start_note, pixel_loss=pixel_note,
-                          ema_rampup=ema_rampup, mirror=cfg.mirror, precision=precision)
-        console.print(f"stage {cfg.stage}: {start_note}; pixel loss: {pixel_note}; arithmetic: {precision}")
 
     # Data: this process's share of the batch, in `rounds` accumulation rounds.
     res = G.img_resolution
@@ -76,6 +72,15 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
                            state=prog.data)
     data_iter = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
                                                  persistent_workers=cfg.workers > 0))
+    if d.main:  # what this run trains, where and how (one process says it)
+        summary = monitor.start_summary(
+            device=device, world=d.world, batch=cfg.batch, batch_gpu=batch_gpu, rounds=rounds, G=G, D=D,
+            shards=cfg.shards, weights=dataset.weights, shard_counts={s: len(v) for s, v in dataset.sources.items()},
+            stage=cfg.stage, preset=cfg.preset, precision=precision, teacher=cfg.teacher, start=start_note,
+            pixel_loss=pixel_note, kimg=cfg.kimg, resume_step=prog.step)
+        rf.write_run_info(out, cfg, resume, prog.step, start=start_note, pixel_loss=pixel_note,
+                          ema_rampup=ema_rampup, mirror=cfg.mirror, precision=precision, start_summary=summary)
+        console.print(monitor.start_summary_text(summary))
     ema_kimg = cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     total_nimg = int(cfg.kimg * 1000)
