@@ -9,8 +9,9 @@ two stages, and the renderer and the metrics run on the result.
 Each stage is a real CLI command (or a short step of this script, named as such in the report). A
 stage whose outputs already exist is reused, so re-running the demo only does what is missing.
 The report (one HTML page, demo/report.html) gives each stage its command, what to look for, and
-its outputs as captioned figures and tables, with the raw JSON linked; it opens with what a run of
-a few CPU minutes can and cannot show. `scripts/report_check.py` checks it in headless Chromium.
+its outputs as captioned figures and tables, with the raw JSON linked; it opens with what to look at
+first (the shipped checkpoint's people, with links to the run's measurements) and what a run of a
+few CPU minutes can and cannot show. `scripts/report_check.py` checks it in headless Chromium.
 
     python scripts/demo.py [--out DIR] [--small]
 """
@@ -22,6 +23,7 @@ import html
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -179,27 +181,124 @@ def learned_figures(demo: Path, seeds_text: str, made_by: list[Stage]) -> str:
 # Running and reporting
 
 
-def loss_curves_svg(log: Path, width: int = 520, height: int = 160) -> str:
-    """Every logged loss term against the step, one small inline SVG plot per term."""
+def stage_anchor(name: str) -> str:
+    """The id of a stage's section in the report."""
+    return "stage-" + "".join(c if c.isalnum() else "-" for c in name)
+
+
+def off_terms(run: dict) -> dict[str, str]:
+    """Loss terms a run logs but does not train on (their weight is 0, or their part is not used),
+    from its run.json: name -> why."""
+    cfg, pixel = run.get("config") or {}, str(run.get("pixel_loss") or "")
+    out = {}
+    if cfg.get("lambda_cr") == 0:
+        out["D/consistency"] = "λ_cr = 0: logged, not trained on"
+    if cfg.get("r1_gamma") == 0:
+        out["D/r1"] = "R1 weight 0"
+    if cfg.get("lambda_p") == 0:
+        out["G/pixel_l1"] = out["G/pixel_lpips"] = "λ_p = 0: logged, not trained on"
+    elif pixel and "LPIPS (" not in pixel.replace("LPIPS's", ""):
+        out["G/pixel_lpips"] = f"LPIPS is not used in this run; its pixel loss: {pixel}"
+    return out
+
+
+def term_unit(name: str) -> str:
+    """What a logged term's values are, for its plot's y axis."""
+    if name.startswith(("D/", "G/")):
+        return "loss"
+    if "psnr" in name:
+        return "PSNR (dB)"
+    if "D_acc" in name:
+        return "share of pixels"
+    if name.endswith("teacher_l1"):
+        return "L1 to teacher"
+    return "value"
+
+
+def loss_curves_svg(log: Path, off: dict[str, str] | None = None, width: int = 520, height: int = 190) -> str:
+    """Every logged term that is on in this run against the step, one small inline SVG plot per term
+    with labelled axes (x: step, and the kimg seen at its ends; y: the term's value). Terms that are
+    off (`off`: their weight is 0 or their part unused; or 0 at every step) are listed, not drawn."""
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     if not rows:
         return ""
-    names = sorted(k for k in rows[0] if "/" in k)
+    names = sorted({k for r in rows for k in r if "/" in k})
+    kimg = {r["step"]: r.get("kimg") for r in rows}
+    off = dict(off or {})
+    left, right, top, bottom = 62, 12, 24, 40  # plot margins: tick labels and axis titles
     plots = []
     for name in names:
         pts = [(r["step"], r[name]) for r in rows if name in r]
-        if len(pts) < 2:
+        if name not in off and pts and all(y == 0 for _, y in pts):
+            off[name] = "0 at every step"
+        if name in off or len(pts) < 2:
             continue
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
         span = (y1 - y0) or 1.0
-        path = " ".join(f"{10 + (x - x0) / max(x1 - x0, 1) * (width - 20):.1f},"
-                        f"{height - 20 - (y - y0) / span * (height - 40):.1f}" for x, y in pts)
-        plots.append(f'<svg width="{width}" height="{height}" style="border:1px solid #ddd;margin:2px">'
-                     f'<text x="10" y="14" font-size="12">{html.escape(name)}: {ys[0]:.3g} → {ys[-1]:.3g}'
-                     f' (min {y0:.3g}, max {y1:.3g}), steps {x0}–{x1}</text>'
-                     f'<polyline fill="none" stroke="#3366cc" stroke-width="1.5" points="{path}"/></svg>')
-    return "<div>" + "".join(plots) + "</div>"
+        w, h = width - left - right, height - top - bottom
+
+        def px(x, x0=x0, x1=x1, w=w):
+            return left + (x - x0) / max(x1 - x0, 1) * w
+
+        def py(y, y0=y0, span=span, h=h):
+            return top + h - (y - y0) / span * h
+
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        ticks = ""
+        for y in (y0, (y0 + y1) / 2, y1) if y1 > y0 else (y0,):
+            ticks += (f'<line x1="{left - 4}" y1="{py(y):.1f}" x2="{left}" y2="{py(y):.1f}" stroke="#666"/>'
+                      f'<text x="{left - 6}" y="{py(y) + 4:.1f}" font-size="10" text-anchor="end">{y:.3g}</text>')
+        for x in (x0, x1):
+            k = kimg.get(x)
+            label = f"{x}" + (f" ({k:g} kimg)" if isinstance(k, (int, float)) else "")
+            anchor = "start" if x == x0 else "end"
+            ticks += (f'<line x1="{px(x):.1f}" y1="{top + h}" x2="{px(x):.1f}" y2="{top + h + 4}" stroke="#666"/>'
+                      f'<text x="{px(x):.1f}" y="{top + h + 15}" font-size="10" text-anchor="{anchor}">'
+                      f"{html.escape(label)}</text>")
+        plots.append(
+            f'<svg width="{width}" height="{height}" style="border:1px solid #ddd;margin:2px" '
+            f'role="img" aria-label="{html.escape(name)} against the step">'
+            f'<text x="{left}" y="15" font-size="12">{html.escape(name)}: {ys[0]:.3g} → {ys[-1]:.3g}'
+            f" (min {y0:.3g}, max {y1:.3g})</text>"
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#666"/>'
+            f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#666"/>{ticks}'
+            f'<text x="{left + w / 2:.1f}" y="{height - 6}" font-size="11" text-anchor="middle">step</text>'
+            f'<text x="12" y="{top + h / 2:.1f}" font-size="11" text-anchor="middle" '
+            f'transform="rotate(-90 12 {top + h / 2:.1f})">{html.escape(term_unit(name))}</text>'
+            f'<polyline fill="none" stroke="#3366cc" stroke-width="1.5" points="{path}"/></svg>')
+    listed = [f"<li>{html.escape(n)}: {html.escape(why)}</li>" for n, why in sorted(off.items()) if n in names]
+    note = f"<p>Not drawn, off in this run:</p><ul>{''.join(listed)}</ul>" if listed else ""
+    return "<div>" + "".join(plots) + "</div>" + note
+
+
+def pr_note_html(metrics_md: str) -> str:
+    """A sentence under the metrics table on what precision and recall measure, and why they are 0
+    after a run this short."""
+    lines = [ln.strip().strip("|").split("|") for ln in metrics_md.splitlines() if ln.strip().startswith("|")]
+    if len(lines) < 3:
+        return ""
+    head, row = [c.strip() for c in lines[0]], [c.strip() for c in lines[2]]
+    cols = {name: next((i for i, c in enumerate(head) if c.startswith(name)), None) for name in ("Precision", "Recall")}
+    if None in cols.values():
+        return ""
+    try:
+        values = {name: float(row[i]) for name, i in cols.items()}
+    except (ValueError, IndexError):
+        return ""  # not computed ('–')
+    k = re.search(r"precision/recall: k = (\d+)", metrics_md)
+    n = re.search(r"n = (\d+) per metric", metrics_md)
+    k, n = (k.group(1) if k else "k"), (n.group(1) if n else "n")
+    text = ("Precision is the share of generated images that fall inside the real images' neighbourhoods in "
+            f"feature space (each real image's ball reaches its k-th nearest real neighbour, k = {k}), recall the "
+            "share of real images inside the generated images' balls (Kynkäänniemi et al.).")
+    if max(values.values()) < 0.0005:
+        text += (f" Both are 0.000 here, as expected at this scale: with {n} images a side the balls are small, "
+                 "and after a few thousand images of training every generated image lies farther from each real "
+                 "image than that image's k-th nearest real neighbour, so none falls inside a real ball; nor does "
+                 "any real image fall inside a generated image's ball. Both rise once the generated people resemble "
+                 "the data (the paper measures 50,000 images of a fully trained network).")
+    return f'<p id="precision-recall">{html.escape(text)}</p>'
 
 
 def markdown_table_html(text: str) -> str:
@@ -458,13 +557,48 @@ GPUs (docs/training.md, docs/cluster.md).{{learned}}</p>"""
     return " ".join(text.replace("{learned}", learned).split("\n"))
 
 
+def start_here_html(demo: Path, all_stages: list[Stage]) -> tuple[str, int]:
+    """What a newcomer should look at first, on top of the report: the people of the shipped checkpoint
+    (Figure 1, when it was rendered) and links to the sections that hold the run's measurements.
+    Returns the HTML and the number of figures it holds."""
+    names = {s.name for s in all_stages}
+    learned = [s for s in all_stages if s.name.startswith("learned")]
+    items, figure = [], ""
+    grids = [demo / "learned-gen32" / "grid.png", demo / "learned-gen256" / "grid.png"]
+    if learned and all(p.exists() for p in grids):
+        side_by_side = stage_anchor(learned[-1].name)  # its figures sit under the last learned stage
+        items.append(f'<b>People</b>: Figure 1 below, the shipped checkpoint {html.escape(LEARNED.name)} (a longer '
+                     f'CPU run of the same network); next to this demo\'s own blobs under <a href="#{side_by_side}">'
+                     f"{html.escape(learned[-1].name)}</a>.")
+        images = [(rel(p, demo), 340, 340, png_size(p)[0] < 340) for p in grids]
+        command = learned[0].command
+        seeds = command[command.index("--seeds") + 1] if "--seeds" in command else "?"
+        figure = figure_html(1, images, f"The shipped checkpoint: seeds {seeds} at the training resolution (32 px, "
+                             "left, enlarged) and rendered 8x denser in one pass (256 px, right).",
+                             "a head, torso, arms and legs where a person's are on the left; on the right, how much "
+                             "of that figure survives at a density the network rarely saw.",
+                             [command_line(s) for s in learned[:2]])
+    elif "generate 8r" in names:
+        items.append(f'<b>Generated images</b>: <a href="#{stage_anchor("generate 8r")}">generate 8r</a>.')
+    if "MST vs truth" in names:
+        items.append(f'<b>The MST against the truth</b>: <a href="#{stage_anchor("MST vs truth")}">MST vs truth</a>, '
+                     "the corner error of each aligned view's H against the render's exact H: a real measurement.")
+    zooms = [s.name for s in all_stages if s.name.startswith("zoom: ")]
+    if zooms:
+        items.append(f'<b>Zooms</b>: <a href="#{stage_anchor(zooms[-1])}">{html.escape(zooms[-1])}</a>, a patch '
+                     "rendered on its own next to the same region of the whole image.")
+    items.append('<b>Limits</b>: <a href="#can-and-cannot">what this run can and cannot show</a>, just below.')
+    text = ('<h2 id="start-here">Start here</h2><ol>' + "".join(f"<li>{i}</li>" for i in items) + "</ol>" + figure)
+    return text, 1 if figure else 0
+
+
 def write_report(demo: Path, all_stages: list[Stage], results: list[dict], eval_n: int = 0) -> Path:
     rows = []
     sections = []
-    figure_no = 0
 
+    start_here, figure_no = start_here_html(demo, all_stages)
     for stage, res in zip(all_stages, results, strict=True):
-        anchor = "stage-" + "".join(c if c.isalnum() else "-" for c in stage.name)
+        anchor = stage_anchor(stage.name)
         took = res.get("took")
         seconds = f"{res['seconds']:.1f}" if res["status"] != "reused" else (
             f"{took:.1f} (earlier run)" if took is not None else "–")
@@ -489,20 +623,24 @@ def write_report(demo: Path, all_stages: list[Stage], results: list[dict], eval_
                                     per_row=fig.per_row)
         for log in stage.logs:
             run = log.with_name("run.json")  # how the run started and which pixel loss it used
-            if run.exists():
-                info = json.loads(run.read_text())
+            info = json.loads(run.read_text()) if run.exists() else {}
+            if info:
                 body += (f"<p>Started from: {html.escape(str(info.get('start')))}. Teacher pixel loss: "
                          f"{html.escape(str(info.get('pixel_loss')))}.</p>")
-            curves = loss_curves_svg(log) if log.exists() else ""
+            curves = loss_curves_svg(log, off_terms(info)) if log.exists() else ""
             if curves:
                 figure_no += 1
-                body += figure_html(figure_no, [], "The loss terms the trainer logged, one plot per term against "
-                                    "the step (title: first → last value, range).", stage.look_for or
-                                    "finite values.", [command_line(stage), f"its log: {rel(log, demo)}"],
-                                    rows=curves)
+                body += figure_html(figure_no, [], "The loss terms the trainer logged, one plot per term: x axis the "
+                                    "training step (with the thousands of images seen, kimg, at its ends), y axis "
+                                    "the term's value (title: first → last value, range). Terms that are off in "
+                                    "this run are listed under the plots instead of drawn as a flat line.",
+                                    stage.look_for or "finite values.",
+                                    [command_line(stage), f"its log: {rel(log, demo)}"], rows=curves)
         for table in stage.tables:
             if table.exists():
                 body += markdown_table_html(table.read_text())
+                if table.name == "metrics.md":
+                    body += pr_note_html(table.read_text())
         if stage.name == "full-body space":
             for path in stage.outputs[:1]:
                 if path.exists():
@@ -544,6 +682,7 @@ p.cmd{{color:#444}}</style></head><body>
 hands and the photographs that ship with installed packages. Each section below is one stage: what it does,
 the command it ran, what to look for, and its figures and tables. Re-run <code>just demo</code> to redo missing
 stages (the times of reused stages are those of the run that made them). In all: {total:.0f} s of work.</p>
+{start_here}
 {can_cannot}
 <h2>Stages</h2>
 <table><tr><th>stage</th><th>status</th><th>seconds</th><th>command</th></tr>{''.join(rows)}</table>

@@ -47,15 +47,19 @@ def report(tmp_path_factory):
     png(out / "gen128" / "grid.png", rng.integers(0, 256, (256, 512, 3)))
     png(out / "preview.png", rng.integers(0, 256, (384, 1152, 3)))
     (out / "eval").mkdir()
-    (out / "eval" / "metrics.md").write_text("# Evaluation\n\n| Method | FID ↓ |\n|---|---:|\n| net | 395.41 |\n\n"
-                                             "* n = 8 per metric\n")
+    (out / "eval" / "metrics.md").write_text(
+        "# Evaluation\n\n| Method | FID ↓ | Precision ↑ | Recall ↑ |\n|---|---:|---:|---:|\n| net | 395.41 | 0.000 | "
+        "0.000 |\n\n* n = 8 per metric\n* precision/recall: k = 3, inception features\n")
     runs = out / "runs"
     for stage, kimg in (("stage1", 3.0), ("stage2", 1.0)):
         png(runs / stage / "samples-000008.png", rng.integers(0, 256, (64, 128, 3)))
         (runs / stage / "log.jsonl").write_text("".join(
-            json.dumps({"step": s, "kimg": kimg * s / 4, "loss/G": 1.0 / s, "loss/D": 0.5 + s}) + "\n"
-            for s in range(1, 5)))
+            json.dumps({"step": s, "kimg": kimg * s / 4, "D/global": 1.0 / s, "G/adv": 0.5 + s, "G/pixel_lpips": 0.0,
+                        "D/consistency": 0.1 * s}) + "\n" for s in range(1, 5)))
         (runs / stage / "done").write_text("60.0\n")
+    (runs / "stage2" / "run.json").write_text(json.dumps({  # consistency weighted 0: logged, not trained on
+        "config": {"lambda_cr": 0.0, "lambda_p": 5.0, "r1_gamma": 2.0}, "start": "stage 1",
+        "pixel_loss": "L1 only (LPIPS off)"}))
     from safetensors.numpy import save_file
 
     save_file({"G_ema.a": np.zeros((20, 100), np.float32), "G_ema.b": np.zeros(1000, np.float32),
@@ -99,7 +103,8 @@ def test_validate_and_space_are_tables_with_the_raw_json_behind_a_link(report):
     assert "<td>ô: mean pitch</td><td>+0.0107 rad (+0.61°)</td>" in text
     assert "<td>density</td><td>128 px</td>" in text
     # Markdown tables (the metrics) become tables, with their notes as a list.
-    assert "<tr><td>net</td><td>395.41</td></tr></table><ul><li>n = 8 per metric</li></ul>" in text
+    assert "<tr><td>net</td><td>395.41</td><td>0.000</td><td>0.000</td></tr></table><ul><li>n = 8 per metric</li>" \
+        in text
 
 
 def test_every_image_is_in_a_captioned_figure_at_an_inspectable_size(report):
@@ -200,3 +205,36 @@ def test_the_browser_check_finds_a_missing_image_and_a_missing_caption(report, t
     _, problems = report_check.check_report(page, tmp_path / "broken.png", binary)
     assert "image does not load: no-such.png" in problems
     assert "1 figure(s) without a caption" in problems
+
+
+def test_a_newcomer_starts_with_the_shipped_checkpoints_people_on_top(report):
+    _, _, text = report
+    top = text[text.index('id="start-here"'):text.index('id="can-and-cannot"')]
+    assert text.index('id="start-here"') < text.index("<h2>Stages</h2>")
+    first = re.search(r"<figure>(.*?)</figure>", top, re.S).group(1)  # Figure 1 of the report
+    assert "<b>Figure 1.</b> The shipped checkpoint: seeds " in first
+    assert first.index('src="learned-gen32/grid.png"') < first.index('src="learned-gen256/grid.png"')
+    for anchor in ("stage-learned--zoom-hand", "stage-MST-vs-truth", "stage-zoom--hand", "can-and-cannot"):
+        assert f'href="#{anchor}"' in top and f'id="{anchor}"' in text, anchor
+
+
+def test_loss_plots_have_labelled_axes_and_terms_that_are_off_are_listed_not_drawn(report):
+    _, _, text = report
+    section = text[text.index('id="stage-train-stage-2"'):text.index('id="stage-generate-4r"')]
+    plots = re.findall(r"<svg .*?</svg>", section, re.S)
+    assert [re.search(r'aria-label="([^"]+) against the step"', p).group(1) for p in plots] == ["D/global", "G/adv"]
+    for plot in plots:
+        assert ">step</text>" in plot and ">loss</text>" in plot  # the axes' titles
+        assert ">1 (0.25 kimg)</text>" in plot and ">4 (1 kimg)</text>" in plot  # x ticks: step and kimg
+    assert "<li>D/consistency: λ_cr = 0: logged, not trained on</li>" in section
+    assert "<li>G/pixel_lpips: LPIPS is not used in this run; its pixel loss: L1 only (LPIPS off)</li>" in section
+    stage1 = text[text.index('id="stage-train-stage-1"'):text.index('id="stage-train-stage-2"')]
+    assert "<li>G/pixel_lpips: 0 at every step</li>" in stage1 and "D/consistency against the step" in stage1
+
+
+def test_precision_and_recall_of_zero_are_explained_where_they_are_shown(report):
+    _, _, text = report
+    section = text[text.index('id="stage-evaluate"'):]
+    note = section[section.index('<p id="precision-recall">'):]
+    assert section.index("<th>Precision ↑</th>") < section.index('<p id="precision-recall">')
+    assert "k = 3" in note and "Both are 0.000 here, as expected at this scale: with 8 images a side" in note

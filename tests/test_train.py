@@ -118,6 +118,8 @@ def test_two_process_ddp_on_cpu_with_gloo(shards, tmp_path):
     log = read_log(out)
     assert [r["step"] for r in log] == [1, 2]  # 16 images at a global batch of 8
     assert "weights in sync across 2 processes" in proc.stderr
+    assert proc.stderr.count("uh-train: stage 1") == 1  # the start-up summary, from the main process only
+    assert "batch     8 per step = 4 per process x 2 processes x 1 accumulation round" in proc.stderr
 
 
 def test_lpips_is_never_dropped_silently(monkeypatch, tmp_path):

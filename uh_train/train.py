@@ -23,14 +23,16 @@ from uh_train.training.monitor import StepClock, console
 
 
 def train(cfg: TrainConfig, clock: StepClock | None = None) -> dict[str, Any]:
-    """Run training; returns a summary (steps, kimg, final losses, bad steps). `clock` records where
-    each step's time goes (nested parts are also counted in their enclosing part). One run per --out
-    (`run_folder.held`)."""
-    with rf.held(cfg.out):
-        return _train(cfg, clock)
+    """Run training; returns a summary (steps, kimg, final losses, bad steps; `stopped`: the signal
+    that ended it early, None when it ran to --kimg). `clock` records where each step's time goes
+    (nested parts are also counted in their enclosing part). One run per --out (`run_folder.held`).
+    SIGTERM, SIGUSR1 or SIGINT stop it after the current step with a checkpoint, from which the same
+    command resumes (`distributed.StopSignals`)."""
+    with rf.held(cfg.out), distributed.stop_signals() as stop:
+        return _train(cfg, clock, stop)
 
 
-def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
+def _train(cfg: TrainConfig, clock: StepClock | None, stop: distributed.StopSignals) -> dict[str, Any]:
     clock = clock or monitor.NoClock()
     device, d = distributed.start_process(cfg.device, cfg.seed)
     out = Path(cfg.out)
@@ -60,10 +62,6 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
     lpips_fn = make_lpips(cfg.lpips, device, cfg.preset) if use_pixel else None
     pixel_note = models.pixel_loss_note(cfg, teacher, lpips_fn)
     precision = resolve_precision(cfg.precision, device.type)
-    if d.main:
-        rf.write_run_info(out, cfg, resume, prog.step, start=start_note, pixel_loss=pixel_note,
-                          ema_rampup=ema_rampup, mirror=cfg.mirror, precision=precision)
-        console.print(f"stage {cfg.stage}: {start_note}; pixel loss: {pixel_note}; arithmetic: {precision}")
 
     # Data: this process's share of the batch, in `rounds` accumulation rounds.
     res = G.img_resolution
@@ -75,7 +73,17 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
     dataset = PatchBatches(cfg.shards, batch=batch_gpu, cfg=patch_cfg, seed=cfg.seed, weights=cfg.mix or None,
                            state=prog.data)
     data_iter = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
-                                                 persistent_workers=cfg.workers > 0))
+                                                 persistent_workers=cfg.workers > 0,
+                                                 worker_init_fn=distributed.ignore_stop_signals))
+    if d.main:  # what this run trains, where and how (one process says it)
+        summary = monitor.start_summary(
+            device=device, world=d.world, batch=cfg.batch, batch_gpu=batch_gpu, rounds=rounds, G=G, D=D,
+            shards=cfg.shards, weights=dataset.weights, shard_counts={s: len(v) for s, v in dataset.sources.items()},
+            stage=cfg.stage, preset=cfg.preset, precision=precision, teacher=cfg.teacher, start=start_note,
+            pixel_loss=pixel_note, kimg=cfg.kimg, resume_step=prog.step)
+        rf.write_run_info(out, cfg, resume, prog.step, start=start_note, pixel_loss=pixel_note,
+                          ema_rampup=ema_rampup, mirror=cfg.mirror, precision=precision, start_summary=summary)
+        console.print(monitor.start_summary_text(summary))
     ema_kimg = cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     total_nimg = int(cfg.kimg * 1000)
@@ -90,7 +98,11 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
 
     ada = augment.AdaptiveP(prog.aug_p, cfg.ada_target, cfg.ada_kimg) if cfg.aug == "ada" else None
     G_run, D_run = models.forward_passes(G, D, cfg.compile, device)  # checkpoints keep using G and D
+    saved_step = prog.step  # the step of the newest checkpoint in OUT (a resumed run starts from it)
+    stopped = None
     while prog.nimg < total_nimg:
+        if (stopped := stop.agreed(d, device)) is not None:  # every process stops before the same step
+            break
         terms: dict[str, float] = {}
         bins: dict[str, list[float]] = {}  # stage 2: per scale bin, "bin/BIN/NAME" -> [sum, count]
         do_r1 = cfg.r1_gamma > 0 and prog.step % cfg.r1_interval == 0
@@ -220,12 +232,23 @@ def _train(cfg: TrainConfig, clock: StepClock | None) -> dict[str, Any]:
                 watch.snapshot_written(path.name.replace("training-state-", "network-"))
                 log.image("samples", rf.sample_grid(G_ema, fixed_z, rf.sample_grid_path(out, prog.nimg)), prog.nimg)
                 console.print(f"saved {path.name}")
+            saved_step = prog.step
+    if stopped is not None and d.main:  # a checkpoint at the step the run stopped, unless it has one
+        if prog.step > saved_step:
+            path = rf.save_training_checkpoint(out, cfg, G, G_ema, D, opt_G, opt_D, gen, prog,
+                                               {"pixel_loss": pixel_note, "start": start_note})
+            saved = f"saved {path.name}"
+        else:
+            saved = "its checkpoint was already written" if prog.step else "nothing trained yet"
+        console.print(f"[yellow]stopped by {stopped.name}[/yellow] after step {prog.step} "
+                      f"({prog.nimg / 1000:.3f} of {cfg.kimg:g} kimg); {saved}; run the same command to resume")
     log.close()
     if skipped and d.main:
         console.print(f"[yellow]note:[/yellow] {skipped} unusable sample(s) skipped on this process "
                       f"(see the warnings; `mst validate` lists them)")
     distributed.finish(G, d)
-    return {"steps": prog.step, "kimg": prog.nimg / 1000, "losses": last, "out": str(out), "skipped": skipped}
+    return {"steps": prog.step, "kimg": prog.nimg / 1000, "losses": last, "out": str(out), "skipped": skipped,
+            "stopped": stopped.name if stopped is not None else None}
 
 
 if __name__ == "__main__":  # torchrun -m uh_train.train ...

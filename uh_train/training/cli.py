@@ -190,6 +190,10 @@ def train_cmd(
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
+    if summary.get("stopped"):  # stopped by a signal after a checkpoint: 128 + its number, as the shell reports it
+        import signal
+
+        raise typer.Exit(128 + signal.Signals[summary["stopped"]].value)
     console.print(f"done: {summary['steps']} steps, {summary['kimg']:.3f} kimg -> {out}")
 
 

@@ -1,11 +1,16 @@
 """Distributed training as `torchrun` sets it up: every process trains on its share of the batch and
 gradients are averaged with one all-reduce per network (NCCL on GPU, gloo on CPU). A single process
-without `torchrun` is a world of one."""
+without `torchrun` is a world of one. A stop signal (`StopSignals`) ends every process at the same
+step."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,3 +106,63 @@ def finish(G: torch.nn.Module, d: Dist) -> None:
     check_in_sync(G, d)
     dist.barrier()
     dist.destroy_process_group()
+
+
+# Signals that ask a run to stop after its current step with a checkpoint: SIGTERM (a scheduler's or
+# torchrun's stop, SLURM's at the time limit), SIGUSR1 (SLURM's warning, `sbatch --signal=USR1@120`)
+# and SIGINT (Ctrl-C).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class StopSignals:
+    """Records the first stop signal instead of dying of it; the loop asks `agreed` at each step.
+    Later stop signals are ignored (SLURM and torchrun may both deliver one); SIGKILL still stops at
+    once. Installed only in the main thread (elsewhere Python cannot install handlers)."""
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:  # no printing here: the handler may interrupt a print
+        if self.received is None:
+            self.received = signal.Signals(signum)
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def agreed(self, d: Dist, device: torch.device) -> signal.Signals | None:
+        """The stop signal any process has received (the same answer on every process: they stop at
+        the same step), or None."""
+        if d.world == 1:
+            return self.received
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(self.received or 0)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return signal.Signals(int(flag.item())) if int(flag.item()) else None
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[StopSignals]:
+    """Stop signals recorded while the block runs; the previous handlers afterwards."""
+    stop = StopSignals()
+    stop.install()
+    try:
+        yield stop
+    finally:
+        stop.uninstall()
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader workers (`worker_init_fn`): a stop signal sent to every process of a job (SLURM
+    signals all of a step's processes) must not kill the data readers of a run that is finishing its
+    step; they end with the run."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -207,3 +207,54 @@ def _tensorboard(out: Path):
     except ImportError:
         return None
     return SummaryWriter(str(out / "tensorboard"))
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def start_summary(*, device: torch.device, world: int, batch: int, batch_gpu: int, rounds: int, G, D,
+                  shards: list[str], weights: dict[str, float], shard_counts: dict[str, int], stage: int,
+                  preset: str, precision: str, teacher: str | None, start: str, pixel_loss: str, kimg: float,
+                  resume_step: int) -> dict:
+    """What a run trains, as its main process prints it at start-up (`start_summary_text`) and
+    run.json records it (`start_summary`): where, how the batch is split, the networks' sizes, the
+    sources and their shares of the batch, stage, teacher, preset and arithmetic."""
+    total = sum(weights.values()) or 1.0
+    name = str(device) if world == 1 else f"{device.type} (one device per process)"
+    if device.type == "cuda" and torch.cuda.is_available():
+        name += f", {torch.cuda.get_device_name(device)}"
+    return {
+        "device": name, "processes": world, "batch": batch, "batch_per_process": batch_gpu,
+        "accumulation_rounds": rounds,
+        "parameters": {"G": parameter_count(G), "D": parameter_count(D)},
+        "shards": list(shards),
+        "sources": {s: {"weight": w, "share": w / total, "shards": shard_counts.get(s, 0)}
+                    for s, w in sorted(weights.items())},
+        "sources_not_read": sorted(set(shard_counts) - set(weights)),  # weight 0, or stage 1's partial sources
+        "stage": stage, "preset": preset, "precision": precision, "teacher": teacher, "start": start,
+        "pixel_loss": pixel_loss, "kimg": kimg, "resume_step": resume_step,
+    }
+
+
+def start_summary_text(s: dict) -> str:
+    """The summary as lines for the console."""
+    procs = f"{s['processes']} process{'es' if s['processes'] != 1 else ''}"
+    rounds = s["accumulation_rounds"]
+    sources = ", ".join(f"{name} {v['share']:.0%} (weight {v['weight']:g}, {v['shards']} shard"
+                        f"{'s' if v['shards'] != 1 else ''})" for name, v in s["sources"].items())
+    lines = [
+        f"uh-train: stage {s['stage']}, preset {s['preset']}, {s['precision']}, "
+        + (f"resuming at step {s['resume_step']}, " if s["resume_step"] else "")
+        + f"{s['kimg']:g} kimg",
+        f"  device    {s['device']} x {procs}",
+        f"  batch     {s['batch']} per step = {s['batch_per_process']} per process x {procs}"
+        f" x {rounds} accumulation round{'s' if rounds != 1 else ''}",
+        f"  networks  G {s['parameters']['G']:,} parameters, D {s['parameters']['D']:,}",
+        f"  shards    {', '.join(s['shards'])}",
+        f"  sources   {sources}" + (f"; not read: {', '.join(s['sources_not_read'])}" if s["sources_not_read"]
+                                      else ""),
+        f"  teacher   {s['teacher'] or 'none'}; start: {s['start']}",
+        f"  pixel     {s['pixel_loss']}",
+    ]
+    return "\n".join(lines)
