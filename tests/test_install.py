@@ -1,0 +1,42 @@
+"""The package metadata admits the trainer on Python 3.10-3.13 with NumPy 1 or 2 and keeps NumPy 1
+and Python 3.11 to the MST's extras."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+TRAINER_EXTRAS = ("train", "eval", "view")
+
+
+def requirements(extra: str | None = None) -> list[Requirement]:
+    return [Requirement(r) for r in (PROJECT["dependencies"] if extra is None else
+                                     PROJECT["optional-dependencies"][extra])]
+
+
+def applies(req: Requirement, python: str, extra: str = "") -> bool:
+    return req.marker is None or req.marker.evaluate({"python_version": python, "extra": extra})
+
+
+def test_python_3_10_to_3_13_admitted_and_the_trainer_needs_neither_numpy_1_nor_python_3_11():
+    spec = SpecifierSet(PROJECT["requires-python"])
+    assert all(v in spec for v in ("3.10", "3.11", "3.12", "3.13")) and "3.9" not in spec
+    trainer = [(r, "") for r in requirements()] + [(r, e) for e in TRAINER_EXTRAS for r in requirements(e)]
+    for req, extra in trainer:
+        assert all(applies(req, python, extra) for python in ("3.10", "3.11", "3.12", "3.13")), req
+        if req.name == "numpy":
+            assert req.specifier.contains("1.26.4") and req.specifier.contains("2.2.6"), req
+
+
+def test_numpy_1_and_python_3_11_are_the_mst_extras_own():
+    for extra in ("mst", "render"):
+        assert any(r.name == "numpy" and not r.specifier.contains("2.0.0") for r in requirements(extra)), extra
+    bpy = next(r for r in requirements("render") if r.name == "bpy")
+    assert bpy.marker == Marker('python_version == "3.11"')
+    assert not applies(bpy, "3.12") and applies(bpy, "3.11")
