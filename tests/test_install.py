@@ -1,8 +1,9 @@
 """The package metadata admits the trainer on Python 3.10-3.13 with NumPy 1 or 2 and keeps NumPy 1
-and Python 3.11 to the MST's extras."""
+and Python 3.11 to the MST's extras; CI installs the trainer alone and runs its tests."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -40,3 +41,12 @@ def test_numpy_1_and_python_3_11_are_the_mst_extras_own():
     bpy = next(r for r in requirements("render") if r.name == "bpy")
     assert bpy.marker == Marker('python_version == "3.11"')
     assert not applies(bpy, "3.12") and applies(bpy, "3.11")
+
+
+def test_the_trainer_alone_script_names_test_files_that_exist_and_installs_no_mst_extra():
+    script = (ROOT / "scripts" / "ci_trainer_alone.sh").read_text()
+    files = re.findall(r"tests/\w+\.py", script.split("TESTS=(", 1)[1].split(")", 1)[0])
+    assert len(files) >= 15 and len(set(files)) == len(files)
+    assert all((ROOT / f).is_file() for f in files), [f for f in files if not (ROOT / f).is_file()]
+    assert "-e '.[train,eval]'" in script and "'numpy>=2'" in script
+    assert not re.search(r"\[[^]]*\b(mst|render|all)\b", script)
