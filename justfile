@@ -8,7 +8,7 @@ export UNITEDHUMAN_CACHE := env_var_or_default("UNITEDHUMAN_CACHE", justfile_dir
 
 # List the recipes.
 default:
-    @just --list
+    @{{just_executable()}} --list
 
 # Create .venv (or $UNITEDHUMAN_VENV) with all extras and dev tools (idempotent; prints each step).
 setup:
@@ -41,9 +41,10 @@ report-check: setup
 view CKPT *ARGS: setup
     {{venv}}/bin/uh-view {{CKPT}} {{ARGS}}
 
-# Lint with ruff.
+# Lint with ruff; vermin checks that uh_train needs nothing newer than Python 3.10.
 lint: setup
     {{venv}}/bin/ruff check mst_pipeline uh_train blender_scripts tests scripts
+    {{venv}}/bin/vermin -q -t=3.10- --no-tips --violations --eval-annotations uh_train
 
 # Run the benchmarks (all, the one called NAME, or else those whose name contains NAME) and write docs/benchmarks.md.
 bench *NAME: setup

@@ -50,7 +50,7 @@ fail() {  # STEP LOG HINT: the end of LOG and what to do, then exit 1
 }
 
 PIP_HINT="read the error above. Usual causes: no access to the package index (set PIP_INDEX_URL or a \
-proxy), a full disk (the environment needs about 8 GB), or a Python other than 3.11. Then run the \
+proxy), a full disk (the environment takes about 9 GB), or a Python other than 3.11. Then run the \
 command again: pip reuses what it already downloaded (delete the environment folder to start clean)."
 
 pip_step() {  # TITLE ARGS...: pip install ARGS with a status line every TICK seconds
@@ -85,7 +85,7 @@ main() {
   if ! "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
     echo "error: UnitedHuman needs Python 3.11 (bpy 5.0.1 and mediapipe 0.10.21 wheels); found $("$py" --version)" >&2
     echo "what to do: install Python 3.11 (e.g. 'apt-get install python3.11 python3.11-venv', pyenv or uv) and" \
-         "run again, or point PYTHON at it: PYTHON=/path/to/python3.11 just setup" >&2
+         "run again, or point PYTHON at it: PYTHON=/path/to/python3.11 bash scripts/setup.sh" >&2
     exit 1
   fi
   local stamp="$VENV/.setup-stamp" want
@@ -93,7 +93,7 @@ main() {
   if [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     exit 0
   fi
-  echo "==> setting up $VENV: every extra, torch and Blender's bpy included (first run: a few minutes, ~8 GB)"
+  echo "==> setting up $VENV: every extra, torch and Blender's bpy included (first run: a few minutes, about 9 GB)"
   if [[ ! -x "$VENV/bin/python" ]]; then
     say "creating the virtual environment with $("$py" --version)"
     local venv_log

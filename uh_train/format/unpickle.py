@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import importlib
 import pickle
 import re
 import types
@@ -43,7 +44,10 @@ class AllowListUnpickler(pickle.Unpickler):
 
 
 def _numpy_multiarray() -> types.ModuleType:
-    return np.core.multiarray if hasattr(np, "core") else np._core.multiarray
+    """The installed NumPy's multiarray module under its own name (NumPy 2 keeps `numpy.core` only as a
+    deprecated alias, which warns when touched)."""
+    major = int(np.__version__.split(".")[0])
+    return importlib.import_module("numpy._core.multiarray" if major >= 2 else "numpy.core.multiarray")
 
 
 # Rebuilding numpy arrays and scalars, under numpy 1's and numpy 2's module names, and Python 2's
