@@ -504,3 +504,22 @@ def test_mst_space_and_align_aligned_read_the_same_folder(tmp_path, toy, monkeyp
         _, H_true, W, Hh = truth[f"people_{meta['key'].split('/')[1]}"]
         assert np.array_equal(np.asarray(meta["H"]), H_true)  # exact, where a fit is off by up to 2 %
         assert meta["density"] == space.density and meta["tier"] == "LR"
+
+
+def test_a_folder_of_mixed_inferred_kinds_is_reported_and_kind_silences_it(tmp_path, toy):
+    """Without --kind each image's kind is inferred from its visible keypoints; when they differ in one
+    folder (a face folder whose crops show shoulders reads as upper bodies) align says so."""
+    model_file = tmp_path / "toy.npz"
+    write_model_npz(toy.data(), model_file)
+    data = tmp_path / "mixed"
+    truth = write_dataset(data, toy, default_space(toy), n=1)
+    kinds = sorted({kind for kind, *_ in truth.values() if kind != "full"})
+    assert len(kinds) > 1  # the crops folder holds more than one kind
+    base = ["align", str(data / "crops"), "--detector", "openpose-json", "--body-model", str(model_file),
+            "--iterations", "60"]
+    mixed = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a")], env={"COLUMNS": "200"})
+    assert mixed.exit_code == 0, mixed.output
+    assert "inferred image by image and differs" in mixed.output and "--kind" in mixed.output
+    told = CliRunner().invoke(app, [*base, "--kind", kinds[0], "--out", str(tmp_path / "b")], env={"COLUMNS": "200"})
+    assert told.exit_code == 0, told.output
+    assert "differs" not in told.output

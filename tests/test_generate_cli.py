@@ -101,3 +101,25 @@ def test_seed_lists_are_bounded_in_count_and_range():
     for text, words in (("0-10000", "10001 seeds"), ("0-4000000000", "at most 10000"), ("4294967296", "2^32")):
         with pytest.raises(Exception, match=re.escape(words)):
             parse_seeds(text)
+
+
+def test_a_run_folder_stands_for_its_latest_network_wherever_a_checkpoint_is_asked(tmp_path):
+    import json
+
+    from uh_train.checkpoint import CheckpointError, resolve_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    G = Generator(get_preset("tiny").generator)
+    save_checkpoint(run / "network-000000k-004.safetensors", {"G_ema": G})
+    with pytest.raises(CheckpointError, match="without a run's network"):
+        resolve_checkpoint(run)
+    save_checkpoint(run / "network-latest.safetensors", {"G_ema": G})
+    assert resolve_checkpoint(run) == run / "network-latest.safetensors"
+    (run / "latest.json").write_text(json.dumps({"state": "training-state-000000k-004.safetensors",
+                                                 "network": "network-000000k-004.safetensors"}))
+    assert resolve_checkpoint(run) == run / "network-000000k-004.safetensors"
+    result = CliRunner().invoke(app, ["--ckpt", str(run), "--seeds", "0", "--size", "32",
+                                      "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "out").glob("*.png"))

@@ -160,13 +160,34 @@ class RefusedPickle(CheckpointError, pickle.UnpicklingError):
     """A snapshot pickle that names a global outside the allow-list (nothing in it was executed)."""
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run folder -> the generator file it stands for: the network its
+    `latest.json` names, else its `network-latest.safetensors`. Anything else is returned as given."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    latest = path / "latest.json"
+    if latest.is_file():
+        try:
+            name = json.loads(latest.read_text()).get("network")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        if isinstance(name, str) and name and "/" not in name and (path / name).is_file():
+            return path / name
+    if (path / "network-latest.safetensors").is_file():
+        return path / "network-latest.safetensors"
+    raise CheckpointError(f"{path} is a folder without a run's network (no latest.json or "
+                          "network-latest.safetensors); pass a checkpoint file or a uh-train run folder")
+
+
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", which: str | None = None) -> Generator:
-    """Our checkpoint or a StyleGAN3/AnyRes/UnitedHuman snapshot pickle -> Generator in eval mode.
+    """Our checkpoint or a StyleGAN3/AnyRes/UnitedHuman snapshot pickle -> Generator in eval mode. A
+    uh-train run folder stands for its latest network (`resolve_checkpoint`).
 
     Every failure (a refused or corrupt pickle, a damaged safetensors file, a missing network, an
     architecture that does not fit) is a CheckpointError naming the file, in one line.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     try:
         G = _load_generator(path, which)
     except CheckpointError:

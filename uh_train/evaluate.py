@@ -62,8 +62,8 @@ def _load_generator(ckpt: Path | None, init: str, preset: str, device: str):
         _fail(f"--init must be 'checkpoint' or 'random', got {init!r}")
     if ckpt is None:
         _fail("pass --ckpt FILE (or --init random --preset tiny for a smoke run)")
-    if not ckpt.is_file():
-        _fail(f"checkpoint {ckpt} does not exist")
+    if not ckpt.exists():
+        _fail(f"checkpoint {ckpt} does not exist (a file, or a uh-train run folder)")
     from .checkpoint import CheckpointError, load_generator
 
     try:

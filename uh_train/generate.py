@@ -165,7 +165,7 @@ def render(
                                      param_hint="--preset")
         G = random_generator(preset, 0, device)
     elif init == "checkpoint":
-        if ckpt is None or not ckpt.is_file():
+        if ckpt is None or not ckpt.exists():
             raise typer.BadParameter(f"checkpoint {ckpt} not found; pass --ckpt FILE or --init random",
                                      param_hint="--ckpt")
         from .checkpoint import CheckpointError, load_generator

@@ -123,6 +123,11 @@ def align(
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.kinds.items())) or "none"
     err.print(f"wrote {out}: {summary.written} aligned ({kinds}), {summary.skipped} already done, "
               f"{summary.rejected} rejected in {summary.seconds:.0f} s")
+    if settings.kind is None and not settings.aligned and len(summary.kinds) > 1:
+        top = summary.kinds.most_common(1)[0][0]
+        err.print(f"[yellow]warning:[/yellow] the kind was inferred image by image and differs in this folder "
+                  f"({kinds}); a folder of one kind of crop (e.g. faces) should be aligned with --kind "
+                  f"(e.g. --kind {top}), or its images split by kind")
     if summary.without_keypoints:
         err.print(f"  {summary.without_keypoints} kept without keypoints (none detected; patch centres there "
                   "are drawn uniformly)")

@@ -47,8 +47,8 @@ def view(
     save_dir = cli_args.renamed(ctx, "out", old_out, "--save-dir")
     if mode not in MODES:
         raise typer.BadParameter(f"choose one of {MODES}", param_hint="--mode")
-    if not ckpt.is_file():
-        raise typer.BadParameter(f"checkpoint {ckpt} not found", param_hint="CKPT")
+    if not ckpt.exists():
+        raise typer.BadParameter(f"checkpoint {ckpt} not found (a file, or a uh-train run folder)", param_hint="CKPT")
     if shards is not None and not shards.is_dir():
         raise typer.BadParameter(f"{shards} is not a folder", param_hint="--shards")
     from uh_train.checkpoint import CheckpointError, load_generator
