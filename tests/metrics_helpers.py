@@ -105,3 +105,21 @@ class NvidiaLikeInception(torch.nn.Module):
 def save_nvidia_like(path: Path) -> Path:
     torch.jit.script(NvidiaLikeInception()).save(str(path))
     return path
+
+
+class NvidiaLikeVGG16(torch.nn.Module):
+    """TorchScript stand-in with the calling convention of NVIDIA's vgg16.pt (4096 features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("projection", torch.randn(3 * 16, 4096, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, img: torch.Tensor, resize_images: bool = True, return_lpips: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        pooled = torch.nn.functional.adaptive_avg_pool2d(img.float(), 4).flatten(1)
+        return pooled @ self.projection / 255.0
+
+
+def save_nvidia_like_vgg16(path: Path) -> Path:
+    torch.jit.script(NvidiaLikeVGG16()).save(str(path))
+    return path

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from metrics_helpers import PatternGenerator, PoolFeatures, body_keypoints, render_pattern
+from metrics_helpers import NvidiaLikeVGG16, PatternGenerator, PoolFeatures, body_keypoints, render_pattern
 from typer.testing import CliRunner
 
 from mst_pipeline.shards.writer import ShardWriter, encode_sample, write_manifest
@@ -216,19 +216,6 @@ def test_paper_protocol_fixes_its_sizes():
 
 # ---------------------------------------------------------------------------------------------
 # VGG16 features for precision/recall
-
-
-class NvidiaLikeVGG16(torch.nn.Module):
-    """TorchScript stand-in with the calling convention of NVIDIA's vgg16.pt (4096 features)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("projection", torch.randn(3 * 16, 4096, generator=torch.Generator().manual_seed(1)))
-
-    def forward(self, img: torch.Tensor, resize_images: bool = True, return_lpips: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        pooled = torch.nn.functional.adaptive_avg_pool2d(img.float(), 4).flatten(1)
-        return pooled @ self.projection / 255.0
 
 
 def small_vgg() -> torch.nn.Module:

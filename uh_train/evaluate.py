@@ -74,7 +74,7 @@ def _load_generator(ckpt: Path | None, init: str, preset: str, device: str):
 
 @app.command(epilog=cli_args.examples(
     "uh-eval --ckpt runs/s2/network-latest.safetensors --shards shards/synthetic --n 500 --out eval/",
-    "uh-eval --ckpt runs/s2/network-latest.safetensors --shards shards/shhq_hr --protocol paper --vgg16 vgg16.pt "
+    "uh-eval --ckpt runs/s2/network-latest.safetensors --shards shards/shhq --protocol paper --vgg16 vgg16.pt "
     "--out eval-paper/",
     "uh-eval --init random --preset tiny --shards shards/synthetic --n 8 --out smoke/",
 ))

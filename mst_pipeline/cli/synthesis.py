@@ -86,7 +86,8 @@ def render_people(
 
 
 @app.command("render-hands", epilog=cli_args.examples(
-    "mst render-hands --out shards/ --n 7000 --size 512 --hand-poses hand_poses.npz --backgrounds deepfashion_hr/",
+    "mst render-hands --out shards/hands --n 7000 --size 512 --hand-poses hand_poses.npz "
+    "--backgrounds shards/deepfashion",
     "mst render-hands --out hands/ --n 4 --size 64 --engine cycles --samples 4",
 ))
 def render_hands(
@@ -160,8 +161,8 @@ def render_hands(
 
 
 @app.command("derive-sr", epilog=cli_args.examples(
-    "mst derive-sr shards/ --from shhq --out shards/",
-    "mst derive-sr shhq_hr/ --out shards/ --limit 5000",
+    "mst derive-sr shards/shhq --from shhq --out shards/shhq_sr",
+    "mst derive-sr shhq/ --out shards/shhq_sr --limit 5000",
 ))
 def derive_sr_cmd(
     hr: Path = typer.Argument(..., metavar="HR_SET", help="HR full-body shards (e.g. the folder that "
