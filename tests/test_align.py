@@ -523,3 +523,19 @@ def test_a_folder_of_mixed_inferred_kinds_is_reported_and_kind_silences_it(tmp_p
     told = CliRunner().invoke(app, [*base, "--kind", kinds[0], "--out", str(tmp_path / "b")], env={"COLUMNS": "200"})
     assert told.exit_code == 0, told.output
     assert "differs" not in told.output
+
+
+def test_align_says_what_runs_inside_a_batch_before_its_images_are_counted(tmp_path, toy):
+    """The bar counts images written, a batch at a time; meanwhile each detection and the batch's fit
+    are announced, so a CPU run never sits at 0/N without a word."""
+    space = default_space(toy)
+    data = tmp_path / "data"
+    write_dataset(data, toy, space, n=1)
+    settings = AlignSettings(detector="openpose-json", batch_size=16, smplify=SmplifyConfig(iterations=30))
+    events = []
+    align_folder(data, tmp_path / "out", "synth", space, toy, settings,
+                 progress=lambda done, total: events.append(("count", done)), phase=lambda t: events.append(t))
+    first_count = next(i for i, e in enumerate(events) if e == ("count", 3))
+    before = events[:first_count]
+    assert "detecting 1/3" in before and "detecting 3/3" in before and "fitting 3 (SMPLify-P)" in before
+    assert before.index("detecting 3/3") < before.index("fitting 3 (SMPLify-P)")

@@ -114,7 +114,8 @@ def keypoints_in_space(kp: PersonKeypoints, H: np.ndarray) -> dict[str, np.ndarr
 
 def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, space: FullBodySpace | None, model,
                  settings: AlignSettings, prior=None, detector=None,
-                 progress: Callable[[int, int], None] | None = None) -> AlignSummary:
+                 progress: Callable[[int, int], None] | None = None,
+                 phase: Callable[[str], None] | None = None) -> AlignSummary:
     """Align every image of ROOT (this part's slice) into shards in OUT. See the module docstring.
 
     With `settings.workers` >= 1, detection (image decoding and keypoints) runs in that many
@@ -162,7 +163,9 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                 else:
                     for batch in batches(tasks, settings.batch_size):
                         items = []
-                        for path, _, key, _ in batch:
+                        for j, (path, _, key, _) in enumerate(batch):
+                            if phase:  # the bar counts images written; within a batch say what runs
+                                phase(f"detecting {j + 1}/{len(batch)}")
                             found = next(detected)
                             if isinstance(found, Rejected):
                                 reject_file(out, key, path.relative_to(root), str(found), summary)
@@ -177,6 +180,8 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                             if pare is not None:  # PARE's regression as the start (paper §3.1)
                                 init, from_pare = pare_start(pare, model, [i.image for i in items], targets, confidence,
                                                              settings.smplify.confidence)
+                            if phase:
+                                phase(f"fitting {len(items)} (SMPLify-P)")
                             fits = smplify_p(model, targets, confidence, prior=prior, mean_pitch=space.pitch,
                                              config=settings.smplify, init=init, device=settings.device)
                             for fit, used in zip(fits, from_pare, strict=True):
@@ -194,6 +199,8 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                             if settings.overlay is not None and aligned:
                                 _write_overlays(settings.overlay, root, aligned, model, settings)
                         done += len(batch)
+                        if phase:
+                            phase("")
                         if progress:
                             progress(done, len(files))
     finally:  # also after an error: the manifest lists every sample kept

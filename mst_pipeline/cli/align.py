@@ -188,9 +188,9 @@ def _align_run(dataset: Path, out: Path, source: str, settings, space: Path | No
         if notice:
             err.print(notice, markup=False, highlight=False)
     columns = (TextColumn("align"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-               TimeRemainingColumn())
+               TimeRemainingColumn(), TextColumn("{task.fields[phase]}"))
     with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("align", total=None, rate="")
+        task = bar.add_task("align", total=None, rate="", phase="")
         t0 = [time.perf_counter(), None]
 
         def progress(done: int, total: int) -> None:
@@ -200,7 +200,8 @@ def _align_run(dataset: Path, out: Path, source: str, settings, space: Path | No
             bar.update(task, completed=done, total=total, rate=f"{rate:.2f} img/s")
 
         try:
-            return align_folder(dataset, out, source, fb_space, model, settings, prior=pose_prior, progress=progress)
+            return align_folder(dataset, out, source, fb_space, model, settings, prior=pose_prior, progress=progress,
+                                phase=lambda text: bar.update(task, phase=text))
         except (BackendUnavailable, RuntimeError, ValueError, ShardError) as e:  # incl. a busy output, a worker
             # that cannot start
             raise fail(e) from None
