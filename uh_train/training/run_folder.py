@@ -183,7 +183,7 @@ def check_shards(folders) -> None:
     for folder in folders:
         if not any(Path(folder).glob("*.tar")):
             raise FileNotFoundError(f"{folder} holds no shards (no *.tar); make them first, e.g. "
-                                    f"`mst align IMAGES/ --out {folder}` or `mst synthetic {folder}`")
+                                    f"`mst align IMAGES/ --out {folder}` or `mst synthetic --out {folder}`")
 
 
 def write_run_info(out: Path, cfg: TrainConfig, resume: Resume, step: int, **notes: Any) -> None:
