@@ -20,6 +20,16 @@ def pattern(points: np.ndarray) -> np.ndarray:
                      0.5 + 0.4 * np.sin(2 * np.pi * 4 * (x + y))], axis=-1)
 
 
+def pink_noise(n: int, seed: int = 0) -> np.ndarray:
+    """A 1/f noise RGB image [n, n, 3] (natural images' spectrum), zero mean and unit spread."""
+    f = np.fft.fftfreq(n)
+    fx, fy = np.meshgrid(f, f)
+    amp = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / n)
+    rng = np.random.default_rng(seed)
+    img = np.stack([np.real(np.fft.ifft2(amp * np.exp(2j * np.pi * rng.random((n, n))))) for _ in range(3)], -1)
+    return (img - img.mean()) / img.std()
+
+
 def render_pattern(H: np.ndarray, w: int, h: int) -> np.ndarray:
     jj, ii = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
     full = apply_homography(H, np.stack([jj, ii], axis=-1))

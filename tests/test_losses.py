@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from metrics_helpers import pink_noise
 
 from uh_train import resample
 from uh_train.format.geometry import patch_transform
@@ -111,13 +112,7 @@ def test_pixel_loss_is_small_for_a_consistent_student_and_large_for_another_regi
 
 def _pink_noise(n: int, seed: int = 0) -> torch.Tensor:
     """A 1/f noise image [1, 3, n, n] with standard deviation 0.5 (natural images' spectrum)."""
-    f = np.fft.fftfreq(n)
-    fx, fy = np.meshgrid(f, f)
-    amp = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / n)
-    rng = np.random.default_rng(seed)
-    img = np.stack([np.real(np.fft.ifft2(amp * np.exp(2j * np.pi * rng.random((n, n))))) for _ in range(3)])
-    img = (img - img.mean()) / img.std() * 0.5
-    return torch.tensor(img, dtype=torch.float32)[None]
+    return torch.tensor(0.5 * pink_noise(n, seed).transpose(2, 0, 1), dtype=torch.float32)[None]
 
 
 def test_a_generator_consistent_at_every_density_has_no_pixel_loss_at_any_scale_or_offset():

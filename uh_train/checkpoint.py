@@ -113,7 +113,12 @@ def checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: not a safetensors file")
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
+        return _config_of(f, path)
+
+
+def _config_of(opened, path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON config in an opened safetensors file's header."""
+    meta = opened.metadata() or {}
     if "config" not in meta:
         raise ValueError(f"{path}: not a {FORMAT} file (no config in the safetensors header)")
     return json.loads(meta["config"])
@@ -123,10 +128,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        if "config" not in meta:
-            raise ValueError(f"{path}: not a {FORMAT} file (no config in the safetensors header)")
-        config = json.loads(meta["config"])
+        config = _config_of(f, path)
         tensors: dict[str, dict[str, torch.Tensor]] = collections.defaultdict(dict)
         for key in f.keys():
             module, _, rest = key.partition(".")
@@ -160,20 +162,34 @@ class RefusedPickle(CheckpointError, pickle.UnpicklingError):
     """A snapshot pickle that names a global outside the allow-list (nothing in it was executed)."""
 
 
+def read_latest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """A run folder's `latest.json` ({"state", "network", ...}: the files of its last snapshot), None
+    without one; ValueError (one line) when it is not the object the trainer writes."""
+    latest = Path(folder) / "latest.json"
+    if not latest.exists():
+        return None
+    try:
+        info = json.loads(latest.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{latest} cannot be read ({type(e).__name__}); delete it to start afresh") from None
+    if not (isinstance(info, dict) and all(isinstance(info.get(k), str) and info[k] and "/" not in info[k]
+                                           for k in ("state", "network"))):
+        raise ValueError(f"{latest} does not name a training state and network; delete it to start afresh")
+    return info
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint file, or a run folder -> the generator file it stands for: the network its
     `latest.json` names, else its `network-latest.safetensors`. Anything else is returned as given."""
     path = Path(path)
     if not path.is_dir():
         return path
-    latest = path / "latest.json"
-    if latest.is_file():
-        try:
-            name = json.loads(latest.read_text()).get("network")
-        except (OSError, ValueError, AttributeError):
-            name = None
-        if isinstance(name, str) and name and "/" not in name and (path / name).is_file():
-            return path / name
+    try:
+        info = read_latest(path)
+    except ValueError:
+        info = None
+    if info is not None and (path / info["network"]).is_file():
+        return path / info["network"]
     if (path / "network-latest.safetensors").is_file():
         return path / "network-latest.safetensors"
     raise CheckpointError(f"{path} is a folder without a run's network (no latest.json or "

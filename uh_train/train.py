@@ -210,13 +210,14 @@ def _train(cfg: TrainConfig, clock: StepClock | None, stop: distributed.StopSign
         if ada is not None:
             ada.step(cfg.batch)
             prog.aug_p = ada.p
-            terms["aug/p"] = ada.p * rounds  # logged as a mean over rounds below
         clock.step_done()
         prog.step += 1
         prog.nimg += cfg.batch
 
         # --- log, watch, snapshot
         last = {k: v / rounds for k, v in terms.items()}
+        if ada is not None:
+            last["aug/p"] = ada.p
         last.update({k: total / max(count, 1) for k, (total, count) in bins.items()})
         watch.step(last, prog.step)
         snapshot_due = prog.nimg >= next_snapshot or prog.nimg >= total_nimg

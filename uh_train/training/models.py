@@ -5,7 +5,6 @@ G, and D's passes over a step's images."""
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,17 +74,17 @@ class StageOneStart:
 def find_stage_one(path: str | os.PathLike) -> StageOneStart:
     """Resolve --teacher: a stage-1 run folder, one of its training-state-*/network-* files, or a
     generator file from elsewhere (then only the generator is known)."""
+    from uh_train.checkpoint import read_latest
+
     p = Path(path)
     if p.is_dir():
-        latest = p / "latest.json"
-        if not latest.exists():
+        info = read_latest(p)
+        if info is None:
             raise FileNotFoundError(f"{p} is not a finished stage-1 run (no latest.json)")
-        info = json.loads(latest.read_text())
         return StageOneStart(p / info["network"], p / info["state"])
     if p.name.startswith("training-state-"):
         return StageOneStart(p.with_name(p.name.replace("training-state-", "network-")), p)
-    if p.name == "network-latest.safetensors" and (p.parent / "latest.json").exists():
-        info = json.loads((p.parent / "latest.json").read_text())
+    if p.name == "network-latest.safetensors" and (info := read_latest(p.parent)) is not None:
         return StageOneStart(p, p.parent / info["state"])
     if p.name.startswith("network-"):
         state = p.with_name(p.name.replace("network-", "training-state-"))

@@ -70,17 +70,10 @@ def save_training_checkpoint(out: Path, cfg: TrainConfig, G, G_ema, D, opt_G, op
 def find_resume(out: Path) -> Path | None:
     """The training state latest.json names, or None without one; ValueError (one line) when it is
     not the object the trainer writes."""
-    latest = out / "latest.json"
-    if not latest.exists():
-        return None
-    try:
-        info = json.loads(latest.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{latest} cannot be read ({type(e).__name__}); delete it to start afresh") from None
-    if not (isinstance(info, dict) and all(isinstance(info.get(k), str) and info[k] and "/" not in info[k]
-                                           for k in ("state", "network"))):
-        raise ValueError(f"{latest} does not name a training state and network; delete it to start afresh")
-    return out / info["state"]
+    from uh_train.checkpoint import read_latest
+
+    info = read_latest(out)
+    return None if info is None else out / info["state"]
 
 
 @contextlib.contextmanager
@@ -150,7 +143,9 @@ def restore(resume: Resume, G, G_ema, D, opt_G, opt_D, gen: torch.Generator, mai
 
 def last_good_network(out: Path) -> str:
     """The generator snapshot a resumed run last wrote (the divergence watch's way back)."""
-    return json.loads((out / "latest.json").read_text())["network"]
+    from uh_train.checkpoint import read_latest
+
+    return read_latest(out)["network"]
 
 
 def truncate_log(path: Path, step: int) -> None:
