@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from mst_pipeline.body import use_view
 from mst_pipeline.fitting.smplify import SmplifyConfig, smplify_p
 
 PRIOR_EPOCHS = 100  # as `just demo` trains its prior
@@ -165,6 +166,7 @@ def _mst_run(model, views, inputs):
 
     full = [(v, i) for v, i in zip(views, inputs, strict=True) if v["view"] == "full" and i is not None]
     u, c = np.stack([i[0] for _, i in full]), np.stack([i[1] for _, i in full])
+    c[:, list(use_view(model, "full"))] = 0.0  # as `mst space` and `mst align` fit a view kind
     pitch, _ = mean_pitch(feet_pitch(model, u, c), "feet")
     fits = [f for f in smplify_p(model, u, c, mean_pitch=pitch) if f.ok]
     poses = np.array([f.pose for f in fits])
@@ -175,7 +177,9 @@ def _mst_run(model, views, inputs):
     for kind in ("upper", "face"):
         pairs = [(v, i) for v, i in zip(views, inputs, strict=True) if v["view"] == kind]
         seen = [(v, i) for v, i in pairs if i is not None]
-        fits = smplify_p(model, np.stack([i[0] for _, i in seen]), np.stack([i[1] for _, i in seen]), prior=prior,
+        c = np.stack([i[1] for _, i in seen])
+        c[:, list(use_view(model, kind))] = 0.0
+        fits = smplify_p(model, np.stack([i[0] for _, i in seen]), c, prior=prior,
                          mean_pitch=space.pitch, config=SmplifyConfig())
         err = [np.inf] * (len(pairs) - len(seen))  # no person found: a miss
         for f, (v, _) in zip(fits, seen, strict=True):
@@ -263,8 +267,9 @@ def _photo_face_scales(model, photos) -> list[tuple[str, float, float]]:
                 use_convention(model, backend)
             space = default_space(model)
             scales = []
-            for pts, (iw, ih) in ((kp, (w, h)), (crop_kp, (x1 - x0, y1 - y0))):
+            for pts, (iw, ih), kind in ((kp, (w, h), "upper"), (crop_kp, (x1 - x0, y1 - y0), "face")):
                 u, c = fitting_input(pts, iw, ih)
+                c[list(use_view(model, kind))] = 0.0
                 (fit,) = smplify_p(model, u[None], c[None], mean_pitch=space.pitch)
                 scales.append(space.homography(fit.cam, iw, ih)[0, 0])
             ratios.append(scales[1] / scales[0])

@@ -44,7 +44,7 @@ from mst_pipeline.detect.images import IMAGE_EXTS, Rejected, list_images, sample
 from mst_pipeline.detect.pool import NO_DETECTOR, DetectedImage, batches, detections, image_detector
 from mst_pipeline.fitting.pare.checkpoint import load_pare_checkpoint
 from mst_pipeline.fitting.pare.start import pare_start
-from mst_pipeline.fitting.smplify import FitResult, smplify_p
+from mst_pipeline.fitting.smplify import FitInit, FitResult, smplify_p
 from mst_pipeline.shards.rejects import reject_file
 from mst_pipeline.shards.writer import ShardWriter, encode_sample, write_manifest
 from mst_pipeline.space import DEFAULT_DENSITY, FullBodySpace, region_and_density
@@ -88,6 +88,31 @@ def infer_kind(targets: np.ndarray, visible: np.ndarray) -> str:
     if hands >= 2:
         return "hand"
     return "upper" if shoulders >= 1 else "face"
+
+
+def fit_by_view(model, items: list, targets: np.ndarray, confidence: np.ndarray, init, prior,
+                space: FullBodySpace, settings: AlignSettings) -> list:
+    """SMPLify-P of a batch, each image with the body model's keypoints placed as its detector places
+    them in that image's view kind (`--kind`, else inferred; `mst_pipeline.body.use_view`) and
+    without the detections the calibration found unusable in that kind (a face crop's guessed
+    shoulders). Images of one kind are fitted together; the results come back in the batch's order."""
+    from mst_pipeline.body import use_view
+
+    conf_min = settings.smplify.confidence
+    kinds = [settings.kind or infer_kind(t, c >= conf_min) for t, c in zip(targets, confidence, strict=True)]
+    fits: list = [None] * len(items)
+    for kind in dict.fromkeys(kinds):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        unused = list(use_view(model, kind))
+        conf = confidence[rows].copy()
+        conf[:, unused] = 0.0
+        start = None if init is None else FitInit(init.cam[rows], init.global_orient[rows], init.body_pose[rows],
+                                                  init.betas[rows])
+        for i, fit in zip(rows, smplify_p(model, targets[rows], conf, prior=prior, mean_pitch=space.pitch,
+                                          config=settings.smplify, init=start, device=settings.device),
+                          strict=True):
+            fits[i] = fit
+    return fits
 
 
 def infer_tier(image_density: float, space: FullBodySpace | None) -> str:
@@ -182,8 +207,7 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                                                              settings.smplify.confidence)
                             if phase:
                                 phase(f"fitting {len(items)} (SMPLify-P)")
-                            fits = smplify_p(model, targets, confidence, prior=prior, mean_pitch=space.pitch,
-                                             config=settings.smplify, init=init, device=settings.device)
+                            fits = fit_by_view(model, items, targets, confidence, init, prior, space, settings)
                             for fit, used in zip(fits, from_pare, strict=True):
                                 fit.extra["init"] = "pare" if used else "keypoints"
                             aligned = []

@@ -55,4 +55,17 @@ def use_convention(model: BodyModel, detector: str, log: Callable[[str], None] |
     return model.use_keypoints(regressor)
 
 
-__all__ = ["BODY_MODEL_ENV", "load_body_model", "use_convention"]
+def use_view(model: BodyModel, kind: str | None) -> tuple[int, ...]:
+    """Make MODEL's calibrated BODY_25 follow its detector's placement in images of view kind KIND
+    ("full", "upper", "face"; None: the fit over every view) and return the BODY_25 indices unused in
+    that kind (`KeypointRegressor.for_view`), whose detections a fit must drop. Without a calibration
+    nothing changes and nothing is unused."""
+    if model.keypoints is None:
+        return ()
+    regressor, unused = model.keypoints.for_view(kind)
+    if regressor is not model.keypoints:
+        model.use_keypoints(regressor)
+    return unused
+
+
+__all__ = ["BODY_MODEL_ENV", "load_body_model", "use_convention", "use_view"]

@@ -10,6 +10,12 @@ and pose), fitted on renders of the model by `mst body-model calibrate`
 (`mst_pipeline.synthesis.calibrate`). Points a convention derives (Neck, MidHip as the midpoints of
 the shoulders and hips) are derived from the calibrated points the same way.
 
+A detector also places some points differently by framing (mediapipe's shoulders sit wider in an
+upper-body crop than in a full view; its eyes wider in a face crop), so a calibration holds, besides
+the fit over every view, one fit per view kind (full, upper, face) and the slots too unreliable to use
+in a kind (a face crop's guessed shoulders); `KeypointRegressor.for_view` gives the regressor and the
+unused slots for images of one kind, which is what the MST fits with.
+
 Calibrations are versioned (`CALIBRATION_VERSION`) and tied to one body model by `model_hash`; they
 are cached beside the body model (`calibration_path`), and the open model's ships with the package.
 Pure numpy and JSON; applied in `mst_pipeline.body.model.BodyModel`.
@@ -29,7 +35,7 @@ import numpy as np
 from mst_pipeline.body.layout import BODY25_NAMES
 from mst_pipeline.body.open_model import cache_root
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2  # 2: per-view fits and unused slots (`KeypointRegressor.for_view`)
 SHIPPED = Path(__file__).with_name("calibrations")
 _B = {n: i for i, n in enumerate(BODY25_NAMES)}
 _MIDPOINTS = {"Neck": ("RShoulder", "LShoulder"), "MidHip": ("RHip", "LHip")}
@@ -91,6 +97,10 @@ class KeypointRegressor:
     slots: dict[str, dict[str, Any]]
     version: int = CALIBRATION_VERSION
     settings: dict[str, Any] = field(default_factory=dict)
+    # Per view kind: {"slots": {name: slot}, "unused": [names]} (`synthesis.calibrate.fit_views`).
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)
+    view: str | None = None  # the view kind this regressor was specialised to (`for_view`), if any
+    overall: dict[str, dict[str, Any]] | None = None  # the fit over every view, kept by `for_view`
 
     def arrays(self, max_k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(use [25] bool, ids [25, K] int, weights [25, K]) with unused entries 0."""
@@ -105,20 +115,45 @@ class KeypointRegressor:
     def derived_pairs(self) -> dict[int, tuple[int, int]]:
         return CONVENTIONS[self.convention].derived_pairs()
 
+    def for_view(self, kind: str | None) -> tuple[KeypointRegressor, tuple[int, ...]]:
+        """The regressor for images of view kind KIND ("full", "upper", "face"; None or a kind without
+        its own fit: the fit over every view) and the BODY_25 indices unused for that kind, whose
+        detections the fit must not see. A slot's own fit in the view replaces the overall one; a
+        derived point (Neck) is unused where a point it derives from is."""
+        base = self.overall if self.overall is not None else self.slots
+        doc = self.views.get(kind or "")
+        if not doc:
+            if self.overall is None:
+                return self, ()
+            return KeypointRegressor(self.convention, self.model_hash, base, self.version, self.settings,
+                                     self.views), ()
+        slots = dict(base)
+        slots.update({n: s for n, s in doc["slots"].items() if n in base})
+        unused = {_B[n] for n in doc.get("unused", ()) if n in _B}
+        for slot, (a, b) in self.derived_pairs().items():
+            if a in unused or b in unused:
+                unused.add(slot)
+        reg = KeypointRegressor(self.convention, self.model_hash, slots, self.version, self.settings,
+                                self.views, kind, base)
+        return reg, tuple(sorted(unused))
+
     def as_convention(self, name: str) -> KeypointRegressor:
         """This calibration serving convention NAME (whose `calibrated_by` is this one): its reported
         slots only."""
         conv = CONVENTIONS[name]
         slots = {n: s for n, s in self.slots.items() if n in conv.reported}
+        views = {k: {"slots": {n: s for n, s in d["slots"].items() if n in conv.reported},
+                     "unused": [n for n in d.get("unused", ()) if n in conv.reported]} for k, d in self.views.items()}
         return KeypointRegressor(name, self.model_hash, slots, self.version,
-                                 {**self.settings, "proxy_of": self.convention})
+                                 {**self.settings, "proxy_of": self.convention}, views)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
         return {"format": "unitedhuman-keypoints", "version": self.version, "convention": self.convention,
-                "model_hash": self.model_hash, "settings": self.settings, "slots": self.slots}
+                "model_hash": self.model_hash, "settings": self.settings,
+                "slots": self.overall if self.overall is not None else self.slots, "views": self.views}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> KeypointRegressor:
@@ -128,11 +163,17 @@ class KeypointRegressor:
             raise CalibrationError(f"calibration version {doc.get('version')}, this version reads "
                                    f"{CALIBRATION_VERSION}: run `mst body-model calibrate` again")
         slots = doc["slots"]
-        for name, s in slots.items():
+        views = doc.get("views") or {}
+        every = [(name, s) for name, s in slots.items()]
+        for kind, view in views.items():
+            if not isinstance(view, dict) or not isinstance(view.get("slots"), dict):
+                raise CalibrationError(f"calibration view {kind!r} has no slots")
+            every += list(view["slots"].items())
+        for name, s in every:
             w = np.asarray(s["weights"], float)
             if name not in _B or len(s["ids"]) != len(w) or (w < 0).any() or abs(w.sum() - 1) > 1e-6:
                 raise CalibrationError(f"calibration slot {name!r} is not a convex vertex combination")
-        return cls(doc["convention"], doc["model_hash"], slots, doc["version"], doc.get("settings", {}))
+        return cls(doc["convention"], doc["model_hash"], slots, doc["version"], doc.get("settings", {}), views)
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)

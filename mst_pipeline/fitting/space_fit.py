@@ -164,9 +164,12 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
     from mst_pipeline.detect import make_detector
     from mst_pipeline.fitting.smplify import FitInit, SmplifyConfig, smplify_p
 
+    from mst_pipeline.body import use_view
+
     root = Path(root)
     cfg = config or SmplifyConfig()
     detect = detect or make_detector(detector, keypoints_dir, root)
+    unused = list(use_view(model, "full"))  # keypoints as the detector places them in full views
     net = None
     if pare is not None:
         from mst_pipeline.fitting.pare.checkpoint import load_pare_checkpoint
@@ -187,6 +190,7 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
             continue
         targets = np.stack([i.targets for i in items])
         confidence = np.stack([i.confidence for i in items])
+        confidence[:, unused] = 0.0
         init = None
         if net is not None:
             init, from_pare = pare_start(net, model, [i.image for i in items], targets, confidence, cfg.confidence)

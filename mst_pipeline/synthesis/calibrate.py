@@ -9,6 +9,14 @@ model is a convex combination of the mesh vertices near the model's own point of
 detected point and the combination projected through the render's exact H (the renders are
 orthographic, as the MST's weak-perspective camera), then pruned to its `KEEP` largest weights
 and fitted again. The yaw is what fixes the point's depth (which vertices, front or back).
+
+A detector does not put a point at the same place on the body in every framing: on the same renders
+mediapipe's shoulders sit wider in an upper-body crop than in a full view, and its eyes wider (its
+ears narrower) in a face crop. So each view kind (full, upper, face) also gets its own fit of every
+slot it shows often enough (`fit_views`), which the MST uses for images of that kind; and a slot whose
+gap in a view stays far above that view's typical gap after the fit (`UNRELIABLE` times the median:
+the shoulders and neck a detector guesses at the bottom edge of a face crop) is marked unused there,
+so the fit of such an image does not see it.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ _FOOT = ("LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel")
 _FOOT_JOINTS = {"L": ("left_ankle", "left_foot"), "R": ("right_ankle", "right_foot")}
 KEEP = 8  # vertices per keypoint
 RIDGE = 1e-3  # per observation, in squared pixels per unit weight: spreads weight among near-equal vertices
+VIEWS = ("full", "upper", "face")
+MIN_COUNT = 8  # detections a slot needs (overall, or in one view) to be fitted
+UNRELIABLE = 2.5  # a slot whose calibrated gap in a view exceeds this many times the view's median is unused there
 
 
 @dataclass
@@ -190,7 +201,39 @@ def calibrate(model: Any, detector: Callable, convention: str, n: int = 40, seed
                        "count": len(mine), "residual_px": per_view}
         slots[name]["weights"] = (np.array(slots[name]["weights"]) / sum(slots[name]["weights"])).tolist()
         report[name] = {"count": len(mine), "calibrated_px": per_view, "model_px": own_view}
+    views_doc = fit_views(obs, cands)
+    for kind, doc in views_doc.items():
+        for name, slot in doc["slots"].items():
+            report.setdefault(name, {}).setdefault("view_px", {})[kind] = slot["residual_px"]
+        for name in doc["unused"]:
+            report.setdefault(name, {}).setdefault("unused_in", []).append(kind)
     settings = {"detector": CONVENTIONS[convention].calibrated_by, "people": n, "seed": seed, "res": res,
                 "yaw_deg": round(float(np.degrees(YAW)), 1), "seen": SEEN, "keep": KEEP,
-                "seconds": round(time.perf_counter() - t0, 1)}
-    return KeypointRegressor(convention, model.hash, slots, settings=settings), report
+                "unreliable": UNRELIABLE, "seconds": round(time.perf_counter() - t0, 1)}
+    return KeypointRegressor(convention, model.hash, slots, settings=settings, views=views_doc), report
+
+
+def fit_views(obs: list[Observation], cands: dict[int, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Each view kind's own fit of the slots it shows at least MIN_COUNT times, and the slots unused
+    in it: {kind: {"slots": {name: {ids, weights, count, residual_px}}, "unused": [names]}}. A slot is
+    unused in a view when its calibrated mean gap there exceeds UNRELIABLE times the median of the
+    view's slots' gaps (gaps in full-body units, so views of every density compare alike)."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in VIEWS:
+        slots, spread = {}, {}
+        for i, name in enumerate(BODY25_NAMES):
+            mine = [o for o in obs if o.slot == i and o.view == kind]
+            if len(mine) < MIN_COUNT:
+                continue
+            cols, w = fit_slot(mine)
+            g = gaps(mine, cols, w)
+            w = w / w.sum()
+            slots[name] = {"ids": [int(x) for x in cands[i][cols]], "weights": [float(x) for x in w],
+                           "count": len(mine), "residual_px": round(float(g.mean()), 2)}
+            spread[name] = float(np.mean(g / np.array([o.density for o in mine])))
+        if not slots:
+            continue
+        typical = float(np.median(list(spread.values())))
+        unused = sorted(n for n, v in spread.items() if v > UNRELIABLE * typical)
+        out[kind] = {"slots": slots, "unused": unused}
+    return out
