@@ -108,7 +108,8 @@ def _render_alignment(model) -> list[str]:
 
 
 TRUE_PITCH_DEG = 4.0  # the renders' camera pitch (the known truth ô is measured against)
-SEEDS, PEOPLE, RES = (0, 1), 12, 128  # 24 people over two seeds, full views at 128 px as the demo's
+SEEDS, PEOPLE = (0, 1), 12  # 24 people over two seeds
+SIZES = (128, 256)  # full views at 128 px as the demo's, and at 256 px (upper-body and face views scale with them)
 
 
 def _rendered(model, seeds, n, res, pitch):
@@ -117,7 +118,7 @@ def _rendered(model, seeds, n, res, pitch):
     [37, 2] normalised, confidence [37]), in the model's current convention."""
     from mst_pipeline.space import default_space, pixels_to_normalised
     from mst_pipeline.synthesis import mesh_render
-    from mst_pipeline.synthesis.people import render_view
+    from mst_pipeline.synthesis.people import render_view, view_geometry
     from mst_pipeline.synthesis.people_plan import plan_person, pose_person, views
     from uh_train.format.geometry import apply_homography
 
@@ -129,8 +130,9 @@ def _rendered(model, seeds, n, res, pitch):
         for index in range(n):
             plan = plan_person(index, seed, model.num_betas, pitch)
             geom = pose_person(model, plan, space)
-            points = np.concatenate([geom.body25, geom.hands["left"], geom.hands["right"]])
             for view in views(geom, plan, res):
+                g = view_geometry(model, plan, space, geom, view.name)  # the keypoint files' points
+                points = np.concatenate([g.body25, g.hands["left"], g.hands["right"]])
                 image, _ = render_view(geom, model.faces, plan, view)
                 px = apply_homography(np.linalg.inv(view.H), points)
                 inside = (px[:, 0] >= 0) & (px[:, 0] <= view.width) & (px[:, 1] >= 0) & (px[:, 1] <= view.height)
@@ -157,9 +159,10 @@ def _detected(detector, views):
     return out
 
 
-def _mst_run(model, views, inputs):
-    """`mst space` on the full views, `mst fit-prior --epochs 100`, then SMPLify-P of the upper and
-    face views: (ô in degrees, {kind: corner errors [n]}, {person: {kind: fitted/true scale}})."""
+def _mst_run(model, views, inputs, res, true_pitch=None):
+    """`mst space` on the full views (RES px), `mst fit-prior --epochs 100`, then SMPLify-P of the upper
+    and face views: (ô in degrees, {kind: corner errors [n]}, {person: {kind: fitted/true scale}}).
+    TRUE_PITCH (radians): use it as ô instead of measuring it (what the pitch's error costs)."""
     from mst_pipeline.fitting.prior import train_prior
     from mst_pipeline.fitting.space_fit import feet_pitch, mean_pitch, space_from_fits
     from mst_pipeline.synthesis.people_truth import corner_error
@@ -167,11 +170,11 @@ def _mst_run(model, views, inputs):
     full = [(v, i) for v, i in zip(views, inputs, strict=True) if v["view"] == "full" and i is not None]
     u, c = np.stack([i[0] for _, i in full]), np.stack([i[1] for _, i in full])
     c[:, list(use_view(model, "full"))] = 0.0  # as `mst space` and `mst align` fit a view kind
-    pitch, _ = mean_pitch(feet_pitch(model, u, c), "feet")
+    pitch = mean_pitch(feet_pitch(model, u, c), "feet")[0] if true_pitch is None else true_pitch
     fits = [f for f in smplify_p(model, u, c, mean_pitch=pitch) if f.ok]
     poses = np.array([f.pose for f in fits])
     space = space_from_fits(np.array([f.cam for f in fits]), poses, np.array([f.betas for f in fits]),
-                            np.full(len(fits), float(RES)), "full", pitch=pitch)
+                            np.full(len(fits), float(res)), "full", pitch=pitch)
     prior, _ = train_prior(poses, epochs=PRIOR_EPOCHS)
     errors, scales = {}, {}
     for kind in ("upper", "face"):
@@ -199,18 +202,21 @@ def _detector_alignment(model) -> list[str]:
     from mst_pipeline.detect import make_detector
 
     t0 = time.perf_counter()
-    use_convention(model, "openpose-json")
-    views = _rendered(model, SEEDS, PEOPLE, RES, np.radians(TRUE_PITCH_DEG))
     rows = []
-    for label, backend in (("default detector (mediapipe)", "mediapipe"),
-                           ("renders' own keypoint files (openpose-json)", "openpose-json")):
-        use_convention(model, backend)
-        inputs = (_detected(make_detector("mediapipe"), views) if backend == "mediapipe"
-                  else [(v["targets"], v["confidence"]) for v in views])
-        rows.append((label, *_mst_run(model, views, inputs)))
+    for res in SIZES:
+        use_convention(model, "openpose-json")
+        views = _rendered(model, SEEDS, PEOPLE, res, np.radians(TRUE_PITCH_DEG))
+        use_convention(model, "mediapipe")
+        detected = _detected(make_detector("mediapipe"), views)
+        rows.append((f"default detector (mediapipe), {res} px", *_mst_run(model, views, detected, res)))
+        rows.append((f"the same with ô set to the truth, {res} px",
+                     *_mst_run(model, views, detected, res, np.radians(TRUE_PITCH_DEG))))
+        use_convention(model, "openpose-json")
+        rows.append((f"renders' own keypoint files (openpose-json), {res} px",
+                     *_mst_run(model, views, [(v["targets"], v["confidence"]) for v in views], res)))
     lines = [
         f"**The MST as a user runs it** ({len(SEEDS) * PEOPLE} people of `mst render-people` over seeds "
-        f"{', '.join(map(str, SEEDS))}, full views at {RES} px, camera pitch {TRUE_PITCH_DEG:.1f}°; `mst space` "
+        f"{', '.join(map(str, SEEDS))}, full views at {' and '.join(map(str, SIZES))} px, camera pitch {TRUE_PITCH_DEG:.1f}°; `mst space` "
         f"on the full views, a {PRIOR_EPOCHS}-epoch prior, then SMPLify-P of the upper-body and face views at the "
         "CLI's defaults; corner error of H(α, ᾱ) against the true H in % of full-body space; a view whose "
         "person the detector misses counts as a miss; *face scale*: per person, the face crop's fitted "

@@ -332,7 +332,11 @@ def test_openpose_json_of_the_renders_holds_the_calibrated_points(tmp_path, open
         plan = plan_person(0, 2, open_model.num_betas, space.pitch)
         geom = pose_person(open_model, plan, space)
         face = [v for v in views(geom, plan, 64) if v.name == "face"][0]
-        px = apply_homography(np.linalg.inv(face.H), geom.body25)
+        from mst_pipeline.synthesis.people import view_geometry
+
+        own = view_geometry(open_model, plan, space, geom, "face")  # the face view's own fit
+        assert not np.allclose(own.body25, geom.body25)
+        px = apply_homography(np.linalg.inv(face.H), own.body25)
     finally:
         open_model.use_keypoints(None)
     seen = body[:, 2] > 0

@@ -258,6 +258,23 @@ def render_people(out: str | os.PathLike, n: int, res: int = 256, seed: int = 0,
         model.use_keypoints(own)
 
 
+def view_geometry(model: Any, plan: Any, space: Any, geom: Any, kind: str) -> Any:
+    """GEOM with its keypoints where the model's detector places them in views of KIND (the
+    calibration's per-view fit, `mst_pipeline.body.use_view`), so a render's keypoint file holds what
+    a fit of that kind expects; GEOM itself when the kind has no fit of its own. The model's keypoints
+    are left as they were."""
+    from mst_pipeline.body import use_view
+
+    saved = model.keypoints
+    if saved is None or not saved.views.get(kind):
+        return geom
+    try:
+        use_view(model, kind)
+        return pose_person(model, plan, space)
+    finally:
+        model.use_keypoints(saved)
+
+
 def _render_people(out: Path, n: int, res: int, seed: int, model: Any, poses_file, space_file, progress: bool,
                    start: float) -> PeopleSummary:
     space = load_space(space_file, model)
@@ -284,7 +301,7 @@ def _render_people(out: Path, n: int, res: int, seed: int, model: Any, poses_fil
                     continue
                 image, coverage = render_view(geom, faces, plan, view)
                 covered[view.name].append(float(coverage.mean()))
-                document = json.dumps(openpose_document(geom, view))
+                document = json.dumps(openpose_document(view_geometry(model, plan, space, geom, view.name), view))
                 atomic_write_text(keypoints, document)
                 atomic_write_bytes(png, encode_image(image, "png"))
                 summary.rendered += 1
