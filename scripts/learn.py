@@ -2,8 +2,10 @@
 data the project makes, with its curves.
 
 Makes the data (rendered people in full, upper-body and face views, the partial views aligned by the
-MST; synthetic hands composited onto upper-body patches) and trains stage 1. Then stage 2, from that
-stage-1 network (the teacher), in two arms: every source, and the full-body source alone. Each arm
+MST; synthetic hands composited onto upper-body patches; the same people's full views again at
+`dense_res` px, so that a full-body view is dense enough for 8r) and trains stage 1. Then stage 2,
+from that stage-1 network (the teacher), in two arms: every source, and the full-body sources alone
+(both with the dense full views, weighted up and read zoomed in). Each arm
 trains once per seed for `kimg2` (the ablation); the first seed's all-sources run goes on to
 `kimg_ship` and is the shipped generator. Every chosen snapshot is evaluated (quick protocol: FID of
 whole images, kFID per keypoint group, scale consistency at 2r, 4r and 8r) and drawn: a fixed-seed
@@ -57,22 +59,28 @@ class Plan:
     candidates: str = "tiny:8,tiny:16,small:8"
     kimg1: float | None = None  # stage 1; default: from the pilot's rate and minutes1, else 60
     kimg2: float | None = None  # each stage-2 ablation run (per arm and seed); default: as kimg1, else 20
-    kimg_ship: float | None = 60.0  # the first seed's all-sources stage 2 goes on to this (the run to ship from)
-    seeds: str = "0,1"  # stage-2 seeds of each ablation arm
+    kimg_ship: float | None = 150.0  # the first seed's all-sources stage 2 goes on to this (the run to ship from)
+    seeds: str = "0,1,2"  # stage-2 seeds of each ablation arm
     snap1: float | None = None  # default: a tenth of the stage
     snap2: float | None = None  # default: a quarter of kimg2
     fid_n: int = 256
     kfid_n: int = 48
     consistency_n: int = 16
-    lambda_p: float = 5.0  # stage 2's teacher weight (the paper's)
+    lambda_p: float = 50.0  # stage 2's teacher weight (the paper's is 5; docs/training.md, "Stage 2 diagnosis")
     ema2: float = 1.0  # stage 2's G_ema half-life in kimg (docs/training.md, "Stage 2 diagnosis")
     seed: int = 0  # stage 1's seed
+    # The same people's full views rendered again at dense_res px (0: not) as a stage-2 source of its own
+    # (DENSE_SOURCE), weighted dense_weight and read at s >= dense_s_min: the legs at 8r (docs/training.md).
+    dense_res: int = 256
+    dense_weight: float = 4.0
+    dense_s_min: float = 2.0
 
 
 DEFAULT_KIMG1, DEFAULT_KIMG2 = 60.0, 20.0  # without a pilot
 
 QUICK = Plan(people=6, hands=2, res=64, pilot_minutes=0.0, kimg1=0.048, kimg2=0.024, kimg_ship=0.036, seeds="0",
-             snap1=0.016, snap2=0.012, fid_n=8, kfid_n=4, consistency_n=2, batch=4)
+             snap1=0.016, snap2=0.012, fid_n=8, kfid_n=4, consistency_n=2, batch=4, dense_res=128)
+DENSE_SOURCE = "people-fullhr"
 # A stage-2 step costs more than a stage-1 step (the teacher's render and the pixel loss): the demo's
 # default run trains stage 1 at 1.33 and stage 2 at 1.0 kimg per minute on 2 cores.
 STAGE2_RATE = 0.75
@@ -94,7 +102,36 @@ def make_data(out: Path, plan: Plan) -> Path:
         res = stage_plan.run_stage(stage, f"[data {number}/{len(wanted)}] ")
         if res["status"] not in ("ok", "reused"):
             raise SystemExit(f"data stage '{stage.name}' failed; fix the error above and run again (it resumes)")
+    if plan.dense_res:
+        for stage in dense_stages(out, plan):
+            res = stage_plan.run_stage(stage, "[data, dense] ")
+            if res["status"] not in ("ok", "reused"):
+                raise SystemExit(f"data stage '{stage.name}' failed; fix the error above and run again (it resumes)")
     return out / "shards"
+
+
+def dense_stages(out: Path, plan: Plan) -> list:
+    """The same people's full views at plan.dense_res px (`mst render-people` is deterministic per index
+    and seed), entered as the aligned full-body source DENSE_SOURCE in OUT/shards-dense."""
+    render, shards, mst = out / "data" / "people-dense", out / "shards-dense", str(BIN / "mst")
+    return [
+        stage_plan.Stage("render people, dense", f"The same {plan.people} people's full views at {plan.dense_res} px.",
+                         [mst, "render-people", "--out", str(render), "--n", str(plan.people), "--size",
+                          str(plan.dense_res)], [render / "truth.jsonl"]),
+        stage_plan.Stage("align full, dense", "mst align --aligned: the dense full views as a source of their own.",
+                         [mst, "align", str(render / "full"), "--out", str(shards), "--source", DENSE_SOURCE,
+                          "--aligned", "--detector", "openpose-json", "--space", str(out / "space.json")],
+                         [shards / f"{DENSE_SOURCE}-000-000000.tar"]),
+    ]
+
+
+def dense_args(shards: Path, plan: Plan) -> tuple[str, ...]:
+    """Stage 2's arguments for the dense source (none without it)."""
+    dense = shards.parent / "shards-dense"
+    if not plan.dense_res or not any(dense.glob(f"{DENSE_SOURCE}-*.tar")):
+        return ()
+    return ("--shards", str(dense), "--mix", f"{DENSE_SOURCE}={plan.dense_weight:g}",
+            "--view", f"{DENSE_SOURCE}:s_min={plan.dense_s_min:g},whole=0.1")
 
 
 def trained_nimg(run: Path) -> int:
@@ -112,7 +149,7 @@ def train(run: Path, shards: Path, plan: Plan, stage: int, kimg: float, snapshot
            plan.preset, "--kimg", f"{kimg:g}", "--batch", str(plan.batch), "--snapshot-kimg", f"{snapshot:g}",
            "--seed", str(plan.seed if seed is None else seed), "--lpips", "off" if stage == 1 else "auto", *extra]
     if stage == 2:
-        cmd += ["--lambda-p", f"{plan.lambda_p:g}", "--ema-kimg", f"{plan.ema2:g}"]
+        cmd += ["--lambda-p", f"{plan.lambda_p:g}", "--ema-kimg", f"{plan.ema2:g}", *dense_args(shards, plan)]
     if teacher is not None:
         cmd += ["--teacher", str(teacher)]
     log("$ " + " ".join(stage_plan.shown(c) for c in cmd))
@@ -541,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     for field, kind in (("people", int), ("hands", int), ("batch", int), ("preset", str), ("minutes1", float),
                         ("minutes2", float), ("pilot_minutes", float), ("candidates", str), ("kimg1", float),
                         ("kimg2", float), ("kimg_ship", float), ("seeds", str), ("snap1", float), ("snap2", float),
-                        ("fid_n", int), ("kfid_n", int), ("consistency_n", int), ("lambda_p", float), ("ema2", float)):
+                        ("fid_n", int), ("kfid_n", int), ("consistency_n", int), ("lambda_p", float), ("ema2", float),
+                        ("dense_res", int), ("dense_weight", float), ("dense_s_min", float)):
         parser.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
@@ -650,7 +688,9 @@ def provenance(plan: Plan, record: dict) -> dict:
         "command": "just learn",
         "commit": git_commit(),
         "data": f"{plan.people} rendered people (full {plan.res} px, upper-body and face views aligned by the MST), "
-                f"{plan.hands} synthetic hands; all made by the command",
+                f"{plan.hands} synthetic hands"
+                + (f", the people's full views again at {plan.dense_res} px (stage 2, weight {plan.dense_weight:g}, "
+                   f"s >= {plan.dense_s_min:g})" if plan.dense_res else "") + "; all made by the command",
         "preset": plan.preset, "batch": plan.batch, "seed": plan.seed, "stage2_seed": seeds_of(plan)[0],
         "stage1_kimg": record.get("stage1_kimg"),
         "stage2_kimg": (picked or {}).get("kimg"),

@@ -59,12 +59,16 @@ def test_quick_learn_run_picks_by_fid_trains_both_arms_and_ships_its_network(tmp
         state = sorted((out / "runs" / run).glob("training-state-*.safetensors"))[-1]
         return {key.split("/", 1)[1] for key in load_state(state)["progress"]["data"]["consumed"]}
 
-    assert consumed("stage2-full-s0") == {"people-full"}
+    # Both arms also read the same people's dense full views (their own source, weighted up).
+    assert consumed("stage2-full-s0") == {"people-full", "people-fullhr"}
+    dense = json.loads((out / "runs" / "stage2-all-s0" / "run.json").read_text())["config"]
+    assert dense["mix"]["people-fullhr"] == 4.0 and any(str(p).endswith("shards-dense") for p in dense["shards"])
+    assert dense["views"] == ["people-fullhr:s_min=2,whole=0.1"]
     # ... and the main arm from every source the data has (a CPU where every face fit is rejected has none)
     present = {s for s in ("people-full", "people-upper", "people-face", "hands")
                if any((out / "shards").glob(f"{s}-*.tar"))}
     assert {"people-full", "people-upper", "hands"} <= present
-    assert consumed("stage2-all-s0") == present
+    assert consumed("stage2-all-s0") == present | {"people-fullhr"}
 
     # The pick: the snapshot with the best worst-k consistency among those within 10 % of the teacher's FID.
     # It replaces the shipped file only when it holds 27 dB at every k within that FID bound.
