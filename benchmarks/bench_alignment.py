@@ -216,7 +216,8 @@ def _detector_alignment(model) -> list[str]:
                      *_mst_run(model, views, [(v["targets"], v["confidence"]) for v in views], res)))
     lines = [
         f"**The MST as a user runs it** ({len(SEEDS) * PEOPLE} people of `mst render-people` over seeds "
-        f"{', '.join(map(str, SEEDS))}, full views at {' and '.join(map(str, SIZES))} px, camera pitch {TRUE_PITCH_DEG:.1f}°; `mst space` "
+        f"{', '.join(map(str, SEEDS))}, full views at {' and '.join(map(str, SIZES))} px, camera pitch "
+        f"{TRUE_PITCH_DEG:.1f}°; `mst space` "
         f"on the full views, a {PRIOR_EPOCHS}-epoch prior, then SMPLify-P of the upper-body and face views at the "
         "CLI's defaults; corner error of H(α, ᾱ) against the true H in % of full-body space; a view whose "
         "person the detector misses counts as a miss; *face scale*: per person, the face crop's fitted "
@@ -289,7 +290,7 @@ def _real_photos(model) -> list[str]:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from demo import installed_photos
+    from stage_plan import installed_photos
 
     rows = _photo_face_scales(model, installed_photos())
     lines = ["**Real photographs** (the upper-body portraits that ship inside installed packages, through the "

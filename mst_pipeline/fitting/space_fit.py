@@ -160,11 +160,10 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
     full-body image is its own full-body frame (padded to a square), so its fitted camera is
     directly a sample of ᾱ. Returns (space, number of rejected images).
     """
+    from mst_pipeline.body import use_view
     from mst_pipeline.body.rotations import axis_angle_to_rotmat_np
     from mst_pipeline.detect import make_detector
     from mst_pipeline.fitting.smplify import FitInit, SmplifyConfig, smplify_p
-
-    from mst_pipeline.body import use_view
 
     root = Path(root)
     cfg = config or SmplifyConfig()
