@@ -274,6 +274,17 @@ def test_mst_space_recovers_the_camera_pitch_of_rendered_people(tmp_path, open_m
     assert 0 < spread["std"] < np.radians(3) and spread["p5"] <= spread["p50"] <= spread["p95"]
     assert np.mean(pitch_of_fits(space.poses)) == pytest.approx(space.pitch, abs=np.radians(1))  # Eq. 1 towards ô
 
+    # A known pitch (--pitch DEG) is used as it is; the measured one is kept beside it, and the fits
+    # are pulled to the given one.
+    result = runner.invoke(app, ["space", str(tmp_path / "people" / "full"), "--detector", "openpose-json",
+                                 "--iterations", "80", "--out", str(tmp_path / "given.json"), "--pitch", "-6"])
+    assert result.exit_code == 0, result.output
+    given = load_space(tmp_path / "given.json")
+    assert given.pitch == pytest.approx(np.radians(-6.0))
+    assert given.pitch_spread["from"] == "given" and given.pitch_spread["count"] == 12
+    assert given.pitch_spread["measured_mean"] == pytest.approx(space.pitch, abs=1e-9)
+    assert np.mean(pitch_of_fits(given.poses)) < np.mean(pitch_of_fits(space.poses)) - np.radians(3)
+
     old = {k: v for k, v in json.loads((tmp_path / "space.json").read_text()).items()
            if k != "pitch_spread"}
     (tmp_path / "old.json").write_text(json.dumps(old))

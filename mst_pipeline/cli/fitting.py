@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 
@@ -35,6 +36,10 @@ def space_cmd(
     pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt): start the fits from "
                                      "PARE and take the mean pitch from its global orientations; default: the "
                                      "keypoint start and the pitch of the feet."),
+    pitch: float | None = typer.Option(None, "--pitch", help="The mean camera pitch ô in degrees (positive: "
+                                       "looking down), when it is known: used as it is instead of measured. The "
+                                       "default detector's feet see only about half of the camera's pitch "
+                                       "(docs/mst.md, \"Mean pitch\")."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' own messages (mediapipe, "
                                  "TFLite, absl) on the terminal; by default they go to OUT with suffix .log."),
 ) -> None:
@@ -59,7 +64,8 @@ def space_cmd(
             model = load_body_model(body_model, detector=detector).to(device)
             result, rejected = build_space(dataset, model, detector=detector, keypoints_dir=keypoints_dir,
                                            device=device, batch_size=batch,
-                                           config=SmplifyConfig(iterations=iterations), pare=pare)
+                                           config=SmplifyConfig(iterations=iterations), pare=pare,
+                                           pitch=None if pitch is None else math.radians(pitch))
         except (ValueError, RuntimeError, OSError) as e:
             err.print(f"[red]error:[/red] {e}")
             for line in diverted.captured()[-20:] if diverted is not None else []:

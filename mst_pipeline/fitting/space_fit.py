@@ -151,12 +151,13 @@ def inliers(p: np.ndarray, fence: float = 1.5) -> np.ndarray:
 def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapipe",
                 keypoints_dir: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = FIT_BATCH,
                 config: Any = None, prior: Any = None, detect: Any = None,
-                pare: str | os.PathLike | None = None) -> tuple[FullBodySpace, int]:
+                pare: str | os.PathLike | None = None, pitch: float | None = None) -> tuple[FullBodySpace, int]:
     """`mst space`: measure the mean pitch ô, then fit every full-body image of ROOT with Eq. 1's
     pitch term pulling towards it and average the fits (see `space_from_fits`).
 
     ô is the mean of per-image pitches: the feet's (`feet_pitch`), or with PARE (a checkpoint path),
-    the pitch of PARE's global orientation where PARE starts the fit (the paper's estimate). Each
+    the pitch of PARE's global orientation where PARE starts the fit (the paper's estimate); PITCH
+    (radians), when given, is used as ô instead (recorded as "given"). Each
     full-body image is its own full-body frame (padded to a square), so its fitted camera is
     directly a sample of ᾱ. Returns (space, number of rejected images).
     """
@@ -199,8 +200,15 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
             pitches.append(feet_pitch(model, targets, confidence, cfg.confidence, device))
         dens = np.array([float(max(i.image.shape[:2])) for i in items])
         detected.append((targets, confidence, init, dens))
-    pitch, spread = mean_pitch(np.concatenate(pitches) if pitches else np.zeros(0),
-                               "pare" if net is not None else "feet")
+    measured = np.concatenate(pitches) if pitches else np.zeros(0)
+    if pitch is None:
+        pitch, spread = mean_pitch(measured, "pare" if net is not None else "feet")
+    else:  # a known pitch: the measured one is kept beside it, for comparison
+        spread = {**pitch_spread(measured, "pare" if net is not None else "feet"), "from": "given",
+                  "measured_from": "pare" if net is not None else "feet"}
+        finite = measured[np.isfinite(measured)]
+        if len(finite):
+            spread["measured_mean"] = float(finite[inliers(finite)].mean())
     # Pass 2: Eq. 1 with ô as measured.
     cams, poses, betas, dens_ok = [], [], [], []
     for targets, confidence, init, dens in detected:
