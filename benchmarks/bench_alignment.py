@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from mst_pipeline.body import use_view
+from mst_pipeline.body import view_confidence
 from mst_pipeline.fitting.smplify import SmplifyConfig, smplify_p
 
 PRIOR_EPOCHS = 100  # as `just demo` trains its prior
@@ -168,8 +168,8 @@ def _mst_run(model, views, inputs, res, true_pitch=None):
     from mst_pipeline.synthesis.people_truth import corner_error
 
     full = [(v, i) for v, i in zip(views, inputs, strict=True) if v["view"] == "full" and i is not None]
-    u, c = np.stack([i[0] for _, i in full]), np.stack([i[1] for _, i in full])
-    c[:, list(use_view(model, "full"))] = 0.0  # as `mst space` and `mst align` fit a view kind
+    u = np.stack([i[0] for _, i in full])
+    c = view_confidence(model, "full", np.stack([i[1] for _, i in full]))  # as `mst space` and `mst align`
     pitch = mean_pitch(feet_pitch(model, u, c), "feet")[0] if true_pitch is None else true_pitch
     fits = [f for f in smplify_p(model, u, c, mean_pitch=pitch) if f.ok]
     poses = np.array([f.pose for f in fits])
@@ -180,8 +180,7 @@ def _mst_run(model, views, inputs, res, true_pitch=None):
     for kind in ("upper", "face"):
         pairs = [(v, i) for v, i in zip(views, inputs, strict=True) if v["view"] == kind]
         seen = [(v, i) for v, i in pairs if i is not None]
-        c = np.stack([i[1] for _, i in seen])
-        c[:, list(use_view(model, kind))] = 0.0
+        c = view_confidence(model, kind, np.stack([i[1] for _, i in seen]))
         fits = smplify_p(model, np.stack([i[0] for _, i in seen]), c, prior=prior,
                          mean_pitch=space.pitch, config=SmplifyConfig())
         err = [np.inf] * (len(pairs) - len(seen))  # no person found: a miss
@@ -276,7 +275,7 @@ def _photo_face_scales(model, photos) -> list[tuple[str, float, float]]:
             scales = []
             for pts, (iw, ih), kind in ((kp, (w, h), "upper"), (crop_kp, (x1 - x0, y1 - y0), "face")):
                 u, c = fitting_input(pts, iw, ih)
-                c[list(use_view(model, kind))] = 0.0
+                c = view_confidence(model, kind, c)
                 (fit,) = smplify_p(model, u[None], c[None], mean_pitch=space.pitch)
                 scales.append(space.homography(fit.cam, iw, ih)[0, 0])
             ratios.append(scales[1] / scales[0])

@@ -98,15 +98,11 @@ def make_data(out: Path, plan: Plan) -> Path:
     size = replace(stage_plan.Size(), people=plan.people, hands=plan.hands, res=plan.res, hand_res=plan.res)
     # the rendered people and hands only (no photographs: their kind is inferred), no preview image
     wanted = stage_plan.data_stages(out, size, photos=False, preview=False)
+    wanted += dense_stages(out, plan) if plan.dense_res else []
     for number, stage in enumerate(wanted, 1):
         res = stage_plan.run_stage(stage, f"[data {number}/{len(wanted)}] ")
         if res["status"] not in ("ok", "reused"):
             raise SystemExit(f"data stage '{stage.name}' failed; fix the error above and run again (it resumes)")
-    if plan.dense_res:
-        for stage in dense_stages(out, plan):
-            res = stage_plan.run_stage(stage, "[data, dense] ")
-            if res["status"] not in ("ok", "reused"):
-                raise SystemExit(f"data stage '{stage.name}' failed; fix the error above and run again (it resumes)")
     return out / "shards"
 
 

@@ -188,14 +188,12 @@ def test_align_fits_each_view_kind_with_its_keypoints_and_without_its_unused_det
     targets = np.zeros((3, NUM_TARGETS, 2))
     targets[:, 0, 0] = [0.1, 0.2, 0.3]  # tells the rows apart
     confidence = np.ones((3, NUM_TARGETS))
-    items = [None] * 3
     toy.use_keypoints(reg)
     try:
         for kind in ("face", "upper"):
             seen.clear()
             settings = SimpleNamespace(kind=kind, smplify=SimpleNamespace(confidence=0.3), device="cpu")
-            fits = folder.fit_by_view(toy, items, targets, confidence, None, None, SimpleNamespace(pitch=0.0),
-                                      settings)
+            fits = folder.fit_by_view(toy, targets, confidence, None, None, SimpleNamespace(pitch=0.0), settings)
             assert [f.row for f in fits] == [0.1, 0.2, 0.3]
             ((view, conf),) = seen
             dropped = conf[:, [B["LShoulder"], B["RShoulder"], B["Neck"]]]
@@ -273,7 +271,7 @@ def test_calibrated_keypoints_of_a_render_land_on_mediapipes_own(rendered):
 
 def _face_over_upper(rendered, model) -> list[float]:
     """Per person, the face crop's fitted scale over the upper-body crop's (each over its truth)."""
-    from mst_pipeline.body import use_view
+    from mst_pipeline.body import view_confidence
     from mst_pipeline.detect.pool import fitting_input
     from mst_pipeline.fitting.smplify import smplify_p
     from mst_pipeline.space import default_space
@@ -286,7 +284,7 @@ def _face_over_upper(rendered, model) -> list[float]:
             if view.name == "full":
                 continue
             u, c = fitting_input(kp, view.width, view.height)
-            c[list(use_view(model, view.name))] = 0.0  # as `mst align --kind` fits this view
+            c = view_confidence(model, view.name, c)  # as `mst align --kind` fits this view
             (fit,) = smplify_p(model, u[None], c[None], mean_pitch=space.pitch)
             assert fit.ok, fit.failure
             H = space.homography(fit.cam, view.width, view.height)

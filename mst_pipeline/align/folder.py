@@ -90,22 +90,20 @@ def infer_kind(targets: np.ndarray, visible: np.ndarray) -> str:
     return "upper" if shoulders >= 1 else "face"
 
 
-def fit_by_view(model, items: list, targets: np.ndarray, confidence: np.ndarray, init, prior,
-                space: FullBodySpace, settings: AlignSettings) -> list:
+def fit_by_view(model, targets: np.ndarray, confidence: np.ndarray, init, prior, space: FullBodySpace,
+                settings: AlignSettings) -> list:
     """SMPLify-P of a batch, each image with the body model's keypoints placed as its detector places
-    them in that image's view kind (`--kind`, else inferred; `mst_pipeline.body.use_view`) and
+    them in that image's view kind (`--kind`, else inferred; `mst_pipeline.body.view_confidence`) and
     without the detections the calibration found unusable in that kind (a face crop's guessed
     shoulders). Images of one kind are fitted together; the results come back in the batch's order."""
-    from mst_pipeline.body import use_view
+    from mst_pipeline.body import view_confidence
 
     conf_min = settings.smplify.confidence
     kinds = [settings.kind or infer_kind(t, c >= conf_min) for t, c in zip(targets, confidence, strict=True)]
-    fits: list = [None] * len(items)
+    fits: list = [None] * len(targets)
     for kind in dict.fromkeys(kinds):
         rows = [i for i, k in enumerate(kinds) if k == kind]
-        unused = list(use_view(model, kind))
-        conf = confidence[rows].copy()
-        conf[:, unused] = 0.0
+        conf = view_confidence(model, kind, confidence[rows])
         start = None if init is None else FitInit(init.cam[rows], init.global_orient[rows], init.body_pose[rows],
                                                   init.betas[rows])
         for i, fit in zip(rows, smplify_p(model, targets[rows], conf, prior=prior, mean_pitch=space.pitch,
@@ -207,7 +205,7 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                                                              settings.smplify.confidence)
                             if phase:
                                 phase(f"fitting {len(items)} (SMPLify-P)")
-                            fits = fit_by_view(model, items, targets, confidence, init, prior, space, settings)
+                            fits = fit_by_view(model, targets, confidence, init, prior, space, settings)
                             for fit, used in zip(fits, from_pare, strict=True):
                                 fit.extra["init"] = "pare" if used else "keypoints"
                             aligned = []

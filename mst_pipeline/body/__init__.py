@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from mst_pipeline.body.model import BodyModel
 
@@ -63,9 +65,17 @@ def use_view(model: BodyModel, kind: str | None) -> tuple[int, ...]:
     if model.keypoints is None:
         return ()
     regressor, unused = model.keypoints.for_view(kind)
-    if regressor is not model.keypoints:
+    if regressor.view != model.keypoints.view:  # already following this kind: keep its reduced model
         model.use_keypoints(regressor)
     return unused
 
 
-__all__ = ["BODY_MODEL_ENV", "load_body_model", "use_convention", "use_view"]
+def view_confidence(model: BodyModel, kind: str | None, confidence: np.ndarray) -> np.ndarray:
+    """`use_view(model, kind)`, then CONFIDENCE ([..., 37]) as a fit of that kind must see it: a copy with
+    the detections of the slots unused in that kind set to 0."""
+    out = np.array(confidence, dtype=np.float64, copy=True)
+    out[..., list(use_view(model, kind))] = 0.0
+    return out
+
+
+__all__ = ["BODY_MODEL_ENV", "load_body_model", "use_convention", "use_view", "view_confidence"]

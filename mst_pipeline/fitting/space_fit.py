@@ -161,7 +161,7 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
     full-body image is its own full-body frame (padded to a square), so its fitted camera is
     directly a sample of ᾱ. Returns (space, number of rejected images).
     """
-    from mst_pipeline.body import use_view
+    from mst_pipeline.body import view_confidence
     from mst_pipeline.body.rotations import axis_angle_to_rotmat_np
     from mst_pipeline.detect import make_detector
     from mst_pipeline.fitting.smplify import FitInit, SmplifyConfig, smplify_p
@@ -169,7 +169,6 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
     root = Path(root)
     cfg = config or SmplifyConfig()
     detect = detect or make_detector(detector, keypoints_dir, root)
-    unused = list(use_view(model, "full"))  # keypoints as the detector places them in full views
     net = None
     if pare is not None:
         from mst_pipeline.fitting.pare.checkpoint import load_pare_checkpoint
@@ -189,8 +188,7 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
         if not items:
             continue
         targets = np.stack([i.targets for i in items])
-        confidence = np.stack([i.confidence for i in items])
-        confidence[:, unused] = 0.0
+        confidence = view_confidence(model, "full", np.stack([i.confidence for i in items]))
         init = None
         if net is not None:
             init, from_pare = pare_start(net, model, [i.image for i in items], targets, confidence, cfg.confidence)
@@ -200,16 +198,14 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
             pitches.append(feet_pitch(model, targets, confidence, cfg.confidence, device))
         dens = np.array([float(max(i.image.shape[:2])) for i in items])
         detected.append((targets, confidence, init, dens))
-    measured = np.concatenate(pitches) if pitches else np.zeros(0)
+    source = "pare" if net is not None else "feet"
+    measured, spread = mean_pitch(np.concatenate(pitches) if pitches else np.zeros(0), source)
     if pitch is None:
-        pitch, spread = mean_pitch(measured, "pare" if net is not None else "feet")
+        pitch = measured
     else:  # a known pitch: the measured one is kept beside it, for comparison
-        spread = {**pitch_spread(measured, "pare" if net is not None else "feet"), "from": "given",
-                  "measured_from": "pare" if net is not None else "feet"}
-        finite = measured[np.isfinite(measured)]
-        if len(finite):
-            spread["measured_mean"] = float(finite[inliers(finite)].mean())
-    # Pass 2: Eq. 1 with ô as measured.
+        spread.update({"from": "given", "measured_from": source}
+                      | ({"measured_mean": measured} if spread["count"] else {}))
+    # Pass 2: Eq. 1 with ô as measured (or given).
     cams, poses, betas, dens_ok = [], [], [], []
     for targets, confidence, init, dens in detected:
         start = None if init is None else FitInit(*(t.detach() for t in (init.cam, init.global_orient,

@@ -34,7 +34,7 @@ from mst_pipeline.body.layout import BODY25_NAMES, SMPL_JOINT_NAMES
 from mst_pipeline.space import default_space
 from mst_pipeline.synthesis import mesh_render
 from mst_pipeline.synthesis.people import render_view
-from mst_pipeline.synthesis.people_plan import plan_person, pose_person, views
+from mst_pipeline.synthesis.people_plan import VIEWS, plan_person, pose_person, views
 from uh_train.format.geometry import apply_homography
 
 SEEN = 0.5  # detections below this confidence are not used
@@ -47,7 +47,6 @@ _FOOT = ("LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel")
 _FOOT_JOINTS = {"L": ("left_ankle", "left_foot"), "R": ("right_ankle", "right_foot")}
 KEEP = 8  # vertices per keypoint
 RIDGE = 1e-3  # per observation, in squared pixels per unit weight: spreads weight among near-equal vertices
-VIEWS = ("full", "upper", "face")
 MIN_COUNT = 8  # detections a slot needs (overall, or in one view) to be fitted
 UNRELIABLE = 2.5  # a slot whose calibrated gap in a view exceeds this many times the view's median is unused there
 
@@ -184,7 +183,7 @@ def calibrate(model: Any, detector: Callable, convention: str, n: int = 40, seed
     slots, report = {}, {}
     for i, name in enumerate(BODY25_NAMES):
         mine = [o for o in obs if o.slot == i]
-        if len(mine) < 8:
+        if len(mine) < MIN_COUNT:
             continue
         cols, w = fit_slot(mine)
         ids = cands[i][cols]
@@ -194,7 +193,7 @@ def calibrate(model: Any, detector: Callable, convention: str, n: int = 40, seed
         nearest = int(np.argmin(np.linalg.norm(v - own, axis=1)))
         own_point[name] = gaps(mine, np.array([nearest]), np.array([1.0]))
         per_view = {vn: round(float(g[[o.view == vn for o in mine]].mean()), 2)
-                    for vn in ("full", "upper", "face") if any(o.view == vn for o in mine)}
+                    for vn in VIEWS if any(o.view == vn for o in mine)}
         own_view = {vn: round(float(own_point[name][[o.view == vn for o in mine]].mean()), 2)
                     for vn in per_view}
         slots[name] = {"ids": [int(x) for x in ids], "weights": [round(float(x), 6) for x in w],
@@ -225,9 +224,8 @@ def fit_views(obs: list[Observation], cands: dict[int, np.ndarray]) -> dict[str,
             mine = [o for o in obs if o.slot == i and o.view == kind]
             if len(mine) < MIN_COUNT:
                 continue
-            cols, w = fit_slot(mine)
+            cols, w = fit_slot(mine)  # weights summing to 1
             g = gaps(mine, cols, w)
-            w = w / w.sum()
             slots[name] = {"ids": [int(x) for x in cands[i][cols]], "weights": [float(x) for x in w],
                            "count": len(mine), "residual_px": round(float(g.mean()), 2)}
             spread[name] = float(np.mean(g / np.array([o.density for o in mine])))
