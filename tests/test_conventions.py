@@ -211,11 +211,16 @@ def test_a_model_without_a_calibration_says_so_and_keeps_its_own_points(toy):
     use_convention(toy, "mediapipe", log=lines.append)
     assert toy.keypoints is None
     assert len(lines) == 1 and "mst body-model calibrate --detector mediapipe" in lines[0]
+    lines.clear()  # OpenPose is calibrated by proxy: the advice names the backend that runs on renders
+    use_convention(toy, "openpose-json", log=lines.append)
+    assert len(lines) == 1 and "--detector mediapipe" in lines[0] and "openpose-json" not in lines[0]
 
 
 def test_the_shipped_calibration_is_the_open_models(open_model):
     files = sorted(SHIPPED.glob("mediapipe-v*.json"))
     assert [f.name for f in files] == [calibration_path("mediapipe", open_model.hash).name]
+    shipped = KeypointRegressor.from_json(json.loads(files[0].read_text()))
+    assert shipped.pitch is not None and shipped.pitch["count"] >= 300  # `mst space` measures ô through it
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,16 +44,18 @@ def load_body_model(path: str | os.PathLike | None = None, log: Callable[[str], 
 def use_convention(model: BodyModel, detector: str, log: Callable[[str], None] | None = _stderr) -> BodyModel:
     """Make MODEL's BODY_25 follow the calibrated convention of keypoint backend DETECTOR; without a
     calibration for this model, LOG says so and how to make one, and the model keeps its own points."""
-    from mst_pipeline.body.conventions import BACKEND_CONVENTION, find_calibration
+    from mst_pipeline.body.conventions import BACKEND_CONVENTION, CONVENTIONS, find_calibration
 
     convention = BACKEND_CONVENTION.get(detector)
     if convention is None:
         return model.use_keypoints(None)
     regressor = find_calibration(convention, model.hash)
     if regressor is None and log is not None:
+        runs = CONVENTIONS[convention].calibrated_by  # the backend actually run on the renders
+        backend = next(b for b, c in BACKEND_CONVENTION.items() if c == runs)
         log(f"no {convention} keypoint calibration for this body model ({model.hash}): fitting with the "
             f"model's own keypoints, which sit elsewhere than the detector's (face crops can come out 1.7x too "
-            f"large); run `mst body-model calibrate --detector {detector}` once to make one")
+            f"large); run `mst body-model calibrate --detector {backend}` once to make one")
     return model.use_keypoints(regressor)
 
 

@@ -14,7 +14,9 @@ A detector also places some points differently by framing (mediapipe's shoulders
 upper-body crop than in a full view; its eyes wider in a face crop), so a calibration holds, besides
 the fit over every view, one fit per view kind (full, upper, face) and the slots too unreliable to use
 in a kind (a face crop's guessed shoulders); `KeypointRegressor.for_view` gives the regressor and the
-unused slots for images of one kind, which is what the MST fits with.
+unused slots for images of one kind, which is what the MST fits with. It also holds how the
+detector's full-view keypoints respond to the camera's pitch (`pitch`, `mst_pipeline.fitting.posture`),
+from which `mst space` measures ô.
 
 Calibrations are versioned (`CALIBRATION_VERSION`) and tied to one body model by `model_hash`; they
 are cached beside the body model (`calibration_path`), and the open model's ships with the package.
@@ -35,7 +37,7 @@ import numpy as np
 from mst_pipeline.body.layout import BODY25_NAMES
 from mst_pipeline.body.open_model import cache_root
 
-CALIBRATION_VERSION = 2  # 2: per-view fits and unused slots (`KeypointRegressor.for_view`)
+CALIBRATION_VERSION = 3  # 2: per-view fits and unused slots (`KeypointRegressor.for_view`); 3: the pitch response
 SHIPPED = Path(__file__).with_name("calibrations")
 _B = {n: i for i, n in enumerate(BODY25_NAMES)}
 _MIDPOINTS = {"Neck": ("RShoulder", "LShoulder"), "MidHip": ("RHip", "LHip")}
@@ -101,6 +103,9 @@ class KeypointRegressor:
     views: dict[str, dict[str, Any]] = field(default_factory=dict)
     view: str | None = None  # the view kind this regressor was specialised to (`for_view`), if any
     overall: dict[str, dict[str, Any]] | None = None  # the fit over every view, kept by `for_view`
+    # How the detector's full-view posture responds to the camera's pitch (`fitting.posture.fit_response`);
+    # None for a convention calibrated by proxy, whose detector was not run on pitched renders.
+    pitch: dict[str, Any] | None = None
 
     def arrays(self, max_k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(use [25] bool, ids [25, K] int, weights [25, K]) with unused entries 0."""
@@ -126,7 +131,7 @@ class KeypointRegressor:
             if self.overall is None:
                 return self, ()
             return KeypointRegressor(self.convention, self.model_hash, base, self.version, self.settings,
-                                     self.views), ()
+                                     self.views, pitch=self.pitch), ()
         slots = dict(base)
         slots.update({n: s for n, s in doc["slots"].items() if n in base})
         unused = {_B[n] for n in doc.get("unused", ()) if n in _B}
@@ -134,12 +139,12 @@ class KeypointRegressor:
             if a in unused or b in unused:
                 unused.add(slot)
         reg = KeypointRegressor(self.convention, self.model_hash, slots, self.version, self.settings,
-                                self.views, kind, base)
+                                self.views, kind, base, self.pitch)
         return reg, tuple(sorted(unused))
 
     def as_convention(self, name: str) -> KeypointRegressor:
         """This calibration serving convention NAME (whose `calibrated_by` is this one): its reported
-        slots only."""
+        slots only, and no pitch response (another detector's posture is not this one's)."""
         conv = CONVENTIONS[name]
         slots = {n: s for n, s in self.slots.items() if n in conv.reported}
         views = {k: {"slots": {n: s for n, s in d["slots"].items() if n in conv.reported},
@@ -153,7 +158,8 @@ class KeypointRegressor:
     def to_json(self) -> dict[str, Any]:
         return {"format": "unitedhuman-keypoints", "version": self.version, "convention": self.convention,
                 "model_hash": self.model_hash, "settings": self.settings,
-                "slots": self.overall if self.overall is not None else self.slots, "views": self.views}
+                "slots": self.overall if self.overall is not None else self.slots, "views": self.views,
+                **({"pitch": self.pitch} if self.pitch is not None else {})}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> KeypointRegressor:
@@ -173,7 +179,16 @@ class KeypointRegressor:
             w = np.asarray(s["weights"], float)
             if name not in _B or len(s["ids"]) != len(w) or (w < 0).any() or abs(w.sum() - 1) > 1e-6:
                 raise CalibrationError(f"calibration slot {name!r} is not a convex vertex combination")
-        return cls(doc["convention"], doc["model_hash"], slots, doc["version"], doc.get("settings", {}), views)
+        pitch = doc.get("pitch")
+        if pitch is not None:
+            from mst_pipeline.fitting.posture import check_response
+
+            try:
+                check_response(pitch)
+            except ValueError as e:
+                raise CalibrationError(str(e)) from None
+        return cls(doc["convention"], doc["model_hash"], slots, doc["version"], doc.get("settings", {}), views,
+                   pitch=pitch)
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)

@@ -107,7 +107,9 @@ def body_model_calibrate(
 ) -> None:
     """Calibrate a detector's keypoint convention on renders of the body model (docs/mst.md,
     "Keypoint conventions"): where the detector puts each keypoint on the body, as sparse vertex
-    weights; prints the file written and the mean gap per keypoint before and after."""
+    weights, and how its full-view keypoints respond to the camera's pitch (renders at -4° to 12°,
+    from which `mst space` measures ô); prints the file written, the mean gap per keypoint before
+    and after, and the pitch response's mean estimate at each true pitch."""
     from mst_pipeline.body import load_body_model
     from mst_pipeline.body.conventions import BACKEND_CONVENTION, calibration_path
     from mst_pipeline.body.smpl_file import BodyModelError
@@ -128,7 +130,11 @@ def body_model_calibrate(
     except (BodyModelError, BackendUnavailable, OSError, ValueError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
+    pitch = report.pop("pitch", None)
     for name, r in report.items():
         err.print(f"  {name:10s} {r['count']:4d} detections, gap (px) calibrated {r['calibrated_px']}, "
                   f"model's own {r['model_px']}", markup=False, highlight=False)
+    if pitch:
+        err.print(f"  pitch response: true -> mean estimate {pitch}, one image's scatter "
+                  f"{regressor.pitch['sd_deg']:.1f}°", markup=False, highlight=False)
     typer.echo(str(path))

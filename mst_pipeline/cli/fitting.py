@@ -35,18 +35,20 @@ def space_cmd(
     iterations: int = typer.Option(400, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
     pare: Path | None = typer.Option(None, help="PARE checkpoint (pare_checkpoint.ckpt): start the fits from "
                                      "PARE and take the mean pitch from its global orientations; default: the "
-                                     "keypoint start and the pitch of the feet."),
+                                     "keypoint start, and the pitch from the keypoints' posture through the "
+                                     "detector's calibrated response (else from the feet)."),
     pitch: float | None = typer.Option(None, "--pitch", help="The mean camera pitch ô in degrees (positive: "
                                        "looking down), when it is known: used as it is instead of measured. The "
-                                       "default detector's feet see only about half of the camera's pitch "
-                                       "(docs/mst.md, \"Mean pitch\")."),
+                                       "measured mean of 24 images scatters by about 1° (docs/mst.md, "
+                                       "\"Mean pitch\")."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the libraries' own messages (mediapipe, "
                                  "TFLite, absl) on the terminal; by default they go to OUT with suffix .log."),
 ) -> None:
     """Fit a full-body dataset and store its average camera ᾱ, mean pitch and fitted poses.
 
-    The mean pitch ô is measured first (from the feet's keypoints, or from PARE with --pare) and
-    its spread is recorded in the space file; the fits then use Eq. 1's pitch term towards it.
+    The mean pitch ô is measured first (from the keypoints' posture through the detector's
+    calibrated pitch response, from the feet without one, or from PARE with --pare) and its spread
+    is recorded in the space file; the fits then use Eq. 1's pitch term towards it.
     """
     from mst_pipeline.body import load_body_model
     from mst_pipeline.fitting.smplify import SmplifyConfig

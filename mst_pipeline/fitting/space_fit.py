@@ -1,6 +1,7 @@
 """`mst space`: the full-body space of a full-body set (paper §3.1): ᾱ, the mean pitch ô and the fits.
 
-ô is measured first (`feet_pitch`, or PARE's global orientation), then every image is fitted with
+ô is measured first (`image_pitches`: through the detector's calibrated pitch response, else the
+feet; or PARE's global orientation), then every image is fitted with
 SMPLify-P (Eq. 1, pitch term towards ô) and the fits are averaged into a `FullBodySpace`
 (`space_from_fits`). The geometry itself (H of Eq. 2, the space record) is `mst_pipeline.space`.
 """
@@ -109,6 +110,21 @@ def feet_pitch(model: Any, targets: np.ndarray, confidence: np.ndarray, threshol
     return out
 
 
+def image_pitches(model: Any, targets: np.ndarray, confidence: np.ndarray, threshold: float = 0.3,
+                  device: str = "cpu") -> tuple[np.ndarray, str]:
+    """Per full-view image, its measured camera pitch [B] (radians, NaN where unmeasurable) and what
+    measured it: the posture of the keypoints through the calibration's pitch response
+    (`mst_pipeline.fitting.posture`; "posture") when MODEL's keypoints are calibrated with one, else
+    the feet (`feet_pitch`; "feet"). A detector's feet can see less of the pitch than the body model's:
+    mediapipe's read about a third of it (docs/benchmarks.md), which the posture response corrects."""
+    from mst_pipeline.fitting.posture import estimate, features
+
+    response = getattr(getattr(model, "keypoints", None), "pitch", None)
+    if response is not None:
+        return estimate(response, features(targets, confidence, threshold)), "posture"
+    return feet_pitch(model, targets, confidence, threshold, device), "feet"
+
+
 def space_from_fits(cams: np.ndarray, poses: np.ndarray, betas: np.ndarray, densities: np.ndarray,
                     source: str, pitch: float = 0.0, spread: dict[str, Any] | None = None) -> FullBodySpace:
     """Average a full-body set's fits into its space: ᾱ = mean camera, density = median density;
@@ -130,7 +146,7 @@ def mean_pitch(pitches: np.ndarray, source: str) -> tuple[float, dict[str, Any]]
     p = np.asarray(pitches, dtype=np.float64)
     finite = p[np.isfinite(p)]
     if len(finite) == 0:
-        return 0.0, {"from": "upright (no image showed a foot)", "count": 0}
+        return 0.0, {"from": f"upright (no image measured by {source})", "count": 0}
     spread = pitch_spread(finite, source)
     kept = finite[inliers(finite)]
     spread["outliers"] = int(len(finite) - len(kept))
@@ -155,7 +171,7 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
     """`mst space`: measure the mean pitch ô, then fit every full-body image of ROOT with Eq. 1's
     pitch term pulling towards it and average the fits (see `space_from_fits`).
 
-    ô is the mean of per-image pitches: the feet's (`feet_pitch`), or with PARE (a checkpoint path),
+    ô is the mean of per-image pitches: the keypoints' (`image_pitches`), or with PARE (a checkpoint path),
     the pitch of PARE's global orientation where PARE starts the fit (the paper's estimate); PITCH
     (radians), when given, is used as ô instead (recorded as "given"). Each
     full-body image is its own full-body frame (padded to a square), so its fitted camera is
@@ -178,6 +194,7 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
     # Pass 1: keypoints (and PARE's start) of every image, and its pitch.
     detected, pitches = [], []
     rejected = 0
+    source = "pare" if pare is not None else "feet"
     for batch in batches(list_images(root), batch_size):
         items = []
         for path in batch:
@@ -195,10 +212,10 @@ def build_space(root: str | os.PathLike, model: Any, *, detector: str = "mediapi
             go = axis_angle_to_rotmat_np(init.global_orient.detach().cpu().numpy().astype(np.float64))
             pitches.append(np.where(from_pare, pitch_of_rotation(go), np.nan))
         else:
-            pitches.append(feet_pitch(model, targets, confidence, cfg.confidence, device))
+            measured, source = image_pitches(model, targets, confidence, cfg.confidence, device)
+            pitches.append(measured)
         dens = np.array([float(max(i.image.shape[:2])) for i in items])
         detected.append((targets, confidence, init, dens))
-    source = "pare" if net is not None else "feet"
     measured, spread = mean_pitch(np.concatenate(pitches) if pitches else np.zeros(0), source)
     if pitch is None:
         pitch = measured

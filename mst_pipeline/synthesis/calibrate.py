@@ -17,6 +17,11 @@ slot it shows often enough (`fit_views`), which the MST uses for images of that 
 gap in a view stays far above that view's typical gap after the fit (`UNRELIABLE` times the median:
 the shoulders and neck a detector guesses at the bottom edge of a face crop) is marked unused there,
 so the fit of such an image does not see it.
+
+Last, the detector's full-view keypoints are measured against the camera's pitch: `PITCH_PEOPLE`
+other people (seed + 1, as `mst render-people` stands them, not turned) are rendered full-view at
+each of `PITCHES`, and the posture features' response to the pitch is fitted
+(`mst_pipeline.fitting.posture`); `mst space` measures ô through it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ KEEP = 8  # vertices per keypoint
 RIDGE = 1e-3  # per observation, in squared pixels per unit weight: spreads weight among near-equal vertices
 MIN_COUNT = 8  # detections a slot needs (overall, or in one view) to be fitted
 UNRELIABLE = 2.5  # a slot whose calibrated gap in a view exceeds this many times the view's median is unused there
+PITCHES = tuple(np.radians(np.arange(-4.0, 12.5, 2.0)))  # camera pitches of the pitch response's renders
+PITCH_PEOPLE = 48  # people rendered at each of PITCHES
 
 
 @dataclass
@@ -164,11 +171,53 @@ def gaps(obs: list[Observation], cols: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.array([o.density * np.linalg.norm(w @ o.candidates[cols] - o.detected) for o in obs])
 
 
+def observe_pitch(model: Any, detector: Callable, n: int, seed: int, res: int, pitches: tuple[float, ...] = PITCHES,
+                  log: Callable[[str], None] = lambda m: None) -> tuple[np.ndarray, np.ndarray]:
+    """Full views (RES px) of N people (seed SEED) at each camera pitch of PITCHES (radians), through
+    DETECTOR: (posture features [M, F] (`posture.features`), the renders' pitches [M]); a render
+    whose person the detector misses is left out."""
+    from mst_pipeline.detect.base import DetectionError
+    from mst_pipeline.detect.persons import rank_people
+    from mst_pipeline.detect.pool import fitting_input
+    from mst_pipeline.fitting.posture import features
+
+    mesh_render.start()
+    saved = model.keypoints
+    model.use_keypoints(None)
+    feats, truth = [], []
+    t0 = time.perf_counter()
+    try:
+        for pitch in pitches:
+            space = default_space(model)
+            space.pitch = float(pitch)
+            for index in range(n):
+                plan = plan_person(index, seed, model.num_betas, float(pitch))
+                geom = pose_person(model, plan, space)
+                (view,) = [v for v in views(geom, plan, res) if v.name == "full"]
+                image, _ = render_view(geom, model.faces, plan, view)
+                try:
+                    people = rank_people(detector(image, None), view.width, view.height)
+                except DetectionError:
+                    continue
+                if not people:
+                    continue
+                u, c = fitting_input(people[0].keypoints, view.width, view.height)
+                feats.append(features(u[None], c[None])[0])  # at `mst space`'s threshold
+                truth.append(float(pitch))
+            log(f"pitch {np.degrees(pitch):+.0f}°: {len(truth)} renders, {time.perf_counter() - t0:.0f} s")
+    finally:
+        model.use_keypoints(saved)
+    return np.array(feats), np.array(truth)
+
+
 def calibrate(model: Any, detector: Callable, convention: str, n: int = 40, seed: int = 1000, res: int = 256,
-              log: Callable[[str], None] = lambda m: None) -> tuple[KeypointRegressor, dict[str, Any]]:
+              log: Callable[[str], None] = lambda m: None,
+              pitch_people: int = PITCH_PEOPLE) -> tuple[KeypointRegressor, dict[str, Any]]:
     """Calibrate CONVENTION on MODEL with DETECTOR (see the module doc). Returns the regressor and a
     report: per slot the detections used and the mean pixel gap of the model's own point and of the
-    calibrated one, per view."""
+    calibrated one, per view, and the pitch response's per-pitch mean estimate (`"pitch"`)."""
+    from mst_pipeline.fitting.posture import estimate, fit_response
+
     t0 = time.perf_counter()
     obs = observe(model, detector, convention, n, seed, res, log)
     cands = candidate_vertices(model)
@@ -206,10 +255,18 @@ def calibrate(model: Any, detector: Callable, convention: str, n: int = 40, seed
             report.setdefault(name, {}).setdefault("view_px", {})[kind] = slot["residual_px"]
         for name in doc["unused"]:
             report.setdefault(name, {}).setdefault("unused_in", []).append(kind)
+    feats, truth = observe_pitch(model, detector, pitch_people, seed + 1, res, log=log)
+    response = fit_response(feats, truth)
+    est = estimate(response, feats)
+    report["pitch"] = {f"{np.degrees(p):+.0f}°": round(float(np.degrees(np.nanmean(est[truth == p]))), 2)
+                       for p in np.unique(truth)}
     settings = {"detector": CONVENTIONS[convention].calibrated_by, "people": n, "seed": seed, "res": res,
                 "yaw_deg": round(float(np.degrees(YAW)), 1), "seen": SEEN, "keep": KEEP,
-                "unreliable": UNRELIABLE, "seconds": round(time.perf_counter() - t0, 1)}
-    return KeypointRegressor(convention, model.hash, slots, settings=settings, views=views_doc), report
+                "unreliable": UNRELIABLE, "pitch_people": pitch_people, "pitch_seed": seed + 1,
+                "pitches_deg": [round(float(np.degrees(p)), 2) for p in PITCHES],
+                "seconds": round(time.perf_counter() - t0, 1)}
+    return KeypointRegressor(convention, model.hash, slots, settings=settings, views=views_doc,
+                             pitch=response), report
 
 
 def fit_views(obs: list[Observation], cands: dict[int, np.ndarray]) -> dict[str, dict[str, Any]]:
