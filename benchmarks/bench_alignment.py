@@ -144,7 +144,8 @@ def _rendered(model, seeds, n, res, pitch):
 
 
 def _detected(detector, views):
-    """The default detector's fitting input for each view (None where it finds no person)."""
+    """The default detector's fitting input for each view, as a fit of its kind reads it (None where it
+    finds no person)."""
     from mst_pipeline.detect.base import DetectionError
     from mst_pipeline.detect.persons import rank_people
     from mst_pipeline.detect.pool import fitting_input
@@ -155,7 +156,7 @@ def _detected(detector, views):
             people = rank_people(detector(v["image"], None), v["width"], v["height"])
         except DetectionError:
             people = []
-        out.append(fitting_input(people[0].keypoints, v["width"], v["height"]) if people else None)
+        out.append(fitting_input(people[0].keypoints, v["width"], v["height"], v["view"]) if people else None)
     return out
 
 
@@ -274,7 +275,7 @@ def _photo_face_scales(model, photos) -> list[tuple[str, float, float]]:
             space = default_space(model)
             scales = []
             for pts, (iw, ih), kind in ((kp, (w, h), "upper"), (crop_kp, (x1 - x0, y1 - y0), "face")):
-                u, c = fitting_input(pts, iw, ih)
+                u, c = fitting_input(pts, iw, ih, kind if backend else None)  # before: the body's ears everywhere
                 c = view_confidence(model, kind, c)
                 (fit,) = smplify_p(model, u[None], c[None], mean_pitch=space.pitch)
                 scales.append(space.homography(fit.cam, iw, ih)[0, 0])

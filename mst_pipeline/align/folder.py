@@ -41,7 +41,7 @@ import numpy as np
 from mst_pipeline.align.settings import AlignSettings
 from mst_pipeline.body.keypoints import PersonKeypoints
 from mst_pipeline.detect.images import IMAGE_EXTS, Rejected, list_images, sample_stems
-from mst_pipeline.detect.pool import NO_DETECTOR, DetectedImage, batches, detections, image_detector
+from mst_pipeline.detect.pool import NO_DETECTOR, DetectedImage, batches, detections, fitting_input, image_detector
 from mst_pipeline.fitting.pare.checkpoint import load_pare_checkpoint
 from mst_pipeline.fitting.pare.start import pare_start
 from mst_pipeline.fitting.smplify import FitInit, FitResult, smplify_p
@@ -91,11 +91,14 @@ def infer_kind(targets: np.ndarray, visible: np.ndarray) -> str:
 
 
 def fit_by_view(model, targets: np.ndarray, confidence: np.ndarray, init, prior, space: FullBodySpace,
-                settings: AlignSettings) -> list:
+                settings: AlignSettings, keypoints: list | None = None) -> list:
     """SMPLify-P of a batch, each image with the body model's keypoints placed as its detector places
     them in that image's view kind (`--kind`, else inferred; `mst_pipeline.body.view_confidence`) and
     without the detections the calibration found unusable in that kind (a face crop's guessed
-    shoulders). Images of one kind are fitted together; the results come back in the batch's order."""
+    shoulders). KEYPOINTS (per row: the detected `PersonKeypoints`, the image's width and height)
+    lets a kind read other points than the body's (`PersonKeypoints.targets`: a face crop's ears are
+    its jaw line's). Images of one kind are fitted together; the results come back in the batch's
+    order."""
     from mst_pipeline.body import view_confidence
 
     conf_min = settings.smplify.confidence
@@ -103,10 +106,13 @@ def fit_by_view(model, targets: np.ndarray, confidence: np.ndarray, init, prior,
     fits: list = [None] * len(targets)
     for kind in dict.fromkeys(kinds):
         rows = [i for i, k in enumerate(kinds) if k == kind]
-        conf = view_confidence(model, kind, confidence[rows])
+        t, c = targets[rows], confidence[rows]
+        if keypoints is not None:
+            t, c = (np.stack(a) for a in zip(*(fitting_input(*keypoints[i], kind=kind) for i in rows), strict=True))
+        conf = view_confidence(model, kind, c)
         start = None if init is None else FitInit(init.cam[rows], init.global_orient[rows], init.body_pose[rows],
                                                   init.betas[rows])
-        for i, fit in zip(rows, smplify_p(model, targets[rows], conf, prior=prior, mean_pitch=space.pitch,
+        for i, fit in zip(rows, smplify_p(model, t, conf, prior=prior, mean_pitch=space.pitch,
                                           config=settings.smplify, init=start, device=settings.device),
                           strict=True):
             fits[i] = fit
@@ -205,7 +211,8 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, source: str, s
                                                              settings.smplify.confidence)
                             if phase:
                                 phase(f"fitting {len(items)} (SMPLify-P)")
-                            fits = fit_by_view(model, targets, confidence, init, prior, space, settings)
+                            sized = [(i.keypoints, i.image.shape[1], i.image.shape[0]) for i in items]
+                            fits = fit_by_view(model, targets, confidence, init, prior, space, settings, sized)
                             for fit, used in zip(fits, from_pare, strict=True):
                                 fit.extra["init"] = "pare" if used else "keypoints"
                             aligned = []

@@ -66,8 +66,9 @@ CONVENTIONS: dict[str, Convention] = {
         "mediapipe",
         _COCO17 + ("LBigToe", "LHeel", "RBigToe", "RHeel"), ("Neck", "MidHip"), "mediapipe",
         "BlazePose's 33 landmarks (toe = tip of the second toe, eyes at the pupils, ears at the "
-        "tragus), the face mesh's nose tip and pupils where the pose misses the face; calibrated "
-        "by running the detector on renders"),
+        "tragus), the face mesh's nose tip and pupils where the pose misses the face, and in face and "
+        "upper-body crops the ears where the mesh's jaw line meets them; calibrated by running the detector "
+        "on renders"),
     "openpose-body25": Convention(
         "openpose-body25",
         _COCO17 + ("LBigToe", "LHeel", "RBigToe", "RHeel"), ("Neck", "MidHip"), "mediapipe",

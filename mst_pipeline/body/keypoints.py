@@ -42,9 +42,11 @@ class PersonKeypoints:
     def empty(cls) -> PersonKeypoints:
         return cls(np.zeros((25, 3)), np.zeros((21, 3)), np.zeros((21, 3)), np.zeros((70, 3)))
 
-    def targets(self) -> np.ndarray:
-        """The fitting targets [37, 3]: BODY_25, then wrist + fingertips of each hand."""
-        out = np.concatenate([self.body, self.lhand[list(HAND_SLOTS)], self.rhand[list(HAND_SLOTS)]])
+    def targets(self, kind: str | None = None) -> np.ndarray:
+        """The fitting targets [37, 3]: BODY_25, then wrist + fingertips of each hand, as a fit of
+        view kind KIND reads them (`view_body`)."""
+        body = view_body(self.body, self.face, kind)
+        out = np.concatenate([body, self.lhand[list(HAND_SLOTS)], self.rhand[list(HAND_SLOTS)]])
         assert out.shape == (NUM_TARGETS, 3)
         return out
 
@@ -53,6 +55,28 @@ class PersonKeypoints:
 
 
 NECK, MIDHIP = BODY25_NAMES.index("Neck"), BODY25_NAMES.index("MidHip")
+# In face and upper-body crops the ears are read from the face's jaw line where it meets them
+# (points 1 and 15 of the 70, iBUG numbering): in a face crop a body model guesses the ears
+# (mediapipe's scatter 10-14 px on 400-px crops, their spread 0.7-1.0x from crop to crop, which sized
+# faces up to 35 % wrong), a face model places the jaw line within 5 px (docs/mst.md, "Keypoint
+# conventions"). Per view kind: BODY_25 slot -> face point.
+_JAW_EARS = {BODY25_NAMES.index("REar"): 1, BODY25_NAMES.index("LEar"): 15}
+FROM_FACE = {"face": _JAW_EARS, "upper": _JAW_EARS}
+FACE_SEEN = 0.3  # face points at this confidence are seen (`detect.persons.SEEN`)
+
+
+def view_body(body: np.ndarray, face: np.ndarray | None, kind: str | None) -> np.ndarray:
+    """BODY_25 [25, 3] as a fit of view kind KIND reads it: the slots of `FROM_FACE[kind]` from the
+    face's points when all of them are seen; otherwise BODY [25, 3] itself."""
+    slots = FROM_FACE.get(kind or "")
+    if not slots or face is None or len(face) < 70:
+        return body
+    points = np.asarray(face)[list(slots.values())]
+    if not (points[:, 2] >= FACE_SEEN).all():
+        return body
+    out = np.array(body, dtype=np.float64, copy=True)
+    out[list(slots)] = points
+    return out
 
 COCO17_NAMES: tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",

@@ -62,10 +62,12 @@ class DetectedImage:
 
 
 
-def fitting_input(kp: PersonKeypoints, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def fitting_input(kp: PersonKeypoints, width: int, height: int,
+                  kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(targets [37,2] in normalised coordinates, confidence [37]) with points outside the image
-    (incl. the padding of non-square images) given confidence 0."""
-    t = kp.targets()
+    (incl. the padding of non-square images) given confidence 0, as a fit of view kind KIND reads
+    them (`PersonKeypoints.targets`)."""
+    t = kp.targets(kind)
     xy, conf = t[:, :2], t[:, 2].copy()
     inside = (xy[:, 0] >= 0) & (xy[:, 0] <= width) & (xy[:, 1] >= 0) & (xy[:, 1] <= height)
     conf[~inside | ~np.all(np.isfinite(xy), axis=1)] = 0.0
