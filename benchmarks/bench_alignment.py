@@ -109,7 +109,7 @@ def _render_alignment(model) -> list[str]:
 
 TRUE_PITCH_DEG = 4.0  # the renders' camera pitch (the known truth ô is measured against)
 SEEDS, PEOPLE = (0, 1), 24  # 48 people over two seeds: the mean pitch of 24 scatters by about 1°, of 48 by 0.7°
-SIZES = (128, 256)  # full views at 128 px as the demo's, and at 256 px (upper-body and face views scale with them)
+SIZES = (256, 128)  # full views at 256 px (the side the pitch response is calibrated at) and at 128 px as the demo's
 
 
 def _rendered(model, seeds, n, res, pitch):
