@@ -1,4 +1,4 @@
-"""The camera's pitch from standing people's posture (`mst_pipeline.fitting.posture`) and the
+"""The camera's pitch from standing people's posture (`mst_pipeline.body.posture`) and the
 calibration that carries its response: features that ignore scale, position and the feet, an
 estimate that stays unbiased at the ends of the calibrated range, and `mst space` reading it."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mst_pipeline.body.layout import BODY25_NAMES, NUM_TARGETS
-from mst_pipeline.fitting.posture import FEATURES, estimate, features, fit_response
+from mst_pipeline.body.posture import FEATURES, estimate, features, fit_response
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 _B = {n: i for i, n in enumerate(BODY25_NAMES)}

@@ -15,7 +15,7 @@ upper-body crop than in a full view; its eyes wider in a face crop), so a calibr
 the fit over every view, one fit per view kind (full, upper, face) and the slots too unreliable to use
 in a kind (a face crop's guessed shoulders); `KeypointRegressor.for_view` gives the regressor and the
 unused slots for images of one kind, which is what the MST fits with. It also holds how the
-detector's full-view keypoints respond to the camera's pitch (`pitch`, `mst_pipeline.fitting.posture`),
+detector's full-view keypoints respond to the camera's pitch (`pitch`, `mst_pipeline.body.posture`),
 from which `mst space` measures ô.
 
 Calibrations are versioned (`CALIBRATION_VERSION`) and tied to one body model by `model_hash`; they
@@ -104,7 +104,7 @@ class KeypointRegressor:
     views: dict[str, dict[str, Any]] = field(default_factory=dict)
     view: str | None = None  # the view kind this regressor was specialised to (`for_view`), if any
     overall: dict[str, dict[str, Any]] | None = None  # the fit over every view, kept by `for_view`
-    # How the detector's full-view posture responds to the camera's pitch (`fitting.posture.fit_response`);
+    # How the detector's full-view posture responds to the camera's pitch (`posture.fit_response`);
     # None for a convention calibrated by proxy, whose detector was not run on pitched renders.
     pitch: dict[str, Any] | None = None
 
@@ -182,7 +182,7 @@ class KeypointRegressor:
                 raise CalibrationError(f"calibration slot {name!r} is not a convex vertex combination")
         pitch = doc.get("pitch")
         if pitch is not None:
-            from mst_pipeline.fitting.posture import check_response
+            from mst_pipeline.body.posture import check_response
 
             try:
                 check_response(pitch)

@@ -114,10 +114,10 @@ def image_pitches(model: Any, targets: np.ndarray, confidence: np.ndarray, thres
                   device: str = "cpu") -> tuple[np.ndarray, str]:
     """Per full-view image, its measured camera pitch [B] (radians, NaN where unmeasurable) and what
     measured it: the posture of the keypoints through the calibration's pitch response
-    (`mst_pipeline.fitting.posture`; "posture") when MODEL's keypoints are calibrated with one, else
+    (`mst_pipeline.body.posture`; "posture") when MODEL's keypoints are calibrated with one, else
     the feet (`feet_pitch`; "feet"). A detector's feet can see less of the pitch than the body model's:
     mediapipe's read about a third of it (docs/benchmarks.md), which the posture response corrects."""
-    from mst_pipeline.fitting.posture import estimate, features
+    from mst_pipeline.body.posture import estimate, features
 
     response = getattr(getattr(model, "keypoints", None), "pitch", None)
     if response is not None:

@@ -21,7 +21,7 @@ so the fit of such an image does not see it.
 Last, the detector's full-view keypoints are measured against the camera's pitch: `PITCH_PEOPLE`
 other people (seed + 1, as `mst render-people` stands them, not turned) are rendered full-view at
 each of `PITCHES`, and the posture features' response to the pitch is fitted
-(`mst_pipeline.fitting.posture`); `mst space` measures ô through it.
+(`mst_pipeline.body.posture`); `mst space` measures ô through it.
 """
 
 from __future__ import annotations
@@ -176,10 +176,10 @@ def observe_pitch(model: Any, detector: Callable, n: int, seed: int, res: int, p
     """Full views (RES px) of N people (seed SEED) at each camera pitch of PITCHES (radians), through
     DETECTOR: (posture features [M, F] (`posture.features`), the renders' pitches [M]); a render
     whose person the detector misses is left out."""
+    from mst_pipeline.body.posture import features
     from mst_pipeline.detect.base import DetectionError
     from mst_pipeline.detect.persons import rank_people
     from mst_pipeline.detect.pool import fitting_input
-    from mst_pipeline.fitting.posture import features
 
     mesh_render.start()
     saved = model.keypoints
@@ -216,7 +216,7 @@ def calibrate(model: Any, detector: Callable, convention: str, n: int = 40, seed
     """Calibrate CONVENTION on MODEL with DETECTOR (see the module doc). Returns the regressor and a
     report: per slot the detections used and the mean pixel gap of the model's own point and of the
     calibrated one, per view, and the pitch response's per-pitch mean estimate (`"pitch"`)."""
-    from mst_pipeline.fitting.posture import estimate, fit_response
+    from mst_pipeline.body.posture import estimate, fit_response
 
     t0 = time.perf_counter()
     obs = observe(model, detector, convention, n, seed, res, log)
