@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from mst_pipeline.align.settings import AlignSettings
-from mst_pipeline.body.keypoints import PersonKeypoints
+from mst_pipeline.body.keypoints import FROM_FACE, PersonKeypoints
 from mst_pipeline.detect.images import IMAGE_EXTS, Rejected, list_images, sample_stems
 from mst_pipeline.detect.pool import NO_DETECTOR, DetectedImage, batches, detections, fitting_input, image_detector
 from mst_pipeline.fitting.pare.checkpoint import load_pare_checkpoint
@@ -107,7 +107,7 @@ def fit_by_view(model, targets: np.ndarray, confidence: np.ndarray, init, prior,
     for kind in dict.fromkeys(kinds):
         rows = [i for i, k in enumerate(kinds) if k == kind]
         t, c = targets[rows], confidence[rows]
-        if keypoints is not None:
+        if keypoints is not None and kind in FROM_FACE:  # this kind reads some points from the face
             t, c = (np.stack(a) for a in zip(*(fitting_input(*keypoints[i], kind=kind) for i in rows), strict=True))
         conf = view_confidence(model, kind, c)
         start = None if init is None else FitInit(init.cam[rows], init.global_orient[rows], init.body_pose[rows],

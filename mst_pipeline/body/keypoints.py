@@ -78,6 +78,7 @@ def view_body(body: np.ndarray, face: np.ndarray | None, kind: str | None) -> np
     out[list(slots)] = points
     return out
 
+
 COCO17_NAMES: tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",

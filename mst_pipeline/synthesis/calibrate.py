@@ -100,13 +100,22 @@ def turned(plan: Any, yaw: float) -> None:
     plan.pose[:3] = go.as_rotvec().tolist()
 
 
+def _first_person(detector: Callable, image: np.ndarray, view: Any) -> Any:
+    """The keypoints of the person DETECTOR ranks first in render IMAGE of VIEW, or None."""
+    from mst_pipeline.detect.base import DetectionError
+    from mst_pipeline.detect.persons import rank_people
+
+    try:
+        people = rank_people(detector(image, None), view.width, view.height)
+    except DetectionError:
+        return None
+    return people[0].keypoints if people else None
+
+
 def observe(model: Any, detector: Callable, convention: str, n: int, seed: int, res: int,
             log: Callable[[str], None] = lambda m: None) -> list[Observation]:
     """Render N people (seed SEED, full view RES px), run DETECTOR on every view and collect the
     slots of CONVENTION it reports."""
-    from mst_pipeline.detect.base import DetectionError
-    from mst_pipeline.detect.persons import rank_people
-
     mesh_render.start()
     conv = CONVENTIONS[convention]
     slots = [BODY25_NAMES.index(s) for s in conv.reported]
@@ -123,14 +132,10 @@ def observe(model: Any, detector: Callable, convention: str, n: int, seed: int, 
             turned(plan, float(rng.uniform(-YAW, YAW)))
             geom = pose_person(model, plan, space)
             for view in views(geom, plan, res):
-                image, _ = render_view(geom, model.faces, plan, view)
-                try:
-                    people = rank_people(detector(image, None), view.width, view.height)
-                except DetectionError:
+                kp = _first_person(detector, render_view(geom, model.faces, plan, view)[0], view)
+                if kp is None:
                     continue
-                if not people:
-                    continue
-                body = people[0].keypoints.targets(view.name)[:25]  # as a fit of this kind reads them
+                body = kp.targets(view.name)[:25]  # as a fit of this kind reads them
                 density = 1.0 / float(view.H[0, 0])
                 for i in slots:
                     x, y, c = body[i]
@@ -177,8 +182,6 @@ def observe_pitch(model: Any, detector: Callable, n: int, seed: int, res: int, p
     DETECTOR: (posture features [M, F] (`posture.features`), the renders' pitches [M]); a render
     whose person the detector misses is left out."""
     from mst_pipeline.body.posture import features
-    from mst_pipeline.detect.base import DetectionError
-    from mst_pipeline.detect.persons import rank_people
     from mst_pipeline.detect.pool import fitting_input
 
     mesh_render.start()
@@ -194,14 +197,10 @@ def observe_pitch(model: Any, detector: Callable, n: int, seed: int, res: int, p
                 plan = plan_person(index, seed, model.num_betas, float(pitch))
                 geom = pose_person(model, plan, space)
                 (view,) = [v for v in views(geom, plan, res) if v.name == "full"]
-                image, _ = render_view(geom, model.faces, plan, view)
-                try:
-                    people = rank_people(detector(image, None), view.width, view.height)
-                except DetectionError:
+                kp = _first_person(detector, render_view(geom, model.faces, plan, view)[0], view)
+                if kp is None:
                     continue
-                if not people:
-                    continue
-                u, c = fitting_input(people[0].keypoints, view.width, view.height)
+                u, c = fitting_input(kp, view.width, view.height)
                 feats.append(features(u[None], c[None])[0])  # at `mst space`'s threshold
                 truth.append(float(pitch))
             log(f"pitch {np.degrees(pitch):+.0f}°: {len(truth)} renders, {time.perf_counter() - t0:.0f} s")
