@@ -301,3 +301,7 @@ def test_cli_prior_target_reaches_the_fit(tmp_path, monkeypatch, target):
     res = CliRunner().invoke(app, args + (["--prior-target", target] if target else []))
     assert len(seen) == 1, res.output
     assert seen[0].smplify.prior_mode == (target or "reconstruct")
+    assert seen[0].smplify.prior_symmetric
+    seen.clear()
+    CliRunner().invoke(app, args + ["--plain-prior"])
+    assert len(seen) == 1 and not seen[0].smplify.prior_symmetric

@@ -209,3 +209,24 @@ def test_mirrored_training_leaves_no_sideways_bias(toy):
 
 
 _JOINT = {"spine1": 3, "spine2": 6, "spine3": 9}  # SMPL joint indices
+
+
+def test_symmetric_reconstruction_mirrors_with_the_pose():
+    """θ̂ made symmetric: the mirror image of a pose gets exactly the mirror image of its θ̂, which a
+    network's own reconstruction does not (an untrained one here, as asymmetric as any)."""
+    from mst_pipeline.fitting.prior import mirror_body_pose
+
+    torch.manual_seed(0)
+    prior = PosePrior().eval()
+    theta = 0.3 * torch.randn(4, 21, 3)
+    mirrored = mirror_body_pose(theta)
+    with torch.no_grad():
+        hat = prior.reconstruct_symmetric(theta.reshape(4, 63))
+        hat_mirrored = prior.reconstruct_symmetric(mirrored.reshape(4, 63))
+        plain = prior.reconstruct(theta.reshape(4, 63)).pose_body.reshape(4, 21, 3)
+        plain_mirrored = prior.reconstruct(mirrored.reshape(4, 63)).pose_body.reshape(4, 21, 3)
+    torch.testing.assert_close(hat_mirrored, mirror_body_pose(hat), atol=1e-5, rtol=0)
+    assert (plain_mirrored - mirror_body_pose(plain)).abs().max() > 1e-2
+    from mst_pipeline.body.poses import mirror_pose
+
+    np.testing.assert_allclose(mirrored.reshape(4, 63).numpy(), mirror_pose(theta.reshape(4, 63).numpy()), atol=1e-6)

@@ -56,6 +56,10 @@ def align(
     prior_target: str = typer.Option("reconstruct", help="θ̂, the pose the unseen joints are pulled to: reconstruct "
                                      "(the prior's reconstruction of the current pose, as the paper) | complete "
                                      "(its reconstruction of the pose with the unseen joints at rest)."),
+    symmetric_prior: bool = typer.Option(True, "--symmetric-prior/--plain-prior", help="θ̂ made left-right "
+                                         "symmetric (the mean of the pose's and its mirror image's reconstruction), "
+                                         "so a prior's sideways lean cannot move face crops sideways; "
+                                         "--plain-prior: the prior's own reconstruction, as the paper."),
     part: str = typer.Option("0/1", help="k/n: process the k-th of n disjoint slices (job arrays)."),
     max_count: int = typer.Option(1000, help="Samples per shard.", callback=cli_args.at_least_one),
     overlay: Path | None = typer.Option(None, help="Folder for a check picture per aligned image (DIR/<stem>.jpg): "
@@ -100,7 +104,8 @@ def align(
         settings = AlignSettings(kind=kind, tier=tier, detector=detector, keypoints_dir=keypoints_dir,
                                  batch_size=batch, device=device, part=_part(part), max_count=max_count,
                                  smplify=SmplifyConfig(iterations=iterations, optimizer=optimizer,
-                                                       prior_mode=prior_target),
+                                                       prior_mode=prior_target,
+                                                       prior_symmetric=symmetric_prior),
                                  pare=pare, prior=prior, overlay=overlay, workers=workers, aligned=aligned,
                                  person=person)
     except ValueError as e:

@@ -46,16 +46,20 @@ def visible_keypoint_term(joints_2d: Tensor, targets: Tensor, weights: Tensor,
     return (weights * rho).sum(1) / weights.sum(1).clamp_min(1e-6), (r ** 2).sum(-1)
 
 
-def pose_prior_target(prior: PosePrior | None, body_pose: Tensor, invisible: Tensor, mode: str) -> Tensor:
+def pose_prior_target(prior: PosePrior | None, body_pose: Tensor, invisible: Tensor, mode: str,
+                      symmetric: bool = True) -> Tensor:
     """θ̂ of Eq. 1: zero without a prior; the prior's reconstruction of the pose ("reconstruct"), or
-    of the pose with the invisible joints at rest ("complete", `prior_target`). body_pose [b,63],
+    of the pose with the invisible joints at rest ("complete", `prior_target`). symmetric: the
+    reconstruction made left-right symmetric (`PosePrior.reconstruct_symmetric`). body_pose [b,63],
     invisible [b,21] -> [b,21,3]."""
     theta = body_pose.view(len(body_pose), 21, 3)
     if prior is None:
         return torch.zeros_like(theta)
     if mode == "reconstruct":
+        if symmetric:
+            return prior.reconstruct_symmetric(body_pose)
         return prior.reconstruct(body_pose).pose_body.view_as(theta)
-    return prior_target(prior, theta, invisible)
+    return prior_target(prior, theta, invisible, symmetric)
 
 
 def invisible_pose_term(theta: Tensor, theta_hat: Tensor, invisible: Tensor) -> Tensor:
@@ -80,7 +84,8 @@ def smplify_p_energy(model, prior: PosePrior | None, cfg: SmplifyConfig, batch: 
     e_vis, sq = visible_keypoint_term(J, batch.targets[rows], batch.weights[rows], sigma)
     invisible = batch.invisible[rows]
     theta = body_pose.view(len(rows), 21, 3)
-    e_inv = invisible_pose_term(theta, pose_prior_target(prior, body_pose, invisible, cfg.prior_mode), invisible)
+    e_inv = invisible_pose_term(theta, pose_prior_target(prior, body_pose, invisible, cfg.prior_mode,
+                                                                  cfg.prior_symmetric), invisible)
     terms = {"keypoints": cfg.lambda_visible * e_vis, "prior": cfg.lambda_invisible * e_inv,
              "pitch": cfg.lambda_pitch * pitch_term(global_orient, batch.mean_pitch, batch.head_only[rows]),
              "shape": cfg.lambda_shape * (betas ** 2).mean(1)}
@@ -107,12 +112,14 @@ def lean_regulariser(global_orient: Tensor) -> Tensor:
     return torch.atan2(R[:, 0, 1], -R[:, 1, 1]) ** 2
 
 
-def prior_target(prior: PosePrior, theta: Tensor, invisible: Tensor) -> Tensor:
+def prior_target(prior: PosePrior, theta: Tensor, invisible: Tensor, symmetric: bool = False) -> Tensor:
     """θ̂ of Eq. 1 for the invisible joints: the prior's reconstruction of the pose with the invisible
     joints at rest (zero), so it completes them from the seen joints and their own current values
     cannot vouch for themselves (a plain reconstruction accepts any pose the prior can reproduce,
     which, from a prior with a sideways bias, includes spine bends that slide an unseen body under
-    a face crop). theta [B,21,3], invisible
+    a face crop). symmetric: as `PosePrior.reconstruct_symmetric`. theta [B,21,3], invisible
     [B,21] (1 = invisible) -> [B,21,3]."""
-    seen = torch.where(invisible[..., None] > 0, torch.zeros_like(theta), theta)
-    return prior.reconstruct(seen.reshape(len(theta), 63)).pose_body.reshape(len(theta), 21, 3)
+    seen = torch.where(invisible[..., None] > 0, torch.zeros_like(theta), theta).reshape(len(theta), 63)
+    if symmetric:
+        return prior.reconstruct_symmetric(seen)
+    return prior.reconstruct(seen).pose_body.reshape(len(theta), 21, 3)

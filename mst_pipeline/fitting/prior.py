@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mst_pipeline.body.poses import MIRROR_ORDER
 from mst_pipeline.body.rotations import axis_angle_to_rotmat, rot6d_to_rotmat, rotmat_to_axis_angle
 from mst_pipeline.fitting.state_keys import compare_state
 from uh_train.format.atomic import atomic_path
@@ -94,10 +95,30 @@ class PosePrior(nn.Module):
         """θ̂ of Eq. 1: the decoded posterior mean of a pose [B, 63]."""
         return self.decode(self.encode(pose_body).mean)
 
+    def reconstruct_symmetric(self, pose_body: Tensor) -> Tensor:
+        """θ̂ made left-right symmetric: the mean of the reconstruction of a pose [B, 63] and the mirror
+        image of its mirror image's reconstruction, axis-angle [B, 21, 3]. A mirrored pose then gets
+        exactly the mirrored θ̂, and an upright one an upright θ̂, however the network was trained.
+        One pass over the batch and its mirror images (eval-mode batch norm treats them independently)."""
+        theta = pose_body.reshape(len(pose_body), NUM_BODY_JOINTS, 3)
+        both = self.reconstruct(torch.cat([theta, mirror_body_pose(theta)]).reshape(-1, NUM_BODY_JOINTS * 3))
+        own, other = both.pose_body.reshape(2, len(theta), NUM_BODY_JOINTS, 3)
+        return 0.5 * (own + mirror_body_pose(other))
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> PriorOutput:
         dev = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device=dev)
         return self.decode(z)
+
+
+def mirror_body_pose(theta: Tensor) -> Tensor:
+    """The left-right mirror image of the prior's 21 body joints [..., 21, 3] (axis-angle), as
+    `mst_pipeline.body.poses.mirror_pose`: left and right joints swap, (a, b, c) -> (a, -b, -c)."""
+    sign = theta.new_tensor([1.0, -1.0, -1.0])
+    return theta[..., _MIRROR_BODY, :] * sign
+
+
+_MIRROR_BODY = [MIRROR_ORDER[1 + k] - 1 for k in range(NUM_BODY_JOINTS)]  # joints 1..21 among themselves
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,6 +82,11 @@ class SmplifyConfig:
     # θ̂ of the invisible joints: "reconstruct" (the prior's reconstruction of the current pose as it
     # is, Eq. 1) or "complete" (`prior_target`: reconstruction with the invisible joints at rest)
     prior_mode: str = "reconstruct"
+    # θ̂ made left-right symmetric (`PosePrior.reconstruct_symmetric`). A prior learnt from a few dozen
+    # poses is not symmetric even when trained on their mirror images, and its sideways lean of an
+    # unseen spine moves every face crop sideways in full-body space: on `bench alignment`'s 48 people
+    # the faces' mean sideways offset fell from 1.5 % to 0.2 % of full-body space (docs/mst.md, SMPLify-P).
+    prior_symmetric: bool = True
     confidence: float = 0.3  # keypoints below this confidence are not visible
     max_error: float = 0.1  # mean reprojection error (normalised units) above which a fit failed
     max_tail: float = MAX_TAIL  # worst visible keypoint's error above which a fit is no body (`plausible`)
