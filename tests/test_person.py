@@ -281,7 +281,8 @@ os.write(2, b"after\\n")
 
 @pytest.mark.parametrize("target", ["reconstruct", "complete", None])
 def test_cli_prior_target_reaches_the_fit(tmp_path, monkeypatch, target):
-    """`mst align --prior-target` sets θ̂ of the fits (default: the prior's reconstruction, Eq. 1)."""
+    """`mst align --prior-target` sets θ̂ of the fits (default: the reconstruction with the unseen joints
+    at rest), `--plain-prior` turns its symmetry off."""
     from typer.testing import CliRunner
 
     import mst_pipeline.align.folder
@@ -300,7 +301,7 @@ def test_cli_prior_target_reaches_the_fit(tmp_path, monkeypatch, target):
     args = ["align", str(tmp_path / "d"), "--out", str(tmp_path / "s")]
     res = CliRunner().invoke(app, args + (["--prior-target", target] if target else []))
     assert len(seen) == 1, res.output
-    assert seen[0].smplify.prior_mode == (target or "reconstruct")
+    assert seen[0].smplify.prior_mode == (target or "complete")
     assert seen[0].smplify.prior_symmetric
     seen.clear()
     CliRunner().invoke(app, args + ["--plain-prior"])

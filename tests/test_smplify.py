@@ -351,3 +351,22 @@ def test_symmetric_theta_hat_keeps_a_face_crop_above_its_pelvis_whatever_the_pri
         sideways[symmetric] = abs(fit.cam[0] * fit.cam[1] - cam[0, 0] * cam[0, 1])  # the pelvis's image x
     assert sideways[True] < 0.1, sideways  # normalised units of the crop: 5 % of its side
     assert sideways[False] > 3 * sideways[True] and sideways[False] > 0.2, sideways
+
+
+def test_default_theta_hat_completes_unseen_joints_and_is_symmetric():
+    """At the defaults, θ̂ of a face crop (every body joint unseen) is one pose whatever the current
+    pose: the current values of unseen joints cannot vouch for themselves, however well the prior
+    reproduces poses; and that pose is its own mirror image."""
+    from mst_pipeline.fitting.energy import pose_prior_target
+    from mst_pipeline.fitting.prior import mirror_body_pose
+
+    cfg = SmplifyConfig()
+    torch.manual_seed(1)
+    prior = PosePrior().eval()
+    invisible = torch.ones(3, 21)
+    with torch.no_grad():
+        hat = pose_prior_target(prior, 0.3 * torch.randn(3, 63), invisible, cfg.prior_mode, cfg.prior_symmetric)
+        plain = pose_prior_target(prior, 0.3 * torch.randn(3, 63), invisible, "reconstruct", False)
+    torch.testing.assert_close(hat, hat[:1].expand_as(hat))
+    torch.testing.assert_close(mirror_body_pose(hat), hat, atol=1e-6, rtol=0)
+    assert (plain - plain[:1]).abs().max() > 1e-3  # the current pose's reconstruction does depend on it

@@ -53,9 +53,9 @@ def align(
     batch_size: int | None = typer.Option(None, "--batch-size", hidden=True, callback=cli_args.at_least_one),
     iterations: int = typer.Option(400, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
     optimizer: str = typer.Option("batched-lbfgs", help="batched-lbfgs | adam | lbfgs."),
-    prior_target: str = typer.Option("reconstruct", help="θ̂, the pose the unseen joints are pulled to: reconstruct "
-                                     "(the prior's reconstruction of the current pose, as the paper) | complete "
-                                     "(its reconstruction of the pose with the unseen joints at rest)."),
+    prior_target: str = typer.Option("complete", help="θ̂, the pose the unseen joints are pulled to: complete "
+                                     "(the prior's reconstruction of the pose with the unseen joints at rest) | "
+                                     "reconstruct (its reconstruction of the current pose, as the paper)."),
     symmetric_prior: bool = typer.Option(True, "--symmetric-prior/--plain-prior", help="θ̂ made left-right "
                                          "symmetric (the mean of the pose's and its mirror image's reconstruction), "
                                          "so a prior's sideways lean cannot move face crops sideways; "

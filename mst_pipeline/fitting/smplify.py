@@ -5,11 +5,12 @@ E(α_opt) = λv · Σ_vis ρ(J_i − J'_i) + λi · Σ_invis MSE(θ_i, θ̂_i) +
 * J: the body model's joints projected with the weak-perspective camera α = (s, tx, ty); J': the
   detected keypoints, in the image's normalised coordinates (`space.normalisation`); a keypoint
   counts when its confidence passes a threshold and it lies inside the image.
-* θ̂: the pose prior's reconstruction of the current pose (`SmplifyConfig.prior_mode="complete"`:
-  of the pose with the invisible joints at rest, `prior_target`), compared on the body joints that
-  are not seen (`invisible_joints`: no visible keypoint on one side of the joint). The prior should
-  be trained with mirror images (`mst fit-prior`'s default): one with a sideways bias moves face
-  crops sideways by it.
+* θ̂: the pose prior's reconstruction of the current pose with the invisible joints at rest
+  (`prior_target`, `SmplifyConfig.prior_mode="complete"`; "reconstruct": of the current pose as it
+  is, Eq. 1's literal reading), made left-right symmetric, compared on the body joints that are not
+  seen (`invisible_joints`: no visible keypoint on one side of the joint). The prior should be
+  trained with mirror images (`mst fit-prior`'s default): one with a sideways bias moves face crops
+  sideways by it.
 * o: pitch of the global orientation (`space.pitch_of_rotation`), ô: the full-body set's mean.
 
 The keypoint term is robust: each coordinate's residual goes through the Geman-McClure function
@@ -79,9 +80,13 @@ class SmplifyConfig:
     # batched-lbfgs: trial steps per iteration; an image whose trials fail resumes from the shorter
     # step at the next iteration, so one evaluation of the batch per iteration suffices.
     line_search_steps: int = 1
-    # θ̂ of the invisible joints: "reconstruct" (the prior's reconstruction of the current pose as it
-    # is, Eq. 1) or "complete" (`prior_target`: reconstruction with the invisible joints at rest)
-    prior_mode: str = "reconstruct"
+    # θ̂ of the invisible joints: "complete" (`prior_target`: the reconstruction of the pose with the
+    # invisible joints at rest) or "reconstruct" (of the current pose as it is, Eq. 1's literal
+    # reading). "reconstruct" lets unseen joints vouch for themselves: with a prior trained long enough
+    # to reproduce its poses it holds an unseen spine to nothing, and a face crop's detector noise
+    # moves its pelvis (face crops 2.5-3.2 % against 1.4-1.6 % with "complete" on `bench alignment`'s
+    # 48 people, priors of 1000 epochs; docs/mst.md, SMPLify-P).
+    prior_mode: str = "complete"
     # θ̂ made left-right symmetric (`PosePrior.reconstruct_symmetric`). A prior learnt from a few dozen
     # poses is not symmetric even when trained on their mirror images, and its sideways lean of an
     # unseen spine moves every face crop sideways in full-body space: on `bench alignment`'s 48 people
