@@ -10,12 +10,10 @@ import time
 import numpy as np
 
 from mst_pipeline.body import view_confidence
+from mst_pipeline.fitting.prior import MIN_STEPS
 from mst_pipeline.fitting.smplify import SmplifyConfig, smplify_p
 
-PRIOR_EPOCHS = 100  # as `just demo` trains its prior
-# A prior trained to reproduce its poses, as one trained on thousands of a real set's poses is (the
-# bench's 47 poses and their mirror images take one step per epoch).
-LONG_PRIOR_EPOCHS = 1000
+PRIOR_EPOCHS = 100  # as `just demo` trains its prior (a set this small then takes MIN_STEPS steps)
 
 
 def _shared_chain_floor(model, n: int, seed: int) -> np.ndarray:
@@ -164,11 +162,11 @@ def _detected(detector, views):
     return out
 
 
-def _mst_run(model, views, inputs, res, true_pitch=None, prior_epochs=PRIOR_EPOCHS, config=None):
-    """`mst space` on the full views (RES px), `mst fit-prior --epochs PRIOR_EPOCHS`, then SMPLify-P of
-    the upper and face views (CONFIG, default: the CLI's): (ô in degrees, {kind: corner errors [n]},
-    {person: {kind: fitted/true scale}}). TRUE_PITCH (radians): use it as ô instead of measuring it
-    (what the pitch's error costs)."""
+def _mst_run(model, views, inputs, res, true_pitch=None, min_steps=MIN_STEPS, config=None):
+    """`mst space` on the full views (RES px), `mst fit-prior --epochs 100 --min-steps MIN_STEPS`, then
+    SMPLify-P of the upper and face views (CONFIG, default: the CLI's): (ô in degrees, {kind: corner
+    errors [n]}, {person: {kind: fitted/true scale}}). TRUE_PITCH (radians): use it as ô instead of
+    measuring it (what the pitch's error costs)."""
     from mst_pipeline.fitting.prior import train_prior
     from mst_pipeline.fitting.space_fit import image_pitches, mean_pitch, space_from_fits
     from mst_pipeline.synthesis.people_truth import corner_error
@@ -181,7 +179,7 @@ def _mst_run(model, views, inputs, res, true_pitch=None, prior_epochs=PRIOR_EPOC
     poses = np.array([f.pose for f in fits])
     space = space_from_fits(np.array([f.cam for f in fits]), poses, np.array([f.betas for f in fits]),
                             np.full(len(fits), float(res)), "full", pitch=pitch)
-    prior, _ = train_prior(poses, epochs=prior_epochs)
+    prior, _ = train_prior(poses, epochs=PRIOR_EPOCHS, min_steps=min_steps)
     errors, scales = {}, {}
     for kind in ("upper", "face"):
         pairs = [(v, i) for v, i in zip(views, inputs, strict=True) if v["view"] == kind]
@@ -220,10 +218,10 @@ def _detector_alignment(model) -> list[str]:
             plain = SmplifyConfig(prior_mode="reconstruct")
             rows.append((f"the same with θ̂ the reconstruction of the current pose (`--prior-target reconstruct`), "
                          f"{res} px", *_mst_run(model, views, detected, res, config=plain)))
-            rows.append((f"default detector, a prior trained {LONG_PRIOR_EPOCHS} epochs, {res} px",
-                         *_mst_run(model, views, detected, res, prior_epochs=LONG_PRIOR_EPOCHS)))
+            rows.append((f"default detector, a prior of {PRIOR_EPOCHS} steps (`--min-steps 0`), {res} px",
+                         *_mst_run(model, views, detected, res, min_steps=0)))
             rows.append((f"the same with θ̂ the reconstruction of the current pose, {res} px",
-                         *_mst_run(model, views, detected, res, prior_epochs=LONG_PRIOR_EPOCHS, config=plain)))
+                         *_mst_run(model, views, detected, res, min_steps=0, config=plain)))
         use_convention(model, "openpose-json")
         rows.append((f"renders' own keypoint files (openpose-json), {res} px",
                      *_mst_run(model, views, [(v["targets"], v["confidence"]) for v in views], res)))

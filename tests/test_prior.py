@@ -118,7 +118,7 @@ def test_training_learns_the_pose_distribution(tmp_path, toy):
             return rec, float((samples - mean).abs().mean())
 
     rec_before, spread_before = measure(untrained)
-    prior, stats = train_prior(data, epochs=20, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1,
+    prior, stats = train_prior(data, epochs=20, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1, min_steps=0,
                                mirror=False)  # a one-sided distribution: sampled near its mean
     rec_after, spread_after = measure(prior)
     assert stats.num_vertices == toy.num_vertices
@@ -136,7 +136,7 @@ def test_early_rotation_term_fixes_the_twists_vertices_cannot_see(toy):
     held_out = torch.as_tensor(_poses(64, 1), dtype=torch.float32)
 
     def rotation_error(rot_weight: float) -> float:
-        prior, _ = train_prior(data, epochs=20, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1,
+        prior, _ = train_prior(data, epochs=20, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1, min_steps=0,
                                rot_weight=rot_weight)
         with torch.no_grad():
             return float((prior.reconstruct(held_out).pose_body.reshape(64, 63) - held_out).abs().mean())
@@ -150,15 +150,18 @@ def test_fit_prior_cli_from_a_pose_file(tmp_path, toy):
     write_model_npz(toy.data(), tmp_path / "toy.npz")
     result = CliRunner().invoke(app, ["fit-prior", str(tmp_path / "poses.npz"), "--out", str(tmp_path / "p.ckpt"),
                                       "--epochs", "2", "--batch-size", "32", "--body-model", str(tmp_path / "toy.npz"),
-                                      "--vertex-step", "1"])
+                                      "--vertex-step", "1", "--min-steps", "10"])
     assert result.exit_code == 0, result.output
     assert "vertex error" in result.output
     assert load_prior(tmp_path / "p.ckpt").latent_dim == 32
     meta = torch.load(tmp_path / "p.ckpt", weights_only=True)["meta"]
     assert meta["loss"] == "vertices" and meta["num_vertices"] == toy.num_vertices
     assert meta["mirrored"] is True and meta["num_poses"] == 64 and "mirror images" in result.output
+    # 128 poses at batch 32: 4 steps per epoch, so --min-steps 10 takes 3 epochs, not 2
+    assert meta["epochs"] == 3 and meta["steps"] == 12 and "3 epochs (12 steps)" in result.output
     result = CliRunner().invoke(app, ["fit-prior", str(tmp_path / "poses.npz"), "--out", str(tmp_path / "q.ckpt"),
-                                      "--epochs", "1", "--body-model", str(tmp_path / "toy.npz"), "--no-mirror"])
+                                      "--epochs", "1", "--body-model", str(tmp_path / "toy.npz"), "--no-mirror",
+                                      "--min-steps", "0"])
     assert result.exit_code == 0, result.output
     assert torch.load(tmp_path / "q.ckpt", weights_only=True)["meta"]["mirrored"] is False
 
@@ -196,7 +199,7 @@ def test_mirrored_training_leaves_no_sideways_bias(toy):
         data[:, 3 * (_JOINT[joint] - 1) + 2] += lean
 
     def mean_lean(mirror: bool) -> float:
-        prior, stats = train_prior(data, epochs=60, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1,
+        prior, stats = train_prior(data, epochs=60, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1, min_steps=0,
                                    mirror=mirror)
         assert stats.mirrored == mirror and stats.num_poses == 256
         with torch.no_grad():
@@ -230,3 +233,15 @@ def test_symmetric_reconstruction_mirrors_with_the_pose():
     from mst_pipeline.body.poses import mirror_pose
 
     np.testing.assert_allclose(mirrored.reshape(4, 63).numpy(), mirror_pose(theta.reshape(4, 63).numpy()), atol=1e-6)
+
+
+def test_a_small_set_trains_at_least_min_steps_steps(toy):
+    """A set no larger than a batch takes one step per epoch; min_steps adds epochs until it has taken
+    that many steps (and a set whose epochs already take them is not extended)."""
+    data = _poses(10, 5)
+    _, short = train_prior(data, epochs=3, seed=0, body=toy, vertex_step=1, min_steps=0)
+    _, extended = train_prior(data, epochs=3, seed=0, body=toy, vertex_step=1, min_steps=7)
+    _, enough = train_prior(data, epochs=3, batch_size=4, seed=0, body=toy, vertex_step=1, min_steps=7)
+    assert (short.epochs, short.steps) == (3, 3)  # 20 poses with their mirror images: one batch
+    assert (extended.epochs, extended.steps) == (7, 7)
+    assert (enough.epochs, enough.steps) == (3, 15)  # batches of 4: five steps per epoch

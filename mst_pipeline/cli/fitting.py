@@ -96,7 +96,11 @@ def fit_prior(
                                  "`pose` [N, 72] or [N, 63]."),
     out: Path = typer.Option(Path("prior.ckpt"), "--out", "-o", help="Prior checkpoint (VPoser snapshot layout).",
                              callback=cli_args.file_to_write),
-    epochs: int = typer.Option(200, help="Training epochs.", callback=cli_args.at_least_one),
+    epochs: int = typer.Option(200, help="Training epochs (more when a small set's epochs would take fewer than "
+                               "--min-steps steps).", callback=cli_args.at_least_one),
+    min_steps: int = typer.Option(1000, "--min-steps", min=0, help="Fewest optimiser steps: a set no larger than a "
+                                  "batch takes one step per epoch, and a prior of a few hundred steps reproduces "
+                                  "its poses poorly."),
     batch: int = typer.Option(256, "--batch", help="Poses per training step.", callback=cli_args.at_least_one),
     batch_size: int | None = typer.Option(None, "--batch-size", hidden=True, callback=cli_args.at_least_one),
     lr: float = typer.Option(1e-3, help="Adam learning rate.", callback=cli_args.positive),
@@ -134,14 +138,16 @@ def fit_prior(
                 data = z["pose"]
         body = load_body_model(body_model)
         prior, stats = train_prior(data, epochs=epochs, batch_size=batch, lr=lr, kl_weight=kl_weight,
-                                   seed=seed, device=device, body=body, vertex_step=vertex_step, mirror=mirror)
+                                   seed=seed, device=device, body=body, vertex_step=vertex_step, mirror=mirror,
+                                   min_steps=min_steps)
     except (ValueError, RuntimeError, OSError, KeyError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
-    save_prior(prior, out, meta={"poses": str(poses.name), "epochs": epochs, "num_poses": stats.num_poses,
+    save_prior(prior, out, meta={"poses": str(poses.name), "epochs": stats.epochs, "steps": stats.steps,
+                                 "num_poses": stats.num_poses,
                                  "mirrored": stats.mirrored, "loss": "vertices", "num_vertices": stats.num_vertices})
     err.print(f"wrote {out}: {stats.num_poses} poses{' and their mirror images' if stats.mirrored else ''}, "
-              f"{epochs} epochs, vertex error "
+              f"{stats.epochs} epochs ({stats.steps} steps), vertex error "
               f"{stats.final_reconstruction:.4f} (L1, {stats.num_vertices} vertices), KL {stats.final_kl:.2f}")
 
 

@@ -190,6 +190,12 @@ KL_WEIGHT = 5e-3
 # We keep it for every epoch: measured on the demo, it halves the face-crop alignment error of a
 # prior that drops it after 15 epochs (docs/mst.md, "Pose prior").
 ROT_WEIGHT = 2.0
+# Fewest optimiser steps a training takes. An epoch of a set no larger than a batch is one step, so
+# `just demo`'s 48 poses (24 and their mirror images) at 100 epochs were 100 steps: a prior that
+# reproduces its poses poorly (spine errors of 0.2-0.4 rad) and depends on its seed, one seed in six
+# bending every unseen spine 50° forward so that 44 of 48 face fits diverged. At 1000 steps the
+# errors are 0.05-0.1 rad and no seed fails (docs/mst.md, "Pose prior").
+MIN_STEPS = 1000
 
 
 class VertexLoss(nn.Module):
@@ -244,19 +250,23 @@ class PriorTrainingStats:
     num_poses: int
     num_vertices: int = 0  # vertices compared by the reconstruction term
     mirrored: bool = False  # trained on the poses and their mirror images (twice as many)
+    steps: int = 0  # optimiser steps taken (`train_prior`'s min_steps can make more than the epochs' steps)
 
 
 def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3,
                 kl_weight: float = KL_WEIGHT, rec_weight: float = REC_WEIGHT, seed: int = 0, device: str = "cpu",
                 prior: PosePrior | None = None, body=None, vertex_step: int = VERTEX_STEP,
                 rot_weight: float = ROT_WEIGHT, rot_epochs: int | None = None, mirror: bool = True,
-                log=None) -> tuple[PosePrior, PriorTrainingStats]:
+                log=None, min_steps: int = MIN_STEPS) -> tuple[PosePrior, PriorTrainingStats]:
     """Fit the VAE to body poses (App. B). poses: [N, 63] (21 joints) or [N, 72] (SMPL; joints 1..21
     used). body: the `BodyModel` whose vertices the loss compares (default: the open model).
 
     Loss, as VPoser's: rec_weight · mean L1 vertex error of the decoded pose (`VertexLoss`) +
     kl_weight · KL(q(z|θ) ‖ N(0, I)) + rot_weight · the mean squared rotation-matrix error (VPoser's
     rotation term; in the first `rot_epochs` epochs only when given, as VPoser; every epoch by default).
+
+    min_steps: train for more epochs than EPOCHS when those would take fewer optimiser steps (a small
+    set; `MIN_STEPS`); `stats.epochs` and `stats.steps` say what was run.
 
     mirror: train on every pose and its left-right mirror image (`mst_pipeline.body.poses.mirror_pose`).
     People are as likely to lean, turn or raise an arm to the left as to the right; a set of a few
@@ -289,6 +299,8 @@ def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr:
         target_R = axis_angle_to_rotmat(data.reshape(-1, 3)).reshape(len(data), -1, 3, 3)
     opt = torch.optim.Adam(prior.parameters(), lr=lr)
     bs = min(batch_size, len(data))
+    per_epoch = len(data) // bs
+    epochs = max(epochs, -(-min_steps // per_epoch))  # a small set: enough epochs for min_steps steps
     rec = kl = torch.zeros(())
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=g).to(device)
@@ -309,4 +321,4 @@ def train_prior(poses: np.ndarray, epochs: int = 100, batch_size: int = 256, lr:
             log(epoch, float(rec), float(kl))
     prior.eval()
     return prior, PriorTrainingStats(epochs, float(rec.detach()), float(kl.detach()), num_poses,
-                                     loss_fn.num_vertices, mirror)
+                                     loss_fn.num_vertices, mirror, epochs * per_epoch)
