@@ -416,3 +416,44 @@ def test_cli_calibrate_writes_a_calibration_the_pipeline_reads(tmp_path, open_mo
     assert reg.settings["people"] == 3
     bad = CliRunner().invoke(app, ["body-model", "calibrate", "--detector", "openpose-json"])
     assert bad.exit_code == 2 and "mediapipe or mmpose" in bad.output
+
+
+def test_slot_weights_count_a_views_loose_points_less(toy):
+    """In a view kind with its own gaps, a slot weighs (median gap / its gap)², at most 1: the view's
+    own fit's gap where it has one, else the overall fit's gap measured in that view; a point with no
+    gap there (Neck, a slot never seen in that view) weighs 1, and so does every slot of the fit over
+    every view and of a convention calibrated by proxy. A crop's fit multiplies its targets'
+    confidences by them (`smplify.keypoint_weights`), for the view kind the model follows; a full
+    view's fit does not."""
+    from mst_pipeline.body import use_view
+    from mst_pipeline.fitting.smplify import keypoint_weights
+
+    reg = _regressor(toy)
+    for slot in reg.slots.values():
+        slot["residual_px"] = {"full": 2.0, "upper": 3.0}
+    reg.slots["LWrist"]["residual_px"] = {"full": 4.0, "upper": 12.0}
+    n = toy.num_vertices
+    own = {"ids": [5 % n], "weights": [1.0], "count": 9, "residual_px": 6.0}
+    reg.views = {"upper": {"slots": {"RElbow": own}, "unused": []}, "full": {"slots": {}, "unused": []}}
+    upper, _ = reg.for_view("upper")
+    w = upper.slot_weights()
+    median = 3.0  # most slots' upper gap
+    assert w[B["LWrist"]] == pytest.approx((median / 12.0) ** 2)
+    assert w[B["RElbow"]] == pytest.approx((median / 6.0) ** 2)  # its own fit's gap in the view
+    assert w[B["Nose"]] == 1.0 and w[B["Neck"]] == 1.0
+    full, _ = reg.for_view("full")
+    assert full.slot_weights()[B["LWrist"]] == pytest.approx((2.0 / 4.0) ** 2)
+    assert (reg.for_view(None)[0].slot_weights() == 1).all()
+    proxy = reg.as_convention(BACKEND_CONVENTION["mmpose"])
+    assert (proxy.for_view("upper")[0].slot_weights() == 1).all()
+    toy.use_keypoints(reg)
+    try:
+        use_view(toy, "upper")
+        k = keypoint_weights(toy)
+        assert k.shape == (37,) and (k[25:] == 1).all()
+        np.testing.assert_allclose(k[:25], w)
+        use_view(toy, "full")  # a full view's fit keeps every point at its confidence
+        assert (keypoint_weights(toy) == 1).all() and not (toy.keypoints.slot_weights() == 1).all()
+    finally:
+        toy.use_keypoints(None)
+    assert (keypoint_weights(toy) == 1).all()

@@ -282,7 +282,7 @@ os.write(2, b"after\\n")
 @pytest.mark.parametrize("target", ["reconstruct", "complete", None])
 def test_cli_prior_target_reaches_the_fit(tmp_path, monkeypatch, target):
     """`mst align --prior-target` sets θ̂ of the fits (default: the reconstruction with the unseen joints
-    at rest), `--plain-prior` turns its symmetry off."""
+    at the prior's typical pose), `--plain-prior` turns its symmetry off."""
     from typer.testing import CliRunner
 
     import mst_pipeline.align.folder

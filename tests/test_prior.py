@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -199,8 +201,8 @@ def test_mirrored_training_leaves_no_sideways_bias(toy):
         data[:, 3 * (_JOINT[joint] - 1) + 2] += lean
 
     def mean_lean(mirror: bool) -> float:
-        prior, stats = train_prior(data, epochs=60, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1, min_steps=0,
-                                   mirror=mirror)
+        prior, stats = train_prior(data, epochs=60, batch_size=128, lr=2e-3, seed=0, body=toy, vertex_step=1,
+                                   min_steps=0, mirror=mirror)
         assert stats.mirrored == mirror and stats.num_poses == 256
         with torch.no_grad():
             s = prior.sample(512, torch.Generator().manual_seed(0)).pose_body.reshape(512, 21, 3)
@@ -245,3 +247,51 @@ def test_a_small_set_trains_at_least_min_steps_steps(toy):
     assert (short.epochs, short.steps) == (3, 3)  # 20 poses with their mirror images: one batch
     assert (extended.epochs, extended.steps) == (7, 7)
     assert (enough.epochs, enough.steps) == (3, 15)  # batches of 4: five steps per epoch
+
+
+
+def _prior_bending_rest(bend: float, gain: float) -> PosePrior:
+    """A hand-made prior whose typical pose (the latent origin's) bends spine1 forward by BEND and
+    encodes back to the origin, while the rest pose encodes to z0 = BEND and decodes bent by
+    atan(tan BEND + GAIN · BEND): a prior that reproduces what it learnt and guesses elsewhere."""
+    prior = PosePrior().eval()
+    spine1_x = 3 * 2  # the prior's joint 2 (spine1), its x (forward) axis-angle component
+    lift = 10.0  # keeps the one hidden unit used positive through the LeakyReLUs
+    with torch.no_grad():
+        for m in prior.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.zero_()
+                m.bias.zero_()
+        enc1, enc2, enc3, head = prior.encoder_net[2], prior.encoder_net[6], prior.encoder_net[7], prior.encoder_net[8]
+        enc1.weight[0, spine1_x], enc1.bias[0] = 1.0, lift  # h = θ_spine1,x + lift
+        enc2.weight[0, 0] = enc3.weight[0, 0] = 1.0
+        head.mu.weight[0, 0], head.mu.bias[0] = -1.0, lift + bend  # z0 = bend − θ_spine1,x
+        dec1, dec2, last = prior.decoder_net[0], prior.decoder_net[3], prior.decoder_net[5]
+        dec1.weight[0, 0], dec1.bias[0] = 1.0, lift
+        dec2.weight[0, 0] = 1.0
+        rest6d = torch.eye(3)[:, :2].reshape(-1).repeat(21)  # the 6-D representation: a 3×2 matrix, row by row
+        last.bias.copy_(rest6d)
+        col2_z = 6 * 2 + 5  # spine1's second column, z: (0, 1, tan angle) is a bend about x
+        last.bias[col2_z] = math.tan(bend) - gain * lift
+        last.weight[col2_z, 0] = gain
+    return prior
+
+
+def test_a_face_crops_theta_hat_is_the_priors_typical_pose_not_its_guess_at_rest():
+    """Where no body joint is seen (a face crop), θ̂ is the prior's typical pose, which a prior
+    reproduces; the rest pose, far from the poses a prior learns from, decodes to whatever its
+    training made of it, and the old completion (unseen joints at rest) took that guess."""
+    from mst_pipeline.fitting.energy import prior_target
+
+    bend = 0.2
+    prior = _prior_bending_rest(bend, gain=3.0)
+    invisible = torch.ones(2, 21)
+    with torch.no_grad():
+        typical = prior.typical_pose()
+        hat = prior_target(prior, 0.3 * torch.randn(2, 21, 3), invisible, symmetric=True)
+        at_rest = prior.reconstruct_symmetric(torch.zeros(1, 63))
+    assert typical[2, 0].item() == pytest.approx(bend, abs=1e-4)
+    assert typical.abs().sum().item() == pytest.approx(bend, abs=1e-3)  # nothing else bent
+    torch.testing.assert_close(hat, typical.expand_as(hat), atol=1e-3, rtol=0)
+    assert at_rest[0, 2, 0].item() > 2 * bend  # the rest pose's guess: atan(tan 0.2 + 0.6)
+

@@ -143,6 +143,29 @@ class KeypointRegressor:
                                 self.views, kind, base, self.pitch)
         return reg, tuple(sorted(unused))
 
+    def slot_weights(self) -> np.ndarray:
+        """[25] weights of the BODY_25 slots in a fit of this regressor's view kind: how tightly the
+        detector places each point there, (median gap / the slot's gap)² over the view's calibrated
+        slots, at most 1 (the measured gaps as noise scales: a weighted least squares), so that the
+        detector's loosest points in a view (mediapipe's elbows, wrists and hips in upper-body
+        crops, 6-7 px where its shoulders, eyes and ears are 2-4 px) count for less. All ones for the
+        fit over every view, a derived point (Neck, MidHip), or a convention calibrated by proxy,
+        whose gaps are another detector's."""
+        w = np.ones(25)
+        if self.view is None or "proxy_of" in self.settings:
+            return w
+        gaps = {}
+        for name, slot in self.slots.items():
+            r = slot.get("residual_px")
+            r = r.get(self.view) if isinstance(r, dict) else r
+            if r is not None and r > 0:
+                gaps[name] = float(r)
+        if gaps:
+            median = float(np.median(list(gaps.values())))
+            for name, gap in gaps.items():
+                w[_B[name]] = min(1.0, (median / gap) ** 2)
+        return w
+
     def as_convention(self, name: str) -> KeypointRegressor:
         """This calibration serving convention NAME (whose `calibrated_by` is this one): its reported
         slots only, and no pitch response (another detector's posture is not this one's)."""

@@ -54,8 +54,9 @@ def align(
     iterations: int = typer.Option(400, help="SMPLify-P iterations per image.", callback=cli_args.at_least_one),
     optimizer: str = typer.Option("batched-lbfgs", help="batched-lbfgs | adam | lbfgs."),
     prior_target: str = typer.Option("complete", help="θ̂, the pose the unseen joints are pulled to: complete "
-                                     "(the prior's reconstruction of the pose with the unseen joints at rest) | "
-                                     "reconstruct (its reconstruction of the current pose, as the paper)."),
+                                     "(the prior's reconstruction of the pose with the unseen joints at its "
+                                     "typical pose) | reconstruct (its reconstruction of the current pose, as the "
+                                     "paper)."),
     symmetric_prior: bool = typer.Option(True, "--symmetric-prior/--plain-prior", help="θ̂ made left-right "
                                          "symmetric (the mean of the pose's and its mirror image's reconstruction), "
                                          "so a prior's sideways lean cannot move face crops sideways; "

@@ -11,7 +11,7 @@ import typer
 
 from mst_pipeline.cli.app import app, check_fit_inputs, err, usable_device
 from mst_pipeline.detect.quiet import DivertedStderr
-from mst_pipeline.fitting import FIT_BATCH
+from mst_pipeline.fitting import FIT_BATCH, MIN_STEPS
 from uh_train.format import cli_args
 
 
@@ -98,9 +98,9 @@ def fit_prior(
                              callback=cli_args.file_to_write),
     epochs: int = typer.Option(200, help="Training epochs (more when a small set's epochs would take fewer than "
                                "--min-steps steps).", callback=cli_args.at_least_one),
-    min_steps: int = typer.Option(1000, "--min-steps", min=0, help="Fewest optimiser steps: a set no larger than a "
-                                  "batch takes one step per epoch, and a prior of a few hundred steps reproduces "
-                                  "its poses poorly."),
+    min_steps: int = typer.Option(MIN_STEPS, "--min-steps", min=0, help="Fewest optimiser steps: a set no larger "
+                                  "than a batch takes one step per epoch, and a prior of a few hundred steps "
+                                  "reproduces its poses poorly."),
     batch: int = typer.Option(256, "--batch", help="Poses per training step.", callback=cli_args.at_least_one),
     batch_size: int | None = typer.Option(None, "--batch-size", hidden=True, callback=cli_args.at_least_one),
     lr: float = typer.Option(1e-3, help="Adam learning rate.", callback=cli_args.positive),

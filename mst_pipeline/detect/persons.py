@@ -16,6 +16,7 @@ import numpy as np
 
 from mst_pipeline.body.keypoints import PersonKeypoints
 from mst_pipeline.body.layout import BODY25_NAMES
+from mst_pipeline.detect.sides import sides_from_face
 
 SEEN = 0.3  # a keypoint with this confidence is seen (SmplifyConfig.confidence's default)
 TORSO = (2, 5, 9, 12)  # BODY_25 RShoulder, LShoulder, RHip, LHip
@@ -110,8 +111,9 @@ def seen_person(kp: PersonKeypoints, width: int, height: int, seen: float = SEEN
 def rank_people(people: list[PersonKeypoints], width: int, height: int, seen: float = SEEN) -> list[SeenPerson]:
     """The detections that are people, most fully visible first: by BODY_25 points seen inside the
     image, then the summed confidence of every point inside it, then box area; the leftmost box
-    breaks a tie, so the order is the same on every run."""
-    found = [seen_person(k, width, height, seen) for k in people if is_person(k, seen)]
+    breaks a tie, so the order is the same on every run. Limbs labelled the wrong way round are
+    swapped back where the face says so (`sides_from_face`)."""
+    found = [seen_person(sides_from_face(k), width, height, seen) for k in people if is_person(k, seen)]
 
     def order(p: SeenPerson):
         area = (p.box[2] - p.box[0]) * (p.box[3] - p.box[1])

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from mst_pipeline.body.poses import MIRROR_ORDER
 from mst_pipeline.body.rotations import axis_angle_to_rotmat, rot6d_to_rotmat, rotmat_to_axis_angle
+from mst_pipeline.fitting import MIN_STEPS
 from mst_pipeline.fitting.state_keys import compare_state
 from uh_train.format.atomic import atomic_path
 
@@ -104,6 +105,13 @@ class PosePrior(nn.Module):
         both = self.reconstruct(torch.cat([theta, mirror_body_pose(theta)]).reshape(-1, NUM_BODY_JOINTS * 3))
         own, other = both.pose_body.reshape(2, len(theta), NUM_BODY_JOINTS, 3)
         return 0.5 * (own + mirror_body_pose(other))
+
+    def typical_pose(self) -> Tensor:
+        """The pose at the latent space's origin (where N(0, I) is densest), made left-right
+        symmetric, axis-angle [21, 3]: the prior's guess for a body of which nothing is seen."""
+        dev = next(self.parameters()).device
+        theta = self.decode(torch.zeros(1, self.latent_dim, device=dev)).pose_body.reshape(NUM_BODY_JOINTS, 3)
+        return 0.5 * (theta + mirror_body_pose(theta))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> PriorOutput:
         dev = next(self.parameters()).device
@@ -190,12 +198,6 @@ KL_WEIGHT = 5e-3
 # We keep it for every epoch: measured on the demo, it halves the face-crop alignment error of a
 # prior that drops it after 15 epochs (docs/mst.md, "Pose prior").
 ROT_WEIGHT = 2.0
-# Fewest optimiser steps a training takes. An epoch of a set no larger than a batch is one step, so
-# `just demo`'s 48 poses (24 and their mirror images) at 100 epochs were 100 steps: a prior that
-# reproduces its poses poorly (spine errors of 0.2-0.4 rad) and depends on its seed, one seed in six
-# bending every unseen spine 50° forward so that 44 of 48 face fits diverged. At 1000 steps the
-# errors are 0.05-0.1 rad and no seed fails (docs/mst.md, "Pose prior").
-MIN_STEPS = 1000
 
 
 class VertexLoss(nn.Module):
