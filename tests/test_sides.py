@@ -114,3 +114,9 @@ def test_rank_people_returns_the_labels_put_right():
     kp = _front()
     (person,) = rank_people([_swapped(kp)], 256, 256)
     assert _same(person.keypoints, kp)
+
+
+def test_nothing_to_put_right_returns_the_same_detection():
+    kp = _front()
+    assert sides_from_face(kp) is kp
+    assert sides_from_face(_swapped(kp)) is not kp

@@ -56,8 +56,8 @@ def face_facing(kp: PersonKeypoints) -> tuple[int, float]:
 def sides_from_face(kp: PersonKeypoints) -> PersonKeypoints:
     """KP with each limb pair whose left-right order clearly contradicts the face's
     (`face_facing`) swapped back, with the pair's hands for the arms; the eyes and ears made to
-    agree with the face landmarks' jaw line when that decided. Unchanged when the face does not
-    decide."""
+    agree with the face landmarks' jaw line when that decided. KP itself when nothing contradicts
+    the face or the face does not decide."""
     facing, spread = face_facing(kp)
     if facing == 0:
         return kp
@@ -75,4 +75,6 @@ def sides_from_face(kp: PersonKeypoints) -> PersonKeypoints:
         r, le = body[right], body[left]
         if min(r[2], le[2]) >= FACE_SEEN and le[0] != r[0] and np.sign(le[0] - r[0]) != facing:
             body[[right, left]] = body[[left, right]]
+    if np.array_equal(body, kp.body) and lhand is kp.lhand:
+        return kp  # the same object: nothing was contradicted
     return replace(kp, body=body, lhand=lhand, rhand=rhand)
