@@ -1,8 +1,8 @@
 """Left and right as the face says (pure numpy).
 
 A pose detector sometimes labels a person's limbs the wrong way round: on renders of people who all
-face the camera, mediapipe gave 1 full-body view in 12 its shoulders and arms (often the hips and
-legs too) swapped, while the face's points were the right way round (docs/mst.md, "Left and
+face the camera, mediapipe gave 15 of 192 full-body views their shoulders and arms (often the hips
+and legs too) swapped, while the face's points were the right way round (docs/mst.md, "Left and
 right"). A fit then starts from a body that faces away, and either keeps it (the face's points go
 as outliers) or twists the neck half a turn; both misplace the image in full-body space, and a
 full-body fit of that kind teaches the pose prior a pose no one makes.
