@@ -200,6 +200,15 @@ def _mst_run(model, views, inputs, res, true_pitch=None, min_steps=MIN_STEPS, co
     return float(np.degrees(pitch)), errors, scales
 
 
+def _error_cells(errors) -> str:
+    """Table cells "upper mean | upper worst | face mean | face worst | misses" of `_mst_run`'s errors
+    (a miss is inf: counted, not averaged)."""
+    finite = {k: e[np.isfinite(e)] for k, e in errors.items()}
+    misses = sum(int((~np.isfinite(e)).sum()) for e in errors.values())
+    return (f"{100 * finite['upper'].mean():.2f} % | {100 * finite['upper'].max():.2f} % | "
+            f"{100 * finite['face'].mean():.2f} % | {100 * finite['face'].max():.2f} % | {misses}")
+
+
 def _detector_alignment(model) -> list[str]:
     """The MST as a user runs it: the default detector (mediapipe) on renders with a known camera
     pitch, against the renders' own keypoint files; both with the body model's keypoints in the
@@ -245,11 +254,7 @@ def _detector_alignment(model) -> list[str]:
     for label, pitch, errors, scales in rows:
         both = np.array([s["face"] / s["upper"] for s in scales.values() if len(s) == 2])
         worst = both[np.argmax(np.abs(both - 1))] if len(both) else np.nan
-        finite = {k: e[np.isfinite(e)] for k, e in errors.items()}
-        misses = sum(int((~np.isfinite(e)).sum()) for e in errors.values())
-        lines.append(f"| {label} | {pitch:+.2f}° | {100 * finite['upper'].mean():.2f} % | "
-                     f"{100 * finite['upper'].max():.2f} % | {100 * finite['face'].mean():.2f} % | "
-                     f"{100 * finite['face'].max():.2f} % | {misses} | {both.mean():.3f}, {worst:.3f} |")
+        lines.append(f"| {label} | {pitch:+.2f}° | {_error_cells(errors)} | {both.mean():.3f}, {worst:.3f} |")
     use_convention(model, "openpose-json")
     return lines + ["", f"({time.perf_counter() - t0:.0f} s)", ""]
 
@@ -273,11 +278,7 @@ def _other_pitches(model) -> list[str]:
         views = _rendered(model, SEEDS, PEOPLE, SIZES[0], np.radians(deg))
         use_convention(model, "mediapipe")
         pitch, errors, _ = _mst_run(model, views, _detected(make_detector("mediapipe"), views), SIZES[0])
-        finite = {k: e[np.isfinite(e)] for k, e in errors.items()}
-        misses = sum(int((~np.isfinite(e)).sum()) for e in errors.values())
-        lines.append(f"| {deg:.0f}° | {pitch:+.2f}° | {100 * finite['upper'].mean():.2f} % | "
-                     f"{100 * finite['upper'].max():.2f} % | {100 * finite['face'].mean():.2f} % | "
-                     f"{100 * finite['face'].max():.2f} % | {misses} |")
+        lines.append(f"| {deg:.0f}° | {pitch:+.2f}° | {_error_cells(errors)} |")
     use_convention(model, "openpose-json")
     return lines + ["", f"({time.perf_counter() - t0:.0f} s)", ""]
 
